@@ -1,0 +1,746 @@
+//! Batch rating of CDR files (`ratel rate`, and the spool of `ratel serve`).
+//!
+//! A three-stage pipeline with bounded channels between the stages:
+//! 1. reader thread: reads the file in blocks and finds record boundaries (quote-aware);
+//! 2. rating (this thread + rayon): parses and rates a block's records in parallel, then one
+//!    ordered pass assigns xDR ids, detects duplicate call ids and moves each subscriber's
+//!    credit in file order, building the Arrow batches;
+//! 3. writer thread: encodes Parquet under temp names (fsynced), commits the batch to the
+//!    ledger (one transaction), then renames the files.
+//!
+//! A file is identified by its content hash: a file rated to the end is not charged again;
+//! a file whose rating was interrupted resumes after its last committed batch.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+use rust_decimal::Decimal;
+
+use crate::catalog::{Catalog, CdrFormat};
+use crate::cdr::{Cdr, GenericColumns, Reader};
+use crate::csv::{scan_records, RecordSpan};
+use crate::ledger::{CdrBatchCommit, Ledger, LedgerError, Movement, PendingFile, UserRow};
+use crate::rating::{rate_call, CallRating, Status};
+use crate::xdr::{self, RuleDetail, XdrBuilder, XdrRow};
+
+/// Bytes read per block; a block is also the unit of one ledger commit.
+pub const BLOCK_BYTES: usize = 16 << 20;
+/// Bad-line reasons kept for the summary.
+pub const BAD_SAMPLES: usize = 20;
+
+/// Errors of a rating run.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:1: {reason}")]
+    Header { path: String, reason: String },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Sink(#[from] xdr::SinkError),
+}
+
+/// Progress reports for a terminal progress bar or log lines.
+pub trait Progress: Sync {
+    fn file_started(&self, _path: &Path, _bytes: u64) {}
+    fn advanced(&self, _bytes: u64) {}
+    fn file_finished(&self, _path: &Path) {}
+}
+
+/// A progress sink that reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Where the time of a run went.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimes {
+    pub hash: Duration,
+    pub parse_rate: Duration,
+    pub build: Duration,
+    pub parquet: Duration,
+    pub ledger: Duration,
+}
+
+/// The outcome of rating one file.
+#[derive(Debug, Clone, Default)]
+pub struct FileSummary {
+    pub path: String,
+    pub file_hash: String,
+    /// The file had been rated to the end before: nothing was charged.
+    pub already_rated: bool,
+    /// Line the run resumed at, when an earlier run was interrupted.
+    pub resumed_at_line: Option<u64>,
+    pub records: u64,
+    pub xdrs: u64,
+    pub ok: u64,
+    pub unanswered: u64,
+    pub no_rate: u64,
+    pub unknown_user: u64,
+    pub duplicates: u64,
+    pub bad_lines: u64,
+    pub bad_samples: Vec<String>,
+    pub charged: Decimal,
+    pub elapsed: Duration,
+    pub times: StageTimes,
+}
+
+/// A subscriber during a run.
+struct UserState {
+    user_id: i64,
+    username: String,
+    group: Option<usize>,
+    group_name: String,
+    credit: Decimal,
+}
+
+/// Subscribers by account name, with their running credit.
+pub struct Subscribers {
+    by_name: HashMap<String, u32, ahash::RandomState>,
+    users: Vec<UserState>,
+}
+
+impl Subscribers {
+    pub fn new(catalog: &Catalog, rows: Vec<UserRow>) -> Self {
+        let mut by_name = HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new());
+        let mut users = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Some(name) = r.username else { continue };
+            by_name.insert(name.clone(), users.len() as u32);
+            users.push(UserState {
+                user_id: r.user_id,
+                group: catalog.group_index(&r.group_name),
+                group_name: r.group_name,
+                username: name,
+                credit: r.credit,
+            });
+        }
+        Subscribers { by_name, users }
+    }
+
+    /// The running credit of a user (for tests and summaries).
+    pub fn credit(&self, username: &str) -> Option<Decimal> {
+        self.by_name
+            .get(username)
+            .map(|&i| self.users[i as usize].credit)
+    }
+}
+
+/// Content hash of a file (hex blake3), feeding progress.
+pub fn hash_file(path: &Path) -> Result<(String, u64), BatchError> {
+    let io = |source| BatchError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((h.finalize().to_hex().to_string(), total))
+}
+
+/// 128-bit key of a call id.
+pub fn call_key(call_id: &[u8]) -> u128 {
+    let h = blake3::hash(call_id);
+    u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"))
+}
+
+/// One block as the reader hands it over.
+struct Block {
+    buf: Vec<u8>,
+    spans: Vec<RecordSpan>,
+    /// File offset of `buf[0]`.
+    offset: u64,
+    /// Offset and line after the last complete record of the block.
+    next_offset: u64,
+    next_line: u64,
+    eof: bool,
+}
+
+/// A rated block, ready for Parquet and the ledger.
+struct RatedBlock {
+    batches: Vec<(PathBuf, arrow_array::RecordBatch, i64, i64)>,
+    movements: Vec<Movement>,
+    call_keys: Vec<u8>,
+    first_xdr: u64,
+    next_xdr: u64,
+    next_offset: u64,
+    next_line: u64,
+    done: bool,
+    records: u64,
+    bytes: u64,
+}
+
+enum Outcome<'a> {
+    Bad(u64, String),
+    Rated(Box<RatedCdr<'a>>),
+}
+
+struct RatedCdr<'a> {
+    cdr: Cdr<'a>,
+    user: Option<u32>,
+    key: u128,
+    rating: CallRating,
+    cost: Decimal,
+}
+
+/// A batch rater over one ledger.
+pub struct BatchRater<'a> {
+    catalog: &'a Catalog,
+    ledger: &'a mut Ledger,
+    subscribers: Subscribers,
+    call_keys: HashSet<u128, ahash::RandomState>,
+    next_xdr: u64,
+}
+
+impl<'a> BatchRater<'a> {
+    /// Loads subscribers, seen call ids and the xDR sequence from the ledger.
+    pub fn new(catalog: &'a Catalog, ledger: &'a mut Ledger) -> Result<Self, BatchError> {
+        let subscribers = Subscribers::new(catalog, ledger.load_users()?);
+        let call_keys = ledger.load_call_keys()?;
+        let next_xdr = ledger.next_xdr_id()?;
+        Ok(BatchRater {
+            catalog,
+            ledger,
+            subscribers,
+            call_keys,
+            next_xdr,
+        })
+    }
+
+    pub fn subscribers(&self) -> &Subscribers {
+        &self.subscribers
+    }
+
+    /// Rates one file with exactly-once semantics.
+    pub fn rate_file(
+        &mut self,
+        path: &Path,
+        format: CdrFormat,
+        progress: &dyn Progress,
+    ) -> Result<FileSummary, BatchError> {
+        let started = Instant::now();
+        let io = |source| BatchError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let t0 = Instant::now();
+        let (file_hash, size) = hash_file(path)?;
+        let mut summary = FileSummary {
+            path: path.display().to_string(),
+            file_hash: file_hash.clone(),
+            ..Default::default()
+        };
+        summary.times.hash = t0.elapsed();
+        let prior = self.ledger.file_progress(&file_hash)?;
+        if let Some(p) = &prior {
+            if p.done {
+                summary.already_rated = true;
+                summary.elapsed = started.elapsed();
+                tracing::info!(file = %path.display(), first_rated_as = %p.path, "already rated (same content hash): nothing charged");
+                return Ok(summary);
+            }
+        }
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        // The generic format's header names its columns; read it from the file's start.
+        let (reader, header_end) = match format {
+            CdrFormat::Generic => {
+                let mut head = Vec::new();
+                (&mut file)
+                    .take(1 << 16)
+                    .read_to_end(&mut head)
+                    .map_err(io)?;
+                let end = memchr::memchr(b'\n', &head)
+                    .map(|i| i + 1)
+                    .unwrap_or(head.len());
+                let line = head[..end].strip_suffix(b"\n").unwrap_or(&head[..end]);
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
+                let cols =
+                    GenericColumns::from_header(line).map_err(|reason| BatchError::Header {
+                        path: path.display().to_string(),
+                        reason,
+                    })?;
+                (Reader::Generic(cols), end as u64)
+            }
+            CdrFormat::Asterisk => (Reader::Asterisk, 0),
+            CdrFormat::Freeswitch => (Reader::Freeswitch, 0),
+        };
+        let (start_offset, start_line) = match &prior {
+            Some(p) => {
+                summary.resumed_at_line = Some(p.next_line);
+                tracing::info!(file = %path.display(), line = p.next_line, "resuming an interrupted run after its last committed batch");
+                (p.next_offset, p.next_line)
+            }
+            None => (header_end, if header_end > 0 { 2 } else { 1 }),
+        };
+        file.seek(SeekFrom::Start(start_offset)).map_err(io)?;
+        progress.file_started(path, size);
+        progress.advanced(start_offset);
+
+        let file_name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path_str = path.display().to_string();
+        let catalog = self.catalog;
+        let xdr_root = self.ledger.xdr_root().to_path_buf();
+        let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Block, std::io::Error>>(2);
+        let (rated_tx, rated_rx) = crossbeam_channel::bounded::<RatedBlock>(1);
+
+        let ledger = &mut *self.ledger;
+        let subscribers = &mut self.subscribers;
+        let call_keys = &mut self.call_keys;
+        let next_xdr = &mut self.next_xdr;
+        let summary_ref = &mut summary;
+        let result: Result<(), BatchError> = std::thread::scope(|scope| {
+            // Stage 1: read blocks.
+            scope.spawn(move || read_blocks(file, start_offset, start_line, block_tx));
+            // Stage 3: Parquet + ledger.
+            let fhash = file_hash.clone();
+            let pstr = path_str.clone();
+            let writer = scope.spawn(move || -> Result<(Duration, Duration), BatchError> {
+                let (mut pq, mut lg) = (Duration::ZERO, Duration::ZERO);
+                for rb in rated_rx {
+                    let t = Instant::now();
+                    let mut files = Vec::with_capacity(rb.batches.len());
+                    for (final_path, batch, min_login, max_logout) in &rb.batches {
+                        xdr::write_temp(final_path, batch)?;
+                        files.push(PendingFile {
+                            final_path: final_path.clone(),
+                            rows: batch.num_rows() as u64,
+                            min_login: *min_login,
+                            max_logout: *max_logout,
+                        });
+                    }
+                    pq += t.elapsed();
+                    let t = Instant::now();
+                    let commit = CdrBatchCommit {
+                        file_hash: fhash.clone(),
+                        path: pstr.clone(),
+                        format: format.name().into(),
+                        file_size: size,
+                        next_offset: rb.next_offset,
+                        next_line: rb.next_line,
+                        done: rb.done,
+                        records: rb.records,
+                        first_xdr: rb.first_xdr,
+                        next_xdr: rb.next_xdr,
+                        movements: rb.movements,
+                        call_keys: rb.call_keys,
+                        files,
+                        now: chrono::Utc::now().timestamp(),
+                    };
+                    if let Err(e) = ledger.commit_cdr_batch(&commit) {
+                        for f in &commit.files {
+                            let _ = std::fs::remove_file(xdr::temp_path(&f.final_path));
+                        }
+                        return Err(e.into());
+                    }
+                    lg += t.elapsed();
+                    progress.advanced(rb.bytes);
+                }
+                Ok((pq, lg))
+            });
+            // Stage 2: rate, in this thread.
+            let stage2 = || -> Result<(), BatchError> {
+                let mut scratch_builders: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
+                for block in block_rx {
+                    let block = block.map_err(|source| BatchError::Io {
+                        path: path_str.clone(),
+                        source,
+                    })?;
+                    let t = Instant::now();
+                    let tz = &catalog.tz;
+                    let subs = &*subscribers;
+                    let outcomes: Vec<Outcome<'_>> = block
+                        .spans
+                        .par_iter()
+                        .with_min_len(2048)
+                        .map_init(Vec::new, |scratch, span| {
+                            let rec = &block.buf[span.start..span.end];
+                            match reader.parse(rec, span.line, tz) {
+                                Err(reason) => Outcome::Bad(span.line, reason),
+                                Ok(cdr) => Outcome::Rated(Box::new(rate_one(
+                                    catalog, subs, &file_hash, cdr, scratch,
+                                ))),
+                            }
+                        })
+                        .collect();
+                    summary_ref.times.parse_rate += t.elapsed();
+                    let t = Instant::now();
+                    let first_xdr = *next_xdr;
+                    let mut movements_by_user: HashMap<u32, (Decimal, usize), ahash::RandomState> =
+                        HashMap::default();
+                    let mut movements: Vec<Movement> = Vec::new();
+                    let mut keys = Vec::with_capacity(outcomes.len() * 16);
+                    scratch_builders.clear();
+                    let mut source = String::new();
+                    let mut details: Vec<RuleDetail<'_>> = Vec::new();
+                    let mut records = 0u64;
+                    for o in &outcomes {
+                        records += 1;
+                        let r = match o {
+                            Outcome::Bad(line, reason) => {
+                                summary_ref.bad_lines += 1;
+                                let msg = format!("{}:{line}: {reason}", path_str);
+                                if summary_ref.bad_samples.len() < BAD_SAMPLES {
+                                    summary_ref.bad_samples.push(msg.clone());
+                                }
+                                tracing::debug!("bad line {msg}");
+                                continue;
+                            }
+                            Outcome::Rated(r) => r,
+                        };
+                        if !call_keys.insert(r.key) {
+                            summary_ref.duplicates += 1;
+                            continue;
+                        }
+                        keys.extend_from_slice(&r.key.to_le_bytes());
+                        let xdr_id = *next_xdr;
+                        *next_xdr += 1;
+                        let status = if r.user.is_none() {
+                            Status::UnknownUser
+                        } else {
+                            r.rating.status
+                        };
+                        match status {
+                            Status::Ok => summary_ref.ok += 1,
+                            Status::Unanswered => summary_ref.unanswered += 1,
+                            Status::NoRate => summary_ref.no_rate += 1,
+                            Status::UnknownUser => summary_ref.unknown_user += 1,
+                        }
+                        let tariff_idx = r
+                            .user
+                            .and_then(|ui| subscribers.users[ui as usize].group)
+                            .and_then(|g| catalog.groups[g].tariff);
+                        let (user_id, username, group_name, before, after) = match r.user {
+                            Some(ui) => {
+                                let u = &mut subscribers.users[ui as usize];
+                                let before = u.credit;
+                                u.credit -= r.cost;
+                                if !r.cost.is_zero() {
+                                    let slot = movements_by_user.entry(ui).or_insert_with(|| {
+                                        movements.push(Movement {
+                                            user_id: u.user_id,
+                                            amount: Decimal::ZERO,
+                                            balance_after: Decimal::ZERO,
+                                            idem_key: format!(
+                                                "cdr:{}:{}:{}",
+                                                file_hash, block.offset, u.user_id
+                                            ),
+                                        });
+                                        (Decimal::ZERO, movements.len() - 1)
+                                    });
+                                    slot.0 += r.cost;
+                                    let m = &mut movements[slot.1];
+                                    m.amount = -slot.0;
+                                    m.balance_after = u.credit;
+                                }
+                                (
+                                    Some(u.user_id),
+                                    u.username.as_str(),
+                                    u.group_name.as_str(),
+                                    before,
+                                    u.credit,
+                                )
+                            }
+                            None => (
+                                None,
+                                r.cdr.account.as_ref(),
+                                "",
+                                Decimal::ZERO,
+                                Decimal::ZERO,
+                            ),
+                        };
+                        summary_ref.charged += r.cost;
+                        let d = r.cdr.duration_secs;
+                        let logout = r.cdr.start + d;
+                        let (dest, dest_name) =
+                            match (tariff_idx, r.rating.prefix, r.rating.row_at_start) {
+                                (Some(t), Some(p), Some(row)) => {
+                                    let tf = &catalog.tariffs[t];
+                                    (
+                                        tf.prefixes[p as usize].prefix.as_str(),
+                                        tf.rows[row as usize].description.as_str(),
+                                    )
+                                }
+                                _ => ("", ""),
+                            };
+                        details.clear();
+                        if let Some(row0) = r.rating.row_at_start {
+                            if let Some(t) = tariff_idx {
+                                let tf = &catalog.tariffs[t];
+                                for (i, p) in r.rating.pieces.iter().enumerate() {
+                                    let fee = if i == 0 {
+                                        tf.rows[row0 as usize].connect_fee
+                                    } else {
+                                        Decimal::ZERO
+                                    };
+                                    details.push(RuleDetail {
+                                        rule: tf.rows[p.item as usize].description.as_str(),
+                                        start_secs: p.start,
+                                        end_secs: p.end,
+                                        seconds: p.end - p.start,
+                                        bytes_in: 0,
+                                        bytes_out: 0,
+                                        credit: p.credit + fee,
+                                    });
+                                }
+                            }
+                        }
+                        source.clear();
+                        use std::fmt::Write;
+                        let _ = write!(source, "cdr:{}:{}", file_name, r.cdr.line);
+                        let call_id_owned;
+                        let call_id: &str = match &r.cdr.call_id {
+                            Some(c) => c.as_ref(),
+                            None => {
+                                call_id_owned = format!("{}:{}", &file_hash[..16], r.cdr.line);
+                                &call_id_owned
+                            }
+                        };
+                        let row = XdrRow {
+                            xdr_id,
+                            service_type: "VoIP",
+                            status: status.as_str(),
+                            user_id,
+                            username,
+                            group_name,
+                            login_time_secs: r.cdr.start,
+                            logout_time_secs: logout,
+                            duration_seconds: d,
+                            billed_seconds: r.rating.billed_secs,
+                            bytes_in: 0,
+                            bytes_out: 0,
+                            session_id: call_id,
+                            ras_description: "",
+                            nas_ip: "",
+                            unique_id_value: call_id,
+                            remote_ip: "",
+                            caller_id: r.cdr.caller.as_ref(),
+                            called_number: r.cdr.callee.as_ref(),
+                            terminate_cause: r.cdr.disposition.as_ref(),
+                            destination: dest,
+                            destination_name: dest_name,
+                            credit_used: r.cost,
+                            before_credit: before,
+                            after_credit: after,
+                            source: &source,
+                        };
+                        let day = xdr::day_of(logout);
+                        let slot = match scratch_builders.iter().position(|b| b.0 == day) {
+                            Some(i) => i,
+                            None => {
+                                scratch_builders.push((
+                                    day,
+                                    XdrBuilder::with_capacity(outcomes.len()),
+                                    i64::MAX,
+                                    i64::MIN,
+                                ));
+                                scratch_builders.len() - 1
+                            }
+                        };
+                        let b = &mut scratch_builders[slot];
+                        b.1.push(&row, &details);
+                        b.2 = b.2.min(r.cdr.start);
+                        b.3 = b.3.max(logout);
+                    }
+                    let mut batches = Vec::new();
+                    for (day, builder, min_login, max_logout) in scratch_builders.drain(..) {
+                        let dir = xdr::partition_dir(&xdr_root, day * 86_400);
+                        let name = format!("cdr-{:020}-{:08}.parquet", first_xdr, batches.len());
+                        batches.push((dir.join(name), builder.finish()?, min_login, max_logout));
+                    }
+                    summary_ref.records += records;
+                    summary_ref.xdrs += *next_xdr - first_xdr;
+                    summary_ref.times.build += t.elapsed();
+                    let rb = RatedBlock {
+                        batches,
+                        movements,
+                        call_keys: keys,
+                        first_xdr,
+                        next_xdr: *next_xdr,
+                        next_offset: block.next_offset,
+                        next_line: block.next_line,
+                        done: block.eof,
+                        records,
+                        bytes: block.next_offset - block.offset,
+                    };
+                    if rated_tx.send(rb).is_err() {
+                        // The writer stopped on an error; it reports it.
+                        break;
+                    }
+                }
+                drop(rated_tx);
+                Ok(())
+            };
+            let r2 = stage2();
+            let rw = writer.join().expect("writer thread does not panic");
+            r2?;
+            let (pq, lg) = rw?;
+            summary_ref.times.parquet = pq;
+            summary_ref.times.ledger = lg;
+            Ok(())
+        });
+        progress.file_finished(path);
+        if let Err(e) = result {
+            // The in-memory state may be ahead of the ledger: reload it before any reuse.
+            self.reload()?;
+            return Err(e);
+        }
+        summary.elapsed = started.elapsed();
+        tracing::info!(
+            file = %path.display(), records = summary.records, xdrs = summary.xdrs, charged = %summary.charged,
+            bad = summary.bad_lines, duplicates = summary.duplicates, secs = summary.elapsed.as_secs_f64(),
+            "file rated"
+        );
+        Ok(summary)
+    }
+
+    /// Reloads the in-memory state from the ledger (after a failed batch).
+    fn reload(&mut self) -> Result<(), BatchError> {
+        self.subscribers = Subscribers::new(self.catalog, self.ledger.load_users()?);
+        self.call_keys = self.ledger.load_call_keys()?;
+        self.next_xdr = self.ledger.next_xdr_id()?;
+        Ok(())
+    }
+}
+
+/// Parses the user and rates one CDR (pure; runs in parallel).
+fn rate_one<'a>(
+    catalog: &Catalog,
+    subs: &Subscribers,
+    file_hash: &str,
+    cdr: Cdr<'a>,
+    scratch: &mut Vec<u8>,
+) -> RatedCdr<'a> {
+    let key = match &cdr.call_id {
+        Some(c) => call_key(c.as_bytes()),
+        None => call_key(format!("{}:{}", &file_hash[..16], cdr.line).as_bytes()),
+    };
+    let user = subs.by_name.get(cdr.account.trim()).copied();
+    let zero = |status| CallRating {
+        status,
+        prefix: None,
+        row_at_start: None,
+        billed_secs: 0,
+        cost_exact: Decimal::ZERO,
+        pieces: Vec::new(),
+    };
+    let (rating, cost) = match user {
+        None => (zero(Status::UnknownUser), Decimal::ZERO),
+        Some(ui) => {
+            let u = &subs.users[ui as usize];
+            match u.group.map(|g| &catalog.groups[g]) {
+                Some(g) => match g.tariff {
+                    Some(t) => {
+                        let r = rate_call(
+                            &catalog.tariffs[t],
+                            &catalog.tz,
+                            &cdr.callee,
+                            cdr.start,
+                            cdr.duration_secs,
+                            cdr.answered,
+                            scratch,
+                        );
+                        let cost = if r.status == Status::Ok {
+                            g.round(r.cost_exact)
+                        } else {
+                            Decimal::ZERO
+                        };
+                        (r, cost)
+                    }
+                    None if !cdr.answered || cdr.duration_secs == 0 => {
+                        (zero(Status::Unanswered), Decimal::ZERO)
+                    }
+                    None => (zero(Status::NoRate), Decimal::ZERO),
+                },
+                None if !cdr.answered || cdr.duration_secs == 0 => {
+                    (zero(Status::Unanswered), Decimal::ZERO)
+                }
+                None => (zero(Status::NoRate), Decimal::ZERO),
+            }
+        }
+    };
+    RatedCdr {
+        cdr,
+        user,
+        key,
+        rating,
+        cost,
+    }
+}
+
+/// Stage 1: reads `file` from `offset` in blocks cut at record boundaries.
+fn read_blocks(
+    mut file: std::fs::File,
+    mut offset: u64,
+    mut line: u64,
+    tx: crossbeam_channel::Sender<Result<Block, std::io::Error>>,
+) {
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let mut buf = std::mem::take(&mut carry);
+        let have = buf.len();
+        buf.resize(have + BLOCK_BYTES, 0);
+        let mut filled = have;
+        // Fill the block (short reads happen).
+        let mut eof = false;
+        while filled < buf.len() {
+            match file.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+        buf.truncate(filled);
+        let mut spans = Vec::with_capacity(filled / 64);
+        let (consumed, next_line) = scan_records(&buf, line, eof, &mut spans);
+        if consumed == 0 && !eof {
+            // One record longer than a block: grow the block and read on.
+            carry = buf;
+            carry.reserve(BLOCK_BYTES);
+            continue;
+        }
+        carry = buf[consumed..].to_vec();
+        // Skip blank lines (a trailing newline at the end of a file, say).
+        spans.retain(|s| s.end > s.start);
+        let block = Block {
+            next_offset: offset + consumed as u64,
+            next_line,
+            offset,
+            buf,
+            spans,
+            eof: eof && carry.is_empty(),
+        };
+        offset = block.next_offset;
+        line = next_line;
+        let last = block.eof;
+        if tx.send(Ok(block)).is_err() || last {
+            return;
+        }
+    }
+}

@@ -1,0 +1,742 @@
+//! The runtime catalog: the validated, compiled form of a config.
+//!
+//! Built once at start ([`Catalog::build`]); rating only reads it. Prefixes are compiled into
+//! a digit trie (100k prefixes load in a fraction of a second), charge rules and rate rows
+//! into [`WeekSchedule`]s whose week coverage is checked here, so a bad config fails at start
+//! naming the file, key and reason.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use chrono_tz::Tz;
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use crate::config::{ConfigError, LoadedConfig};
+use crate::schedule::{parse_day, parse_hhmm, WeekSchedule, WindowSpec};
+
+/// How a record's cost is rounded to the group's decimals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rounding {
+    Up,
+    Down,
+    HalfUp,
+    HalfEven,
+}
+
+impl Rounding {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "up" => Some(Rounding::Up),
+            "down" => Some(Rounding::Down),
+            "half_up" => Some(Rounding::HalfUp),
+            "half_even" => Some(Rounding::HalfEven),
+            _ => None,
+        }
+    }
+
+    /// Rounds a (non-negative) cost to `decimals` places.
+    pub fn apply(self, v: Decimal, decimals: u32) -> Decimal {
+        let strategy = match self {
+            Rounding::Up => RoundingStrategy::AwayFromZero,
+            Rounding::Down => RoundingStrategy::ToZero,
+            Rounding::HalfUp => RoundingStrategy::MidpointAwayFromZero,
+            Rounding::HalfEven => RoundingStrategy::MidpointNearestEven,
+        };
+        v.round_dp_with_strategy(decimals, strategy)
+    }
+}
+
+/// An internet charge rule.
+#[derive(Debug, Clone)]
+pub struct ChargeRule {
+    pub id: u32,
+    pub name: String,
+    pub price_per_minute: Decimal,
+    pub price_per_gb: Decimal,
+}
+
+/// A subscriber group.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub id: u32,
+    pub name: String,
+    /// Which charge rule (index into `Catalog::charge_rules`) is in force when.
+    pub rules: Option<WeekSchedule<u32>>,
+    /// Index into `Catalog::tariffs`.
+    pub tariff: Option<usize>,
+    pub decimals: u32,
+    pub rounding: Rounding,
+}
+
+impl Group {
+    /// The one rounding of a record's exact cost.
+    pub fn round(&self, exact: Decimal) -> Decimal {
+        self.rounding.apply(exact, self.decimals)
+    }
+}
+
+/// One row of a rate deck.
+#[derive(Debug, Clone)]
+pub struct RateRow {
+    pub description: String,
+    pub price_per_minute: Decimal,
+    pub connect_fee: Decimal,
+    pub first_increment: u32,
+    pub next_increment: u32,
+}
+
+/// All rows of one prefix, as a week schedule of row indices.
+#[derive(Debug, Clone)]
+pub struct PrefixRates {
+    pub prefix: String,
+    pub schedule: WeekSchedule<u32>,
+}
+
+/// A VoIP rate deck.
+#[derive(Debug, Clone)]
+pub struct Tariff {
+    pub name: String,
+    pub rows: Vec<RateRow>,
+    pub prefixes: Vec<PrefixRates>,
+    pub trie: PrefixTrie,
+}
+
+impl Tariff {
+    /// Longest prefix of `digits` in the deck.
+    pub fn lookup(&self, digits: &[u8]) -> Option<&PrefixRates> {
+        self.trie
+            .longest_match(digits)
+            .map(|i| &self.prefixes[i as usize])
+    }
+}
+
+/// A digit trie mapping prefixes to values; the longest match wins.
+#[derive(Debug, Clone, Default)]
+pub struct PrefixTrie {
+    /// `children[node][digit]`, 0 = none (node 0 is the root, never a child).
+    children: Vec<[u32; 10]>,
+    values: Vec<u32>,
+}
+
+const NO_VALUE: u32 = u32::MAX;
+
+impl PrefixTrie {
+    pub fn new() -> Self {
+        PrefixTrie {
+            children: vec![[0; 10]],
+            values: vec![NO_VALUE],
+        }
+    }
+
+    /// Inserts `prefix` (ASCII digits); returns the previous value if the prefix was there.
+    pub fn insert(&mut self, prefix: &[u8], value: u32) -> Option<u32> {
+        let mut node = 0usize;
+        for &c in prefix {
+            let d = (c - b'0') as usize;
+            let next = self.children[node][d];
+            node = if next == 0 {
+                self.children.push([0; 10]);
+                self.values.push(NO_VALUE);
+                let n = (self.children.len() - 1) as u32;
+                self.children[node][d] = n;
+                n as usize
+            } else {
+                next as usize
+            };
+        }
+        let old = std::mem::replace(&mut self.values[node], value);
+        (old != NO_VALUE).then_some(old)
+    }
+
+    /// The value of the longest prefix of `digits` present, if any.
+    pub fn longest_match(&self, digits: &[u8]) -> Option<u32> {
+        let mut node = 0usize;
+        let mut best = self.values[0];
+        for &c in digits {
+            let d = c.wrapping_sub(b'0') as usize;
+            if d > 9 {
+                break;
+            }
+            let next = self.children[node][d];
+            if next == 0 {
+                break;
+            }
+            node = next as usize;
+            if self.values[node] != NO_VALUE {
+                best = self.values[node];
+            }
+        }
+        (best != NO_VALUE).then_some(best)
+    }
+}
+
+/// A RADIUS client.
+#[derive(Debug, Clone)]
+pub struct Nas {
+    pub name: String,
+    pub ip: IpAddr,
+    pub secret: Vec<u8>,
+    pub interim_interval_secs: Option<u64>,
+}
+
+/// An API administrator.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub name: String,
+    pub password: String,
+}
+
+/// CDR file formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CdrFormat {
+    Generic,
+    Asterisk,
+    Freeswitch,
+}
+
+impl CdrFormat {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "generic" => Some(CdrFormat::Generic),
+            "asterisk" => Some(CdrFormat::Asterisk),
+            "freeswitch" => Some(CdrFormat::Freeswitch),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            CdrFormat::Generic => "generic",
+            CdrFormat::Asterisk => "asterisk",
+            CdrFormat::Freeswitch => "freeswitch",
+        }
+    }
+}
+
+/// The validated runtime catalog.
+#[derive(Debug)]
+pub struct Catalog {
+    pub source_name: String,
+    pub tz: Tz,
+    pub radius_listen: String,
+    pub api_listen: String,
+    pub data_dir: PathBuf,
+    pub spool_dir: PathBuf,
+    pub spool_format: CdrFormat,
+    pub stale_timeout_secs: u64,
+    pub commit_wait_ms: u64,
+    pub session_idle_secs: u64,
+    pub admins: Vec<Admin>,
+    pub nas: Vec<Nas>,
+    pub charge_rules: Vec<ChargeRule>,
+    pub groups: Vec<Group>,
+    pub tariffs: Vec<Tariff>,
+    group_by_name: HashMap<String, usize>,
+}
+
+fn parse_money(file: &str, key: &str, s: &str) -> Result<Decimal, ConfigError> {
+    let d: Decimal = s.trim().parse().map_err(|_| ConfigError::Invalid {
+        file: file.into(),
+        key: key.into(),
+        reason: format!("{s:?} is not a decimal number"),
+    })?;
+    if d.is_sign_negative() {
+        return Err(ConfigError::Invalid {
+            file: file.into(),
+            key: key.into(),
+            reason: format!("{s:?} is negative"),
+        });
+    }
+    Ok(d)
+}
+
+fn window(
+    file: &str,
+    key: &str,
+    days: &[&str],
+    start: &str,
+    end: &str,
+) -> Result<WindowSpec, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        file: file.into(),
+        key: key.into(),
+        reason,
+    };
+    if days.is_empty() {
+        return Err(invalid("days is empty".into()));
+    }
+    let mut ds = Vec::new();
+    for d in days {
+        let v = parse_day(d).ok_or_else(|| invalid(format!("{d:?} is not a day (mon..sun)")))?;
+        if ds.contains(&v) {
+            return Err(invalid(format!("day {d:?} listed twice")));
+        }
+        ds.push(v);
+    }
+    let start_min =
+        parse_hhmm(start).ok_or_else(|| invalid(format!("start {start:?} is not HH:MM")))?;
+    let end_min = parse_hhmm(end).ok_or_else(|| invalid(format!("end {end:?} is not HH:MM")))?;
+    if start_min == 24 * 60 {
+        return Err(invalid("start 24:00 is not a time of day".into()));
+    }
+    Ok(WindowSpec {
+        days: ds,
+        start_min,
+        end_min,
+    })
+}
+
+impl Catalog {
+    /// Validates a loaded config into a catalog.
+    pub fn build(lc: &LoadedConfig) -> Result<Catalog, ConfigError> {
+        let file = lc.source.display_name();
+        let c = &lc.config;
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            file: file.clone(),
+            key: key.into(),
+            reason,
+        };
+        let tz: Tz = c.rating.time_zone.parse().map_err(|_| {
+            invalid(
+                "rating.time_zone",
+                format!("{:?} is not an IANA time zone", c.rating.time_zone),
+            )
+        })?;
+        let spool_format = CdrFormat::parse(&c.cdr.format).ok_or_else(|| {
+            invalid(
+                "cdr.format",
+                format!(
+                    "{:?}: expected asterisk, freeswitch or generic",
+                    c.cdr.format
+                ),
+            )
+        })?;
+        for (key, addr) in [
+            ("radius.listen", &c.radius.listen),
+            ("api.listen", &c.api.listen),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(invalid(key, format!("{addr:?} is not an address:port")));
+            }
+        }
+
+        let mut admins = Vec::new();
+        for (i, a) in c.admin.iter().enumerate() {
+            if a.name.is_empty() || a.password.is_empty() {
+                return Err(invalid(
+                    &format!("admin[{i}]"),
+                    "name and password must not be empty".into(),
+                ));
+            }
+            admins.push(Admin {
+                name: a.name.clone(),
+                password: a.password.clone(),
+            });
+        }
+
+        let mut nas = Vec::new();
+        for (i, n) in c.nas.iter().enumerate() {
+            let key = format!("nas[{i}] ({})", n.name);
+            let ip: IpAddr = n.ip.parse().map_err(|_| {
+                invalid(
+                    &format!("{key}.ip"),
+                    format!("{:?} is not an IP address", n.ip),
+                )
+            })?;
+            if n.secret.is_empty() {
+                return Err(invalid(&format!("{key}.secret"), "empty secret".into()));
+            }
+            if nas.iter().any(|x: &Nas| x.ip == ip) {
+                return Err(invalid(
+                    &format!("{key}.ip"),
+                    format!("{ip} is configured twice"),
+                ));
+            }
+            nas.push(Nas {
+                name: n.name.clone(),
+                ip,
+                secret: n.secret.as_bytes().to_vec(),
+                interim_interval_secs: n.interim_interval_secs,
+            });
+        }
+
+        let mut charge_rules = Vec::new();
+        let mut rule_windows = Vec::new();
+        for (i, r) in c.charge_rule.iter().enumerate() {
+            let key = format!("charge_rule[{i}] ({})", r.name);
+            if charge_rules.iter().any(|x: &ChargeRule| x.name == r.name) {
+                return Err(invalid(&key, "duplicate charge rule name".into()));
+            }
+            let days: Vec<&str> = r.days.iter().map(String::as_str).collect();
+            rule_windows.push(window(&file, &key, &days, &r.start, &r.end)?);
+            charge_rules.push(ChargeRule {
+                id: i as u32 + 1,
+                name: r.name.clone(),
+                price_per_minute: parse_money(
+                    &file,
+                    &format!("{key}.price_per_minute"),
+                    &r.price_per_minute,
+                )?,
+                price_per_gb: parse_money(&file, &format!("{key}.price_per_gb"), &r.price_per_gb)?,
+            });
+        }
+
+        let mut tariffs = Vec::new();
+        for (i, t) in c.tariff.iter().enumerate() {
+            let key = format!("tariff[{i}] ({})", t.name);
+            if tariffs.iter().any(|x: &Tariff| x.name == t.name) {
+                return Err(invalid(&key, "duplicate tariff name".into()));
+            }
+            let (deck_name, text) = lc.read_rates(&t.rates)?;
+            tariffs.push(load_rate_deck(&t.name, &deck_name, &text)?);
+        }
+
+        let mut groups = Vec::new();
+        let mut group_by_name = HashMap::new();
+        for (i, g) in c.group.iter().enumerate() {
+            let key = format!("group[{i}] ({})", g.name);
+            if group_by_name.contains_key(&g.name) {
+                return Err(invalid(&key, "duplicate group name".into()));
+            }
+            let rounding = Rounding::parse(&g.rounding).ok_or_else(|| {
+                invalid(
+                    &format!("{key}.rounding"),
+                    format!("{:?}: expected up, down, half_up or half_even", g.rounding),
+                )
+            })?;
+            if g.decimals > 10 {
+                return Err(invalid(
+                    &format!("{key}.decimals"),
+                    format!("{} is more than 10", g.decimals),
+                ));
+            }
+            let rules = if g.charge_rules.is_empty() {
+                None
+            } else {
+                let mut ws = Vec::new();
+                for name in &g.charge_rules {
+                    let idx = charge_rules
+                        .iter()
+                        .position(|r| &r.name == name)
+                        .ok_or_else(|| {
+                            invalid(
+                                &format!("{key}.charge_rules"),
+                                format!("no charge rule named {name:?}"),
+                            )
+                        })?;
+                    ws.push((rule_windows[idx].clone(), idx as u32));
+                }
+                Some(
+                    WeekSchedule::build(&ws, None)
+                        .map_err(|e| invalid(&format!("{key}.charge_rules"), e.to_string()))?,
+                )
+            };
+            let tariff = match &g.tariff {
+                None => None,
+                Some(name) => Some(tariffs.iter().position(|t| &t.name == name).ok_or_else(
+                    || {
+                        invalid(
+                            &format!("{key}.tariff"),
+                            format!("no tariff named {name:?}"),
+                        )
+                    },
+                )?),
+            };
+            group_by_name.insert(g.name.clone(), groups.len());
+            groups.push(Group {
+                id: i as u32 + 1,
+                name: g.name.clone(),
+                rules,
+                tariff,
+                decimals: g.decimals,
+                rounding,
+            });
+        }
+
+        Ok(Catalog {
+            source_name: file.clone(),
+            tz,
+            radius_listen: c.radius.listen.clone(),
+            api_listen: c.api.listen.clone(),
+            data_dir: lc.resolve(&c.storage.data_dir),
+            spool_dir: lc.resolve(&c.cdr.spool),
+            spool_format,
+            stale_timeout_secs: c.radius.stale_timeout_secs,
+            commit_wait_ms: c.radius.commit_wait_ms.clamp(1, 50),
+            session_idle_secs: c.api.session_idle_secs,
+            admins,
+            nas,
+            charge_rules,
+            groups,
+            tariffs,
+            group_by_name,
+        })
+    }
+
+    /// Index of a group by name.
+    pub fn group_index(&self, name: &str) -> Option<usize> {
+        self.group_by_name.get(name).copied()
+    }
+
+    /// The NAS configured for a source IP.
+    pub fn nas_by_ip(&self, ip: IpAddr) -> Option<usize> {
+        self.nas.iter().position(|n| n.ip == ip)
+    }
+}
+
+/// Splits one CSV line of a rate deck (no quoting needed for these fields, but quoted
+/// descriptions are accepted).
+fn deck_fields(line: &str) -> Vec<String> {
+    crate::csv::split_fields(line.as_bytes())
+        .map(|f| String::from_utf8_lossy(&f).into_owned())
+        .collect()
+}
+
+/// Parses and compiles a rate deck.
+pub fn load_rate_deck(tariff: &str, file: &str, text: &str) -> Result<Tariff, ConfigError> {
+    let invalid = |line: usize, field: &str, reason: String| ConfigError::Invalid {
+        file: format!("{file}:{line}"),
+        key: field.into(),
+        reason,
+    };
+    let mut lines = text.lines().enumerate();
+    let header = loop {
+        match lines.next() {
+            Some((_, l)) if l.trim().is_empty() => continue,
+            Some((n, l)) => break (n + 1, l),
+            None => return Err(invalid(1, "header", "the rate deck is empty".into())),
+        }
+    };
+    let cols = deck_fields(header.1);
+    let expected = [
+        "prefix",
+        "description",
+        "price_per_minute",
+        "connect_fee",
+        "first_increment",
+        "next_increment",
+    ];
+    if cols.len() < 6
+        || cols[..6]
+            .iter()
+            .map(|s| s.trim())
+            .ne(expected.iter().copied())
+    {
+        return Err(invalid(
+            header.0,
+            "header",
+            format!("expected {}[,days,start,end]", expected.join(",")),
+        ));
+    }
+
+    let mut rows: Vec<RateRow> = Vec::new();
+    // Per prefix: (windowed rows, unwindowed row, first line seen).
+    let mut by_prefix: HashMap<String, (Vec<(WindowSpec, u32)>, Option<u32>, usize)> =
+        HashMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (n, line) in lines {
+        let ln = n + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f = deck_fields(line);
+        if f.len() != 6 && f.len() != 9 {
+            return Err(invalid(
+                ln,
+                "row",
+                format!("expected 6 or 9 fields, found {}", f.len()),
+            ));
+        }
+        let prefix = f[0].trim().trim_start_matches('+').to_string();
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(
+                ln,
+                "prefix",
+                format!("{:?} is not a digit string", f[0]),
+            ));
+        }
+        let money = |i: usize, name: &str| -> Result<Decimal, ConfigError> {
+            let d: Decimal = f[i]
+                .trim()
+                .parse()
+                .map_err(|_| invalid(ln, name, format!("{:?} is not a decimal number", f[i])))?;
+            if d.is_sign_negative() {
+                return Err(invalid(ln, name, format!("{:?} is negative", f[i])));
+            }
+            Ok(d)
+        };
+        let int = |i: usize, name: &str, min: u32| -> Result<u32, ConfigError> {
+            let v: u32 = f[i].trim().parse().map_err(|_| {
+                invalid(
+                    ln,
+                    name,
+                    format!("{:?} is not a whole number of seconds", f[i]),
+                )
+            })?;
+            if v < min {
+                return Err(invalid(ln, name, format!("{v} is less than {min}")));
+            }
+            Ok(v)
+        };
+        let row = RateRow {
+            description: f[1].trim().to_string(),
+            price_per_minute: money(2, "price_per_minute")?,
+            connect_fee: money(3, "connect_fee")?,
+            first_increment: int(4, "first_increment", 0)?,
+            next_increment: int(5, "next_increment", 1)?,
+        };
+        let idx = rows.len() as u32;
+        rows.push(row);
+        let entry = by_prefix.entry(prefix.clone()).or_insert_with(|| {
+            order.push(prefix.clone());
+            (Vec::new(), None, ln)
+        });
+        if f.len() == 9
+            && !(f[6].trim().is_empty() && f[7].trim().is_empty() && f[8].trim().is_empty())
+        {
+            let days: Vec<&str> = f[6]
+                .split(';')
+                .map(str::trim)
+                .filter(|d| !d.is_empty())
+                .collect();
+            let w = window(
+                &format!("{file}:{ln}"),
+                "days/start/end",
+                &days,
+                &f[7],
+                &f[8],
+            )?;
+            entry.0.push((w, idx));
+        } else if entry.1.is_some() {
+            return Err(invalid(
+                ln,
+                "prefix",
+                format!("prefix {prefix} has two rows without a time window"),
+            ));
+        } else {
+            entry.1 = Some(idx);
+        }
+    }
+
+    let mut trie = PrefixTrie::new();
+    let mut prefixes = Vec::with_capacity(order.len());
+    for prefix in order {
+        let (windows, fallback, first_line) = by_prefix.remove(&prefix).expect("prefix recorded");
+        let schedule = if windows.is_empty() {
+            WeekSchedule::constant(fallback.expect("a prefix has at least one row"))
+        } else {
+            WeekSchedule::build(&windows, fallback).map_err(|e| {
+                invalid(
+                    first_line,
+                    "prefix",
+                    format!("rows of prefix {prefix}: {e}"),
+                )
+            })?
+        };
+        trie.insert(prefix.as_bytes(), prefixes.len() as u32);
+        prefixes.push(PrefixRates { prefix, schedule });
+    }
+    tracing::debug!(tariff, prefixes = prefixes.len(), "rate deck loaded");
+    Ok(Tariff {
+        name: tariff.to_string(),
+        rows,
+        prefixes,
+        trie,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ConfigSource;
+
+    fn build(toml: &str) -> Result<Catalog, ConfigError> {
+        let lc = LoadedConfig::from_str(toml, ConfigSource::File("t.toml".into()), ".".into())?;
+        Catalog::build(&lc)
+    }
+
+    #[test]
+    fn demo_config_builds() {
+        let c = Catalog::build(&LoadedConfig::demo()).unwrap();
+        assert_eq!(c.groups.len(), 2);
+        assert_eq!(c.tariffs[0].prefixes.len(), 7);
+    }
+
+    #[test]
+    fn trie_longest_match() {
+        let mut t = PrefixTrie::new();
+        t.insert(b"1", 0);
+        t.insert(b"44", 1);
+        t.insert(b"4420", 2);
+        assert_eq!(t.longest_match(b"442071234567"), Some(2));
+        assert_eq!(t.longest_match(b"4419"), Some(1));
+        assert_eq!(t.longest_match(b"4"), None);
+        assert_eq!(t.longest_match(b"7"), None);
+        assert_eq!(t.insert(b"44", 5), Some(1));
+    }
+
+    /// Each bad config gives one error naming the file, the key and the reason.
+    #[test]
+    fn bad_configs_name_file_key_and_reason() {
+        let rule = "[[charge_rule]]\nname='d'\ndays=['mon','tue','wed','thu','fri','sat','sun']\nstart='08:00'\nend='24:00'\nprice_per_minute='0.01'\nprice_per_gb='0.5'\n";
+        let cases: &[(String, &str)] = &[
+            ("[rating]\ntime_zone='Mars/Base'".into(), "t.toml: rating.time_zone: \"Mars/Base\" is not an IANA time zone"),
+            ("[cdr]\nformat='csv'".into(), "t.toml: cdr.format: \"csv\": expected asterisk, freeswitch or generic"),
+            ("[storage]\ndatadir='x'".into(), "t.toml:2: unknown field `datadir`, expected `data_dir`"),
+            (format!("{rule}[[group]]\nname='g'\ncharge_rules=['d']"), "t.toml: group[0] (g).charge_rules: the week is not covered from mon 00:00 to mon 08:00"),
+            (format!("{rule}[[group]]\nname='g'\ncharge_rules=['x']"), "t.toml: group[0] (g).charge_rules: no charge rule named \"x\""),
+            (rule.replace("0.01", "abc"), "t.toml: charge_rule[0] (d).price_per_minute: \"abc\" is not a decimal number"),
+            (rule.replace("'sun'", "'sunn'"), "t.toml: charge_rule[0] (d): \"sunn\" is not a day (mon..sun)"),
+            (rule.replace("24:00", "25:00"), "t.toml: charge_rule[0] (d): end \"25:00\" is not HH:MM"),
+            ("[[group]]\nname='g'\nrounding='ceil'".into(), "t.toml: group[0] (g).rounding: \"ceil\": expected up, down, half_up or half_even"),
+            ("[[nas]]\nname='n'\nip='1.2.3'\nsecret='s'".into(), "t.toml: nas[0] (n).ip: \"1.2.3\" is not an IP address"),
+            ("[[tariff]]\nname='t'\nrates='/nonexistent/x.csv'".into(), "/nonexistent/x.csv: cannot read"),
+        ];
+        for (toml, want) in cases {
+            let err = build(toml).unwrap_err().to_string();
+            assert!(
+                err.starts_with(want),
+                "config {toml:?}\n got: {err}\nwant: {want}"
+            );
+            assert!(!err.contains('\n'), "multi-line error: {err}");
+        }
+    }
+
+    #[test]
+    fn rate_deck_errors_name_line_and_field() {
+        let h = "prefix,description,price_per_minute,connect_fee,first_increment,next_increment,days,start,end\n";
+        let cases: &[(String, &str)] = &[
+            (format!("{h}1,US,x,0,60,60\n"), "d.csv:2: price_per_minute: \"x\" is not a decimal number"),
+            (format!("{h}1,US,0.1,0,60,0\n"), "d.csv:2: next_increment: 0 is less than 1"),
+            (format!("{h}1a,US,0.1,0,60,60\n"), "d.csv:2: prefix: \"1a\" is not a digit string"),
+            (format!("{h}1,US,0.1,0,60,60\n1,US2,0.1,0,60,60\n"), "d.csv:3: prefix: prefix 1 has two rows without a time window"),
+            (format!("{h}1,US,0.1,0,60,60,mon,08:00,18:00\n"), "d.csv:2: prefix: rows of prefix 1: the week is not covered from mon 00:00 to mon 08:00"),
+            (format!("{h}1,US,0.1,0,60,60\n1,p,0.1,0,60,60,mon,08:00,18:00\n1,q,0.1,0,60,60,mon,17:00,19:00\n"), "d.csv:2: prefix: rows of prefix 1: windows overlap at mon 17:00"),
+            ("prefix,desc\n".into(), "d.csv:1: header: expected prefix,description"),
+        ];
+        for (text, want) in cases {
+            let err = load_rate_deck("t", "d.csv", text).unwrap_err().to_string();
+            assert!(
+                err.starts_with(want),
+                "deck {text:?}\n got: {err}\nwant: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn hundred_thousand_prefixes_compile() {
+        let mut s = String::from(
+            "prefix,description,price_per_minute,connect_fee,first_increment,next_increment\n",
+        );
+        for i in 0..100_000u32 {
+            s.push_str(&format!(
+                "{},d{i},0.0{},0,60,60\n",
+                1_000_000 + i * 7,
+                i % 10
+            ));
+        }
+        let t = load_rate_deck("big", "big.csv", &s).unwrap();
+        assert_eq!(t.prefixes.len(), 100_000);
+        assert_eq!(t.lookup(b"10000074444").unwrap().prefix, "1000007");
+    }
+}

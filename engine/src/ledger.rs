@@ -1,0 +1,603 @@
+//! The ledger: subscribers, the credit journal, processed CDR files, rated batches and
+//! sequences, in SQLite (WAL, `synchronous=FULL`, so a commit is on disk when it returns).
+//!
+//! Every credit movement is a journal row with a unique idempotency key; balances are
+//! materialized in `users.credit` in the same transaction. Writes are batched: one
+//! transaction per batch of records. The exactly-once handshake with the Parquet files is
+//! described in ARCHITECTURE.md: xDR files are written and fsynced under a temp name before
+//! the commit that records them, renamed after it, and [`Ledger::open`] finishes or removes
+//! whatever a crash left in between.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rust_decimal::Decimal;
+
+use crate::xdr;
+
+/// Errors of the ledger boundary.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("data dir {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("data dir {path} is in use by another ratel process{pid}; while `ratel serve` runs, drop CDR files into its spool instead")]
+    Locked { path: String, pid: String },
+    #[error("ledger {path}: corrupt value {what}: {value:?}")]
+    Corrupt {
+        path: String,
+        what: String,
+        value: String,
+    },
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Holds the data dir's lock file for as long as it lives.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the exclusive lock of a data dir (creating the dir), or says who holds it.
+    pub fn acquire(data_dir: &Path) -> Result<Self, LedgerError> {
+        let io = |source| LedgerError::Io {
+            path: data_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(io)?;
+        let path = data_dir.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|s| format!(" (pid {})", s.trim()))
+                    .unwrap_or_default();
+                return Err(LedgerError::Locked {
+                    path: data_dir.display().to_string(),
+                    pid,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        use std::io::Write;
+        let mut f = &file;
+        let _ = f.set_len(0);
+        let _ = write!(f, "{}", std::process::id());
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// A subscriber as the rating loop needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub user_id: i64,
+    pub username: Option<String>,
+    pub group_name: String,
+    pub credit: Decimal,
+}
+
+/// A subscriber to create.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub group_name: String,
+    pub credit: Decimal,
+    pub comment: String,
+}
+
+/// Progress of a CDR file, keyed by its content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileProgress {
+    pub file_hash: String,
+    pub path: String,
+    pub done: bool,
+    pub next_offset: u64,
+    pub next_line: u64,
+    pub records: u64,
+}
+
+/// One credit movement of a batch.
+#[derive(Debug, Clone)]
+pub struct Movement {
+    pub user_id: i64,
+    /// Signed: a charge is negative.
+    pub amount: Decimal,
+    /// The user's balance after this movement (and every earlier one).
+    pub balance_after: Decimal,
+    pub idem_key: String,
+}
+
+/// An xDR file written under its temp name, to be recorded by a commit.
+#[derive(Debug, Clone)]
+pub struct PendingFile {
+    pub final_path: PathBuf,
+    pub rows: u64,
+    pub min_login: i64,
+    pub max_logout: i64,
+}
+
+/// Everything one CDR batch commits at once.
+#[derive(Debug, Clone)]
+pub struct CdrBatchCommit {
+    pub file_hash: String,
+    pub path: String,
+    pub format: String,
+    pub file_size: u64,
+    /// Byte offset and line after this batch.
+    pub next_offset: u64,
+    pub next_line: u64,
+    pub done: bool,
+    pub records: u64,
+    /// First xDR id of the batch and the next free id after it.
+    pub first_xdr: u64,
+    pub next_xdr: u64,
+    pub movements: Vec<Movement>,
+    /// 16-byte call-id keys of the rated records (for duplicate detection).
+    pub call_keys: Vec<u8>,
+    pub files: Vec<PendingFile>,
+    pub now: i64,
+}
+
+/// The ledger store.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+    xdr_root: PathBuf,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users(
+  user_id INTEGER PRIMARY KEY,
+  username TEXT UNIQUE,
+  password TEXT,
+  group_name TEXT NOT NULL,
+  isp_name TEXT NOT NULL DEFAULT 'Main',
+  credit TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  first_login INTEGER,
+  period_start INTEGER,
+  status TEXT NOT NULL DEFAULT 'Package');
+CREATE TABLE IF NOT EXISTS journal(
+  id INTEGER PRIMARY KEY,
+  user_id INTEGER NOT NULL,
+  amount TEXT NOT NULL,
+  balance_after TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  idem_key TEXT NOT NULL UNIQUE,
+  comment TEXT NOT NULL DEFAULT '',
+  created_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_user ON journal(user_id);
+CREATE TABLE IF NOT EXISTS cdr_files(
+  file_hash TEXT PRIMARY KEY,
+  path TEXT NOT NULL,
+  size INTEGER NOT NULL,
+  format TEXT NOT NULL,
+  done INTEGER NOT NULL,
+  next_offset INTEGER NOT NULL,
+  next_line INTEGER NOT NULL,
+  records INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches(
+  batch_id INTEGER PRIMARY KEY,
+  source TEXT NOT NULL,
+  first_xdr INTEGER NOT NULL,
+  next_xdr INTEGER NOT NULL,
+  call_keys BLOB NOT NULL,
+  committed_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS xdr_files(
+  path TEXT PRIMARY KEY,
+  batch_id INTEGER NOT NULL,
+  rows INTEGER NOT NULL,
+  min_login INTEGER NOT NULL,
+  max_logout INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seq(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
+";
+
+fn parse_dec(path: &Path, what: &str, s: &str) -> Result<Decimal, LedgerError> {
+    s.parse().map_err(|_| LedgerError::Corrupt {
+        path: path.display().to_string(),
+        what: what.into(),
+        value: s.into(),
+    })
+}
+
+impl Ledger {
+    /// Opens (creating) the ledger of a data dir and finishes what a crash interrupted.
+    /// The caller must hold the dir's [`DataDirLock`].
+    pub fn open(data_dir: &Path) -> Result<Ledger, LedgerError> {
+        let path = data_dir.join("ledger.sqlite");
+        let xdr_root = data_dir.join("xdr");
+        std::fs::create_dir_all(&xdr_root).map_err(|source| LedgerError::Io {
+            path: xdr_root.display().to_string(),
+            source,
+        })?;
+        let sq = |source| LedgerError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(&path).map_err(sq)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sq)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sq)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sq)?;
+        conn.execute_batch(SCHEMA).map_err(sq)?;
+        let ledger = Ledger {
+            conn,
+            path,
+            xdr_root,
+        };
+        ledger.recover_files()?;
+        Ok(ledger)
+    }
+
+    fn sq(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
+        move |source| LedgerError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Root of the xDR Parquet tree.
+    pub fn xdr_root(&self) -> &Path {
+        &self.xdr_root
+    }
+
+    /// Renames temp xDR files whose commit happened; deletes those whose commit did not.
+    fn recover_files(&self) -> Result<(), LedgerError> {
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| LedgerError::Io { path: p, source }
+        };
+        let Ok(parts) = std::fs::read_dir(&self.xdr_root) else {
+            return Ok(());
+        };
+        for part in parts.flatten() {
+            let dir = part.path();
+            if !dir.is_dir() {
+                continue;
+            }
+            let mut changed = false;
+            for entry in std::fs::read_dir(&dir).map_err(io(&dir))?.flatten() {
+                let p = entry.path();
+                let Some(final_path) = xdr::final_of_temp(&p) else {
+                    continue;
+                };
+                let rel = self.rel_path(&final_path);
+                let committed: bool = self
+                    .conn
+                    .query_row(
+                        "SELECT 1 FROM xdr_files WHERE path = ?1",
+                        [&rel],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .map_err(self.sq())?
+                    .is_some();
+                if committed {
+                    tracing::warn!(file = %final_path.display(), "recovery: finishing the rename of a committed xDR file");
+                    std::fs::rename(&p, &final_path).map_err(io(&p))?;
+                } else {
+                    tracing::warn!(file = %p.display(), "recovery: removing an xDR file whose batch never committed");
+                    std::fs::remove_file(&p).map_err(io(&p))?;
+                }
+                changed = true;
+            }
+            if changed {
+                xdr::sync_dir(&dir).map_err(io(&dir))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Path of an xDR file relative to the xdr root (as stored in the ledger).
+    pub fn rel_path(&self, p: &Path) -> String {
+        p.strip_prefix(&self.xdr_root)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// All subscribers.
+    pub fn load_users(&self) -> Result<Vec<UserRow>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT user_id, username, group_name, credit FROM users ORDER BY user_id")
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(self.sq())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (user_id, username, group_name, credit) = row.map_err(self.sq())?;
+            out.push(UserRow {
+                user_id,
+                username,
+                group_name,
+                credit: parse_dec(&self.path, "users.credit", &credit)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A subscriber by username.
+    pub fn user_by_name(&self, username: &str) -> Result<Option<UserRow>, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT user_id, username, group_name, credit FROM users WHERE username = ?1",
+                [username],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.sq())?
+            .map(|(user_id, username, group_name, credit)| {
+                Ok(UserRow {
+                    user_id,
+                    username,
+                    group_name,
+                    credit: parse_dec(&self.path, "users.credit", &credit)?,
+                })
+            })
+            .transpose()
+    }
+
+    /// Creates subscribers in one transaction, each with an initial-credit journal row.
+    /// Returns their ids. A username that exists already fails the whole call.
+    pub fn add_users(&mut self, users: &[NewUser], now: i64) -> Result<Vec<i64>, LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        let mut ids = Vec::with_capacity(users.len());
+        {
+            let mut ins = tx
+                .prepare("INSERT INTO users(username, password, group_name, credit, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(sq)?;
+            let mut jr = tx
+                .prepare("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, comment, created_at) VALUES (?1, ?2, ?2, 'initial', ?3, ?4, ?5)")
+                .map_err(sq)?;
+            for u in users {
+                if let Some(name) = &u.username {
+                    let exists: bool = tx
+                        .query_row(
+                            "SELECT 1 FROM users WHERE username = ?1",
+                            [name],
+                            |_| Ok(()),
+                        )
+                        .optional()
+                        .map_err(sq)?
+                        .is_some();
+                    if exists {
+                        return Err(LedgerError::Rejected(format!(
+                            "username {name:?} exists already"
+                        )));
+                    }
+                }
+                ins.execute(params![
+                    u.username,
+                    u.password,
+                    u.group_name,
+                    u.credit.to_string(),
+                    now
+                ])
+                .map_err(sq)?;
+                let id = tx.last_insert_rowid();
+                jr.execute(params![
+                    id,
+                    u.credit.to_string(),
+                    format!("initial:{id}"),
+                    u.comment,
+                    now
+                ])
+                .map_err(sq)?;
+                ids.push(id);
+            }
+        }
+        tx.commit().map_err(sq)?;
+        Ok(ids)
+    }
+
+    /// The progress record of a CDR file, by content hash.
+    pub fn file_progress(&self, file_hash: &str) -> Result<Option<FileProgress>, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT file_hash, path, done, next_offset, next_line, records FROM cdr_files WHERE file_hash = ?1",
+                [file_hash],
+                |r| {
+                    Ok(FileProgress {
+                        file_hash: r.get(0)?,
+                        path: r.get(1)?,
+                        done: r.get::<_, i64>(2)? != 0,
+                        next_offset: r.get::<_, i64>(3)? as u64,
+                        next_line: r.get::<_, i64>(4)? as u64,
+                        records: r.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.sq())
+    }
+
+    /// Every call-id key ever rated into this data dir.
+    pub fn load_call_keys(&self) -> Result<HashSet<u128, ahash::RandomState>, LedgerError> {
+        let mut set = HashSet::with_hasher(ahash::RandomState::new());
+        let mut st = self
+            .conn
+            .prepare("SELECT call_keys FROM batches")
+            .map_err(self.sq())?;
+        let mut rows = st.query([]).map_err(self.sq())?;
+        while let Some(r) = rows.next().map_err(self.sq())? {
+            let blob: Vec<u8> = r.get(0).map_err(self.sq())?;
+            set.reserve(blob.len() / 16);
+            for k in blob.chunks_exact(16) {
+                set.insert(u128::from_le_bytes(k.try_into().expect("16 bytes")));
+            }
+        }
+        Ok(set)
+    }
+
+    /// The next free xDR id.
+    pub fn next_xdr_id(&self) -> Result<u64, LedgerError> {
+        self.conn
+            .query_row("SELECT value FROM seq WHERE name = 'xdr'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|v| v as u64)
+            .map_err(self.sq())
+    }
+
+    /// Commits one rated CDR batch: credit movements, materialized balances, the batch and
+    /// its call keys, its xDR files, the file's progress and the xDR sequence — atomically.
+    /// The files must already be durable under their temp names; they are renamed here
+    /// after the commit.
+    pub fn commit_cdr_batch(&mut self, b: &CdrBatchCommit) -> Result<(), LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        {
+            tx.execute(
+                "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![format!("cdr:{}@{}", b.file_hash, b.next_offset), b.first_xdr as i64, b.next_xdr as i64, b.call_keys, b.now],
+            )
+            .map_err(sq)?;
+            let batch_id = tx.last_insert_rowid();
+            let mut jr = tx
+                .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'cdr', ?4, ?5)")
+                .map_err(sq)?;
+            let mut up = tx
+                .prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")
+                .map_err(sq)?;
+            for m in &b.movements {
+                jr.execute(params![
+                    m.user_id,
+                    m.amount.to_string(),
+                    m.balance_after.to_string(),
+                    m.idem_key,
+                    b.now
+                ])
+                .map_err(sq)?;
+                up.execute(params![m.user_id, m.balance_after.to_string()])
+                    .map_err(sq)?;
+            }
+            let mut xf = tx
+                .prepare_cached("INSERT INTO xdr_files(path, batch_id, rows, min_login, max_logout) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(sq)?;
+            for f in &b.files {
+                let rel = f
+                    .final_path
+                    .strip_prefix(&self.xdr_root)
+                    .unwrap_or(&f.final_path)
+                    .to_string_lossy()
+                    .into_owned();
+                xf.execute(params![
+                    rel,
+                    batch_id,
+                    f.rows as i64,
+                    f.min_login,
+                    f.max_logout
+                ])
+                .map_err(sq)?;
+            }
+            tx.execute(
+                "INSERT INTO cdr_files(file_hash, path, size, format, done, next_offset, next_line, records, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(file_hash) DO UPDATE SET done = ?5, next_offset = ?6, next_line = ?7,
+                   records = records + ?8, updated_at = ?9",
+                params![b.file_hash, b.path, b.file_size as i64, b.format, b.done as i64, b.next_offset as i64, b.next_line as i64, b.records as i64, b.now],
+            )
+            .map_err(sq)?;
+            tx.execute(
+                "UPDATE seq SET value = ?1 WHERE name = 'xdr'",
+                [b.next_xdr as i64],
+            )
+            .map_err(sq)?;
+        }
+        tx.commit().map_err(sq)?;
+        publish_files(&b.files)
+    }
+
+    /// Sum of journal movements per user (for conservation checks and reports).
+    pub fn journal_sum(&self, user_id: i64, kind: Option<&str>) -> Result<Decimal, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT amount FROM journal WHERE user_id = ?1 AND (?2 IS NULL OR kind = ?2)")
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map(params![user_id, kind], |r| r.get::<_, String>(0))
+            .map_err(self.sq())?;
+        let mut sum = Decimal::ZERO;
+        for r in rows {
+            sum += parse_dec(&self.path, "journal.amount", &r.map_err(self.sq())?)?;
+        }
+        Ok(sum)
+    }
+}
+
+/// Renames committed temp files to their final names and fsyncs their directories.
+pub fn publish_files(files: &[PendingFile]) -> Result<(), LedgerError> {
+    let mut dirs: Vec<&Path> = Vec::new();
+    for f in files {
+        let tmp = xdr::temp_path(&f.final_path);
+        std::fs::rename(&tmp, &f.final_path).map_err(|source| LedgerError::Io {
+            path: tmp.display().to_string(),
+            source,
+        })?;
+        if let Some(d) = f.final_path.parent() {
+            if !dirs.contains(&d) {
+                dirs.push(d);
+            }
+        }
+    }
+    for d in dirs {
+        xdr::sync_dir(d).map_err(|source| LedgerError::Io {
+            path: d.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(())
+}

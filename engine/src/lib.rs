@@ -1,0 +1,13 @@
+//! ratel's engine: the catalog built from config, pure rating, the ledger, CDR ingest and
+//! the xDR Parquet writer. See ARCHITECTURE.md for the map and the invariants.
+
+pub mod batch;
+pub mod catalog;
+pub mod cdr;
+pub mod config;
+pub mod csv;
+pub mod ledger;
+pub mod rating;
+pub mod schedule;
+pub mod users;
+pub mod xdr;

@@ -1,0 +1,756 @@
+//! Rating: the arithmetic of DESIGN.md as pure functions — no I/O, no clock, no floats.
+//!
+//! VoIP: [`rate_call`] turns (tariff, callee, start, billable seconds) into an exact cost and
+//! its pieces per rate window. Internet: [`SessionCharge`] accumulates a RADIUS session's
+//! exact cost update by update; the ledger takes `round(cost_now) - round(cost_before)` at
+//! each update, so the total taken is `round(total)` however many interims there were.
+//!
+//! Exactness: time charges are kept as the exact numerator `Σ price_per_minute × seconds`
+//! and divided by 60 once, when the cost is read; traffic charges are exact decimal shifts
+//! (`price_per_gb × bytes / 10^9`). The group's rounding is applied once per record.
+
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+
+use crate::catalog::{ChargeRule, Group, Tariff};
+
+/// Outcome of rating one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Status {
+    Ok,
+    NoRate,
+    UnknownUser,
+    Unanswered,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "OK",
+            Status::NoRate => "NO_RATE",
+            Status::UnknownUser => "UNKNOWN_USER",
+            Status::Unanswered => "UNANSWERED",
+        }
+    }
+}
+
+/// A rated piece of a call or session: `[start, end)` under one rate row or charge rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    pub start: i64,
+    pub end: i64,
+    /// Rate row index (VoIP) or charge rule index (Internet).
+    pub item: u32,
+    /// Exact (unrounded) cost of this piece.
+    pub credit: Decimal,
+}
+
+/// The rating of one VoIP call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallRating {
+    pub status: Status,
+    /// Index of the matched prefix in the tariff.
+    pub prefix: Option<u32>,
+    /// Row in force at the call's start (its description names the destination).
+    pub row_at_start: Option<u32>,
+    pub billed_secs: i64,
+    /// Exact cost before the group's rounding.
+    pub cost_exact: Decimal,
+    pub pieces: Vec<Piece>,
+}
+
+const SIXTY: Decimal = Decimal::from_parts(60, 0, 0, false, 0);
+
+/// The callee reduced to its digits, with a leading international `00` dropped.
+pub fn destination_digits(callee: &str, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend(callee.bytes().filter(u8::is_ascii_digit));
+    if out.starts_with(b"00") {
+        out.drain(..2);
+    }
+}
+
+/// Billed seconds for `d` billable seconds with increments `first` / `next`.
+pub fn billed_seconds(d: i64, first: u32, next: u32) -> i64 {
+    let (first, next) = (first as i64, next.max(1) as i64);
+    if d <= 0 {
+        0
+    } else if d <= first {
+        first
+    } else {
+        first + (d - first + next - 1) / next * next
+    }
+}
+
+/// Rates a call already known to belong to a known user. `answered` false or `d == 0` gives
+/// `UNANSWERED` at cost 0; no matching prefix gives `NO_RATE` at cost 0.
+pub fn rate_call(
+    tariff: &Tariff,
+    tz: &Tz,
+    callee: &str,
+    start: i64,
+    d: i64,
+    answered: bool,
+    scratch: &mut Vec<u8>,
+) -> CallRating {
+    let zero = |status| CallRating {
+        status,
+        prefix: None,
+        row_at_start: None,
+        billed_secs: 0,
+        cost_exact: Decimal::ZERO,
+        pieces: Vec::new(),
+    };
+    if !answered || d <= 0 {
+        return zero(Status::Unanswered);
+    }
+    destination_digits(callee, scratch);
+    let Some(pidx) = tariff.trie.longest_match(scratch) else {
+        return zero(Status::NoRate);
+    };
+    let pr = &tariff.prefixes[pidx as usize];
+    let row0 = pr.schedule.at(tz, start);
+    let r0 = &tariff.rows[row0 as usize];
+    let billed = billed_seconds(d, r0.first_increment, r0.next_increment);
+    let mut numerator = Decimal::ZERO;
+    let mut pieces = Vec::with_capacity(1);
+    pr.schedule.split(tz, start, start + billed, |a, b, row| {
+        let part = tariff.rows[row as usize].price_per_minute * Decimal::from(b - a);
+        numerator += part;
+        pieces.push(Piece {
+            start: a,
+            end: b,
+            item: row,
+            credit: part / SIXTY,
+        });
+    });
+    CallRating {
+        status: Status::Ok,
+        prefix: Some(pidx),
+        row_at_start: Some(row0),
+        billed_secs: billed,
+        cost_exact: r0.connect_fee + numerator / SIXTY,
+        pieces,
+    }
+}
+
+/// One accounting update of an internet session, as rating sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// The update's moment (Event-Timestamp, else arrival), unix seconds.
+    pub moment: i64,
+    /// Acct-Session-Time.
+    pub session_time: i64,
+    /// Octets with gigawords folded in.
+    pub octets_in: u64,
+    pub octets_out: u64,
+}
+
+/// Per charge rule usage of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleUsage {
+    pub rule: u32,
+    pub start: i64,
+    pub end: i64,
+    pub seconds: i64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Exact time numerator (price × seconds) of this rule.
+    pub time_numerator: Decimal,
+    /// Exact traffic cost under this rule.
+    pub traffic: Decimal,
+}
+
+impl RuleUsage {
+    /// Exact credit of this rule's usage.
+    pub fn credit(&self) -> Decimal {
+        self.time_numerator / SIXTY + self.traffic
+    }
+}
+
+/// What an update did to a session.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpdateCharge {
+    /// Credit to take now: `round(cost_now) - round(cost_before)`.
+    pub delta: Decimal,
+    /// Session time went backwards (nothing charged for time).
+    pub time_backwards: bool,
+    /// An octet counter went backwards (nothing charged for that counter).
+    pub octets_backwards: bool,
+}
+
+/// The rating state of one internet session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCharge {
+    /// Fixed by the first update seen: its moment minus its session time.
+    pub login_time: i64,
+    pub last_session_time: i64,
+    pub last_octets_in: u64,
+    pub last_octets_out: u64,
+    pub last_moment: i64,
+    /// `Σ price_per_minute × seconds` over all pieces so far.
+    pub time_numerator: Decimal,
+    /// Exact traffic cost so far.
+    pub traffic: Decimal,
+    /// What the ledger has taken so far (= round(cost) at the last update).
+    pub charged: Decimal,
+    pub rules: Vec<RuleUsage>,
+}
+
+impl SessionCharge {
+    /// A new session from the first update seen of it; nothing is charged until
+    /// [`SessionCharge::apply`] is called with that same update.
+    pub fn new(first: &Usage) -> Self {
+        SessionCharge {
+            login_time: first.moment - first.session_time.max(0),
+            last_session_time: 0,
+            last_octets_in: 0,
+            last_octets_out: 0,
+            last_moment: first.moment,
+            time_numerator: Decimal::ZERO,
+            traffic: Decimal::ZERO,
+            charged: Decimal::ZERO,
+            rules: Vec::new(),
+        }
+    }
+
+    /// Exact cost so far.
+    pub fn cost_exact(&self) -> Decimal {
+        self.time_numerator / SIXTY + self.traffic
+    }
+
+    fn rule_mut(&mut self, rule: u32, at: i64) -> &mut RuleUsage {
+        let pos = match self.rules.iter().position(|r| r.rule == rule) {
+            Some(p) => p,
+            None => {
+                self.rules.push(RuleUsage {
+                    rule,
+                    start: at,
+                    end: at,
+                    seconds: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    time_numerator: Decimal::ZERO,
+                    traffic: Decimal::ZERO,
+                });
+                self.rules.len() - 1
+            }
+        };
+        &mut self.rules[pos]
+    }
+
+    /// Applies one update: charges the time since the previous update split at rule edges,
+    /// and the traffic growth at the rule in force at the update's moment.
+    pub fn apply(
+        &mut self,
+        group: &Group,
+        rules: &[ChargeRule],
+        tz: &Tz,
+        u: &Usage,
+    ) -> UpdateCharge {
+        let mut out = UpdateCharge::default();
+        let Some(schedule) = &group.rules else {
+            // A group without charge rules is not charged for internet use.
+            self.last_session_time = self.last_session_time.max(u.session_time);
+            self.last_octets_in = self.last_octets_in.max(u.octets_in);
+            self.last_octets_out = self.last_octets_out.max(u.octets_out);
+            self.last_moment = self.last_moment.max(u.moment);
+            return out;
+        };
+        if u.session_time < self.last_session_time {
+            out.time_backwards = true;
+        } else if u.session_time > self.last_session_time {
+            let from = self.login_time + self.last_session_time;
+            let to = self.login_time + u.session_time;
+            let mut parts: Vec<(i64, i64, u32)> = Vec::with_capacity(2);
+            schedule.split(tz, from, to, |a, b, r| parts.push((a, b, r)));
+            for (a, b, r) in parts {
+                let part = rules[r as usize].price_per_minute * Decimal::from(b - a);
+                self.time_numerator += part;
+                let ru = self.rule_mut(r, a);
+                ru.seconds += b - a;
+                ru.end = ru.end.max(b);
+                ru.start = ru.start.min(a);
+                ru.time_numerator += part;
+            }
+            self.last_session_time = u.session_time;
+        }
+        let din = if u.octets_in < self.last_octets_in {
+            out.octets_backwards = true;
+            0
+        } else {
+            u.octets_in - self.last_octets_in
+        };
+        let dout = if u.octets_out < self.last_octets_out {
+            out.octets_backwards = true;
+            0
+        } else {
+            u.octets_out - self.last_octets_out
+        };
+        if din > 0 || dout > 0 {
+            let r = schedule.at(tz, u.moment);
+            let bytes = din as i128 + dout as i128;
+            // price_per_gb × bytes / 10^9: an exact decimal shift.
+            let traffic = rules[r as usize].price_per_gb * Decimal::from_i128_with_scale(bytes, 9);
+            self.traffic += traffic;
+            let ru = self.rule_mut(r, u.moment);
+            ru.bytes_in += din;
+            ru.bytes_out += dout;
+            ru.traffic += traffic;
+            ru.end = ru.end.max(u.moment);
+        }
+        self.last_octets_in = self.last_octets_in.max(u.octets_in);
+        self.last_octets_out = self.last_octets_out.max(u.octets_out);
+        self.last_moment = self.last_moment.max(u.moment);
+        let now = group.round(self.cost_exact());
+        out.delta = now - self.charged;
+        self.charged = now;
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{load_rate_deck, Catalog, Rounding};
+    use crate::config::{ConfigSource, LoadedConfig};
+    use proptest::prelude::*;
+    use rust_decimal_macros_free::d;
+
+    /// `d("1.25")`: a Decimal literal for tables.
+    mod rust_decimal_macros_free {
+        pub fn d(s: &str) -> rust_decimal::Decimal {
+            s.parse().unwrap()
+        }
+    }
+
+    fn ts(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+    }
+
+    const DECK: &str = "prefix,description,price_per_minute,connect_fee,first_increment,next_increment,days,start,end
+1,USA,0.0100,0,60,60
+44,UK,0.0200,0.0100,30,6
+4420,London,0.0150,0,1,1
+49,DE offpeak,0.0300,0.0010,60,60
+49,DE peak,0.0600,0.0500,60,60,mon;tue;wed;thu;fri,08:00,18:00
+7,RU night,0.0100,0.0200,60,60,mon;tue;wed;thu;fri;sat;sun,22:00,06:00
+7,RU day,0.0400,0,60,60,mon;tue;wed;thu;fri;sat;sun,06:00,22:00
+3,Wknd,0.0100,0,1,1,sat;sun,00:00,00:00
+3,Weekday,0.0200,0,1,1
+";
+
+    fn deck() -> Tariff {
+        load_rate_deck("t", "t.csv", DECK).unwrap()
+    }
+
+    /// (callee, start UTC, d, answered, want status, want billed, want exact cost)
+    /// Every expectation below is computed by hand in the comment beside it.
+    #[test]
+    fn voip_table() {
+        let t = deck();
+        let utc: Tz = "UTC".parse().unwrap();
+        // 2026-11-02 is a Monday.
+        let cases: &[(&str, &str, i64, bool, Status, i64, &str)] = &[
+            // 60/60: 61 s -> 120 s at 0.01/min = 0.02
+            (
+                "15551234567",
+                "2026-11-02T10:00:00Z",
+                61,
+                true,
+                Status::Ok,
+                120,
+                "0.02",
+            ),
+            // exactly one increment: 60 s -> 0.01
+            (
+                "15551234567",
+                "2026-11-02T10:00:00Z",
+                60,
+                true,
+                Status::Ok,
+                60,
+                "0.01",
+            ),
+            // 30/6: 31 s -> 36 s; 0.01 fee + 0.02*36/60 = 0.01 + 0.012 = 0.022
+            (
+                "447700900123",
+                "2026-11-02T10:00:00Z",
+                31,
+                true,
+                Status::Ok,
+                36,
+                "0.022",
+            ),
+            // 30/6: 5 s -> 30 s; 0.01 + 0.02*30/60 = 0.02
+            (
+                "447700900123",
+                "2026-11-02T10:00:00Z",
+                5,
+                true,
+                Status::Ok,
+                30,
+                "0.020",
+            ),
+            // 1/1 on the longer prefix 4420: 65 s * 0.015/60 = 0.01625
+            (
+                "+44 20 7123 4567",
+                "2026-11-02T10:00:00Z",
+                65,
+                true,
+                Status::Ok,
+                65,
+                "0.01625",
+            ),
+            // 00 prefix dropped: 0044 20... is 4420...
+            (
+                "00442071234567",
+                "2026-11-02T10:00:00Z",
+                65,
+                true,
+                Status::Ok,
+                65,
+                "0.01625",
+            ),
+            // window edge: 17:30-18:30 Monday, DE: 30 min peak 0.06 + 30 min offpeak 0.03
+            // + peak connect fee 0.05 = 0.05 + 1.8 + 0.9 = 2.75
+            (
+                "4930123456",
+                "2026-11-02T17:30:00Z",
+                3600,
+                true,
+                Status::Ok,
+                3600,
+                "2.75",
+            ),
+            // crossing midnight Friday -> Saturday on prefix 3: 23:59:00-00:01:00:
+            // 60 s weekday 0.02 + 60 s weekend 0.01 -> (1.2 + 0.6)/60 = 0.03
+            (
+                "3312345",
+                "2026-11-06T23:59:00Z",
+                120,
+                true,
+                Status::Ok,
+                120,
+                "0.03",
+            ),
+            // wrapping night window (22:00-06:00) crossing midnight, start 21:30 Monday:
+            // 30 min day 0.04 + 60 min night 0.01, fee of the day row (0) = 1.2 + 0.6 = 1.8
+            (
+                "74951234567",
+                "2026-11-02T21:30:00Z",
+                5400,
+                true,
+                Status::Ok,
+                5400,
+                "1.8",
+            ),
+            // start inside the night window: connect fee 0.02 + 10 min * 0.01 = 0.12
+            (
+                "74951234567",
+                "2026-11-03T02:00:00Z",
+                600,
+                true,
+                Status::Ok,
+                600,
+                "0.12",
+            ),
+            (
+                "15551234567",
+                "2026-11-02T10:00:00Z",
+                61,
+                false,
+                Status::Unanswered,
+                0,
+                "0",
+            ),
+            (
+                "15551234567",
+                "2026-11-02T10:00:00Z",
+                0,
+                true,
+                Status::Unanswered,
+                0,
+                "0",
+            ),
+            (
+                "8612345",
+                "2026-11-02T10:00:00Z",
+                61,
+                true,
+                Status::NoRate,
+                0,
+                "0",
+            ),
+            ("", "2026-11-02T10:00:00Z", 61, true, Status::NoRate, 0, "0"),
+        ];
+        let mut scratch = Vec::new();
+        for (callee, start, dur, ans, status, billed, cost) in cases {
+            let r = rate_call(&t, &utc, callee, ts(start), *dur, *ans, &mut scratch);
+            assert_eq!(
+                (r.status, r.billed_secs, r.cost_exact),
+                (*status, *billed, d(cost)),
+                "{callee} {start} {dur}"
+            );
+            if r.status == Status::Ok {
+                let sum: Decimal = r.pieces.iter().map(|p| p.credit).sum();
+                let fee = t.rows[r.row_at_start.unwrap() as usize].connect_fee;
+                assert_eq!(sum + fee, r.cost_exact);
+            }
+        }
+    }
+
+    #[test]
+    fn window_split_pieces() {
+        let t = deck();
+        let utc: Tz = "UTC".parse().unwrap();
+        let r = rate_call(
+            &t,
+            &utc,
+            "4930123456",
+            ts("2026-11-02T17:30:00Z"),
+            3600,
+            true,
+            &mut Vec::new(),
+        );
+        let pieces: Vec<(i64, &str, Decimal)> = r
+            .pieces
+            .iter()
+            .map(|p| {
+                (
+                    p.end - p.start,
+                    t.rows[p.item as usize].description.as_str(),
+                    p.credit,
+                )
+            })
+            .collect();
+        assert_eq!(
+            pieces,
+            vec![(1800, "DE peak", d("1.8")), (1800, "DE offpeak", d("0.9"))]
+        );
+    }
+
+    #[test]
+    fn dst_day_in_local_zone() {
+        // Europe/Berlin, 2026-03-29 (Sunday) loses 02:00-03:00. Prefix 7: night window
+        // 22:00-06:00 local. A call from 01:00 CET (00:00Z) to 07:00 CEST (05:00Z) is five
+        // real hours: 4 h of night (01:00-06:00 local, minus the lost hour) at 0.01 and
+        // 1 h of day (06:00-07:00) at 0.04, plus the night row's connect fee 0.02:
+        // 0.02 + 240*0.01 + 60*0.04 = 0.02 + 2.4 + 2.4 = 4.82
+        let t = deck();
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let r = rate_call(
+            &t,
+            &tz,
+            "74951234567",
+            ts("2026-03-29T00:00:00Z"),
+            5 * 3600,
+            true,
+            &mut Vec::new(),
+        );
+        assert_eq!(r.cost_exact, d("4.82"));
+        assert_eq!(
+            r.pieces.iter().map(|p| p.end - p.start).collect::<Vec<_>>(),
+            vec![4 * 3600, 3600]
+        );
+    }
+
+    #[test]
+    fn increments() {
+        for (d_, first, next, want) in [
+            (1, 60, 60, 60),
+            (60, 60, 60, 60),
+            (61, 60, 60, 120),
+            (31, 30, 6, 36),
+            (36, 30, 6, 36),
+            (37, 30, 6, 42),
+            (1, 1, 1, 1),
+            (59, 1, 1, 59),
+            (0, 60, 60, 0),
+            (5, 0, 10, 10),
+        ] {
+            assert_eq!(billed_seconds(d_, first, next), want, "{d_} {first}/{next}");
+        }
+    }
+
+    #[test]
+    fn rounding_methods() {
+        let cases = [
+            ("0.00001", 4, Rounding::Up, "0.0001"),
+            ("0.00019", 4, Rounding::Down, "0.0001"),
+            ("0.00015", 4, Rounding::HalfUp, "0.0002"),
+            ("0.00025", 4, Rounding::HalfEven, "0.0002"),
+            ("0.00035", 4, Rounding::HalfEven, "0.0004"),
+            ("1.005", 2, Rounding::HalfEven, "1.00"),
+            ("0.0162500", 4, Rounding::Up, "0.0163"),
+        ];
+        for (v, dp, r, want) in cases {
+            assert_eq!(r.apply(d(v), dp), d(want), "{v} {dp} {r:?}");
+        }
+    }
+
+    const CFG: &str = r#"
+[[charge_rule]]
+name = "day"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "08:00"
+end = "24:00"
+price_per_minute = "0.0100"
+price_per_gb = "0.5000"
+[[charge_rule]]
+name = "night"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "00:00"
+end = "08:00"
+price_per_minute = "0.0050"
+price_per_gb = "0.2500"
+[[group]]
+name = "g"
+charge_rules = ["night","day"]
+decimals = 4
+rounding = "up"
+"#;
+
+    fn catalog() -> Catalog {
+        Catalog::build(&LoadedConfig::from_str(CFG, ConfigSource::BuiltinDemo, ".".into()).unwrap())
+            .unwrap()
+    }
+
+    fn run(c: &Catalog, updates: &[Usage]) -> (Decimal, SessionCharge) {
+        let g = &c.groups[0];
+        let mut s = SessionCharge::new(&updates[0]);
+        let mut total = Decimal::ZERO;
+        for u in updates {
+            total += s.apply(g, &c.charge_rules, &c.tz, u).delta;
+        }
+        (total, s)
+    }
+
+    #[test]
+    fn internet_session_split_at_rule_edge_with_gigawords() {
+        let c = catalog();
+        let login = ts("2026-11-02T07:30:00Z");
+        // Start at 07:30, Stop at 08:30 with 2^32 + 10^9 octets in, 10^9 out.
+        // Time: 30 min night 0.005 + 30 min day 0.01 = 0.15 + 0.3 = 0.45.
+        // Traffic at the Stop's moment (day, 0.5/GB): (4294967296 + 2e9) B = 6.294967296 GB
+        // * 0.5 = 3.147483648. Total 3.597483648 -> up to 4 dp = 3.5975.
+        let u = [
+            Usage {
+                moment: login,
+                session_time: 0,
+                octets_in: 0,
+                octets_out: 0,
+            },
+            Usage {
+                moment: login + 3600,
+                session_time: 3600,
+                octets_in: (1u64 << 32) + 1_000_000_000,
+                octets_out: 1_000_000_000,
+            },
+        ];
+        let (total, s) = run(&c, &u);
+        assert_eq!(s.cost_exact(), d("3.597483648"));
+        assert_eq!(total, d("3.5975"));
+        let rules: Vec<(u32, i64)> = s.rules.iter().map(|r| (r.rule, r.seconds)).collect();
+        assert_eq!(rules, vec![(1, 1800), (0, 1800)]);
+    }
+
+    #[test]
+    fn internet_counters_backwards_charge_nothing() {
+        let c = catalog();
+        let t0 = ts("2026-11-02T10:00:00Z");
+        let u = [
+            Usage {
+                moment: t0,
+                session_time: 0,
+                octets_in: 0,
+                octets_out: 0,
+            },
+            Usage {
+                moment: t0 + 600,
+                session_time: 600,
+                octets_in: 2_000_000_000,
+                octets_out: 0,
+            },
+            // replayed / reset counters: time and octets go backwards
+            Usage {
+                moment: t0 + 700,
+                session_time: 300,
+                octets_in: 1_000_000_000,
+                octets_out: 0,
+            },
+            Usage {
+                moment: t0 + 1200,
+                session_time: 1200,
+                octets_in: 2_000_000_000,
+                octets_out: 0,
+            },
+        ];
+        // 20 min day = 0.2; 2 GB at 0.5 = 1.0; total 1.2
+        let (total, _) = run(&c, &u);
+        assert_eq!(total, d("1.2"));
+    }
+
+    #[test]
+    fn missing_start_creates_session_from_interim() {
+        let c = catalog();
+        let t0 = ts("2026-11-02T10:00:00Z");
+        // First packet is an interim 600 s in: login is t0, 10 min day = 0.1.
+        let (total, s) = run(
+            &c,
+            &[Usage {
+                moment: t0 + 600,
+                session_time: 600,
+                octets_in: 0,
+                octets_out: 0,
+            }],
+        );
+        assert_eq!(s.login_time, t0);
+        assert_eq!(total, d("0.1"));
+    }
+
+    proptest! {
+        /// Charging interim by interim takes exactly what one Stop with the final counters
+        /// takes (time split across rule edges; traffic priced at one rule).
+        #[test]
+        fn interims_equal_one_shot(start_off in 0i64..86_400*7, steps in proptest::collection::vec((1i64..5000, 0u64..3_000_000_000), 1..30)) {
+            let c = catalog();
+            let login = ts("2026-11-02T00:00:00Z") + start_off;
+            let mut updates = vec![Usage { moment: login, session_time: 0, octets_in: 0, octets_out: 0 }];
+            let (mut t, mut o) = (0i64, 0u64);
+            for (dt, dout) in &steps {
+                t += dt;
+                o += dout;
+                updates.push(Usage { moment: login + t, session_time: t, octets_in: 0, octets_out: o });
+            }
+            let (interim_total, s) = run(&c, &updates);
+            let time_only: Vec<Usage> = vec![updates[0], Usage { octets_out: 0, ..*updates.last().unwrap() }];
+            let (_, one) = run(&c, &time_only);
+            // Same time numerator exactly; the total taken is the rounding of the exact sum.
+            prop_assert_eq!(s.time_numerator, one.time_numerator);
+            prop_assert_eq!(interim_total, c.groups[0].round(s.cost_exact()));
+        }
+
+        /// Cost never falls as a call gets longer.
+        #[test]
+        fn call_cost_monotone(start_off in 0i64..86_400*7, d1 in 1i64..20_000, extra in 0i64..5_000, callee in prop::sample::select(vec!["15551234", "4420711", "4470012", "493012", "7495", "33"])) {
+            let t = deck();
+            let tz: Tz = "Europe/Berlin".parse().unwrap();
+            let start = ts("2026-03-23T00:00:00Z") + start_off;
+            let a = rate_call(&t, &tz, callee, start, d1, true, &mut Vec::new());
+            let b = rate_call(&t, &tz, callee, start, d1 + extra, true, &mut Vec::new());
+            prop_assert!(b.cost_exact >= a.cost_exact);
+        }
+
+        /// Cost never falls as octets grow.
+        #[test]
+        fn session_cost_monotone_in_octets(o1 in 0u64..u64::MAX/4, extra in 0u64..u64::MAX/4) {
+            let c = catalog();
+            let t0 = ts("2026-11-02T10:00:00Z");
+            let mk = |o| [Usage { moment: t0, session_time: 0, octets_in: 0, octets_out: 0 }, Usage { moment: t0 + 60, session_time: 60, octets_in: o, octets_out: 0 }];
+            let (a, _) = run(&c, &mk(o1));
+            let (b, _) = run(&c, &mk(o1 + extra));
+            prop_assert!(b >= a);
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! xDRs: the Arrow schema of DESIGN.md, a columnar builder fed one borrowed row at a time,
+//! and our own Parquet file writer that makes a file durable before the ledger may refer to
+//! it (write to a hidden temp name, fsync the file and its directory; the rename to the
+//! final name happens after the ledger commit — see [`crate::store`]).
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Decimal128Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+    TimestampMicrosecondBuilder, UInt64Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+use rust_decimal::Decimal;
+
+/// Precision and scale of every money column.
+pub const MONEY_PRECISION: u8 = 38;
+pub const MONEY_SCALE: i8 = 10;
+/// Rows per Parquet row group.
+pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Errors of the xDR sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("xDR file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("xDR file {path}: parquet: {message}")]
+    Parquet { path: String, message: String },
+    #[error("xDR batch: {0}")]
+    Arrow(String),
+}
+
+/// One entry of `charge_rule_details`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleDetail<'a> {
+    pub rule: &'a str,
+    pub start_secs: i64,
+    pub end_secs: i64,
+    pub seconds: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub credit: Decimal,
+}
+
+/// One xDR, borrowing its strings.
+#[derive(Debug, Clone, Default)]
+pub struct XdrRow<'a> {
+    pub xdr_id: u64,
+    pub service_type: &'a str,
+    pub status: &'a str,
+    pub user_id: Option<i64>,
+    pub username: &'a str,
+    pub group_name: &'a str,
+    pub login_time_secs: i64,
+    pub logout_time_secs: i64,
+    pub duration_seconds: i64,
+    pub billed_seconds: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub session_id: &'a str,
+    pub ras_description: &'a str,
+    pub nas_ip: &'a str,
+    pub unique_id_value: &'a str,
+    pub remote_ip: &'a str,
+    pub caller_id: &'a str,
+    pub called_number: &'a str,
+    pub terminate_cause: &'a str,
+    pub destination: &'a str,
+    pub destination_name: &'a str,
+    pub credit_used: Decimal,
+    pub before_credit: Decimal,
+    pub after_credit: Decimal,
+    pub source: &'a str,
+}
+
+fn detail_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("rule", DataType::Utf8, false),
+        Field::new(
+            "start",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new(
+            "end",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("seconds", DataType::Int64, false),
+        Field::new("bytes_in", DataType::Int64, false),
+        Field::new("bytes_out", DataType::Int64, false),
+        Field::new(
+            "credit",
+            DataType::Decimal128(MONEY_PRECISION, MONEY_SCALE),
+            false,
+        ),
+    ])
+}
+
+/// The xDR Arrow schema (DESIGN.md, "xDR Parquet contract").
+pub fn schema() -> SchemaRef {
+    let ts = || DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    let money = || DataType::Decimal128(MONEY_PRECISION, MONEY_SCALE);
+    let s = |n: &str| Field::new(n, DataType::Utf8, false);
+    Arc::new(Schema::new(vec![
+        Field::new("xdr_id", DataType::UInt64, false),
+        s("service_type"),
+        s("status"),
+        Field::new("user_id", DataType::Int64, true),
+        s("username"),
+        s("group_name"),
+        Field::new("login_time", ts(), false),
+        Field::new("logout_time", ts(), false),
+        Field::new("duration_seconds", DataType::Int64, false),
+        Field::new("billed_seconds", DataType::Int64, false),
+        Field::new("bytes_in", DataType::Int64, false),
+        Field::new("bytes_out", DataType::Int64, false),
+        s("session_id"),
+        s("ras_description"),
+        s("nas_ip"),
+        s("unique_id_value"),
+        s("remote_ip"),
+        s("caller_id"),
+        s("called_number"),
+        s("terminate_cause"),
+        s("destination"),
+        s("destination_name"),
+        Field::new("credit_used", money(), false),
+        Field::new("before_credit", money(), false),
+        Field::new("after_credit", money(), false),
+        Field::new(
+            "charge_rule_details",
+            DataType::List(Arc::new(Field::new(
+                "item",
+                DataType::Struct(detail_fields()),
+                true,
+            ))),
+            false,
+        ),
+        s("source"),
+    ]))
+}
+
+/// A Decimal as the i128 of a Decimal128(38, 10) (rounded half-even past 10 places).
+pub fn money_i128(d: Decimal) -> i128 {
+    let mut r = d.round_dp(MONEY_SCALE as u32);
+    r.rescale(MONEY_SCALE as u32);
+    r.mantissa()
+}
+
+/// The Decimal of a Decimal128(38, 10) value.
+pub fn money_from_i128(v: i128) -> Decimal {
+    Decimal::from_i128_with_scale(v, MONEY_SCALE as u32).normalize()
+}
+
+/// Columnar builder of one xDR batch.
+pub struct XdrBuilder {
+    xdr_id: UInt64Builder,
+    strings: Vec<StringBuilder>,
+    user_id: Int64Builder,
+    login: TimestampMicrosecondBuilder,
+    logout: TimestampMicrosecondBuilder,
+    ints: [Int64Builder; 4],
+    money: [Decimal128Builder; 3],
+    details: ListBuilder<StructBuilder>,
+    source: StringBuilder,
+    rows: usize,
+}
+
+/// Indices into `XdrBuilder::strings`, in schema order.
+const S_SERVICE: usize = 0;
+const S_STATUS: usize = 1;
+const S_USERNAME: usize = 2;
+const S_GROUP: usize = 3;
+const S_SESSION: usize = 4;
+const N_STRINGS_BEFORE_TAIL: usize = 5;
+const N_TAIL: usize = 9; // ras_description .. destination_name
+
+impl XdrBuilder {
+    pub fn with_capacity(rows: usize) -> Self {
+        let money = || {
+            Decimal128Builder::with_capacity(rows)
+                .with_precision_and_scale(MONEY_PRECISION, MONEY_SCALE)
+                .expect("valid precision")
+        };
+        let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
+        let details =
+            ListBuilder::new(StructBuilder::from_fields(detail_fields(), rows)).with_field(
+                Arc::new(Field::new("item", DataType::Struct(detail_fields()), true)),
+            );
+        XdrBuilder {
+            xdr_id: UInt64Builder::with_capacity(rows),
+            strings: (0..N_STRINGS_BEFORE_TAIL + N_TAIL)
+                .map(|_| StringBuilder::with_capacity(rows, rows * 8))
+                .collect(),
+            user_id: Int64Builder::with_capacity(rows),
+            login: ts(),
+            logout: ts(),
+            ints: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
+            money: std::array::from_fn(|_| money()),
+            details,
+            source: StringBuilder::with_capacity(rows, rows * 16),
+            rows: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Appends one xDR with its charge rule details.
+    pub fn push(&mut self, r: &XdrRow<'_>, details: &[RuleDetail<'_>]) {
+        self.xdr_id.append_value(r.xdr_id);
+        self.strings[S_SERVICE].append_value(r.service_type);
+        self.strings[S_STATUS].append_value(r.status);
+        self.user_id.append_option(r.user_id);
+        self.strings[S_USERNAME].append_value(r.username);
+        self.strings[S_GROUP].append_value(r.group_name);
+        self.login.append_value(r.login_time_secs * 1_000_000);
+        self.logout.append_value(r.logout_time_secs * 1_000_000);
+        for (b, v) in self.ints.iter_mut().zip([
+            r.duration_seconds,
+            r.billed_seconds,
+            r.bytes_in,
+            r.bytes_out,
+        ]) {
+            b.append_value(v);
+        }
+        self.strings[S_SESSION].append_value(r.session_id);
+        let tail = [
+            r.ras_description,
+            r.nas_ip,
+            r.unique_id_value,
+            r.remote_ip,
+            r.caller_id,
+            r.called_number,
+            r.terminate_cause,
+            r.destination,
+            r.destination_name,
+        ];
+        for (i, v) in tail.iter().enumerate() {
+            self.strings[N_STRINGS_BEFORE_TAIL + i].append_value(v);
+        }
+        for (b, v) in self
+            .money
+            .iter_mut()
+            .zip([r.credit_used, r.before_credit, r.after_credit])
+        {
+            b.append_value(money_i128(v));
+        }
+        let sb = self.details.values();
+        for d in details {
+            sb.field_builder::<StringBuilder>(0)
+                .expect("rule")
+                .append_value(d.rule);
+            sb.field_builder::<TimestampMicrosecondBuilder>(1)
+                .expect("start")
+                .append_value(d.start_secs * 1_000_000);
+            sb.field_builder::<TimestampMicrosecondBuilder>(2)
+                .expect("end")
+                .append_value(d.end_secs * 1_000_000);
+            sb.field_builder::<Int64Builder>(3)
+                .expect("seconds")
+                .append_value(d.seconds);
+            sb.field_builder::<Int64Builder>(4)
+                .expect("bytes_in")
+                .append_value(d.bytes_in);
+            sb.field_builder::<Int64Builder>(5)
+                .expect("bytes_out")
+                .append_value(d.bytes_out);
+            sb.field_builder::<Decimal128Builder>(6)
+                .expect("credit")
+                .append_value(money_i128(d.credit));
+            sb.append(true);
+        }
+        self.details.append(true);
+        self.source.append_value(r.source);
+        self.rows += 1;
+    }
+
+    /// Finishes the batch.
+    pub fn finish(mut self) -> Result<RecordBatch, SinkError> {
+        let mut s = std::mem::take(&mut self.strings);
+        let mut col = |i: usize| -> ArrayRef { Arc::new(s[i].finish()) };
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(self.xdr_id.finish()),
+            col(S_SERVICE),
+            col(S_STATUS),
+            Arc::new(self.user_id.finish()),
+            col(S_USERNAME),
+            col(S_GROUP),
+            Arc::new(self.login.finish()),
+            Arc::new(self.logout.finish()),
+        ];
+        for b in self.ints.iter_mut() {
+            cols.push(Arc::new(b.finish()));
+        }
+        cols.push(col(S_SESSION));
+        for i in 0..N_TAIL {
+            cols.push(col(N_STRINGS_BEFORE_TAIL + i));
+        }
+        for b in self.money.iter_mut() {
+            cols.push(Arc::new(b.finish()));
+        }
+        cols.push(Arc::new(self.details.finish()));
+        cols.push(Arc::new(self.source.finish()));
+        RecordBatch::try_new(schema(), cols).map_err(|e| SinkError::Arrow(e.to_string()))
+    }
+}
+
+/// Parquet settings, every knob explicit.
+pub fn writer_properties(expected_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("zstd level 1"),
+        ))
+        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_dictionary_enabled(true)
+        .set_column_bloom_filter_enabled(ColumnPath::from("username"), true)
+        .set_column_bloom_filter_fpp(ColumnPath::from("username"), 0.01)
+        .set_column_bloom_filter_ndv(
+            ColumnPath::from("username"),
+            expected_rows.clamp(1024, ROW_GROUP_ROWS) as u64,
+        )
+        .set_created_by(format!("ratel {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// The hidden temp name a file is written under before it is committed.
+pub fn temp_path(final_path: &Path) -> PathBuf {
+    let name = final_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("xdr.parquet");
+    final_path.with_file_name(format!(".{name}.tmp"))
+}
+
+/// The final name of a temp file, if `p` is one.
+pub fn final_of_temp(p: &Path) -> Option<PathBuf> {
+    let name = p.file_name()?.to_str()?;
+    let inner = name.strip_prefix('.')?.strip_suffix(".tmp")?;
+    Some(p.with_file_name(inner))
+}
+
+/// Fsyncs a directory so a created or renamed entry in it is durable.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `batch` durably under the temp name of `final_path` (file and directory fsynced)
+/// and returns the temp path. The caller renames it once the ledger has committed.
+pub fn write_temp(final_path: &Path, batch: &RecordBatch) -> Result<PathBuf, SinkError> {
+    let tmp = temp_path(final_path);
+    let io = |source| SinkError::Io {
+        path: tmp.display().to_string(),
+        source,
+    };
+    let dir = final_path.parent().expect("xdr files live in a directory");
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = File::create(&tmp).map_err(io)?;
+    let pq = |e: parquet::errors::ParquetError| SinkError::Parquet {
+        path: tmp.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut w = ArrowWriter::try_new(
+        BufWriter::with_capacity(1 << 20, file),
+        batch.schema(),
+        Some(writer_properties(batch.num_rows())),
+    )
+    .map_err(pq)?;
+    w.write(batch).map_err(pq)?;
+    let buf = w.into_inner().map_err(pq)?;
+    let file = buf.into_inner().map_err(|e| io(e.into_error()))?;
+    file.sync_all().map_err(io)?;
+    sync_dir(dir).map_err(io)?;
+    Ok(tmp)
+}
+
+/// `xdr/date=YYYY-MM-DD` for a UTC unix time.
+pub fn partition_dir(xdr_root: &Path, logout_secs: i64) -> PathBuf {
+    let date = chrono::DateTime::<chrono::Utc>::from_timestamp(logout_secs, 0)
+        .unwrap_or_default()
+        .date_naive();
+    xdr_root.join(format!("date={date}"))
+}
+
+/// The UTC day number (days since 1970-01-01) of a unix time.
+pub fn day_of(secs: i64) -> i64 {
+    secs.div_euclid(86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_round_trip() {
+        for s in [
+            "0",
+            "1.5",
+            "-2.0001",
+            "123456789012345678.0123456789",
+            "0.00000000005",
+        ] {
+            let d: Decimal = s.parse().unwrap();
+            let back = money_from_i128(money_i128(d));
+            assert_eq!(back, d.round_dp(10).normalize(), "{s}");
+        }
+        assert_eq!(money_i128("1.5".parse().unwrap()), 15_000_000_000);
+    }
+
+    #[test]
+    fn temp_names() {
+        let f = Path::new("/d/xdr/date=2026-11-02/part-1.parquet");
+        let t = temp_path(f);
+        assert_eq!(t, Path::new("/d/xdr/date=2026-11-02/.part-1.parquet.tmp"));
+        assert_eq!(final_of_temp(&t).unwrap(), f);
+        assert_eq!(final_of_temp(f), None);
+    }
+}
