@@ -154,10 +154,10 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), BatchError> {
     Ok((h.finalize().to_hex().to_string(), total))
 }
 
-/// 128-bit key of a call id.
+/// 128-bit key of a call id (XXH3-128: a fixed, specified algorithm, so keys stored in the
+/// ledger stay valid across versions; 2^-64 collision odds at 10^10 calls).
 pub fn call_key(call_id: &[u8]) -> u128 {
-    let h = blake3::hash(call_id);
-    u128::from_le_bytes(h.as_bytes()[..16].try_into().expect("16 bytes"))
+    xxhash_rust::xxh3::xxh3_128(call_id)
 }
 
 /// One block as the reader hands it over.
@@ -188,7 +188,7 @@ struct RatedBlock {
 
 enum Outcome<'a> {
     Bad(u64, String),
-    Rated(Box<RatedCdr<'a>>),
+    Rated(RatedCdr<'a>),
 }
 
 struct RatedCdr<'a> {
@@ -197,6 +197,135 @@ struct RatedCdr<'a> {
     key: u128,
     rating: CallRating,
     cost: Decimal,
+    /// Set by the ordered pass; 0 for a duplicate (no xDR).
+    xdr_id: u64,
+    before: Decimal,
+    after: Decimal,
+}
+
+impl RatedCdr<'_> {
+    fn status(&self) -> Status {
+        if self.user.is_none() {
+            Status::UnknownUser
+        } else {
+            self.rating.status
+        }
+    }
+}
+
+/// Builds the xDR batches (one per UTC day of logout) of a chunk of rated records.
+fn build_chunk(
+    catalog: &Catalog,
+    subs: &Subscribers,
+    file_name: &str,
+    file_hash: &str,
+    chunk: &[Outcome<'_>],
+) -> Result<Vec<(i64, arrow_array::RecordBatch, i64, i64)>, BatchError> {
+    let mut builders: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
+    let mut source = String::new();
+    let mut call_id_buf = String::new();
+    let mut details: Vec<RuleDetail<'_>> = Vec::new();
+    for o in chunk {
+        let Outcome::Rated(r) = o else { continue };
+        if r.xdr_id == 0 {
+            continue;
+        }
+        let user = r.user.map(|ui| &subs.users[ui as usize]);
+        let tariff = user
+            .and_then(|u| u.group)
+            .and_then(|g| catalog.groups[g].tariff)
+            .map(|t| &catalog.tariffs[t]);
+        let (dest, dest_name) = match (tariff, r.rating.prefix, r.rating.row_at_start) {
+            (Some(tf), Some(p), Some(row)) => (
+                tf.prefixes[p as usize].prefix.as_str(),
+                tf.rows[row as usize].description.as_str(),
+            ),
+            _ => ("", ""),
+        };
+        details.clear();
+        if let (Some(tf), Some(row0)) = (tariff, r.rating.row_at_start) {
+            for (i, p) in r.rating.pieces.iter().enumerate() {
+                // The connect fee belongs to the first piece, so the details sum to the cost.
+                let fee = if i == 0 {
+                    tf.rows[row0 as usize].connect_fee
+                } else {
+                    Decimal::ZERO
+                };
+                details.push(RuleDetail {
+                    rule: tf.rows[p.item as usize].description.as_str(),
+                    start_secs: p.start,
+                    end_secs: p.end,
+                    seconds: p.end - p.start,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    credit: p.credit + fee,
+                });
+            }
+        }
+        use std::fmt::Write;
+        source.clear();
+        let _ = write!(source, "cdr:{}:{}", file_name, r.cdr.line);
+        let call_id: &str = match &r.cdr.call_id {
+            Some(c) => c.as_ref(),
+            None => {
+                call_id_buf.clear();
+                let _ = write!(call_id_buf, "{}:{}", &file_hash[..16], r.cdr.line);
+                &call_id_buf
+            }
+        };
+        let logout = r.cdr.start + r.cdr.duration_secs;
+        let row = XdrRow {
+            xdr_id: r.xdr_id,
+            service_type: "VoIP",
+            status: r.status().as_str(),
+            user_id: user.map(|u| u.user_id),
+            username: user
+                .map(|u| u.username.as_str())
+                .unwrap_or(r.cdr.account.as_ref()),
+            group_name: user.map(|u| u.group_name.as_str()).unwrap_or(""),
+            login_time_secs: r.cdr.start,
+            logout_time_secs: logout,
+            duration_seconds: r.cdr.duration_secs,
+            billed_seconds: r.rating.billed_secs,
+            bytes_in: 0,
+            bytes_out: 0,
+            session_id: call_id,
+            ras_description: "",
+            nas_ip: "",
+            unique_id_value: call_id,
+            remote_ip: "",
+            caller_id: r.cdr.caller.as_ref(),
+            called_number: r.cdr.callee.as_ref(),
+            terminate_cause: r.cdr.disposition.as_ref(),
+            destination: dest,
+            destination_name: dest_name,
+            credit_used: r.cost,
+            before_credit: r.before,
+            after_credit: r.after,
+            source: &source,
+        };
+        let day = xdr::day_of(logout);
+        let slot = match builders.iter().position(|b| b.0 == day) {
+            Some(i) => i,
+            None => {
+                builders.push((
+                    day,
+                    XdrBuilder::with_capacity(chunk.len()),
+                    i64::MAX,
+                    i64::MIN,
+                ));
+                builders.len() - 1
+            }
+        };
+        let b = &mut builders[slot];
+        b.1.push(&row, &details);
+        b.2 = b.2.min(r.cdr.start);
+        b.3 = b.3.max(logout);
+    }
+    builders
+        .into_iter()
+        .map(|(day, b, lo, hi)| Ok((day, b.finish()?, lo, hi)))
+        .collect()
 }
 
 /// A batch rater over one ledger.
@@ -206,6 +335,11 @@ pub struct BatchRater<'a> {
     subscribers: Subscribers,
     call_keys: HashSet<u128, ahash::RandomState>,
     next_xdr: u64,
+    /// Bytes per block (one ledger commit each); [`BLOCK_BYTES`] unless a test shrinks it.
+    pub block_bytes: usize,
+    /// Test seam simulating a crash: stop with an error after this many committed batches.
+    #[doc(hidden)]
+    pub crash_after_batches: Option<u64>,
 }
 
 impl<'a> BatchRater<'a> {
@@ -220,6 +354,8 @@ impl<'a> BatchRater<'a> {
             subscribers,
             call_keys,
             next_xdr,
+            block_bytes: BLOCK_BYTES,
+            crash_after_batches: None,
         })
     }
 
@@ -310,24 +446,36 @@ impl<'a> BatchRater<'a> {
         let summary_ref = &mut summary;
         let result: Result<(), BatchError> = std::thread::scope(|scope| {
             // Stage 1: read blocks.
-            scope.spawn(move || read_blocks(file, start_offset, start_line, block_tx));
+            let block_bytes = self.block_bytes.max(1);
+            let crash_after = self.crash_after_batches;
+            scope.spawn(move || read_blocks(file, start_offset, start_line, block_bytes, block_tx));
             // Stage 3: Parquet + ledger.
             let fhash = file_hash.clone();
             let pstr = path_str.clone();
             let writer = scope.spawn(move || -> Result<(Duration, Duration), BatchError> {
                 let (mut pq, mut lg) = (Duration::ZERO, Duration::ZERO);
+                let mut committed = 0u64;
                 for rb in rated_rx {
-                    let t = Instant::now();
-                    let mut files = Vec::with_capacity(rb.batches.len());
-                    for (final_path, batch, min_login, max_logout) in &rb.batches {
-                        xdr::write_temp(final_path, batch)?;
-                        files.push(PendingFile {
-                            final_path: final_path.clone(),
-                            rows: batch.num_rows() as u64,
-                            min_login: *min_login,
-                            max_logout: *max_logout,
+                    if crash_after == Some(committed) {
+                        return Err(BatchError::Io {
+                            path: pstr.clone(),
+                            source: std::io::Error::other("simulated crash"),
                         });
                     }
+                    let t = Instant::now();
+                    let files: Vec<PendingFile> = rb
+                        .batches
+                        .par_iter()
+                        .map(|(final_path, batch, min_login, max_logout)| {
+                            xdr::write_temp(final_path, batch)?;
+                            Ok(PendingFile {
+                                final_path: final_path.clone(),
+                                rows: batch.num_rows() as u64,
+                                min_login: *min_login,
+                                max_logout: *max_logout,
+                            })
+                        })
+                        .collect::<Result<_, BatchError>>()?;
                     pq += t.elapsed();
                     let t = Instant::now();
                     let commit = CdrBatchCommit {
@@ -353,13 +501,14 @@ impl<'a> BatchRater<'a> {
                         return Err(e.into());
                     }
                     lg += t.elapsed();
+                    committed += 1;
                     progress.advanced(rb.bytes);
                 }
                 Ok((pq, lg))
             });
             // Stage 2: rate, in this thread.
             let stage2 = || -> Result<(), BatchError> {
-                let mut scratch_builders: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
+                let threads = rayon::current_num_threads().max(1);
                 for block in block_rx {
                     let block = block.map_err(|source| BatchError::Io {
                         path: path_str.clone(),
@@ -368,41 +517,42 @@ impl<'a> BatchRater<'a> {
                     let t = Instant::now();
                     let tz = &catalog.tz;
                     let subs = &*subscribers;
-                    let outcomes: Vec<Outcome<'_>> = block
+                    let fh = file_hash.as_str();
+                    let mut outcomes: Vec<Outcome<'_>> = block
                         .spans
                         .par_iter()
                         .with_min_len(2048)
-                        .map_init(Vec::new, |scratch, span| {
-                            let rec = &block.buf[span.start..span.end];
-                            match reader.parse(rec, span.line, tz) {
-                                Err(reason) => Outcome::Bad(span.line, reason),
-                                Ok(cdr) => Outcome::Rated(Box::new(rate_one(
-                                    catalog, subs, &file_hash, cdr, scratch,
-                                ))),
-                            }
-                        })
+                        .map_init(
+                            || (Vec::new(), Vec::new()),
+                            |(scratch, fields), span| {
+                                let rec = &block.buf[span.start..span.end];
+                                match reader.parse_with(rec, span.line, tz, fields) {
+                                    Err(reason) => Outcome::Bad(span.line, reason),
+                                    Ok(cdr) => {
+                                        Outcome::Rated(rate_one(catalog, subs, fh, cdr, scratch))
+                                    }
+                                }
+                            },
+                        )
                         .collect();
                     summary_ref.times.parse_rate += t.elapsed();
                     let t = Instant::now();
+                    // The ordered pass: duplicates, xDR ids and each subscriber's credit, in
+                    // file order.
                     let first_xdr = *next_xdr;
-                    let mut movements_by_user: HashMap<u32, (Decimal, usize), ahash::RandomState> =
+                    let mut movements_by_user: HashMap<u32, usize, ahash::RandomState> =
                         HashMap::default();
                     let mut movements: Vec<Movement> = Vec::new();
                     let mut keys = Vec::with_capacity(outcomes.len() * 16);
-                    scratch_builders.clear();
-                    let mut source = String::new();
-                    let mut details: Vec<RuleDetail<'_>> = Vec::new();
-                    let mut records = 0u64;
-                    for o in &outcomes {
-                        records += 1;
+                    for o in outcomes.iter_mut() {
                         let r = match o {
                             Outcome::Bad(line, reason) => {
                                 summary_ref.bad_lines += 1;
                                 let msg = format!("{}:{line}: {reason}", path_str);
-                                if summary_ref.bad_samples.len() < BAD_SAMPLES {
-                                    summary_ref.bad_samples.push(msg.clone());
-                                }
                                 tracing::debug!("bad line {msg}");
+                                if summary_ref.bad_samples.len() < BAD_SAMPLES {
+                                    summary_ref.bad_samples.push(msg);
+                                }
                                 continue;
                             }
                             Outcome::Rated(r) => r,
@@ -412,163 +562,55 @@ impl<'a> BatchRater<'a> {
                             continue;
                         }
                         keys.extend_from_slice(&r.key.to_le_bytes());
-                        let xdr_id = *next_xdr;
+                        r.xdr_id = *next_xdr;
                         *next_xdr += 1;
-                        let status = if r.user.is_none() {
-                            Status::UnknownUser
-                        } else {
-                            r.rating.status
-                        };
-                        match status {
+                        match r.status() {
                             Status::Ok => summary_ref.ok += 1,
                             Status::Unanswered => summary_ref.unanswered += 1,
                             Status::NoRate => summary_ref.no_rate += 1,
                             Status::UnknownUser => summary_ref.unknown_user += 1,
                         }
-                        let tariff_idx = r
-                            .user
-                            .and_then(|ui| subscribers.users[ui as usize].group)
-                            .and_then(|g| catalog.groups[g].tariff);
-                        let (user_id, username, group_name, before, after) = match r.user {
-                            Some(ui) => {
-                                let u = &mut subscribers.users[ui as usize];
-                                let before = u.credit;
-                                u.credit -= r.cost;
-                                if !r.cost.is_zero() {
-                                    let slot = movements_by_user.entry(ui).or_insert_with(|| {
-                                        movements.push(Movement {
-                                            user_id: u.user_id,
-                                            amount: Decimal::ZERO,
-                                            balance_after: Decimal::ZERO,
-                                            idem_key: format!(
-                                                "cdr:{}:{}:{}",
-                                                file_hash, block.offset, u.user_id
-                                            ),
-                                        });
-                                        (Decimal::ZERO, movements.len() - 1)
+                        if let Some(ui) = r.user {
+                            let u = &mut subscribers.users[ui as usize];
+                            r.before = u.credit;
+                            u.credit -= r.cost;
+                            r.after = u.credit;
+                            if !r.cost.is_zero() {
+                                let slot = *movements_by_user.entry(ui).or_insert_with(|| {
+                                    movements.push(Movement {
+                                        user_id: u.user_id,
+                                        amount: Decimal::ZERO,
+                                        balance_after: Decimal::ZERO,
+                                        idem_key: format!(
+                                            "cdr:{}:{}:{}",
+                                            file_hash, block.offset, u.user_id
+                                        ),
                                     });
-                                    slot.0 += r.cost;
-                                    let m = &mut movements[slot.1];
-                                    m.amount = -slot.0;
-                                    m.balance_after = u.credit;
-                                }
-                                (
-                                    Some(u.user_id),
-                                    u.username.as_str(),
-                                    u.group_name.as_str(),
-                                    before,
-                                    u.credit,
-                                )
-                            }
-                            None => (
-                                None,
-                                r.cdr.account.as_ref(),
-                                "",
-                                Decimal::ZERO,
-                                Decimal::ZERO,
-                            ),
-                        };
-                        summary_ref.charged += r.cost;
-                        let d = r.cdr.duration_secs;
-                        let logout = r.cdr.start + d;
-                        let (dest, dest_name) =
-                            match (tariff_idx, r.rating.prefix, r.rating.row_at_start) {
-                                (Some(t), Some(p), Some(row)) => {
-                                    let tf = &catalog.tariffs[t];
-                                    (
-                                        tf.prefixes[p as usize].prefix.as_str(),
-                                        tf.rows[row as usize].description.as_str(),
-                                    )
-                                }
-                                _ => ("", ""),
-                            };
-                        details.clear();
-                        if let Some(row0) = r.rating.row_at_start {
-                            if let Some(t) = tariff_idx {
-                                let tf = &catalog.tariffs[t];
-                                for (i, p) in r.rating.pieces.iter().enumerate() {
-                                    let fee = if i == 0 {
-                                        tf.rows[row0 as usize].connect_fee
-                                    } else {
-                                        Decimal::ZERO
-                                    };
-                                    details.push(RuleDetail {
-                                        rule: tf.rows[p.item as usize].description.as_str(),
-                                        start_secs: p.start,
-                                        end_secs: p.end,
-                                        seconds: p.end - p.start,
-                                        bytes_in: 0,
-                                        bytes_out: 0,
-                                        credit: p.credit + fee,
-                                    });
-                                }
+                                    movements.len() - 1
+                                });
+                                let m = &mut movements[slot];
+                                m.amount -= r.cost;
+                                m.balance_after = u.credit;
                             }
                         }
-                        source.clear();
-                        use std::fmt::Write;
-                        let _ = write!(source, "cdr:{}:{}", file_name, r.cdr.line);
-                        let call_id_owned;
-                        let call_id: &str = match &r.cdr.call_id {
-                            Some(c) => c.as_ref(),
-                            None => {
-                                call_id_owned = format!("{}:{}", &file_hash[..16], r.cdr.line);
-                                &call_id_owned
-                            }
-                        };
-                        let row = XdrRow {
-                            xdr_id,
-                            service_type: "VoIP",
-                            status: status.as_str(),
-                            user_id,
-                            username,
-                            group_name,
-                            login_time_secs: r.cdr.start,
-                            logout_time_secs: logout,
-                            duration_seconds: d,
-                            billed_seconds: r.rating.billed_secs,
-                            bytes_in: 0,
-                            bytes_out: 0,
-                            session_id: call_id,
-                            ras_description: "",
-                            nas_ip: "",
-                            unique_id_value: call_id,
-                            remote_ip: "",
-                            caller_id: r.cdr.caller.as_ref(),
-                            called_number: r.cdr.callee.as_ref(),
-                            terminate_cause: r.cdr.disposition.as_ref(),
-                            destination: dest,
-                            destination_name: dest_name,
-                            credit_used: r.cost,
-                            before_credit: before,
-                            after_credit: after,
-                            source: &source,
-                        };
-                        let day = xdr::day_of(logout);
-                        let slot = match scratch_builders.iter().position(|b| b.0 == day) {
-                            Some(i) => i,
-                            None => {
-                                scratch_builders.push((
-                                    day,
-                                    XdrBuilder::with_capacity(outcomes.len()),
-                                    i64::MAX,
-                                    i64::MIN,
-                                ));
-                                scratch_builders.len() - 1
-                            }
-                        };
-                        let b = &mut scratch_builders[slot];
-                        b.1.push(&row, &details);
-                        b.2 = b.2.min(r.cdr.start);
-                        b.3 = b.3.max(logout);
+                        summary_ref.charged += r.cost;
                     }
-                    let mut batches = Vec::new();
-                    for (day, builder, min_login, max_logout) in scratch_builders.drain(..) {
-                        let dir = xdr::partition_dir(&xdr_root, day * 86_400);
-                        let name = format!("cdr-{:020}-{:08}.parquet", first_xdr, batches.len());
-                        batches.push((dir.join(name), builder.finish()?, min_login, max_logout));
-                    }
+                    let records = outcomes.len() as u64;
                     summary_ref.records += records;
                     summary_ref.xdrs += *next_xdr - first_xdr;
+                    // Arrow batches, built in parallel chunks (one file per chunk and day).
+                    let subs = &*subscribers;
+                    let chunk = outcomes.len().div_ceil(threads).max(16 * 1024);
+                    let built: Vec<Vec<(i64, arrow_array::RecordBatch, i64, i64)>> = outcomes
+                        .par_chunks(chunk)
+                        .map(|c| build_chunk(catalog, subs, &file_name, fh, c))
+                        .collect::<Result<_, _>>()?;
+                    let mut batches = Vec::new();
+                    for (day, batch, min_login, max_logout) in built.into_iter().flatten() {
+                        let dir = xdr::partition_dir(&xdr_root, day * 86_400);
+                        let name = format!("cdr-{:020}-{:04}.parquet", first_xdr, batches.len());
+                        batches.push((dir.join(name), batch, min_login, max_logout));
+                    }
                     summary_ref.times.build += t.elapsed();
                     let rb = RatedBlock {
                         batches,
@@ -684,6 +726,9 @@ fn rate_one<'a>(
         key,
         rating,
         cost,
+        xdr_id: 0,
+        before: Decimal::ZERO,
+        after: Decimal::ZERO,
     }
 }
 
@@ -692,13 +737,14 @@ fn read_blocks(
     mut file: std::fs::File,
     mut offset: u64,
     mut line: u64,
+    block_bytes: usize,
     tx: crossbeam_channel::Sender<Result<Block, std::io::Error>>,
 ) {
     let mut carry: Vec<u8> = Vec::new();
     loop {
         let mut buf = std::mem::take(&mut carry);
         let have = buf.len();
-        buf.resize(have + BLOCK_BYTES, 0);
+        buf.resize(have + block_bytes, 0);
         let mut filled = have;
         // Fill the block (short reads happen).
         let mut eof = false;
@@ -722,7 +768,7 @@ fn read_blocks(
         if consumed == 0 && !eof {
             // One record longer than a block: grow the block and read on.
             carry = buf;
-            carry.reserve(BLOCK_BYTES);
+            carry.reserve(block_bytes);
             continue;
         }
         carry = buf[consumed..].to_vec();

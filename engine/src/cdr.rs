@@ -214,7 +214,18 @@ impl Reader {
     /// Parses one record. `Err` carries the reason (field and problem) for the bad-line
     /// report.
     pub fn parse<'a>(&self, rec: &'a [u8], line: u64, tz: &Tz) -> Result<Cdr<'a>, String> {
-        let mut f: Vec<Cow<'a, [u8]>> = Vec::with_capacity(20);
+        self.parse_with(rec, line, tz, &mut Vec::new())
+    }
+
+    /// [`Reader::parse`] with a reusable field buffer (the hot path).
+    pub fn parse_with<'a>(
+        &self,
+        rec: &'a [u8],
+        line: u64,
+        tz: &Tz,
+        f: &mut Vec<Cow<'a, [u8]>>,
+    ) -> Result<Cdr<'a>, String> {
+        f.clear();
         f.extend(split_fields(rec));
         match self {
             Reader::Generic(c) => {
@@ -228,17 +239,14 @@ impl Reader {
                 let take = |f: &mut Vec<Cow<'a, [u8]>>, i: usize| {
                     std::mem::replace(&mut f[i], Cow::Borrowed(&[]))
                 };
-                let call_id = text(take(&mut f, c.call_id), "call_id")?;
-                let account = text(take(&mut f, c.account), "account")?;
-                let caller = text(take(&mut f, c.caller), "caller")?;
-                let callee = text(take(&mut f, c.callee), "callee")?;
-                let start = parse_iso(&text(take(&mut f, c.start_time), "start_time")?)
+                let call_id = text(take(f, c.call_id), "call_id")?;
+                let account = text(take(f, c.account), "account")?;
+                let caller = text(take(f, c.caller), "caller")?;
+                let callee = text(take(f, c.callee), "callee")?;
+                let start = parse_iso(&text(take(f, c.start_time), "start_time")?)
                     .map_err(|e| format!("start_time: {e}"))?;
-                let duration_secs = int(
-                    &text(take(&mut f, c.duration_s), "duration_s")?,
-                    "duration_s",
-                )?;
-                let disposition = text(take(&mut f, c.disposition), "disposition")?;
+                let duration_secs = int(&text(take(f, c.duration_s), "duration_s")?, "duration_s")?;
+                let disposition = text(take(f, c.disposition), "disposition")?;
                 if call_id.trim().is_empty() {
                     return Err("call_id: empty".into());
                 }
@@ -261,7 +269,7 @@ impl Reader {
                 if f.len() < 16 {
                     return Err(format!("expected at least 16 fields, found {}", f.len()));
                 }
-                let mut it = f.into_iter();
+                let mut it = f.drain(..);
                 let mut next = |name: &str| text(it.next().unwrap_or(Cow::Borrowed(&[])), name);
                 let account = next("accountcode")?;
                 let caller = next("src")?;
@@ -310,7 +318,7 @@ impl Reader {
                 if f.len() < 13 {
                     return Err(format!("expected at least 13 fields, found {}", f.len()));
                 }
-                let mut it = f.into_iter();
+                let mut it = f.drain(..);
                 let mut next = |name: &str| text(it.next().unwrap_or(Cow::Borrowed(&[])), name);
                 next("caller_id_name")?;
                 let caller = next("caller_id_number")?;

@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod cdr;
 pub mod config;
 pub mod csv;
+pub mod gen;
 pub mod ledger;
 pub mod rating;
 pub mod schedule;

@@ -117,19 +117,29 @@ pub fn rate_call(
     pr.schedule.split(tz, start, start + billed, |a, b, row| {
         let part = tariff.rows[row as usize].price_per_minute * Decimal::from(b - a);
         numerator += part;
+        // `credit` holds the numerator until the division below.
         pieces.push(Piece {
             start: a,
             end: b,
             item: row,
-            credit: part / SIXTY,
+            credit: part,
         });
     });
+    // Decimal division is the expensive step: one for the whole call, one per extra piece.
+    let time_cost = numerator / SIXTY;
+    if pieces.len() == 1 {
+        pieces[0].credit = time_cost;
+    } else {
+        for p in &mut pieces {
+            p.credit /= SIXTY;
+        }
+    }
     CallRating {
         status: Status::Ok,
         prefix: Some(pidx),
         row_at_start: Some(row0),
         billed_secs: billed,
-        cost_exact: r0.connect_fee + numerator / SIXTY,
+        cost_exact: r0.connect_fee + time_cost,
         pieces,
     }
 }

@@ -9,10 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    Decimal128Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
-    TimestampMicrosecondBuilder, UInt64Builder,
+    Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::{
+    ArrayRef, Decimal128Array, Int64Array, ListArray, RecordBatch, StructArray,
+    TimestampMicrosecondArray,
+};
+use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -154,6 +157,23 @@ pub fn schema() -> SchemaRef {
 
 /// A Decimal as the i128 of a Decimal128(38, 10) (rounded half-even past 10 places).
 pub fn money_i128(d: Decimal) -> i128 {
+    const POW10: [i128; 11] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+        10_000_000_000,
+    ];
+    let scale = d.scale();
+    if scale <= MONEY_SCALE as u32 {
+        return d.mantissa() * POW10[(MONEY_SCALE as u32 - scale) as usize];
+    }
     let mut r = d.round_dp(MONEY_SCALE as u32);
     r.rescale(MONEY_SCALE as u32);
     r.mantissa()
@@ -173,7 +193,7 @@ pub struct XdrBuilder {
     logout: TimestampMicrosecondBuilder,
     ints: [Int64Builder; 4],
     money: [Decimal128Builder; 3],
-    details: ListBuilder<StructBuilder>,
+    details: DetailColumns,
     source: StringBuilder,
     rows: usize,
 }
@@ -195,10 +215,6 @@ impl XdrBuilder {
                 .expect("valid precision")
         };
         let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
-        let details =
-            ListBuilder::new(StructBuilder::from_fields(detail_fields(), rows)).with_field(
-                Arc::new(Field::new("item", DataType::Struct(detail_fields()), true)),
-            );
         XdrBuilder {
             xdr_id: UInt64Builder::with_capacity(rows),
             strings: (0..N_STRINGS_BEFORE_TAIL + N_TAIL)
@@ -209,8 +225,8 @@ impl XdrBuilder {
             logout: ts(),
             ints: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
             money: std::array::from_fn(|_| money()),
-            details,
-            source: StringBuilder::with_capacity(rows, rows * 16),
+            details: DetailColumns::with_capacity(rows),
+            source: StringBuilder::with_capacity(rows, rows * 32),
             rows: 0,
         }
     }
@@ -263,32 +279,10 @@ impl XdrBuilder {
         {
             b.append_value(money_i128(v));
         }
-        let sb = self.details.values();
         for d in details {
-            sb.field_builder::<StringBuilder>(0)
-                .expect("rule")
-                .append_value(d.rule);
-            sb.field_builder::<TimestampMicrosecondBuilder>(1)
-                .expect("start")
-                .append_value(d.start_secs * 1_000_000);
-            sb.field_builder::<TimestampMicrosecondBuilder>(2)
-                .expect("end")
-                .append_value(d.end_secs * 1_000_000);
-            sb.field_builder::<Int64Builder>(3)
-                .expect("seconds")
-                .append_value(d.seconds);
-            sb.field_builder::<Int64Builder>(4)
-                .expect("bytes_in")
-                .append_value(d.bytes_in);
-            sb.field_builder::<Int64Builder>(5)
-                .expect("bytes_out")
-                .append_value(d.bytes_out);
-            sb.field_builder::<Decimal128Builder>(6)
-                .expect("credit")
-                .append_value(money_i128(d.credit));
-            sb.append(true);
+            self.details.push(d);
         }
-        self.details.append(true);
+        self.details.offsets.push(self.details.len() as i32);
         self.source.append_value(r.source);
         self.rows += 1;
     }
@@ -317,9 +311,82 @@ impl XdrBuilder {
         for b in self.money.iter_mut() {
             cols.push(Arc::new(b.finish()));
         }
-        cols.push(Arc::new(self.details.finish()));
+        cols.push(self.details.finish()?);
         cols.push(Arc::new(self.source.finish()));
         RecordBatch::try_new(schema(), cols).map_err(|e| SinkError::Arrow(e.to_string()))
+    }
+}
+
+/// The `charge_rule_details` column, kept as plain vectors while rows are appended (much
+/// cheaper than arrow's dynamic struct builder) and assembled into List<Struct> at the end.
+struct DetailColumns {
+    rule: StringBuilder,
+    start: Vec<i64>,
+    end: Vec<i64>,
+    seconds: Vec<i64>,
+    bytes_in: Vec<i64>,
+    bytes_out: Vec<i64>,
+    credit: Vec<i128>,
+    offsets: Vec<i32>,
+}
+
+impl DetailColumns {
+    fn with_capacity(rows: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        DetailColumns {
+            rule: StringBuilder::with_capacity(rows, rows * 8),
+            start: Vec::with_capacity(rows),
+            end: Vec::with_capacity(rows),
+            seconds: Vec::with_capacity(rows),
+            bytes_in: Vec::with_capacity(rows),
+            bytes_out: Vec::with_capacity(rows),
+            credit: Vec::with_capacity(rows),
+            offsets,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.start.len()
+    }
+
+    fn push(&mut self, d: &RuleDetail<'_>) {
+        self.rule.append_value(d.rule);
+        self.start.push(d.start_secs * 1_000_000);
+        self.end.push(d.end_secs * 1_000_000);
+        self.seconds.push(d.seconds);
+        self.bytes_in.push(d.bytes_in);
+        self.bytes_out.push(d.bytes_out);
+        self.credit.push(money_i128(d.credit));
+    }
+
+    fn finish(mut self) -> Result<ArrayRef, SinkError> {
+        let arrow = |e: arrow_schema::ArrowError| SinkError::Arrow(e.to_string());
+        let ts = |v: Vec<i64>| -> ArrayRef {
+            Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC"))
+        };
+        let ints = |v: Vec<i64>| -> ArrayRef { Arc::new(Int64Array::from(v)) };
+        let credit = Decimal128Array::from(self.credit)
+            .with_precision_and_scale(MONEY_PRECISION, MONEY_SCALE)
+            .map_err(arrow)?;
+        let children: Vec<ArrayRef> = vec![
+            Arc::new(self.rule.finish()),
+            ts(self.start),
+            ts(self.end),
+            ints(self.seconds),
+            ints(self.bytes_in),
+            ints(self.bytes_out),
+            Arc::new(credit),
+        ];
+        let st = StructArray::try_new(detail_fields(), children, None).map_err(arrow)?;
+        let list = ListArray::try_new(
+            Arc::new(Field::new("item", DataType::Struct(detail_fields()), true)),
+            OffsetBuffer::new(ScalarBuffer::from(self.offsets)),
+            Arc::new(st),
+            None,
+        )
+        .map_err(arrow)?;
+        Ok(Arc::new(list))
     }
 }
 
@@ -330,8 +397,20 @@ pub fn writer_properties(expected_rows: usize) -> WriterProperties {
             ZstdLevel::try_new(1).expect("zstd level 1"),
         ))
         .set_max_row_group_size(ROW_GROUP_ROWS)
-        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_dictionary_enabled(true)
+        // Unique per row: a dictionary only costs time there.
+        .set_column_dictionary_enabled(ColumnPath::from("session_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("unique_id_value"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("source"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("xdr_id"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("called_number"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("login_time"), false)
+        .set_column_dictionary_enabled(ColumnPath::from("logout_time"), false)
+        // Statistics where reports prune: time ranges and users.
+        .set_column_statistics_enabled(ColumnPath::from("login_time"), EnabledStatistics::Page)
+        .set_column_statistics_enabled(ColumnPath::from("logout_time"), EnabledStatistics::Page)
+        .set_column_statistics_enabled(ColumnPath::from("username"), EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(ColumnPath::from("username"), true)
         .set_column_bloom_filter_fpp(ColumnPath::from("username"), 0.01)
         .set_column_bloom_filter_ndv(

@@ -1,0 +1,209 @@
+//! Exactly-once across interruptions: a CDR run stopped after some committed batches, then
+//! run again, charges every record once and writes every xDR once; a crash between the
+//! Parquet temp write and the ledger commit (or between the commit and the rename) is
+//! repaired by `Ledger::open`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use arrow_array::{Array, Decimal128Array, StringArray};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use ratel_engine::batch::{BatchRater, NoProgress};
+use ratel_engine::catalog::{Catalog, CdrFormat};
+use ratel_engine::config::{ConfigSource, LoadedConfig};
+use ratel_engine::ledger::{Ledger, NewUser};
+use rust_decimal::Decimal;
+
+fn catalog(data: &Path) -> Catalog {
+    let deck = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/demo/rates/std.csv");
+    let toml = format!(
+        "[storage]\ndata_dir = {:?}\n[[group]]\nname = \"g\"\ntariff = \"std\"\n[[tariff]]\nname = \"std\"\nrates = {:?}\n",
+        data.display().to_string(),
+        deck.display().to_string()
+    );
+    Catalog::build(
+        &LoadedConfig::from_str(&toml, ConfigSource::File("t.toml".into()), ".".into()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// 3,000 calls to prefix 1 (USA, 60/60, 0.01/min) of 1..=180 s by 7 users. A call of d
+/// seconds costs ceil(d/60) * 0.01 — computed here without the engine.
+fn write_cdrs(path: &Path) -> (usize, Vec<Decimal>) {
+    let mut s = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+    let mut per_user = vec![Decimal::ZERO; 7];
+    for i in 0..3000usize {
+        let d = 1 + (i * 37) % 180;
+        let u = i % 7;
+        s.push_str(&format!(
+            "c{i},555,15551234567,2026-11-02T10:{:02}:00Z,{d},ANSWERED,u{u}\n",
+            i % 60
+        ));
+        per_user[u] += Decimal::new(((d + 59) / 60) as i64, 2);
+    }
+    std::fs::write(path, s).unwrap();
+    (3000, per_user)
+}
+
+fn parquet_files(root: &Path) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    for p in std::fs::read_dir(root).unwrap() {
+        for f in std::fs::read_dir(p.unwrap().path()).unwrap() {
+            v.push(f.unwrap().path());
+        }
+    }
+    v.sort();
+    v
+}
+
+/// (session_id, username, credit_used) of every xDR.
+fn read_all(root: &Path) -> Vec<(String, String, Decimal)> {
+    let mut out = Vec::new();
+    for f in parquet_files(root) {
+        assert!(
+            f.extension().is_some_and(|e| e == "parquet"),
+            "unexpected file {f:?}"
+        );
+        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = b.unwrap();
+            let sid = b
+                .column_by_name("session_id")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            let user = b
+                .column_by_name("username")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            let cu = b
+                .column_by_name("credit_used")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Decimal128Array>()
+                .unwrap()
+                .clone();
+            for i in 0..b.num_rows() {
+                out.push((
+                    sid.value(i).to_string(),
+                    user.value(i).to_string(),
+                    Decimal::from_i128_with_scale(cu.value(i), 10),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn interrupted_run_resumes_and_charges_each_record_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    let cdrs = dir.path().join("cdrs.csv");
+    let (rows, per_user) = write_cdrs(&cdrs);
+    let mut ledger = Ledger::open(&data).unwrap();
+    let users: Vec<NewUser> = (0..7)
+        .map(|u| NewUser {
+            username: Some(format!("u{u}")),
+            password: None,
+            group_name: "g".into(),
+            credit: Decimal::from(100),
+            comment: String::new(),
+        })
+        .collect();
+    ledger.add_users(&users, 0).unwrap();
+
+    {
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        rater.block_bytes = 8 << 10;
+        rater.crash_after_batches = Some(3);
+        assert!(rater
+            .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+            .is_err());
+    }
+    let partial = read_all(ledger.xdr_root());
+    assert!(
+        !partial.is_empty() && partial.len() < rows,
+        "{} xDRs after the crash",
+        partial.len()
+    );
+    drop(ledger);
+
+    // A new process: recovery, then the same file again.
+    let mut ledger = Ledger::open(&data).unwrap();
+    let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+    rater.block_bytes = 8 << 10;
+    let s = rater
+        .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    assert!(s.resumed_at_line.is_some());
+    assert_eq!(s.records as usize + partial.len(), rows);
+    assert_eq!(s.duplicates, 0);
+
+    let all = read_all(ledger.xdr_root());
+    assert_eq!(all.len(), rows);
+    let ids: HashSet<&str> = all.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(ids.len(), rows, "an xDR appears twice");
+    let credits: Vec<Decimal> = ledger
+        .load_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.credit)
+        .collect();
+    for u in 0..7 {
+        assert_eq!(credits[u], Decimal::from(100) - per_user[u], "user u{u}");
+        let used: Decimal = all
+            .iter()
+            .filter(|x| x.1 == format!("u{u}"))
+            .map(|x| x.2)
+            .sum();
+        assert_eq!(used, per_user[u], "xDR sum of u{u}");
+    }
+}
+
+#[test]
+fn recovery_finishes_renames_and_removes_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    let cdrs = dir.path().join("cdrs.csv");
+    write_cdrs(&cdrs);
+    let mut ledger = Ledger::open(&data).unwrap();
+    ledger
+        .add_users(
+            &[NewUser {
+                username: Some("u0".into()),
+                password: None,
+                group_name: "g".into(),
+                credit: Decimal::ZERO,
+                comment: String::new(),
+            }],
+            0,
+        )
+        .unwrap();
+    BatchRater::new(&cat, &mut ledger)
+        .unwrap()
+        .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    let files = parquet_files(ledger.xdr_root());
+    drop(ledger);
+    // Crash after commit, before rename: the committed file is only under its temp name.
+    let committed = files[0].clone();
+    std::fs::rename(&committed, ratel_engine::xdr::temp_path(&committed)).unwrap();
+    // Crash before commit: a temp file no batch recorded.
+    let orphan = committed.with_file_name(".cdr-99999999999999999999-00000000.parquet.tmp");
+    std::fs::write(&orphan, b"partial").unwrap();
+    let ledger = Ledger::open(&data).unwrap();
+    assert!(committed.exists(), "committed file was not renamed back");
+    assert!(!orphan.exists(), "orphan temp file was not removed");
+    assert_eq!(parquet_files(ledger.xdr_root()), files);
+}
