@@ -4,7 +4,8 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -190,8 +191,35 @@ fn chrono_now() -> i64 {
 }
 
 fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
-    let _ = (catalog, demo);
-    anyhow::bail!("serve: not built yet")
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())
+            .context("installing the signal handler")?;
+    }
+    let socket = ratel_engine::serve::bind_udp(&catalog.radius_listen)?;
+    let radius_addr = socket.local_addr()?;
+    println!("ratel serve: config {}", catalog.source_name);
+    println!(
+        "  RADIUS accounting on udp://{radius_addr} ({} NAS configured)",
+        catalog.nas.len()
+    );
+    println!("  data dir {}", catalog.data_dir.display());
+    println!(
+        "  CDR spool {} (format {})",
+        catalog.spool_dir.display(),
+        catalog.spool_format.name()
+    );
+    if demo {
+        if let Some(a) = catalog.admins.first() {
+            println!("  demo admin login: {} / {}", a.name, a.password);
+        }
+    }
+    let summary = ratel_engine::serve::run(&catalog, socket, shutdown)?;
+    println!(
+        "ratel serve stopped: {} packets received, {} acknowledged, {} open sessions kept in the ledger",
+        summary.counters.received, summary.counters.acknowledged, summary.open_sessions
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Progress: a bar on a terminal, a plain line per 10% otherwise.

@@ -93,18 +93,18 @@ pub struct FileSummary {
 }
 
 /// A subscriber during a run.
-struct UserState {
-    user_id: i64,
-    username: String,
-    group: Option<usize>,
-    group_name: String,
-    credit: Decimal,
+pub struct UserState {
+    pub user_id: i64,
+    pub username: String,
+    pub group: Option<usize>,
+    pub group_name: String,
+    pub credit: Decimal,
 }
 
 /// Subscribers by account name, with their running credit.
 pub struct Subscribers {
-    by_name: HashMap<String, u32, ahash::RandomState>,
-    users: Vec<UserState>,
+    pub(crate) by_name: HashMap<String, u32, ahash::RandomState>,
+    pub(crate) users: Vec<UserState>,
 }
 
 impl Subscribers {
@@ -330,11 +330,11 @@ fn build_chunk(
 
 /// A batch rater over one ledger.
 pub struct BatchRater<'a> {
-    catalog: &'a Catalog,
-    ledger: &'a mut Ledger,
-    subscribers: Subscribers,
+    pub(crate) catalog: &'a Catalog,
+    pub(crate) ledger: &'a mut Ledger,
+    pub(crate) subscribers: Subscribers,
     call_keys: HashSet<u128, ahash::RandomState>,
-    next_xdr: u64,
+    pub(crate) next_xdr: u64,
     /// Bytes per block (one ledger commit each); [`BLOCK_BYTES`] unless a test shrinks it.
     pub block_bytes: usize,
     /// Test seam simulating a crash: stop with an error after this many committed batches.
@@ -656,7 +656,7 @@ impl<'a> BatchRater<'a> {
     }
 
     /// Reloads the in-memory state from the ledger (after a failed batch).
-    fn reload(&mut self) -> Result<(), BatchError> {
+    pub(crate) fn reload(&mut self) -> Result<(), BatchError> {
         self.subscribers = Subscribers::new(self.catalog, self.ledger.load_users()?);
         self.call_keys = self.ledger.load_call_keys()?;
         self.next_xdr = self.ledger.next_xdr_id()?;

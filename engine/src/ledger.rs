@@ -214,6 +214,17 @@ CREATE TABLE IF NOT EXISTS xdr_files(
   min_login INTEGER NOT NULL,
   max_logout INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS seq(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions(
+  nas TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  state TEXT NOT NULL,
+  PRIMARY KEY(nas, session_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS radius_closed(
+  nas TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  closed_at INTEGER NOT NULL,
+  PRIMARY KEY(nas, session_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS xdr_outbox(xdr_id INTEGER PRIMARY KEY, row TEXT NOT NULL);
 INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 ";
 
@@ -575,6 +586,190 @@ impl Ledger {
             sum += parse_dec(&self.path, "journal.amount", &r.map_err(self.sq())?)?;
         }
         Ok(sum)
+    }
+}
+
+/// Everything one RADIUS batch commits at once.
+#[derive(Debug, Default)]
+pub struct RadiusCommit {
+    /// (user_id, amount taken, balance after, idempotency key).
+    pub charges: Vec<(i64, Decimal, Decimal, String)>,
+    /// (nas, session id, state JSON) of sessions still open.
+    pub upserts: Vec<(String, String, String)>,
+    /// (nas, session id) of sessions closed.
+    pub closed: Vec<(String, String)>,
+    /// (xdr id, xDR JSON) of closed sessions.
+    pub xdrs: Vec<(u64, String)>,
+    pub next_xdr: u64,
+    pub now: i64,
+    /// Forget closed-session keys older than this.
+    pub forget_closed_before: i64,
+}
+
+impl Ledger {
+    /// Commits one RADIUS batch (one fsync for all the packets in it).
+    pub fn commit_radius(&mut self, b: &RadiusCommit) -> Result<(), LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        {
+            let mut jr = tx
+                .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'radius', ?4, ?5)")
+                .map_err(sq)?;
+            let mut up = tx
+                .prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")
+                .map_err(sq)?;
+            for (user_id, amount, after, key) in &b.charges {
+                jr.execute(params![
+                    user_id,
+                    (-*amount).to_string(),
+                    after.to_string(),
+                    key,
+                    b.now
+                ])
+                .map_err(sq)?;
+                up.execute(params![user_id, after.to_string()])
+                    .map_err(sq)?;
+            }
+            let mut ss = tx
+                .prepare_cached("INSERT INTO sessions(nas, session_id, state) VALUES (?1, ?2, ?3) ON CONFLICT(nas, session_id) DO UPDATE SET state = ?3")
+                .map_err(sq)?;
+            for (nas, sid, state) in &b.upserts {
+                ss.execute(params![nas, sid, state]).map_err(sq)?;
+            }
+            let mut del = tx
+                .prepare_cached("DELETE FROM sessions WHERE nas = ?1 AND session_id = ?2")
+                .map_err(sq)?;
+            let mut cl = tx
+                .prepare_cached("INSERT OR REPLACE INTO radius_closed(nas, session_id, closed_at) VALUES (?1, ?2, ?3)")
+                .map_err(sq)?;
+            for (nas, sid) in &b.closed {
+                del.execute(params![nas, sid]).map_err(sq)?;
+                cl.execute(params![nas, sid, b.now]).map_err(sq)?;
+            }
+            let mut ob = tx
+                .prepare_cached("INSERT INTO xdr_outbox(xdr_id, row) VALUES (?1, ?2)")
+                .map_err(sq)?;
+            for (id, row) in &b.xdrs {
+                ob.execute(params![*id as i64, row]).map_err(sq)?;
+            }
+            if !b.xdrs.is_empty() {
+                tx.execute(
+                    "UPDATE seq SET value = ?1 WHERE name = 'xdr'",
+                    [b.next_xdr as i64],
+                )
+                .map_err(sq)?;
+            }
+            if b.forget_closed_before > 0 {
+                tx.execute(
+                    "DELETE FROM radius_closed WHERE closed_at < ?1",
+                    [b.forget_closed_before],
+                )
+                .map_err(sq)?;
+            }
+        }
+        tx.commit().map_err(sq)
+    }
+
+    /// Open sessions: (nas, session id, state JSON).
+    pub fn load_sessions(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT nas, session_id, state FROM sessions")
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    /// Recently closed sessions: (nas, session id, closed at).
+    pub fn load_closed(&self) -> Result<Vec<(String, String, i64)>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT nas, session_id, closed_at FROM radius_closed")
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    /// Up to `limit` xDRs waiting in the outbox, oldest first.
+    pub fn outbox(&self, limit: usize) -> Result<Vec<xdr::OwnedXdr>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT row FROM xdr_outbox ORDER BY xdr_id LIMIT ?1")
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([limit as i64], |r| r.get::<_, String>(0))
+            .map_err(self.sq())?;
+        let mut out = Vec::new();
+        for r in rows {
+            let text = r.map_err(self.sq())?;
+            out.push(
+                serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt {
+                    path: self.path.display().to_string(),
+                    what: format!("xdr_outbox row ({e})"),
+                    value: text.chars().take(80).collect(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Records flushed outbox xDRs: their files (already durable under temp names) replace
+    /// the outbox rows up to `max_xdr_id`, in one commit; then the files are renamed.
+    pub fn commit_outbox_flush(
+        &mut self,
+        files: &[PendingFile],
+        first_xdr: u64,
+        max_xdr_id: u64,
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        {
+            tx.execute(
+                "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at) VALUES ('radius', ?1, ?2, x'', ?3)",
+                params![first_xdr as i64, max_xdr_id as i64 + 1, now],
+            )
+            .map_err(sq)?;
+            let batch_id = tx.last_insert_rowid();
+            let mut xf = tx
+                .prepare_cached("INSERT INTO xdr_files(path, batch_id, rows, min_login, max_logout) VALUES (?1, ?2, ?3, ?4, ?5)")
+                .map_err(sq)?;
+            for f in files {
+                let rel = f
+                    .final_path
+                    .strip_prefix(&self.xdr_root)
+                    .unwrap_or(&f.final_path)
+                    .to_string_lossy()
+                    .into_owned();
+                xf.execute(params![
+                    rel,
+                    batch_id,
+                    f.rows as i64,
+                    f.min_login,
+                    f.max_logout
+                ])
+                .map_err(sq)?;
+            }
+            tx.execute(
+                "DELETE FROM xdr_outbox WHERE xdr_id <= ?1",
+                [max_xdr_id as i64],
+            )
+            .map_err(sq)?;
+        }
+        tx.commit().map_err(sq)?;
+        publish_files(files)
     }
 }
 

@@ -1,5 +1,6 @@
-//! ratel's engine: the catalog built from config, pure rating, the ledger, CDR ingest and
-//! the xDR Parquet writer. See ARCHITECTURE.md for the map and the invariants.
+//! ratel's engine: the catalog built from config, pure rating, the ledger, CDR ingest, RADIUS
+//! accounting, the `serve` core loop and the xDR Parquet writer. See ARCHITECTURE.md for the
+//! map and the invariants.
 
 pub mod batch;
 pub mod catalog;
@@ -8,7 +9,9 @@ pub mod config;
 pub mod csv;
 pub mod gen;
 pub mod ledger;
+pub mod radius;
 pub mod rating;
 pub mod schedule;
+pub mod serve;
 pub mod users;
 pub mod xdr;

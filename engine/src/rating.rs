@@ -157,7 +157,7 @@ pub struct Usage {
 }
 
 /// Per charge rule usage of a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuleUsage {
     pub rule: u32,
     pub start: i64,
@@ -190,7 +190,7 @@ pub struct UpdateCharge {
 }
 
 /// The rating state of one internet session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionCharge {
     /// Fixed by the first update seen: its moment minus its session time.
     pub login_time: i64,

@@ -513,3 +513,97 @@ mod tests {
         assert_eq!(final_of_temp(f), None);
     }
 }
+
+/// An owned xDR detail, for xDRs that wait in the ledger's outbox (RADIUS sessions).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnedDetail {
+    pub rule: String,
+    pub start: i64,
+    pub end: i64,
+    pub seconds: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub credit: Decimal,
+}
+
+/// An owned xDR (the outbox form; serialized as JSON in the ledger until flushed).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct OwnedXdr {
+    pub xdr_id: u64,
+    pub service_type: String,
+    pub status: String,
+    pub user_id: Option<i64>,
+    pub username: String,
+    pub group_name: String,
+    pub login_time: i64,
+    pub logout_time: i64,
+    pub duration_seconds: i64,
+    pub billed_seconds: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
+    pub session_id: String,
+    pub ras_description: String,
+    pub nas_ip: String,
+    pub unique_id_value: String,
+    pub remote_ip: String,
+    pub caller_id: String,
+    pub called_number: String,
+    pub terminate_cause: String,
+    pub destination: String,
+    pub destination_name: String,
+    pub credit_used: Decimal,
+    pub before_credit: Decimal,
+    pub after_credit: Decimal,
+    pub details: Vec<OwnedDetail>,
+    pub source: String,
+}
+
+impl OwnedXdr {
+    /// Appends this xDR to a builder.
+    pub fn push_to(&self, b: &mut XdrBuilder) {
+        let details: Vec<RuleDetail<'_>> = self
+            .details
+            .iter()
+            .map(|d| RuleDetail {
+                rule: &d.rule,
+                start_secs: d.start,
+                end_secs: d.end,
+                seconds: d.seconds,
+                bytes_in: d.bytes_in,
+                bytes_out: d.bytes_out,
+                credit: d.credit,
+            })
+            .collect();
+        b.push(
+            &XdrRow {
+                xdr_id: self.xdr_id,
+                service_type: &self.service_type,
+                status: &self.status,
+                user_id: self.user_id,
+                username: &self.username,
+                group_name: &self.group_name,
+                login_time_secs: self.login_time,
+                logout_time_secs: self.logout_time,
+                duration_seconds: self.duration_seconds,
+                billed_seconds: self.billed_seconds,
+                bytes_in: self.bytes_in,
+                bytes_out: self.bytes_out,
+                session_id: &self.session_id,
+                ras_description: &self.ras_description,
+                nas_ip: &self.nas_ip,
+                unique_id_value: &self.unique_id_value,
+                remote_ip: &self.remote_ip,
+                caller_id: &self.caller_id,
+                called_number: &self.called_number,
+                terminate_cause: &self.terminate_cause,
+                destination: &self.destination,
+                destination_name: &self.destination_name,
+                credit_used: self.credit_used,
+                before_credit: self.before_credit,
+                after_credit: self.after_credit,
+                source: &self.source,
+            },
+            &details,
+        );
+    }
+}

@@ -1,0 +1,565 @@
+//! The `ratel serve` core: one thread that owns the ledger and runs the ordered hot path
+//! receive a batch → decode and verify → rate → one ledger commit (one fsync) → acknowledge.
+//!
+//! The Accounting-Response to a packet is sent only after the commit that holds its effects
+//! returned. If a commit fails (a full disk, say), nothing of the batch is acknowledged, the
+//! in-memory state is reloaded from the ledger, and the NAS's retransmissions are processed
+//! again once the ledger accepts writes. Between batches the same thread closes stale
+//! sessions, flushes the xDR outbox to Parquet and rates files dropped into the CDR spool.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::{BatchError, BatchRater, NoProgress};
+use crate::catalog::Catalog;
+use crate::ledger::{DataDirLock, Ledger, LedgerError, PendingFile, RadiusCommit};
+use crate::radius::accounting::{Accounting, Effects, Session, CLOSED_MEMORY_SECS};
+use crate::radius::codec::{self, DecodeError};
+use crate::xdr::{self, XdrBuilder};
+
+/// Most packets in one group commit.
+pub const MAX_BATCH: usize = 2048;
+/// Outbox rows written to one Parquet flush.
+pub const OUTBOX_FLUSH_ROWS: usize = 50_000;
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("radius.listen {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("ledger: open session {nas}/{session}: {message}")]
+    Session {
+        nas: String,
+        session: String,
+        message: String,
+    },
+}
+
+/// What a server run did (returned at shutdown).
+#[derive(Debug, Default, Clone)]
+pub struct ServeSummary {
+    pub counters: crate::radius::accounting::Counters,
+    pub open_sessions: usize,
+    pub spool_files: u64,
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Binds the accounting socket (large receive buffer: bursts must queue, not drop).
+pub fn bind_udp(addr: &str) -> Result<UdpSocket, ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let sa: SocketAddr = addr
+        .parse()
+        .map_err(|_| err(std::io::Error::other("not an address:port")))?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(sa),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )
+    .map_err(err)?;
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    let _ = sock.set_send_buffer_size(4 << 20);
+    sock.bind(&sa.into()).map_err(err)?;
+    Ok(sock.into())
+}
+
+/// Runs the server until `shutdown` is set. `on_ready` gets the bound RADIUS address.
+pub fn run(
+    catalog: &Catalog,
+    socket: UdpSocket,
+    shutdown: Arc<AtomicBool>,
+) -> Result<ServeSummary, ServeError> {
+    let _lock = DataDirLock::acquire(&catalog.data_dir)?;
+    let mut ledger = Ledger::open(&catalog.data_dir)?;
+    let mut rater = BatchRater::new(catalog, &mut ledger)?;
+    let mut acct = load_accounting(catalog, &rater)?;
+    tracing::info!(
+        open_sessions = acct.sessions.len(),
+        "recovered open sessions from the ledger"
+    );
+    let mut core = Core {
+        catalog,
+        socket,
+        buf: vec![0u8; 65_536],
+        pending: Vec::with_capacity(MAX_BATCH),
+        drops: DropLog::default(),
+        last_flush: Instant::now(),
+        spool_files: 0,
+    };
+    let mut last_housekeeping = Instant::now();
+    while !shutdown.load(Ordering::Relaxed) {
+        core.receive_batch(&mut rater, &mut acct)?;
+        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+            last_housekeeping = Instant::now();
+            core.housekeeping(&mut rater, &mut acct)?;
+        }
+        core.drops.maybe_log();
+    }
+    // Graceful stop: every received packet has been committed and answered above; flush
+    // the outbox so every xDR is in Parquet.
+    while core.flush_outbox(&mut rater)? > 0 {}
+    tracing::info!(
+        received = acct.counters.received,
+        acknowledged = acct.counters.acknowledged,
+        open_sessions = acct.sessions.len(),
+        "stopped: everything received was committed and answered, xDRs flushed"
+    );
+    Ok(ServeSummary {
+        counters: acct.counters.clone(),
+        open_sessions: acct.sessions.len(),
+        spool_files: core.spool_files,
+    })
+}
+
+/// Rebuilds the accounting state from the ledger.
+fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounting, ServeError> {
+    let mut acct = Accounting::default();
+    let nas_idx = |name: &str| {
+        catalog
+            .nas
+            .iter()
+            .position(|n| n.name == name)
+            .map(|i| i as u16)
+    };
+    for (nas, sid, state) in rater.ledger.load_sessions()? {
+        let Some(i) = nas_idx(&nas) else {
+            tracing::warn!(nas = %nas, session = %sid, "open session of a NAS no longer configured: left in the ledger");
+            continue;
+        };
+        let s: Session = serde_json::from_str(&state).map_err(|e| ServeError::Session {
+            nas: nas.clone(),
+            session: sid.clone(),
+            message: e.to_string(),
+        })?;
+        acct.sessions.insert((i, sid), s);
+    }
+    for (nas, sid, at) in rater.ledger.load_closed()? {
+        if let Some(i) = nas_idx(&nas) {
+            acct.closed.insert((i, sid), at);
+        }
+    }
+    Ok(acct)
+}
+
+/// Rate-limited reporting of dropped datagrams.
+#[derive(Default)]
+struct DropLog {
+    since_log: u64,
+    last_reason: &'static str,
+    last_source: Option<SocketAddr>,
+    last_log: Option<Instant>,
+}
+
+impl DropLog {
+    fn record(&mut self, reason: &'static str, src: SocketAddr) {
+        self.since_log += 1;
+        self.last_reason = reason;
+        self.last_source = Some(src);
+    }
+    fn maybe_log(&mut self) {
+        if self.since_log == 0
+            || self
+                .last_log
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        tracing::warn!(
+            dropped = self.since_log,
+            last_reason = self.last_reason,
+            last_source = %self.last_source.map(|s| s.to_string()).unwrap_or_default(),
+            "dropped RADIUS datagrams (logged at most every 10 s)"
+        );
+        self.since_log = 0;
+        self.last_log = Some(Instant::now());
+    }
+}
+
+/// A packet accepted into the current batch, waiting for the commit.
+struct Pending {
+    nas: u16,
+    ident: u8,
+    auth: [u8; 16],
+    to: SocketAddr,
+}
+
+struct Core<'c> {
+    catalog: &'c Catalog,
+    socket: UdpSocket,
+    buf: Vec<u8>,
+    pending: Vec<Pending>,
+    drops: DropLog,
+    last_flush: Instant,
+    spool_files: u64,
+}
+
+impl Core<'_> {
+    /// Receives up to [`MAX_BATCH`] datagrams (the first waits up to 100 ms, the rest only
+    /// while they keep arriving within `commit_wait_ms`), applies them, commits once and
+    /// answers them.
+    fn receive_batch(
+        &mut self,
+        rater: &mut BatchRater<'_>,
+        acct: &mut Accounting,
+    ) -> Result<(), ServeError> {
+        let mut fx = Effects::default();
+        let mut retransmits: Vec<(u16, u8, [u8; 16], SocketAddr)> = Vec::new();
+        self.pending.clear();
+        let _ = self
+            .socket
+            .set_read_timeout(Some(Duration::from_millis(100)));
+        let mut deadline: Option<Instant> = None;
+        let now = now_secs();
+        loop {
+            if self.pending.len() + retransmits.len() >= MAX_BATCH {
+                break;
+            }
+            let (n, src) = match self.socket.recv_from(&mut self.buf) {
+                Ok(x) => x,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "RADIUS receive failed");
+                    break;
+                }
+            };
+            if deadline.is_none() {
+                let wait = Duration::from_millis(self.catalog.commit_wait_ms);
+                deadline = Some(Instant::now() + wait);
+                let _ = self.socket.set_read_timeout(Some(wait));
+            } else if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    // Keep this datagram, then commit.
+                    self.accept(rater, acct, n, src, now, &mut fx, &mut retransmits);
+                    break;
+                }
+            }
+            self.accept(rater, acct, n, src, now, &mut fx, &mut retransmits);
+        }
+        if self.pending.is_empty() && retransmits.is_empty() && fx.xdrs.is_empty() {
+            return Ok(());
+        }
+        if !self.pending.is_empty() || !fx.closed.is_empty() {
+            if let Err(e) = self.commit(rater, acct, &fx, now) {
+                tracing::error!(error = %e, packets = self.pending.len(), "ledger commit failed: NOT acknowledging this batch; the NAS will retransmit");
+                for p in &self.pending {
+                    acct.forget_seen(p.nas, p.ident, &p.auth);
+                }
+                self.reload(rater, acct)?;
+                std::thread::sleep(Duration::from_millis(200));
+                return Ok(());
+            }
+        }
+        for p in self.pending.iter() {
+            let resp = codec::response(p.ident, &p.auth, &self.catalog.nas[p.nas as usize].secret);
+            let _ = self.socket.send_to(&resp, p.to);
+        }
+        acct.counters.acknowledged += self.pending.len() as u64;
+        // Retransmissions of packets committed earlier get the same answer again.
+        for (nas, ident, auth, to) in retransmits {
+            let resp = codec::response(ident, &auth, &self.catalog.nas[nas as usize].secret);
+            let _ = self.socket.send_to(&resp, to);
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn accept(
+        &mut self,
+        rater: &mut BatchRater<'_>,
+        acct: &mut Accounting,
+        n: usize,
+        src: SocketAddr,
+        now: i64,
+        fx: &mut Effects,
+        retransmits: &mut Vec<(u16, u8, [u8; 16], SocketAddr)>,
+    ) {
+        acct.counters.received += 1;
+        let Some(nas) = self.catalog.nas_by_ip(src.ip()) else {
+            acct.counters.dropped_unknown_nas += 1;
+            self.drops.record("unknown NAS", src);
+            return;
+        };
+        let secret = &self.catalog.nas[nas].secret;
+        let req = match codec::decode(&self.buf[..n], secret) {
+            Ok(r) => r,
+            Err(e) => {
+                match e {
+                    DecodeError::BadAuthenticator | DecodeError::BadMessageAuthenticator => {
+                        acct.counters.dropped_bad_auth += 1
+                    }
+                    _ => acct.counters.dropped_malformed += 1,
+                }
+                self.drops.record(e.as_str(), src);
+                return;
+            }
+        };
+        let nas = nas as u16;
+        if acct.is_retransmission(nas, req.identifier, &req.authenticator) {
+            // Within this batch the original is answered after the commit; from an earlier
+            // batch it was committed already.
+            if !self
+                .pending
+                .iter()
+                .any(|p| p.nas == nas && p.ident == req.identifier && p.auth == req.authenticator)
+            {
+                retransmits.push((nas, req.identifier, req.authenticator, src));
+            }
+            return;
+        }
+        let src_ip = src.ip().to_string();
+        acct.apply(
+            self.catalog,
+            &mut rater.subscribers,
+            &mut rater.next_xdr,
+            nas,
+            &src_ip,
+            &req,
+            now,
+            fx,
+        );
+        self.pending.push(Pending {
+            nas,
+            ident: req.identifier,
+            auth: req.authenticator,
+            to: src,
+        });
+    }
+
+    /// One ledger transaction for the effects of a batch.
+    fn commit(
+        &mut self,
+        rater: &mut BatchRater<'_>,
+        acct: &Accounting,
+        fx: &Effects,
+        now: i64,
+    ) -> Result<(), LedgerError> {
+        let mut c = RadiusCommit {
+            now,
+            next_xdr: rater.next_xdr,
+            forget_closed_before: now - CLOSED_MEMORY_SECS,
+            ..Default::default()
+        };
+        for ch in &fx.charges {
+            c.charges
+                .push((ch.user_id, ch.amount, ch.balance_after, ch.idem_key.clone()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for k in fx.upserts.iter().rev() {
+            if !seen.insert(k) {
+                continue;
+            }
+            if let Some(s) = acct.sessions.get(k) {
+                c.upserts.push((
+                    s.nas.clone(),
+                    s.session_id.clone(),
+                    serde_json::to_string(s).expect("session serializes"),
+                ));
+            }
+        }
+        for k in &fx.closed {
+            c.closed
+                .push((self.catalog.nas[k.0 as usize].name.clone(), k.1.clone()));
+        }
+        for x in &fx.xdrs {
+            c.xdrs
+                .push((x.xdr_id, serde_json::to_string(x).expect("xdr serializes")));
+        }
+        rater.ledger.commit_radius(&c)
+    }
+
+    /// After a failed commit: the ledger is the truth, rebuild memory from it.
+    fn reload(
+        &mut self,
+        rater: &mut BatchRater<'_>,
+        acct: &mut Accounting,
+    ) -> Result<(), ServeError> {
+        rater.reload()?;
+        let fresh = load_accounting(self.catalog, rater)?;
+        acct.sessions = fresh.sessions;
+        acct.closed = fresh.closed;
+        Ok(())
+    }
+
+    fn housekeeping(
+        &mut self,
+        rater: &mut BatchRater<'_>,
+        acct: &mut Accounting,
+    ) -> Result<(), ServeError> {
+        let now = now_secs();
+        let mut fx = Effects::default();
+        acct.close_stale(
+            self.catalog,
+            &rater.subscribers,
+            &mut rater.next_xdr,
+            now,
+            &mut fx,
+        );
+        if !fx.closed.is_empty() {
+            if let Err(e) = self.commit(rater, acct, &fx, now) {
+                tracing::error!(error = %e, "ledger commit of stale sessions failed; will retry");
+                self.reload(rater, acct)?;
+            }
+        }
+        if self.last_flush.elapsed() >= Duration::from_secs(1) {
+            if let Err(e) = self.flush_outbox(rater) {
+                tracing::error!(error = %e, "xDR outbox flush failed; will retry");
+            }
+            self.last_flush = Instant::now();
+        }
+        self.scan_spool(rater);
+        Ok(())
+    }
+
+    /// Writes waiting outbox xDRs to Parquet (temp name, fsync), commits, renames.
+    fn flush_outbox(&mut self, rater: &mut BatchRater<'_>) -> Result<usize, ServeError> {
+        let rows = rater.ledger.outbox(OUTBOX_FLUSH_ROWS)?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let first = rows[0].xdr_id;
+        let last = rows[rows.len() - 1].xdr_id;
+        let mut by_day: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
+        for x in &rows {
+            let day = xdr::day_of(x.logout_time);
+            let i = match by_day.iter().position(|b| b.0 == day) {
+                Some(i) => i,
+                None => {
+                    by_day.push((
+                        day,
+                        XdrBuilder::with_capacity(rows.len()),
+                        i64::MAX,
+                        i64::MIN,
+                    ));
+                    by_day.len() - 1
+                }
+            };
+            x.push_to(&mut by_day[i].1);
+            by_day[i].2 = by_day[i].2.min(x.login_time);
+            by_day[i].3 = by_day[i].3.max(x.logout_time);
+        }
+        let mut files = Vec::new();
+        for (k, (day, b, lo, hi)) in by_day.into_iter().enumerate() {
+            let path = xdr::partition_dir(rater.ledger.xdr_root(), day * 86_400)
+                .join(format!("radius-{first:020}-{k:04}.parquet"));
+            let batch = b.finish().map_err(BatchError::from)?;
+            xdr::write_temp(&path, &batch).map_err(BatchError::from)?;
+            files.push(PendingFile {
+                final_path: path,
+                rows: batch.num_rows() as u64,
+                min_login: lo,
+                max_logout: hi,
+            });
+        }
+        if let Err(e) = rater
+            .ledger
+            .commit_outbox_flush(&files, first, last, now_secs())
+        {
+            for f in &files {
+                let _ = std::fs::remove_file(xdr::temp_path(&f.final_path));
+            }
+            return Err(e.into());
+        }
+        tracing::debug!(
+            rows = rows.len(),
+            files = files.len(),
+            "xDR outbox flushed to Parquet"
+        );
+        Ok(rows.len())
+    }
+
+    /// Rates CDR files dropped into the spool; moves each to `done/` or `failed/`.
+    fn scan_spool(&mut self, rater: &mut BatchRater<'_>) {
+        let spool = &self.catalog.spool_dir;
+        let Ok(entries) = std::fs::read_dir(spool) else {
+            return;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !name.starts_with('.') && !name.ends_with(".tmp") && !name.ends_with(".err")
+            })
+            .filter(|p| {
+                // A file still being written is left for the next scan.
+                std::fs::metadata(p)
+                    .and_then(|m| m.modified())
+                    .map(|m| m.elapsed().unwrap_or_default() >= Duration::from_secs(1))
+                    .unwrap_or(false)
+            })
+            .collect();
+        files.sort();
+        for f in files {
+            let result = rater.rate_file(&f, self.catalog.spool_format, &NoProgress);
+            self.spool_files += 1;
+            match result {
+                Ok(s) => {
+                    tracing::info!(file = %f.display(), records = s.records, xdrs = s.xdrs, charged = %s.charged, bad_lines = s.bad_lines, already_rated = s.already_rated, "spool file rated");
+                    move_into(&f, &spool.join("done"), None);
+                }
+                Err(e) => {
+                    tracing::error!(file = %f.display(), error = %e, "spool file failed");
+                    move_into(&f, &spool.join("failed"), Some(&e.to_string()));
+                }
+            }
+        }
+    }
+}
+
+/// Moves `file` into `dir` (created), writing `<name>.err` beside it when given an error.
+fn move_into(file: &Path, dir: &Path, err: Option<&str>) {
+    let _ = std::fs::create_dir_all(dir);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut target = dir.join(&name);
+    let mut k = 1;
+    while target.exists() {
+        target = dir.join(format!("{name}.{k}"));
+        k += 1;
+    }
+    if let Err(e) = std::fs::rename(file, &target) {
+        tracing::error!(file = %file.display(), error = %e, "cannot move spool file");
+        return;
+    }
+    if let Some(msg) = err {
+        let _ = std::fs::write(
+            target.with_file_name(format!(
+                "{}.err",
+                target.file_name().unwrap_or_default().to_string_lossy()
+            )),
+            format!("{msg}\n"),
+        );
+    }
+}
