@@ -27,7 +27,7 @@ use crate::rating::{rate_call, CallRating, Status};
 use crate::xdr::{self, RuleDetail, XdrBuilder, XdrRow};
 
 /// Bytes read per block; a block is also the unit of one ledger commit.
-pub const BLOCK_BYTES: usize = 16 << 20;
+pub const BLOCK_BYTES: usize = 32 << 20;
 /// Bad-line reasons kept for the summary.
 pub const BAD_SAMPLES: usize = 20;
 
@@ -581,10 +581,6 @@ impl<'a> BatchRater<'a> {
                                         user_id: u.user_id,
                                         amount: Decimal::ZERO,
                                         balance_after: Decimal::ZERO,
-                                        idem_key: format!(
-                                            "cdr:{}:{}:{}",
-                                            file_hash, block.offset, u.user_id
-                                        ),
                                     });
                                     movements.len() - 1
                                 });
@@ -657,6 +653,8 @@ impl<'a> BatchRater<'a> {
 
     /// Reloads the in-memory state from the ledger (after a failed batch).
     pub(crate) fn reload(&mut self) -> Result<(), BatchError> {
+        // Batches committed before the failure hold movements not yet folded.
+        self.ledger.fold_pending(chrono::Utc::now().timestamp())?;
         self.subscribers = Subscribers::new(self.catalog, self.ledger.load_users()?);
         self.call_keys = self.ledger.load_call_keys()?;
         self.next_xdr = self.ledger.next_xdr_id()?;

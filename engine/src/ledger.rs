@@ -118,7 +118,7 @@ pub struct FileProgress {
     pub records: u64,
 }
 
-/// One credit movement of a batch.
+/// One subscriber's credit movement in a batch.
 #[derive(Debug, Clone)]
 pub struct Movement {
     pub user_id: i64,
@@ -126,7 +126,6 @@ pub struct Movement {
     pub amount: Decimal,
     /// The user's balance after this movement (and every earlier one).
     pub balance_after: Decimal,
-    pub idem_key: String,
 }
 
 /// An xDR file written under its temp name, to be recorded by a commit.
@@ -206,7 +205,9 @@ CREATE TABLE IF NOT EXISTS batches(
   first_xdr INTEGER NOT NULL,
   next_xdr INTEGER NOT NULL,
   call_keys BLOB NOT NULL,
-  committed_at INTEGER NOT NULL);
+  committed_at INTEGER NOT NULL,
+  movements BLOB NOT NULL DEFAULT x'',
+  applied INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS xdr_files(
   path TEXT PRIMARY KEY,
   batch_id INTEGER NOT NULL,
@@ -256,15 +257,22 @@ impl Ledger {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
+        // A batch touches up to one journal row and one balance per subscriber: keep the
+        // indexes in memory (the 2 MiB default thrashes with 100k subscribers).
+        conn.pragma_update(None, "cache_size", -262_144)
+            .map_err(sq)?;
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(sq)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
-        let ledger = Ledger {
+        let mut ledger = Ledger {
             conn,
             path,
             xdr_root,
         };
         ledger.recover_files()?;
+        ledger.fold_pending(chrono::Utc::now().timestamp())?;
         Ok(ledger)
     }
 
@@ -512,29 +520,20 @@ impl Ledger {
         let tx = self.conn.transaction().map_err(sq)?;
         {
             tx.execute(
-                "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![format!("cdr:{}@{}", b.file_hash, b.next_offset), b.first_xdr as i64, b.next_xdr as i64, b.call_keys, b.now],
+                "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at, movements, applied)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    format!("cdr:{}", &b.file_hash[..16]),
+                    b.first_xdr as i64,
+                    b.next_xdr as i64,
+                    b.call_keys,
+                    b.now,
+                    encode_movements(&b.movements),
+                    b.movements.is_empty() as i64
+                ],
             )
             .map_err(sq)?;
             let batch_id = tx.last_insert_rowid();
-            let mut jr = tx
-                .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'cdr', ?4, ?5)")
-                .map_err(sq)?;
-            let mut up = tx
-                .prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")
-                .map_err(sq)?;
-            for m in &b.movements {
-                jr.execute(params![
-                    m.user_id,
-                    m.amount.to_string(),
-                    m.balance_after.to_string(),
-                    m.idem_key,
-                    b.now
-                ])
-                .map_err(sq)?;
-                up.execute(params![m.user_id, m.balance_after.to_string()])
-                    .map_err(sq)?;
-            }
             let mut xf = tx
                 .prepare_cached("INSERT INTO xdr_files(path, batch_id, rows, min_login, max_logout) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(sq)?;
@@ -567,9 +566,29 @@ impl Ledger {
                 [b.next_xdr as i64],
             )
             .map_err(sq)?;
+            let pending: i64 = tx
+                .query_row("SELECT count(*) FROM batches WHERE applied = 0", [], |r| {
+                    r.get(0)
+                })
+                .map_err(sq)?;
+            if b.done || pending >= FOLD_EVERY_BATCHES {
+                fold_pending(&tx, b.now).map_err(sq)?;
+            }
         }
         tx.commit().map_err(sq)?;
         publish_files(&b.files)
+    }
+
+    /// Folds CDR batches' movements into journal rows and balances (see [`fold_pending`]).
+    pub fn fold_pending(&mut self, now: i64) -> Result<(), LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        fold_pending(&tx, now).map_err(sq)?;
+        tx.commit().map_err(sq)
     }
 
     /// Sum of journal movements per user (for conservation checks and reports).
@@ -771,6 +790,78 @@ impl Ledger {
         tx.commit().map_err(sq)?;
         publish_files(files)
     }
+}
+
+/// Unfolded CDR batches after which a commit folds them.
+const FOLD_EVERY_BATCHES: i64 = 8;
+
+/// One movement: user id (i64 LE), amount and balance after (rust_decimal's 16-byte form).
+const MOVEMENT_BYTES: usize = 8 + 16 + 16;
+
+fn encode_movements(ms: &[Movement]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ms.len() * MOVEMENT_BYTES);
+    for m in ms {
+        out.extend_from_slice(&m.user_id.to_le_bytes());
+        out.extend_from_slice(&m.amount.serialize());
+        out.extend_from_slice(&m.balance_after.serialize());
+    }
+    out
+}
+
+fn decode_movements(b: &[u8]) -> impl Iterator<Item = (i64, Decimal, Decimal)> + '_ {
+    b.chunks_exact(MOVEMENT_BYTES).map(|c| {
+        let id = i64::from_le_bytes(c[..8].try_into().expect("8 bytes"));
+        let amount = Decimal::deserialize(c[8..24].try_into().expect("16 bytes"));
+        let after = Decimal::deserialize(c[24..40].try_into().expect("16 bytes"));
+        (id, amount, after)
+    })
+}
+
+/// Folds the movements of unapplied CDR batches, in commit order, into one journal row per
+/// subscriber (idempotency key `cdr:<batch range>:<user>`) and the materialized balances.
+///
+/// A CDR block commit stores its credit movements compactly in its batch row (one write,
+/// however many subscribers it touched); folding turns them into journal rows and
+/// `users.credit` every few batches, at the end of a file, and at open. Balances in the
+/// movements are absolute and in file order, so the last one per user is the balance.
+fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite::Error> {
+    let mut st =
+        tx.prepare("SELECT batch_id, movements FROM batches WHERE applied = 0 ORDER BY batch_id")?;
+    let rows: Vec<(i64, Vec<u8>)> = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
+    let mut per_user: std::collections::BTreeMap<i64, (Decimal, Decimal)> =
+        std::collections::BTreeMap::new();
+    for (_, blob) in &rows {
+        for (id, amount, after) in decode_movements(blob) {
+            let e = per_user.entry(id).or_insert((Decimal::ZERO, Decimal::ZERO));
+            e.0 += amount;
+            e.1 = after;
+        }
+    }
+    let mut jr = tx.prepare_cached(
+        "INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'cdr', ?4, ?5)",
+    )?;
+    let mut up = tx.prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")?;
+    for (id, (amount, after)) in per_user {
+        jr.execute(params![
+            id,
+            amount.to_string(),
+            after.to_string(),
+            format!("cdr:{first}-{last}:{id}"),
+            now
+        ])?;
+        up.execute(params![id, after.to_string()])?;
+    }
+    tx.execute(
+        "UPDATE batches SET applied = 1, movements = x'' WHERE applied = 0 AND batch_id BETWEEN ?1 AND ?2",
+        params![first, last],
+    )?;
+    Ok(())
 }
 
 /// Renames committed temp files to their final names and fsyncs their directories.
