@@ -255,7 +255,7 @@ impl Progress for Bar {
         } else {
             let mut p = self.plain.lock().expect("progress lock");
             p.1 += bytes;
-            let pct = if p.0 == 0 { 100 } else { p.1 * 100 / p.0 };
+            let pct = (p.1 * 100).checked_div(p.0).unwrap_or(100);
             if pct >= p.2 + 10 {
                 p.2 = pct / 10 * 10;
                 eprintln!("rating {}: {}%", p.3, p.2);

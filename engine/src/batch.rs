@@ -186,6 +186,9 @@ struct RatedBlock {
     bytes: u64,
 }
 
+// Not boxed: a box per record is an allocation on the hot path; the Vec of outcomes is
+// per block and short-lived.
+#[allow(clippy::large_enum_variant)]
 enum Outcome<'a> {
     Bad(u64, String),
     Rated(RatedCdr<'a>),
@@ -454,9 +457,8 @@ impl<'a> BatchRater<'a> {
             let pstr = path_str.clone();
             let writer = scope.spawn(move || -> Result<(Duration, Duration), BatchError> {
                 let (mut pq, mut lg) = (Duration::ZERO, Duration::ZERO);
-                let mut committed = 0u64;
-                for rb in rated_rx {
-                    if crash_after == Some(committed) {
+                for (committed, rb) in rated_rx.into_iter().enumerate() {
+                    if crash_after == Some(committed as u64) {
                         return Err(BatchError::Io {
                             path: pstr.clone(),
                             source: std::io::Error::other("simulated crash"),
@@ -501,7 +503,6 @@ impl<'a> BatchRater<'a> {
                         return Err(e.into());
                     }
                     lg += t.elapsed();
-                    committed += 1;
                     progress.advanced(rb.bytes);
                 }
                 Ok((pq, lg))

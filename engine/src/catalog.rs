@@ -530,9 +530,9 @@ pub fn load_rate_deck(tariff: &str, file: &str, text: &str) -> Result<Tariff, Co
     }
 
     let mut rows: Vec<RateRow> = Vec::new();
-    // Per prefix: (windowed rows, unwindowed row, first line seen).
-    let mut by_prefix: HashMap<String, (Vec<(WindowSpec, u32)>, Option<u32>, usize)> =
-        HashMap::new();
+    // Per prefix: (windowed rows, the unwindowed row, first line seen).
+    type PrefixRows = (Vec<(WindowSpec, u32)>, Option<u32>, usize);
+    let mut by_prefix: HashMap<String, PrefixRows> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     for (n, line) in lines {
         let ln = n + 1;

@@ -133,7 +133,7 @@ pub fn write_cdrs(
         line.clear();
         // Heavy-tailed activity: account index skewed towards small numbers.
         let u = rng.unit32();
-        let acc = ((u * u) >> 32) * accounts as u64 >> 32;
+        let acc = (((u * u) >> 32) * accounts as u64) >> 32;
         // Skewed destinations: popular prefixes first.
         let v = rng.unit32();
         let v3 = (((v * v) >> 32) * v) >> 32;
@@ -155,9 +155,9 @@ pub fn write_cdrs(
         for _ in p.len()..11 {
             line.push(b'0' + rng.below(10) as u8);
         }
-        write!(
+        writeln!(
             line,
-            ",{date}T{h:02}:{m:02}:{s:02}Z,{d},{},acc{acc}\n",
+            ",{date}T{h:02}:{m:02}:{s:02}Z,{d},{},acc{acc}",
             if answered {
                 "ANSWERED"
             } else if rng.below(2) == 0 {

@@ -39,7 +39,7 @@ fn write_cdrs(path: &Path) -> (usize, Vec<Decimal>) {
             "c{i},555,15551234567,2026-11-02T10:{:02}:00Z,{d},ANSWERED,u{u}\n",
             i % 60
         ));
-        per_user[u] += Decimal::new(((d + 59) / 60) as i64, 2);
+        per_user[u] += Decimal::new(d.div_ceil(60) as i64, 2);
     }
     std::fs::write(path, s).unwrap();
     (3000, per_user)

@@ -155,6 +155,7 @@ impl Accounting {
     }
 
     /// Applies one verified request from NAS `nas_idx` arriving at `now` (unix seconds).
+    #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
         catalog: &Catalog,
@@ -302,6 +303,7 @@ impl Accounting {
     }
 
     /// Closes a session at its last known update and writes its xDR.
+    #[allow(clippy::too_many_arguments)]
     pub fn close(
         &mut self,
         catalog: &Catalog,
