@@ -198,11 +198,15 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
     }
     let socket = ratel_engine::serve::bind_udp(&catalog.radius_listen)?;
     let radius_addr = socket.local_addr()?;
+    let api_listener = std::net::TcpListener::bind(&catalog.api_listen)
+        .with_context(|| format!("api.listen {}", catalog.api_listen))?;
+    let api_addr = api_listener.local_addr()?;
     println!("ratel serve: config {}", catalog.source_name);
     println!(
         "  RADIUS accounting on udp://{radius_addr} ({} NAS configured)",
         catalog.nas.len()
     );
+    println!("  JSON-RPC API on http://{api_addr}/");
     println!("  data dir {}", catalog.data_dir.display());
     println!(
         "  CDR spool {} (format {})",
@@ -214,7 +218,28 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
             println!("  demo admin login: {} / {}", a.name, a.password);
         }
     }
-    let summary = ratel_engine::serve::run(&catalog, socket, shutdown)?;
+    let catalog = Arc::new(catalog);
+    let live = Arc::new(ratel_engine::serve::Live::default());
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let mut api_thread = None;
+    let summary =
+        ratel_engine::serve::run(&catalog, socket, shutdown.clone(), live.clone(), rx, || {
+            let h = ratel_api::spawn(
+                api_listener,
+                catalog.clone(),
+                live.clone(),
+                tx,
+                shutdown.clone(),
+            )
+            .map_err(|e| ratel_engine::serve::ServeError::Api(e.to_string()))?;
+            api_thread = Some(h);
+            Ok(())
+        });
+    shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(h) = api_thread {
+        let _ = h.join();
+    }
+    let summary = summary?;
     println!(
         "ratel serve stopped: {} packets received, {} acknowledged, {} open sessions kept in the ledger",
         summary.counters.received, summary.counters.acknowledged, summary.open_sessions

@@ -1,1 +1,860 @@
-//! placeholder
+//! The JSON-RPC API in the IBSng dialect (axum on tokio), started by `ratel serve`.
+//!
+//! `POST /` with `{"method": "handler.method", "params": {...}, "id": any}`; the answer is
+//! always HTTP 200 with `{"id", "result", "error"}`, the error being `"CODE|message"` as
+//! IBSng writes it. Reads go to the ledger through a read-only SQLite connection and to the
+//! core's published live state; writes are commands executed by the serve core, which owns
+//! the ledger and every balance. This crate owns the IBSng JSON shapes: engine types do not
+//! carry IBSng names.
+
+pub mod report;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use ratel_engine::catalog::Catalog;
+use ratel_engine::serve::{ChangeType, Command, CommandError, Live};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rust_decimal::Decimal;
+use serde_json::{json, Map, Value};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// An error answer: `CODE|message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        RpcError {
+            code,
+            message: message.into(),
+        }
+    }
+    fn text(&self) -> String {
+        format!("{}|{}", self.code, self.message)
+    }
+}
+
+type RpcResult = Result<Value, RpcError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthType {
+    Admin,
+    NormalUser,
+}
+
+/// An API login session.
+#[derive(Debug, Clone)]
+struct ApiSession {
+    auth_type: AuthType,
+    name: String,
+    ip: IpAddr,
+    last_seen: Instant,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub(crate) enum Caller {
+    Admin,
+    User { user_id: i64, username: String },
+}
+
+/// Shared state of the API.
+pub struct ApiState {
+    pub(crate) catalog: Arc<Catalog>,
+    live: Arc<Live>,
+    commands: crossbeam_channel::Sender<Command>,
+    pub(crate) db: Mutex<Connection>,
+    pub(crate) xdr_root: PathBuf,
+    sessions: Mutex<HashMap<String, ApiSession>>,
+}
+
+impl ApiState {
+    /// Opens a read-only connection to the ledger (the core must have created it).
+    pub fn new(
+        catalog: Arc<Catalog>,
+        live: Arc<Live>,
+        commands: crossbeam_channel::Sender<Command>,
+    ) -> Result<Self, rusqlite::Error> {
+        let path = catalog.data_dir.join("ledger.sqlite");
+        let db = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        db.busy_timeout(Duration::from_secs(5))?;
+        Ok(ApiState {
+            xdr_root: catalog.data_dir.join("xdr"),
+            catalog,
+            live,
+            commands,
+            db: Mutex::new(db),
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/", post(handle))
+        .fallback(not_found)
+        .with_state(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+async fn not_found() -> Response {
+    answer(
+        Value::Null,
+        Err(RpcError::new(
+            "METHOD_NOT_FOUND",
+            "POST JSON-RPC requests to /",
+        )),
+    )
+}
+
+fn answer(id: Value, r: RpcResult) -> Response {
+    let body = match r {
+        Ok(v) => json!({"id": id, "result": v, "error": Value::Null}),
+        Err(e) => json!({"id": id, "result": Value::Null, "error": e.text()}),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(st): State<Arc<ApiState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return answer(
+                Value::Null,
+                Err(RpcError::new(
+                    "INVALID_REQUEST",
+                    format!("request body larger than {MAX_BODY} bytes or unreadable"),
+                )),
+            )
+        }
+    };
+    let req: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return answer(
+                Value::Null,
+                Err(RpcError::new("PARSE_ERROR", format!("malformed JSON: {e}"))),
+            )
+        }
+    };
+    let Value::Object(mut req) = req else {
+        return answer(
+            Value::Null,
+            Err(RpcError::new(
+                "INVALID_REQUEST",
+                "the request must be a JSON object",
+            )),
+        );
+    };
+    let id = req.remove("id").unwrap_or(Value::Null);
+    let method = match req.remove("method") {
+        Some(Value::String(m)) => m,
+        _ => {
+            return answer(
+                id,
+                Err(RpcError::new(
+                    "INVALID_REQUEST",
+                    "missing \"method\" string",
+                )),
+            )
+        }
+    };
+    let params = match req.remove("params") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(p)) => p,
+        Some(_) => {
+            return answer(
+                id,
+                Err(RpcError::new(
+                    "INVALID_PARAMS",
+                    "\"params\" must be an object",
+                )),
+            )
+        }
+    };
+    let st2 = st.clone();
+    let r = tokio::task::spawn_blocking(move || dispatch(&st2, peer.ip(), &method, &params))
+        .await
+        .unwrap_or_else(|_| Err(RpcError::new("INTERNAL_ERROR", "the request failed")));
+    answer(id, r)
+}
+
+const METHODS: &[&str] = &[
+    "login.login",
+    "user.getUserInfo",
+    "user.addNewUsers",
+    "user.updateUserAttrs",
+    "user.changeCreditExtended",
+    "user.renewUsers",
+    "report.getConnections",
+];
+
+fn dispatch(st: &ApiState, peer: IpAddr, method: &str, p: &Map<String, Value>) -> RpcResult {
+    if !METHODS.contains(&method) {
+        return Err(RpcError::new(
+            "METHOD_NOT_FOUND",
+            format!("no method {:?}", truncate(method)),
+        ));
+    }
+    if method == "login.login" {
+        return login(st, peer, p);
+    }
+    let caller = authenticate(st, peer, p)?;
+    let admin_only = || match caller {
+        Caller::Admin => Ok(()),
+        Caller::User { .. } => Err(RpcError::new(
+            "ACCESS_DENIED",
+            "this method needs an ADMIN login",
+        )),
+    };
+    match method {
+        "user.getUserInfo" => user_info(st, &caller, p),
+        "report.getConnections" => report::get_connections(st, &caller, p),
+        "user.addNewUsers" => {
+            admin_only()?;
+            add_new_users(st, p)
+        }
+        "user.updateUserAttrs" => {
+            admin_only()?;
+            update_user_attrs(st, p)
+        }
+        "user.changeCreditExtended" => {
+            admin_only()?;
+            change_credit(st, p)
+        }
+        "user.renewUsers" => {
+            admin_only()?;
+            renew(st, p)
+        }
+        _ => unreachable!("listed in METHODS"),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> RpcError {
+    RpcError::new("INVALID_PARAMS", msg)
+}
+
+pub(crate) fn str_param<'a>(p: &'a Map<String, Value>, key: &str) -> Result<&'a str, RpcError> {
+    match p.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(invalid(format!("{key}: expected a string"))),
+        None => Err(invalid(format!("{key}: missing"))),
+    }
+}
+
+fn opt_str<'a>(p: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    p.get(key).and_then(Value::as_str)
+}
+
+/// A decimal from a JSON number (exact digits, read from its text) or a string.
+pub(crate) fn decimal_param(p: &Map<String, Value>, key: &str) -> Result<Decimal, RpcError> {
+    let text = match p.get(key) {
+        Some(Value::Number(n)) => n.to_string(),
+        Some(Value::String(s)) => s.trim().to_string(),
+        Some(_) => return Err(invalid(format!("{key}: expected a number"))),
+        None => return Err(invalid(format!("{key}: missing"))),
+    };
+    text.parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(&text))
+        .map_err(|_| {
+            invalid(format!(
+                "{key}: {:?} is not a decimal number",
+                truncate(&text)
+            ))
+        })
+}
+
+/// `"12"`, `"12,13,15"`, `12` or `[12, 13]`.
+pub(crate) fn id_list(p: &Map<String, Value>, key: &str) -> Result<Vec<i64>, RpcError> {
+    let bad = || {
+        invalid(format!(
+            "{key}: expected a user id or a comma-separated list of ids"
+        ))
+    };
+    let ids: Vec<i64> = match p.get(key) {
+        Some(Value::Number(n)) => vec![n.as_i64().ok_or_else(bad)?],
+        Some(Value::String(s)) => s
+            .split(',')
+            .map(|x| x.trim().parse::<i64>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_i64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .ok_or_else(bad)
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad()),
+    };
+    if ids.is_empty() || ids.len() > 10_000 {
+        return Err(bad());
+    }
+    Ok(ids)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = (a.len() ^ b.len()) as u8;
+    for i in 0..a.len().max(b.len()) {
+        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+fn parse_auth_type(s: &str) -> Option<AuthType> {
+    match s {
+        "ADMIN" => Some(AuthType::Admin),
+        "NORMAL_USER" => Some(AuthType::NormalUser),
+        _ => None,
+    }
+}
+
+/// Checks a name and password; returns the caller.
+fn check_password(st: &ApiState, t: AuthType, name: &str, pass: &str) -> Result<Caller, RpcError> {
+    let denied = || RpcError::new("ACCESS_DENIED", "wrong username or password");
+    match t {
+        AuthType::Admin => {
+            let mut ok = false;
+            for a in &st.catalog.admins {
+                // Every admin compared, in constant time: no early exit to time.
+                ok |= constant_time_eq(a.name.as_bytes(), name.as_bytes())
+                    & constant_time_eq(a.password.as_bytes(), pass.as_bytes());
+            }
+            if ok {
+                Ok(Caller::Admin)
+            } else {
+                Err(denied())
+            }
+        }
+        AuthType::NormalUser => {
+            let db = st.db.lock().unwrap_or_else(|e| e.into_inner());
+            let row: Option<(i64, Option<String>)> = db
+                .query_row(
+                    "SELECT user_id, password FROM users WHERE username = ?1",
+                    [name],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db_err)?;
+            match row {
+                Some((user_id, Some(pw))) if constant_time_eq(pw.as_bytes(), pass.as_bytes()) => {
+                    Ok(Caller::User {
+                        user_id,
+                        username: name.to_string(),
+                    })
+                }
+                _ => Err(denied()),
+            }
+        }
+    }
+}
+
+pub(crate) fn db_err(e: rusqlite::Error) -> RpcError {
+    tracing::error!(error = %e, "API ledger read failed");
+    RpcError::new("INTERNAL_ERROR", "ledger read failed")
+}
+
+fn new_token() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 12];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    b.iter()
+        .map(|x| ALPHABET[(*x as usize) % ALPHABET.len()] as char)
+        .collect()
+}
+
+fn login(st: &ApiState, peer: IpAddr, p: &Map<String, Value>) -> RpcResult {
+    let name = str_param(p, "login_auth_name")?;
+    let pass = str_param(p, "login_auth_pass")?;
+    let t = parse_auth_type(str_param(p, "login_auth_type")?)
+        .ok_or_else(|| invalid("login_auth_type: expected ADMIN or NORMAL_USER"))?;
+    check_password(st, t, name, pass)?;
+    if !p
+        .get("create_session")
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+    {
+        return Ok(Value::Bool(true));
+    }
+    let token = new_token();
+    let mut sessions = st.sessions.lock().unwrap_or_else(|e| e.into_inner());
+    let idle = Duration::from_secs(st.catalog.session_idle_secs);
+    sessions.retain(|_, s| s.last_seen.elapsed() < idle);
+    sessions.insert(
+        token.clone(),
+        ApiSession {
+            auth_type: t,
+            name: name.to_string(),
+            ip: peer,
+            last_seen: Instant::now(),
+        },
+    );
+    tracing::info!(user = %name, "API login");
+    Ok(Value::String(token))
+}
+
+fn authenticate(st: &ApiState, peer: IpAddr, p: &Map<String, Value>) -> Result<Caller, RpcError> {
+    let denied = |m: &str| RpcError::new("ACCESS_DENIED", m.to_string());
+    let t = opt_str(p, "auth_type")
+        .and_then(parse_auth_type)
+        .ok_or_else(|| denied("auth_type must be ADMIN or NORMAL_USER"))?;
+    let name = opt_str(p, "auth_name").ok_or_else(|| denied("auth_name missing"))?;
+    if let Some(token) = opt_str(p, "auth_session") {
+        let mut sessions = st.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = Duration::from_secs(st.catalog.session_idle_secs);
+        let ok = match sessions.get_mut(token) {
+            Some(s) if s.last_seen.elapsed() >= idle => {
+                sessions.remove(token);
+                return Err(denied("session expired; log in again"));
+            }
+            Some(s) if s.auth_type == t && s.name == name && s.ip == peer => {
+                s.last_seen = Instant::now();
+                true
+            }
+            _ => false,
+        };
+        drop(sessions);
+        if !ok {
+            return Err(denied("invalid session"));
+        }
+        return match t {
+            AuthType::Admin => Ok(Caller::Admin),
+            AuthType::NormalUser => {
+                let db = st.db.lock().unwrap_or_else(|e| e.into_inner());
+                let id: Option<i64> = db
+                    .query_row(
+                        "SELECT user_id FROM users WHERE username = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(db_err)?;
+                id.map(|user_id| Caller::User {
+                    user_id,
+                    username: name.to_string(),
+                })
+                .ok_or_else(|| denied("invalid session"))
+            }
+        };
+    }
+    let pass =
+        opt_str(p, "auth_pass").ok_or_else(|| denied("auth_session or auth_pass required"))?;
+    check_password(st, t, name, pass)
+}
+
+/// Sends a command to the core and waits for its answer.
+fn command<T>(
+    st: &ApiState,
+    make: impl FnOnce(crossbeam_channel::Sender<Result<T, CommandError>>) -> Command,
+) -> Result<T, RpcError> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    st.commands
+        .send_timeout(make(tx), Duration::from_secs(10))
+        .map_err(|_| RpcError::new("INTERNAL_ERROR", "the engine is not accepting commands"))?;
+    let r = rx
+        .recv_timeout(Duration::from_secs(30))
+        .map_err(|_| RpcError::new("INTERNAL_ERROR", "the engine did not answer"))?;
+    r.map_err(|e| match e {
+        CommandError::GroupNotFound(g) => RpcError::new(
+            "GROUP_NOT_FOUND",
+            format!("Group {} not found", truncate(&g)),
+        ),
+        CommandError::UsernameExists(m) => RpcError::new("NORMAL_USERNAME_EXISTS", m),
+        CommandError::UserNotFound(id) => RpcError::new(
+            "USER_ID_NOT_FOUND",
+            format!("User with id {id} does not exist"),
+        ),
+        CommandError::Invalid(m) => invalid(m),
+        CommandError::Ledger(m) => {
+            tracing::error!(error = %m, "API command failed");
+            RpcError::new("INTERNAL_ERROR", "the ledger refused the change")
+        }
+    })
+}
+
+fn add_new_users(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
+    let count = p
+        .get("count")
+        .and_then(|v| {
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        })
+        .ok_or_else(|| invalid("count: expected a positive number"))?;
+    let group = str_param(p, "group_name")?.to_string();
+    let credit = decimal_param(p, "credit")?;
+    let comment = opt_str(p, "credit_comment").unwrap_or("").to_string();
+    let count = u32::try_from(count).map_err(|_| invalid("count: too large"))?;
+    let ids = command(st, |reply| Command::AddUsers {
+        count,
+        group,
+        credit,
+        comment,
+        reply,
+    })?;
+    Ok(json!(ids))
+}
+
+fn valid_username(u: &str) -> Result<(), RpcError> {
+    if u.is_empty() || u.len() > 128 || u.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            "normal_username: 1 to 128 characters, no spaces or control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn update_user_attrs(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
+    let ids = id_list(p, "user_id")?;
+    let [user_id] = ids[..] else {
+        return Err(invalid("user_id: exactly one user"));
+    };
+    let spec = p
+        .get("attrs")
+        .and_then(|a| a.get("normal_user_spec"))
+        .and_then(Value::as_object)
+        .ok_or_else(|| invalid("attrs.normal_user_spec: missing"))?;
+    let username = str_param(spec, "normal_username")?.to_string();
+    let password = str_param(spec, "normal_password")?.to_string();
+    valid_username(&username)?;
+    command(st, |reply| Command::SetCredentials {
+        user_id,
+        username,
+        password,
+        reply,
+    })?;
+    Ok(Value::String(String::new()))
+}
+
+fn change_credit(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
+    let user_ids = id_list(p, "user_id")?;
+    let credit = decimal_param(p, "credit")?;
+    let change_type = match str_param(p, "change_type")? {
+        "ADD" => ChangeType::Add,
+        "SET" => ChangeType::Set,
+        "MULTIPLY" => ChangeType::Multiply,
+        other => {
+            return Err(invalid(format!(
+                "change_type: {:?}: expected ADD, SET or MULTIPLY",
+                truncate(other)
+            )))
+        }
+    };
+    let comment = opt_str(p, "credit_comment").unwrap_or("").to_string();
+    let ids = command(st, |reply| Command::ChangeCredit {
+        user_ids,
+        credit,
+        change_type,
+        comment,
+        reply,
+    })?;
+    Ok(json!(ids))
+}
+
+fn renew(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
+    let user_ids = id_list(p, "user_id")?;
+    command(st, |reply| Command::Renew { user_ids, reply })?;
+    Ok(Value::Bool(true))
+}
+
+/// A decimal as a JSON number with exactly its digits.
+pub(crate) fn money(d: Decimal) -> Value {
+    let text = d.normalize().to_string();
+    serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text))
+}
+
+/// `YYYY-MM-DD HH:MM:SS` in the rating time zone.
+pub(crate) fn fmt_time(catalog: &Catalog, secs: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp(secs, 0)
+        .map(|t| {
+            t.with_timezone(&catalog.tz)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResult {
+    type Row = (
+        i64,
+        Option<String>,
+        Option<String>,
+        String,
+        String,
+        String,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        String,
+    );
+    let cols = "user_id, username, password, group_name, isp_name, credit, created_at, first_login, real_first_login, status";
+    let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+            r.get(9)?,
+        ))
+    };
+    let (row, usage) = {
+        let db = st.db.lock().unwrap_or_else(|e| e.into_inner());
+        let row: Option<Row> = if let Some(name) = opt_str(p, "normal_username") {
+            let r = db
+                .query_row(
+                    &format!("SELECT {cols} FROM users WHERE username = ?1"),
+                    [name],
+                    map,
+                )
+                .optional()
+                .map_err(db_err)?;
+            if r.is_none() {
+                return Err(RpcError::new(
+                    "NORMAL_USERNAME_DOESNT_EXISTS",
+                    format!(
+                        "User with Internet username {} does not exists",
+                        truncate(name)
+                    ),
+                ));
+            }
+            r
+        } else if p.contains_key("user_id") {
+            let ids = id_list(p, "user_id")?;
+            let r = db
+                .query_row(
+                    &format!("SELECT {cols} FROM users WHERE user_id = ?1"),
+                    [ids[0]],
+                    map,
+                )
+                .optional()
+                .map_err(db_err)?;
+            if r.is_none() {
+                return Err(RpcError::new(
+                    "USER_ID_NOT_FOUND",
+                    format!("User with id {} does not exist", ids[0]),
+                ));
+            }
+            r
+        } else {
+            return Err(invalid("normal_username or user_id required"));
+        };
+        let row = row.expect("checked above");
+        let mut st2 = db.prepare("SELECT rule, credit, seconds, bytes FROM rule_usage WHERE user_id = ?1 ORDER BY rule").map_err(db_err)?;
+        let usage: Vec<(String, String, i64, i64)> = st2
+            .query_map([row.0], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
+        (row, usage)
+    };
+    let (
+        user_id,
+        username,
+        password,
+        group_name,
+        isp_name,
+        credit,
+        created_at,
+        first_login,
+        real_first_login,
+        status,
+    ) = row;
+    if let Caller::User { user_id: me, .. } = caller {
+        if *me != user_id {
+            return Err(RpcError::new(
+                "ACCESS_DENIED",
+                "a user may only read its own information",
+            ));
+        }
+    }
+    let cat = &st.catalog;
+    let credit: Decimal = credit.parse().unwrap_or_default();
+    let group_id = cat
+        .group_index(&group_name)
+        .map(|g| cat.groups[g].id)
+        .unwrap_or(0);
+    let username = username.unwrap_or_default();
+    let online: Vec<ratel_engine::serve::OnlineSession> = st
+        .live
+        .online
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&username)
+        .cloned()
+        .unwrap_or_default();
+    let charge_rule_usage: Vec<Value> = usage
+        .iter()
+        .map(|(rule, credit, secs, bytes)| {
+            let id = cat
+                .charge_rules
+                .iter()
+                .find(|r| &r.name == rule)
+                .map(|r| r.id)
+                .unwrap_or(0);
+            let credit = credit
+                .parse::<Decimal>()
+                .map(|d| d.normalize().to_string())
+                .unwrap_or_else(|_| credit.clone());
+            json!([id, rule, credit, secs.to_string(), bytes.to_string()])
+        })
+        .collect();
+    let internet_onlines: Vec<Value> = online
+        .iter()
+        .map(|o| {
+            json!([
+                o.nas_ip,
+                o.nas,
+                o.nas_port.map(|p| p.to_string()).unwrap_or_default(),
+                fmt_time(cat, o.login_time),
+                o.remote_ip,
+                0,
+                o.charged.normalize().to_string(),
+                "",
+                o.caller_id,
+                o.bytes_in.to_string(),
+                o.bytes_out.to_string(),
+                o.duration_secs.to_string(),
+                "0",
+                "Master",
+                o.session_id,
+                "",
+                "",
+                "",
+                true
+            ])
+        })
+        .collect();
+    let mut attrs = Map::new();
+    attrs.insert("normal_username".into(), json!(username));
+    if matches!(caller, Caller::Admin) {
+        attrs.insert(
+            "normal_password".into(),
+            json!(password.unwrap_or_default()),
+        );
+    }
+    if let Some(t) = real_first_login {
+        attrs.insert("real_first_login".into(), json!(fmt_time(cat, t)));
+    }
+    if let Some(t) = first_login {
+        attrs.insert("first_login".into(), json!(fmt_time(cat, t)));
+    }
+    attrs.insert("charge_rule_usage".into(), Value::Array(charge_rule_usage));
+    let info = json!({
+        "online_status": !online.is_empty(),
+        "basic_info": {
+            "status": status,
+            "group_name": group_name,
+            "isp_name": isp_name,
+            "creation_date": fmt_time(cat, created_at),
+            "recharge_deposit": 0,
+            "user_id": user_id,
+            "nearest_exp_date": "",
+            "credit": money(credit),
+            "deposit": 0,
+            "isp_id": 0,
+            "group_id": group_id,
+        },
+        "user_repr": username,
+        "attrs": attrs,
+        "voip_onlines": [],
+        "internet_onlines": internet_onlines,
+    });
+    let mut out = Map::new();
+    out.insert(user_id.to_string(), info);
+    Ok(Value::Object(out))
+}
+
+/// Starts the API on its own thread with a small tokio runtime; it stops when `shutdown` is
+/// set. `listener` is bound by the caller (so it can print the address first).
+pub fn spawn(
+    listener: std::net::TcpListener,
+    catalog: Arc<Catalog>,
+    live: Arc<Live>,
+    commands: crossbeam_channel::Sender<Command>,
+    shutdown: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    listener.set_nonblocking(true)?;
+    let state = Arc::new(ApiState::new(catalog, live, commands).map_err(std::io::Error::other)?);
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "API runtime failed to start");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "API listener failed");
+                        return;
+                    }
+                };
+                let stop = async move {
+                    while !shutdown.load(std::sync::atomic::Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                };
+                if let Err(e) = run(listener, state, stop).await {
+                    tracing::error!(error = %e, "API server failed");
+                }
+            });
+        })
+}

@@ -95,34 +95,75 @@ pub struct FileSummary {
 /// A subscriber during a run.
 pub struct UserState {
     pub user_id: i64,
+    /// Empty for a subscriber created without a username (IBSng's addNewUsers).
     pub username: String,
     pub group: Option<usize>,
     pub group_name: String,
     pub credit: Decimal,
 }
 
-/// Subscribers by account name, with their running credit.
+/// Subscribers by account name and id, with their running credit. The single in-memory
+/// authority for balances while a process owns the data dir.
 pub struct Subscribers {
     pub(crate) by_name: HashMap<String, u32, ahash::RandomState>,
+    by_id: HashMap<i64, u32, ahash::RandomState>,
     pub(crate) users: Vec<UserState>,
 }
 
 impl Subscribers {
     pub fn new(catalog: &Catalog, rows: Vec<UserRow>) -> Self {
-        let mut by_name = HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new());
-        let mut users = Vec::with_capacity(rows.len());
+        let mut s = Subscribers {
+            by_name: HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new()),
+            by_id: HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new()),
+            users: Vec::with_capacity(rows.len()),
+        };
         for r in rows {
-            let Some(name) = r.username else { continue };
-            by_name.insert(name.clone(), users.len() as u32);
-            users.push(UserState {
-                user_id: r.user_id,
-                group: catalog.group_index(&r.group_name),
-                group_name: r.group_name,
-                username: name,
-                credit: r.credit,
-            });
+            s.add(catalog, r);
         }
-        Subscribers { by_name, users }
+        s
+    }
+
+    /// Adds (or replaces) a subscriber.
+    pub fn add(&mut self, catalog: &Catalog, r: UserRow) {
+        let state = UserState {
+            user_id: r.user_id,
+            group: catalog.group_index(&r.group_name),
+            group_name: r.group_name,
+            username: r.username.unwrap_or_default(),
+            credit: r.credit,
+        };
+        let idx = match self.by_id.get(&r.user_id) {
+            Some(&i) => {
+                let old = std::mem::replace(&mut self.users[i as usize], state);
+                self.by_name.remove(&old.username);
+                i
+            }
+            None => {
+                self.users.push(state);
+                (self.users.len() - 1) as u32
+            }
+        };
+        self.by_id.insert(r.user_id, idx);
+        let name = &self.users[idx as usize].username;
+        if !name.is_empty() {
+            self.by_name.insert(name.clone(), idx);
+        }
+    }
+
+    /// A subscriber by id.
+    pub fn get_mut(&mut self, user_id: i64) -> Option<&mut UserState> {
+        self.by_id
+            .get(&user_id)
+            .map(|&i| &mut self.users[i as usize])
+    }
+
+    /// Gives a subscriber a (new) username.
+    pub fn rename(&mut self, user_id: i64, username: &str) {
+        if let Some(&i) = self.by_id.get(&user_id) {
+            let old = std::mem::replace(&mut self.users[i as usize].username, username.to_string());
+            self.by_name.remove(&old);
+            self.by_name.insert(username.to_string(), i);
+        }
     }
 
     /// The running credit of a user (for tests and summaries).

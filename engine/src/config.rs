@@ -345,7 +345,7 @@ impl LoadedConfig {
     /// Resolves a path from the config against the config's directory.
     pub fn resolve(&self, p: &str) -> PathBuf {
         let path = Path::new(p);
-        if path.is_absolute() {
+        if path.is_absolute() || self.base_dir == Path::new(".") {
             path.to_path_buf()
         } else {
             self.base_dir.join(path)

@@ -178,6 +178,7 @@ CREATE TABLE IF NOT EXISTS users(
   created_at INTEGER NOT NULL,
   first_login INTEGER,
   period_start INTEGER,
+  real_first_login INTEGER,
   status TEXT NOT NULL DEFAULT 'Package');
 CREATE TABLE IF NOT EXISTS journal(
   id INTEGER PRIMARY KEY,
@@ -226,6 +227,13 @@ CREATE TABLE IF NOT EXISTS radius_closed(
   closed_at INTEGER NOT NULL,
   PRIMARY KEY(nas, session_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS xdr_outbox(xdr_id INTEGER PRIMARY KEY, row TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_usage(
+  user_id INTEGER NOT NULL,
+  rule TEXT NOT NULL,
+  credit TEXT NOT NULL,
+  seconds INTEGER NOT NULL,
+  bytes INTEGER NOT NULL,
+  PRIMARY KEY(user_id, rule)) WITHOUT ROWID;
 INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 ";
 
@@ -458,6 +466,105 @@ impl Ledger {
         Ok(ids)
     }
 
+    /// Sets a subscriber's username and password (IBSng's updateUserAttrs).
+    pub fn set_credentials(
+        &mut self,
+        user_id: i64,
+        username: &str,
+        password: &str,
+    ) -> Result<(), LedgerError> {
+        let taken: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT user_id FROM users WHERE username = ?1",
+                [username],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sq())?;
+        if taken.is_some_and(|id| id != user_id) {
+            return Err(LedgerError::Rejected(format!(
+                "username {username:?} exists already"
+            )));
+        }
+        let n = self
+            .conn
+            .execute(
+                "UPDATE users SET username = ?2, password = ?3 WHERE user_id = ?1",
+                params![user_id, username, password],
+            )
+            .map_err(self.sq())?;
+        if n == 0 {
+            return Err(LedgerError::Rejected(format!("no user with id {user_id}")));
+        }
+        Ok(())
+    }
+
+    /// Records credit changes made by an operator: one journal row per user (with the
+    /// balance after) and the new balances, in one transaction. Returns the journal ids.
+    pub fn change_credit(
+        &mut self,
+        changes: &[(i64, Decimal, Decimal)],
+        kind: &str,
+        comment: &str,
+        now: i64,
+    ) -> Result<Vec<i64>, LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        let mut ids = Vec::with_capacity(changes.len());
+        {
+            let next: i64 = tx
+                .query_row("SELECT coalesce(max(id), 0) + 1 FROM journal", [], |r| {
+                    r.get(0)
+                })
+                .map_err(sq)?;
+            let mut jr = tx
+                .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, comment, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+                .map_err(sq)?;
+            let mut up = tx
+                .prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")
+                .map_err(sq)?;
+            for (i, (user_id, amount, after)) in changes.iter().enumerate() {
+                jr.execute(params![
+                    user_id,
+                    amount.to_string(),
+                    after.to_string(),
+                    kind,
+                    format!("{kind}:{}:{user_id}", next + i as i64),
+                    comment,
+                    now
+                ])
+                .map_err(sq)?;
+                ids.push(tx.last_insert_rowid());
+                up.execute(params![user_id, after.to_string()])
+                    .map_err(sq)?;
+            }
+        }
+        tx.commit().map_err(sq)?;
+        Ok(ids)
+    }
+
+    /// Starts a new service period for users (IBSng's renewUsers): first login and
+    /// charge-rule usage are reset.
+    pub fn renew(&mut self, user_ids: &[i64], now: i64) -> Result<(), LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        for id in user_ids {
+            tx.execute("UPDATE users SET first_login = NULL, period_start = ?2, status = 'Package' WHERE user_id = ?1", params![id, now]).map_err(sq)?;
+            tx.execute("DELETE FROM rule_usage WHERE user_id = ?1", [id])
+                .map_err(sq)?;
+        }
+        tx.commit().map_err(sq)
+    }
+
     /// The progress record of a CDR file, by content hash.
     pub fn file_progress(&self, file_hash: &str) -> Result<Option<FileProgress>, LedgerError> {
         self.conn
@@ -623,6 +730,10 @@ pub struct RadiusCommit {
     pub now: i64,
     /// Forget closed-session keys older than this.
     pub forget_closed_before: i64,
+    /// Charge-rule usage of closed sessions: (user id, rule, credit, seconds, bytes).
+    pub rule_usage: Vec<(i64, String, Decimal, i64, i64)>,
+    /// Users whose first session started in this batch: (user id, login time).
+    pub first_logins: Vec<(i64, i64)>,
 }
 
 impl Ledger {
@@ -679,6 +790,30 @@ impl Ledger {
                 tx.execute(
                     "UPDATE seq SET value = ?1 WHERE name = 'xdr'",
                     [b.next_xdr as i64],
+                )
+                .map_err(sq)?;
+            }
+            for (user_id, rule, credit, secs, bytes) in &b.rule_usage {
+                let old: Option<(String, i64, i64)> = tx
+                    .query_row("SELECT credit, seconds, bytes FROM rule_usage WHERE user_id = ?1 AND rule = ?2", params![user_id, rule], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()
+                    .map_err(sq)?;
+                let (c0, s0, b0) = match old {
+                    Some((c, s, b)) => (c.parse::<Decimal>().unwrap_or_default(), s, b),
+                    None => (Decimal::ZERO, 0, 0),
+                };
+                tx.execute(
+                    "INSERT OR REPLACE INTO rule_usage(user_id, rule, credit, seconds, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![user_id, rule, (c0 + credit).to_string(), s0 + secs, b0 + bytes],
+                )
+                .map_err(sq)?;
+            }
+            for (user_id, at) in &b.first_logins {
+                tx.execute(
+                    "UPDATE users SET first_login = coalesce(first_login, ?2), real_first_login = coalesce(real_first_login, ?2) WHERE user_id = ?1",
+                    params![user_id, at],
                 )
                 .map_err(sq)?;
             }

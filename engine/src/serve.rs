@@ -38,12 +38,268 @@ pub enum ServeError {
     Ledger(#[from] LedgerError),
     #[error(transparent)]
     Batch(#[from] BatchError),
+    #[error("api.listen: {0}")]
+    Api(String),
     #[error("ledger: open session {nas}/{session}: {message}")]
     Session {
         nas: String,
         session: String,
         message: String,
     },
+}
+
+/// An open session as the API shows it (IBSng's `internet_onlines`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineSession {
+    pub nas: String,
+    pub session_id: String,
+    pub nas_ip: String,
+    pub nas_port: Option<u32>,
+    pub remote_ip: String,
+    pub caller_id: String,
+    pub login_time: i64,
+    pub duration_secs: i64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Credit taken so far by this session.
+    pub charged: rust_decimal::Decimal,
+}
+
+impl OnlineSession {
+    fn of(s: &Session) -> Self {
+        OnlineSession {
+            nas: s.nas.clone(),
+            session_id: s.session_id.clone(),
+            nas_ip: s.nas_ip.clone(),
+            nas_port: s.nas_port,
+            remote_ip: s.framed_ip.clone(),
+            caller_id: s.calling_station.clone(),
+            login_time: s.charge.login_time,
+            duration_secs: s.charge.last_session_time,
+            bytes_in: s.charge.last_octets_in,
+            bytes_out: s.charge.last_octets_out,
+            charged: s.charge.charged,
+        }
+    }
+}
+
+/// State the core publishes for readers (the API): open sessions by username, refreshed
+/// after every commit.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub online: std::sync::RwLock<std::collections::HashMap<String, Vec<OnlineSession>>>,
+}
+
+impl Live {
+    fn apply(&self, acct: &Accounting, fx: &Effects, catalog: &Catalog) {
+        if fx.upserts.is_empty() && fx.closed.is_empty() {
+            return;
+        }
+        let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
+        for k in &fx.closed {
+            let nas = &catalog.nas[k.0 as usize].name;
+            for v in online.values_mut() {
+                v.retain(|o| !(o.nas == *nas && o.session_id == k.1));
+            }
+        }
+        online.retain(|_, v| !v.is_empty());
+        for k in &fx.upserts {
+            if let Some(s) = acct.sessions.get(k) {
+                let v = online.entry(s.username.clone()).or_default();
+                let o = OnlineSession::of(s);
+                match v
+                    .iter_mut()
+                    .find(|x| x.nas == o.nas && x.session_id == o.session_id)
+                {
+                    Some(x) => *x = o,
+                    None => v.push(o),
+                }
+            }
+        }
+    }
+
+    fn rebuild(&self, acct: &Accounting) {
+        let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
+        online.clear();
+        for s in acct.sessions.values() {
+            online
+                .entry(s.username.clone())
+                .or_default()
+                .push(OnlineSession::of(s));
+        }
+    }
+}
+
+/// How a credit change applies (IBSng's changeCreditExtended).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeType {
+    Add,
+    Set,
+    Multiply,
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    GroupNotFound(String),
+    UsernameExists(String),
+    UserNotFound(i64),
+    Invalid(String),
+    Ledger(String),
+}
+
+/// Writes asked of the core by the API: the core owns the ledger and the balances, so every
+/// credit movement, from RADIUS, CDRs or an operator, is ordered in one place.
+pub enum Command {
+    AddUsers {
+        count: u32,
+        group: String,
+        credit: rust_decimal::Decimal,
+        comment: String,
+        reply: crossbeam_channel::Sender<Result<Vec<i64>, CommandError>>,
+    },
+    SetCredentials {
+        user_id: i64,
+        username: String,
+        password: String,
+        reply: crossbeam_channel::Sender<Result<(), CommandError>>,
+    },
+    ChangeCredit {
+        user_ids: Vec<i64>,
+        credit: rust_decimal::Decimal,
+        change_type: ChangeType,
+        comment: String,
+        reply: crossbeam_channel::Sender<Result<Vec<i64>, CommandError>>,
+    },
+    Renew {
+        user_ids: Vec<i64>,
+        reply: crossbeam_channel::Sender<Result<(), CommandError>>,
+    },
+}
+
+/// Most users one addNewUsers call may create.
+pub const MAX_NEW_USERS: u32 = 10_000;
+
+fn ledger_err(e: LedgerError) -> CommandError {
+    match e {
+        LedgerError::Rejected(m) if m.contains("exists already") => CommandError::UsernameExists(m),
+        other => CommandError::Ledger(other.to_string()),
+    }
+}
+
+/// Executes one API command on the core thread.
+fn execute(catalog: &Catalog, rater: &mut BatchRater<'_>, cmd: Command) {
+    let now = now_secs();
+    match cmd {
+        Command::AddUsers {
+            count,
+            group,
+            credit,
+            comment,
+            reply,
+        } => {
+            let r = (|| {
+                if catalog.group_index(&group).is_none() {
+                    return Err(CommandError::GroupNotFound(group.clone()));
+                }
+                if count == 0 || count > MAX_NEW_USERS {
+                    return Err(CommandError::Invalid(format!(
+                        "count must be 1..={MAX_NEW_USERS}"
+                    )));
+                }
+                let users: Vec<crate::ledger::NewUser> = (0..count)
+                    .map(|_| crate::ledger::NewUser {
+                        username: None,
+                        password: None,
+                        group_name: group.clone(),
+                        credit,
+                        comment: comment.clone(),
+                    })
+                    .collect();
+                let ids = rater.ledger.add_users(&users, now).map_err(ledger_err)?;
+                for id in &ids {
+                    rater.subscribers.add(
+                        catalog,
+                        crate::ledger::UserRow {
+                            user_id: *id,
+                            username: None,
+                            group_name: group.clone(),
+                            credit,
+                        },
+                    );
+                }
+                Ok(ids)
+            })();
+            let _ = reply.send(r);
+        }
+        Command::SetCredentials {
+            user_id,
+            username,
+            password,
+            reply,
+        } => {
+            let r = (|| {
+                if rater.subscribers.get_mut(user_id).is_none() {
+                    return Err(CommandError::UserNotFound(user_id));
+                }
+                rater
+                    .ledger
+                    .set_credentials(user_id, &username, &password)
+                    .map_err(ledger_err)?;
+                rater.subscribers.rename(user_id, &username);
+                Ok(())
+            })();
+            let _ = reply.send(r);
+        }
+        Command::ChangeCredit {
+            user_ids,
+            credit,
+            change_type,
+            comment,
+            reply,
+        } => {
+            let r = (|| {
+                let mut changes = Vec::with_capacity(user_ids.len());
+                for id in &user_ids {
+                    let u = rater
+                        .subscribers
+                        .get_mut(*id)
+                        .ok_or(CommandError::UserNotFound(*id))?;
+                    let new = match change_type {
+                        ChangeType::Add => u.credit.checked_add(credit),
+                        ChangeType::Set => Some(credit),
+                        ChangeType::Multiply => {
+                            u.credit.checked_mul(credit).map(|v| v.round_dp(10))
+                        }
+                    }
+                    .ok_or_else(|| CommandError::Invalid("credit out of range".into()))?;
+                    changes.push((*id, new - u.credit, new));
+                }
+                let ids = rater
+                    .ledger
+                    .change_credit(&changes, "api", &comment, now)
+                    .map_err(ledger_err)?;
+                for (id, _, new) in changes {
+                    if let Some(u) = rater.subscribers.get_mut(id) {
+                        u.credit = new;
+                    }
+                }
+                Ok(ids)
+            })();
+            let _ = reply.send(r);
+        }
+        Command::Renew { user_ids, reply } => {
+            let r = (|| {
+                for id in &user_ids {
+                    if rater.subscribers.get_mut(*id).is_none() {
+                        return Err(CommandError::UserNotFound(*id));
+                    }
+                }
+                rater.ledger.renew(&user_ids, now).map_err(ledger_err)
+            })();
+            let _ = reply.send(r);
+        }
+    }
 }
 
 /// What a server run did (returned at shutdown).
@@ -87,16 +343,23 @@ pub fn run(
     catalog: &Catalog,
     socket: UdpSocket,
     shutdown: Arc<AtomicBool>,
+    live: Arc<Live>,
+    commands: crossbeam_channel::Receiver<Command>,
+    on_ready: impl FnOnce() -> Result<(), ServeError>,
 ) -> Result<ServeSummary, ServeError> {
     let _lock = DataDirLock::acquire(&catalog.data_dir)?;
     let mut ledger = Ledger::open(&catalog.data_dir)?;
+    // The ledger exists and is recovered: readers (the API) may open it now.
+    on_ready()?;
     let mut rater = BatchRater::new(catalog, &mut ledger)?;
     let mut acct = load_accounting(catalog, &rater)?;
     tracing::info!(
         open_sessions = acct.sessions.len(),
         "recovered open sessions from the ledger"
     );
+    live.rebuild(&acct);
     let mut core = Core {
+        live,
         catalog,
         socket,
         buf: vec![0u8; 65_536],
@@ -108,6 +371,9 @@ pub fn run(
     let mut last_housekeeping = Instant::now();
     while !shutdown.load(Ordering::Relaxed) {
         core.receive_batch(&mut rater, &mut acct)?;
+        while let Ok(cmd) = commands.try_recv() {
+            execute(catalog, &mut rater, cmd);
+        }
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             last_housekeeping = Instant::now();
             core.housekeeping(&mut rater, &mut acct)?;
@@ -204,6 +470,7 @@ struct Pending {
 
 struct Core<'c> {
     catalog: &'c Catalog,
+    live: Arc<Live>,
     socket: UdpSocket,
     buf: Vec<u8>,
     pending: Vec<Pending>,
@@ -393,7 +660,11 @@ impl Core<'_> {
             c.xdrs
                 .push((x.xdr_id, serde_json::to_string(x).expect("xdr serializes")));
         }
-        rater.ledger.commit_radius(&c)
+        c.rule_usage = fx.rule_usage.clone();
+        c.first_logins = fx.first_logins.clone();
+        rater.ledger.commit_radius(&c)?;
+        self.live.apply(acct, fx, self.catalog);
+        Ok(())
     }
 
     /// After a failed commit: the ledger is the truth, rebuild memory from it.
@@ -406,6 +677,7 @@ impl Core<'_> {
         let fresh = load_accounting(self.catalog, rater)?;
         acct.sessions = fresh.sessions;
         acct.closed = fresh.closed;
+        self.live.rebuild(acct);
         Ok(())
     }
 

@@ -62,6 +62,10 @@ pub struct Effects {
     pub closed: Vec<SessionKey>,
     /// xDRs of closed sessions.
     pub xdrs: Vec<OwnedXdr>,
+    /// Charge-rule usage of closed sessions: (user id, rule, credit, seconds, bytes).
+    pub rule_usage: Vec<(i64, String, Decimal, i64, i64)>,
+    /// Sessions of known users opened: (user id, login time).
+    pub first_logins: Vec<(i64, i64)>,
 }
 
 /// Counters for logs and the API.
@@ -212,6 +216,12 @@ impl Accounting {
             let credit_at_start = user
                 .map(|u| subs.users[u as usize].credit)
                 .unwrap_or_default();
+            if let Some(u) = user {
+                fx.first_logins.push((
+                    subs.users[u as usize].user_id,
+                    usage.moment - usage.session_time,
+                ));
+            }
             self.sessions.insert(
                 key.clone(),
                 Session {
@@ -341,6 +351,21 @@ impl Accounting {
                 credit: r.credit(),
             })
             .collect();
+        if let Some(u) = user {
+            for r in &c.rules {
+                fx.rule_usage.push((
+                    u.user_id,
+                    catalog
+                        .charge_rules
+                        .get(r.rule as usize)
+                        .map(|x| x.name.clone())
+                        .unwrap_or_default(),
+                    r.credit(),
+                    r.seconds,
+                    (r.bytes_in + r.bytes_out).min(i64::MAX as u64) as i64,
+                ));
+            }
+        }
         let xdr_id = *next_xdr;
         *next_xdr += 1;
         fx.xdrs.push(OwnedXdr {

@@ -1,0 +1,588 @@
+//! `report.getConnections`: xDRs from the Parquet tree plus those still in the ledger's
+//! outbox, filtered, sorted and paginated in the IBSng shape.
+//!
+//! Files are pruned by the time range the ledger recorded for each (`xdr_files`), row groups
+//! by their `login_time`/`logout_time`/`username` statistics and the `username` bloom filter;
+//! only matching rows are kept in memory.
+
+use std::path::Path;
+
+use arrow_array::{
+    Array, Decimal128Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
+    TimestampMicrosecondArray, UInt64Array,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::file::properties::ReaderProperties;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::file::serialized_reader::ReadOptionsBuilder;
+use parquet::file::statistics::Statistics;
+use ratel_engine::xdr::{money_from_i128, OwnedDetail, OwnedXdr};
+use rust_decimal::Decimal;
+use serde_json::{json, Map, Value};
+
+use crate::{
+    db_err, fmt_time, id_list, invalid, money, str_param, ApiState, Caller, RpcError, RpcResult,
+};
+
+/// Most rows one page may return.
+pub const MAX_PAGE: usize = 10_000;
+
+/// The filter of one report.
+#[derive(Debug, Default, Clone)]
+struct Filter {
+    username: Option<String>,
+    user_ids: Option<Vec<i64>>,
+    login_from: Option<i64>,
+    login_to: Option<i64>,
+    logout_from: Option<i64>,
+    logout_to: Option<i64>,
+    service: Option<String>,
+    successful: Option<bool>,
+    ras_ip: Option<String>,
+    remote_ip: Option<String>,
+    caller_id: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, x: &OwnedXdr) -> bool {
+        self.username.as_ref().is_none_or(|u| &x.username == u)
+            && self
+                .user_ids
+                .as_ref()
+                .is_none_or(|ids| x.user_id.is_some_and(|id| ids.contains(&id)))
+            && self.login_from.is_none_or(|t| x.login_time >= t)
+            && self.login_to.is_none_or(|t| x.login_time <= t)
+            && self.logout_from.is_none_or(|t| x.logout_time >= t)
+            && self.logout_to.is_none_or(|t| x.logout_time <= t)
+            && self
+                .service
+                .as_ref()
+                .is_none_or(|s| x.service_type.eq_ignore_ascii_case(s))
+            && self.successful.is_none_or(|ok| (x.status == "OK") == ok)
+            && self.ras_ip.as_ref().is_none_or(|ip| &x.nas_ip == ip)
+            && self.remote_ip.as_ref().is_none_or(|ip| &x.remote_ip == ip)
+            && self.caller_id.as_ref().is_none_or(|c| &x.caller_id == c)
+    }
+}
+
+/// A time condition: a gregorian date-time in the rating zone, or N units before now.
+fn time_cond(
+    st: &ApiState,
+    conds: &Map<String, Value>,
+    key: &str,
+    now: i64,
+) -> Result<Option<i64>, RpcError> {
+    let Some(v) = conds.get(key) else {
+        return Ok(None);
+    };
+    if v.is_null() || v.as_str() == Some("") {
+        return Ok(None);
+    }
+    let unit = conds
+        .get(&format!("{key}_unit"))
+        .and_then(Value::as_str)
+        .unwrap_or("gregorian");
+    let number = || -> Result<i64, RpcError> {
+        v.as_i64()
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            .filter(|n| (0..=100_000_000).contains(n))
+            .ok_or_else(|| invalid(format!("{key}: expected a number of {unit}")))
+    };
+    let secs =
+        match unit {
+            "gregorian" => {
+                let s = v
+                    .as_str()
+                    .ok_or_else(|| invalid(format!("{key}: expected \"YYYY-MM-DD HH:MM:SS\"")))?
+                    .trim();
+                let full = match s.len() {
+                    10 => format!("{s} 00:00:00"),
+                    16 => format!("{s}:00"),
+                    _ => s.to_string(),
+                };
+                ratel_engine::cdr::parse_local(&full, &st.catalog.tz)
+                    .map_err(|e| invalid(format!("{key}: {e}")))?
+            }
+            "minutes" => now - number()? * 60,
+            "hours" => now - number()? * 3600,
+            "days" => now - number()? * 86_400,
+            "months" => now - number()? * 30 * 86_400,
+            "years" => now - number()? * 365 * 86_400,
+            "jalali" => {
+                return Err(invalid(format!(
+                    "{key}_unit: jalali dates are not supported; use gregorian"
+                )))
+            }
+            other => return Err(invalid(format!(
+                "{key}_unit: {other:?}: expected gregorian, years, months, days, hours or minutes"
+            ))),
+        };
+    Ok(Some(secs))
+}
+
+fn opt_string(conds: &Map<String, Value>, key: &str) -> Result<Option<String>, RpcError> {
+    match conds.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(format!("conds.{key}: expected a string"))),
+    }
+}
+
+fn build_filter(
+    st: &ApiState,
+    caller: &Caller,
+    conds: &Map<String, Value>,
+) -> Result<Filter, RpcError> {
+    let now = chrono::Utc::now().timestamp();
+    let mut f = Filter {
+        username: opt_string(conds, "username")?,
+        user_ids: if conds.contains_key("user_ids") {
+            Some(id_list(conds, "user_ids")?)
+        } else {
+            None
+        },
+        login_from: time_cond(st, conds, "login_time_from", now)?,
+        login_to: time_cond(st, conds, "login_time_to", now)?,
+        logout_from: time_cond(st, conds, "logout_time_from", now)?,
+        logout_to: time_cond(st, conds, "logout_time_to", now)?,
+        service: opt_string(conds, "service")?,
+        successful: match conds.get("successful") {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(Value::String(s)) if s == "t" || s == "true" => Some(true),
+            Some(Value::String(s)) if s == "f" || s == "false" => Some(false),
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(_) => return Err(invalid("conds.successful: expected t or f")),
+        },
+        ras_ip: opt_string(conds, "ras_ip")?,
+        remote_ip: opt_string(conds, "remote_ip")?,
+        caller_id: opt_string(conds, "caller_id")?,
+    };
+    if let Caller::User { username, .. } = caller {
+        if f.username.as_ref().is_some_and(|u| u != username) {
+            return Err(RpcError::new(
+                "ACCESS_DENIED",
+                "a user may only read its own connections",
+            ));
+        }
+        f.username = Some(username.clone());
+    }
+    Ok(f)
+}
+
+pub(crate) fn get_connections(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResult {
+    let empty = Map::new();
+    let conds = match p.get("conds") {
+        None | Some(Value::Null) => &empty,
+        Some(Value::Object(c)) => c,
+        Some(_) => return Err(invalid("conds: expected an object")),
+    };
+    let filter = build_filter(st, caller, conds)?;
+    let from = p.get("from").and_then(Value::as_u64).unwrap_or(0) as usize;
+    let to = p
+        .get("to")
+        .and_then(Value::as_u64)
+        .map(|t| t as usize)
+        .unwrap_or(from + 50);
+    if to < from || to - from > MAX_PAGE {
+        return Err(invalid(format!(
+            "from/to: a page of at most {MAX_PAGE} rows"
+        )));
+    }
+    let sort_by = match p.get("sort_by") {
+        None | Some(Value::Null) => "login_time",
+        Some(_) => str_param(p, "sort_by")?,
+    };
+    if ![
+        "login_time",
+        "logout_time",
+        "credit_used",
+        "duration_seconds",
+        "connection_log_id",
+    ]
+    .contains(&sort_by)
+    {
+        return Err(invalid("sort_by: expected login_time, logout_time, credit_used, duration_seconds or connection_log_id"));
+    }
+    let desc = p.get("desc").and_then(Value::as_bool).unwrap_or(false);
+
+    // Files whose time range can hold a match, then the outbox.
+    let (files, outbox) = {
+        let db = st.db.lock().unwrap_or_else(|e| e.into_inner());
+        let lo = filter
+            .login_from
+            .max(filter.logout_from)
+            .unwrap_or(i64::MIN);
+        let hi = filter
+            .login_to
+            .min(filter.logout_to)
+            .or(filter.login_to)
+            .or(filter.logout_to)
+            .unwrap_or(i64::MAX);
+        let mut q = db.prepare("SELECT path FROM xdr_files WHERE max_logout >= ?1 AND min_login <= ?2 ORDER BY path").map_err(db_err)?;
+        let files: Vec<String> = q
+            .query_map([lo, hi], |r| r.get(0))
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
+        let mut q = db
+            .prepare("SELECT row FROM xdr_outbox ORDER BY xdr_id")
+            .map_err(db_err)?;
+        let outbox: Vec<String> = q
+            .query_map([], |r| r.get(0))
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
+        (files, outbox)
+    };
+    let mut rows: Vec<OwnedXdr> = Vec::new();
+    for f in &files {
+        read_matching(&st.xdr_root.join(f), &filter, &mut rows).map_err(|e| {
+            tracing::error!(file = %f, error = %e, "report: cannot read xDR file");
+            RpcError::new("INTERNAL_ERROR", "an xDR file could not be read")
+        })?;
+    }
+    for o in outbox {
+        if let Ok(x) = serde_json::from_str::<OwnedXdr>(&o) {
+            if filter.matches(&x) {
+                rows.push(x);
+            }
+        }
+    }
+    let key = |x: &OwnedXdr| -> (Decimal, u64) {
+        let k = match sort_by {
+            "logout_time" => Decimal::from(x.logout_time),
+            "credit_used" => x.credit_used,
+            "duration_seconds" => Decimal::from(x.duration_seconds),
+            "connection_log_id" => Decimal::from(x.xdr_id),
+            _ => Decimal::from(x.login_time),
+        };
+        (k, x.xdr_id)
+    };
+    rows.sort_by_key(key);
+    if desc {
+        rows.reverse();
+    }
+    let total_credit: Decimal = rows.iter().map(|x| x.credit_used).sum();
+    let total_duration: i64 = rows.iter().map(|x| x.duration_seconds).sum();
+    let total_in: i64 = rows.iter().map(|x| x.bytes_in).sum();
+    let total_out: i64 = rows.iter().map(|x| x.bytes_out).sum();
+    let page: Vec<Value> = rows
+        .iter()
+        .skip(from)
+        .take(to - from)
+        .map(|x| row_json(st, x))
+        .collect();
+    Ok(json!({
+        "total_rows": rows.len(),
+        "total_credit": money(total_credit),
+        "total_duration": total_duration,
+        "total_in_bytes": total_in,
+        "total_out_bytes": total_out,
+        "report": page,
+    }))
+}
+
+fn row_json(st: &ApiState, x: &OwnedXdr) -> Value {
+    let cat = &st.catalog;
+    let group_id = cat
+        .group_index(&x.group_name)
+        .map(|g| cat.groups[g].id)
+        .unwrap_or(0);
+    let details: Vec<Value> = x
+        .details
+        .iter()
+        .map(|d| {
+            json!([
+                d.rule,
+                fmt_time(cat, d.start),
+                fmt_time(cat, d.end),
+                d.seconds.to_string(),
+                d.bytes_in.to_string(),
+                d.bytes_out.to_string(),
+                d.credit.normalize().to_string()
+            ])
+        })
+        .collect();
+    let internet = x.service_type == "Internet";
+    let mut kv = vec![json!(["terminate_cause", x.terminate_cause])];
+    if internet {
+        kv.push(json!(["nas_port", x.unique_id_value]));
+        kv.push(json!(["station_ip", x.caller_id]));
+        kv.push(json!(["ippool_assigned_ip", x.remote_ip]));
+    } else {
+        kv.push(json!(["called_number", x.called_number]));
+        kv.push(json!(["prefix", x.destination]));
+        kv.push(json!(["destination", x.destination_name]));
+        kv.push(json!(["status", x.status]));
+    }
+    kv.push(json!(["session_id", x.session_id]));
+    json!({
+        "connection_log_id": x.xdr_id,
+        "user_id": x.user_id,
+        "username": x.username,
+        "group_name": x.group_name,
+        "group_id": group_id,
+        "service_type": x.service_type,
+        "sub_service_name": "Master",
+        "sub_service_charging": "",
+        "sub_service_qos": "",
+        "login_time_formatted": fmt_time(cat, x.login_time),
+        "logout_time_formatted": fmt_time(cat, x.logout_time),
+        "duration_seconds": x.duration_seconds,
+        "bytes_in": x.bytes_in.to_string(),
+        "bytes_out": x.bytes_out.to_string(),
+        "credit_used": money(x.credit_used),
+        "before_credit": money(x.before_credit),
+        "successful": if x.status == "OK" { "t" } else { "f" },
+        "ras_description": x.ras_description,
+        "remote_ip": x.remote_ip,
+        "caller_id": x.caller_id,
+        "unique_id": if internet { "nas_port" } else { "call_id" },
+        "unique_id_value": x.unique_id_value,
+        "retry_count": 0,
+        "charge_rule_details": details,
+        "details": kv,
+    })
+}
+
+/// Row groups of a file that may hold matches (statistics and the username bloom filter).
+fn candidate_row_groups(path: &Path, f: &Filter) -> parquet::errors::Result<Vec<usize>> {
+    let opts = ReadOptionsBuilder::new()
+        .with_reader_properties(
+            ReaderProperties::builder()
+                .set_read_bloom_filter(true)
+                .build(),
+        )
+        .build();
+    let reader = SerializedFileReader::new_with_options(std::fs::File::open(path)?, opts)?;
+    let meta = reader.metadata();
+    let schema = meta.file_metadata().schema_descr();
+    let col = |name: &str| {
+        schema
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == name)
+    };
+    let (user_col, login_col, logout_col) =
+        (col("username"), col("login_time"), col("logout_time"));
+    let mut out = Vec::new();
+    for i in 0..meta.num_row_groups() {
+        let rg = meta.row_group(i);
+        let int_range = |c: Option<usize>| -> Option<(i64, i64)> {
+            match rg.column(c?).statistics()? {
+                Statistics::Int64(s) => {
+                    Some((*s.min_opt()? / 1_000_000, *s.max_opt()? / 1_000_000))
+                }
+                _ => None,
+            }
+        };
+        if let Some((lo, hi)) = int_range(login_col) {
+            if f.login_from.is_some_and(|t| hi < t) || f.login_to.is_some_and(|t| lo > t) {
+                continue;
+            }
+        }
+        if let Some((lo, hi)) = int_range(logout_col) {
+            if f.logout_from.is_some_and(|t| hi < t) || f.logout_to.is_some_and(|t| lo > t) {
+                continue;
+            }
+        }
+        if let (Some(u), Some(c)) = (&f.username, user_col) {
+            if let Some(Statistics::ByteArray(s)) = rg.column(c).statistics() {
+                if let (Some(min), Some(max)) = (s.min_opt(), s.max_opt()) {
+                    if u.as_bytes() < min.data() || u.as_bytes() > max.data() {
+                        continue;
+                    }
+                }
+            }
+            if let Some(bf) = reader.get_row_group(i)?.get_column_bloom_filter(c) {
+                if !bf.check(&u.as_str()) {
+                    continue;
+                }
+            }
+        }
+        out.push(i);
+    }
+    Ok(out)
+}
+
+fn read_matching(path: &Path, f: &Filter, out: &mut Vec<OwnedXdr>) -> parquet::errors::Result<()> {
+    let groups = candidate_row_groups(path, f)?;
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path)?)?
+        .with_row_groups(groups)
+        .build()?;
+    for batch in reader {
+        let b = batch.map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
+        extract(&b, f, out);
+    }
+    Ok(())
+}
+
+fn extract(b: &RecordBatch, f: &Filter, out: &mut Vec<OwnedXdr>) {
+    let s = |n: &str| {
+        b.column_by_name(n)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .cloned()
+    };
+    let i = |n: &str| {
+        b.column_by_name(n)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .cloned()
+    };
+    let t = |n: &str| {
+        b.column_by_name(n)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMicrosecondArray>())
+            .cloned()
+    };
+    let m = |n: &str| {
+        b.column_by_name(n)
+            .and_then(|c| c.as_any().downcast_ref::<Decimal128Array>())
+            .cloned()
+    };
+    let (Some(username), Some(login), Some(logout)) =
+        (s("username"), t("login_time"), t("logout_time"))
+    else {
+        return;
+    };
+    let ids = b
+        .column_by_name("xdr_id")
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .cloned();
+    let details = b
+        .column_by_name("charge_rule_details")
+        .and_then(|c| c.as_any().downcast_ref::<ListArray>())
+        .cloned();
+    let strs: Vec<Option<StringArray>> = [
+        "service_type",
+        "status",
+        "group_name",
+        "session_id",
+        "ras_description",
+        "nas_ip",
+        "unique_id_value",
+        "remote_ip",
+        "caller_id",
+        "called_number",
+        "terminate_cause",
+        "destination",
+        "destination_name",
+        "source",
+    ]
+    .iter()
+    .map(|n| s(n))
+    .collect();
+    let ints: Vec<Option<Int64Array>> = [
+        "user_id",
+        "duration_seconds",
+        "billed_seconds",
+        "bytes_in",
+        "bytes_out",
+    ]
+    .iter()
+    .map(|n| i(n))
+    .collect();
+    let moneys: Vec<Option<Decimal128Array>> = ["credit_used", "before_credit", "after_credit"]
+        .iter()
+        .map(|n| m(n))
+        .collect();
+    let gs = |k: usize, r: usize| {
+        strs[k]
+            .as_ref()
+            .map(|a| a.value(r).to_string())
+            .unwrap_or_default()
+    };
+    let gi = |k: usize, r: usize| ints[k].as_ref().map(|a| a.value(r)).unwrap_or(0);
+    let gm = |k: usize, r: usize| {
+        moneys[k]
+            .as_ref()
+            .map(|a| money_from_i128(a.value(r)))
+            .unwrap_or_default()
+    };
+    for r in 0..b.num_rows() {
+        // Cheap checks first, on the columns at hand.
+        if f.username.as_ref().is_some_and(|u| username.value(r) != u) {
+            continue;
+        }
+        let mut x = OwnedXdr {
+            xdr_id: ids.as_ref().map(|a| a.value(r)).unwrap_or(0),
+            service_type: gs(0, r),
+            status: gs(1, r),
+            user_id: ints[0]
+                .as_ref()
+                .and_then(|a| (!a.is_null(r)).then(|| a.value(r))),
+            username: username.value(r).to_string(),
+            group_name: gs(2, r),
+            login_time: login.value(r) / 1_000_000,
+            logout_time: logout.value(r) / 1_000_000,
+            duration_seconds: gi(1, r),
+            billed_seconds: gi(2, r),
+            bytes_in: gi(3, r),
+            bytes_out: gi(4, r),
+            session_id: gs(3, r),
+            ras_description: gs(4, r),
+            nas_ip: gs(5, r),
+            unique_id_value: gs(6, r),
+            remote_ip: gs(7, r),
+            caller_id: gs(8, r),
+            called_number: gs(9, r),
+            terminate_cause: gs(10, r),
+            destination: gs(11, r),
+            destination_name: gs(12, r),
+            credit_used: gm(0, r),
+            before_credit: gm(1, r),
+            after_credit: gm(2, r),
+            details: Vec::new(),
+            source: gs(13, r),
+        };
+        if !f.matches(&x) {
+            continue;
+        }
+        if let Some(l) = &details {
+            let v = l.value(r);
+            if let Some(st) = v.as_any().downcast_ref::<StructArray>() {
+                let col_s = st.column(0).as_any().downcast_ref::<StringArray>();
+                let col_t = |k: usize| {
+                    st.column(k)
+                        .as_any()
+                        .downcast_ref::<TimestampMicrosecondArray>()
+                };
+                let col_i = |k: usize| st.column(k).as_any().downcast_ref::<Int64Array>();
+                let col_m = st.column(6).as_any().downcast_ref::<Decimal128Array>();
+                if let (
+                    Some(rule),
+                    Some(start),
+                    Some(end),
+                    Some(secs),
+                    Some(bi),
+                    Some(bo),
+                    Some(cr),
+                ) = (
+                    col_s,
+                    col_t(1),
+                    col_t(2),
+                    col_i(3),
+                    col_i(4),
+                    col_i(5),
+                    col_m,
+                ) {
+                    for k in 0..st.len() {
+                        x.details.push(OwnedDetail {
+                            rule: rule.value(k).to_string(),
+                            start: start.value(k) / 1_000_000,
+                            end: end.value(k) / 1_000_000,
+                            seconds: secs.value(k),
+                            bytes_in: bi.value(k),
+                            bytes_out: bo.value(k),
+                            credit: money_from_i128(cr.value(k)),
+                        });
+                    }
+                }
+            }
+        }
+        out.push(x);
+    }
+}

@@ -1,0 +1,315 @@
+//! End-to-end JSON-RPC: the seed document's IBSng walk-through against the real `ratel
+//! serve` over real HTTP, with values checked after real RADIUS sessions; authorization and
+//! hostile input.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn login(api: std::net::SocketAddr, name: &str, pass: &str, t: &str) -> Value {
+    let (r, e) = rpc(
+        api,
+        "login.login",
+        json!({"auth_remoteaddr": "127.0.0.1", "auth_type": "ANONYMOUS", "auth_name": "ANONYMOUS", "auth_pass": "ANONYMOUS",
+               "login_auth_name": name, "login_auth_pass": pass, "create_session": true, "login_auth_type": t}),
+    );
+    assert_eq!(e, Value::Null, "login: {e}");
+    r
+}
+
+/// Admin auth params merged with `extra`.
+fn admin(session: &Value, extra: Value) -> Value {
+    let mut p = json!({"auth_remoteaddr": "127.0.0.1", "auth_type": "ADMIN", "auth_name": "system", "auth_session": session});
+    p.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    p
+}
+
+#[test]
+fn ibsng_walkthrough_with_real_sessions() {
+    let env = Env::new();
+    let (child, radius, api) = env.serve_all();
+    let s = login(api, "system", "sys", "ADMIN");
+    assert!(s.as_str().is_some_and(|t| t.len() >= 8));
+
+    // The user does not exist yet.
+    let (_, e) = rpc(
+        api,
+        "user.getUserInfo",
+        admin(&s, json!({"normal_username": "sample-user"})),
+    );
+    assert_eq!(
+        e,
+        "NORMAL_USERNAME_DOESNT_EXISTS|User with Internet username sample-user does not exists"
+    );
+    // Create it (users alice=1 and bob=2 exist from the import).
+    let (r, e) = rpc(
+        api,
+        "user.addNewUsers",
+        admin(
+            &s,
+            json!({"count": 1, "isp_name": "Main", "group_name": "g", "credit": 0, "credit_comment": ""}),
+        ),
+    );
+    assert_eq!(e, Value::Null);
+    assert_eq!(r, json!([3]));
+    let (_, e) = rpc(
+        api,
+        "user.addNewUsers",
+        admin(
+            &s,
+            json!({"count": 1, "isp_name": "Main", "group_name": "nope", "credit": 0}),
+        ),
+    );
+    assert_eq!(e, "GROUP_NOT_FOUND|Group nope not found");
+    let (r, e) = rpc(
+        api,
+        "user.updateUserAttrs",
+        admin(
+            &s,
+            json!({"user_id": "3", "attrs": {"normal_user_spec": {"normal_username": "sample-user", "normal_password": "passw00rd"}}, "to_del_attrs": []}),
+        ),
+    );
+    assert_eq!((r, e), (json!(""), Value::Null));
+    let (_, e) = rpc(
+        api,
+        "user.updateUserAttrs",
+        admin(
+            &s,
+            json!({"user_id": "2", "attrs": {"normal_user_spec": {"normal_username": "sample-user", "normal_password": "x"}}, "to_del_attrs": []}),
+        ),
+    );
+    assert!(
+        e.as_str().unwrap().starts_with("NORMAL_USERNAME_EXISTS|"),
+        "{e}"
+    );
+
+    // Credit: ADD 100.10, SET, MULTIPLY, several users at once; exact digits back.
+    let (r, e) = rpc(
+        api,
+        "user.changeCreditExtended",
+        admin(
+            &s,
+            json!({"user_id": "3", "credit": 100.10, "change_type": "ADD", "credit_comment": ""}),
+        ),
+    );
+    assert_eq!(e, Value::Null);
+    assert_eq!(r.as_array().unwrap().len(), 1);
+    let info = |user: &str| {
+        let (r, e) = rpc(
+            api,
+            "user.getUserInfo",
+            admin(&s, json!({"normal_username": user})),
+        );
+        assert_eq!(e, Value::Null, "{e}");
+        r
+    };
+    assert_eq!(
+        info("sample-user")["3"]["basic_info"]["credit"].to_string(),
+        "100.1"
+    );
+    rpc(
+        api,
+        "user.changeCreditExtended",
+        admin(
+            &s,
+            json!({"user_id": "3", "credit": "0.3", "change_type": "MULTIPLY"}),
+        ),
+    );
+    assert_eq!(
+        info("sample-user")["3"]["basic_info"]["credit"].to_string(),
+        "30.03"
+    );
+    let (r, _) = rpc(
+        api,
+        "user.changeCreditExtended",
+        admin(
+            &s,
+            json!({"user_id": "1,2", "credit": 20, "change_type": "SET"}),
+        ),
+    );
+    assert_eq!(r.as_array().unwrap().len(), 2);
+    assert_eq!(info("alice")["1"]["basic_info"]["credit"].to_string(), "20");
+    let (_, e) = rpc(
+        api,
+        "user.changeCreditExtended",
+        admin(
+            &s,
+            json!({"user_id": "99", "credit": 1, "change_type": "ADD"}),
+        ),
+    );
+    assert!(e.as_str().unwrap().starts_with("USER_ID_NOT_FOUND|"), "{e}");
+
+    // A real RADIUS session of alice: 20 min and 2 GB in the day rule (0.01/min, 0.5/GB)
+    // = 0.2 + 1.0 = 1.2; then an open session with one interim of 5 min = 0.05.
+    let c = client();
+    let gb = 1_000_000_000u64;
+    assert!(send(&c, radius, &acct(1, 1, "alice", "w1", 0, 0, 0, None)).is_some());
+    assert!(send(
+        &c,
+        radius,
+        &acct(2, 2, "alice", "w1", 1200, 2 * gb, 0, Some(1))
+    )
+    .is_some());
+    assert!(send(&c, radius, &acct(3, 1, "alice", "w2", 0, 0, 0, None)).is_some());
+    assert!(send(&c, radius, &acct(4, 3, "alice", "w2", 300, 0, 0, None)).is_some());
+    let a = info("alice");
+    let a = &a["1"];
+    assert_eq!(a["basic_info"]["credit"].to_string(), "18.75");
+    assert_eq!(a["online_status"], true);
+    assert_eq!(a["internet_onlines"].as_array().unwrap().len(), 1);
+    assert_eq!(a["internet_onlines"][0][1], "ras1");
+    assert_eq!(
+        a["attrs"]["charge_rule_usage"],
+        json!([[1, "day", "1.2", "1200", "2000000000"]])
+    );
+    assert_eq!(a["attrs"]["first_login"], "2026-11-02 10:00:00");
+
+    // report.getConnections: the closed session (the outbox or Parquet, whichever holds it).
+    let report = |extra: Value| {
+        let (r, e) = rpc(api, "report.getConnections", admin(&s, extra));
+        assert_eq!(e, Value::Null, "{e}");
+        r
+    };
+    let r = report(
+        json!({"conds": {"username": "alice", "login_time_from": "2026-11-02 09:00:00", "login_time_from_unit": "gregorian"}, "from": 0, "to": 5, "sort_by": "login_time", "desc": false}),
+    );
+    assert_eq!(r["total_rows"], 1);
+    assert_eq!(r["total_credit"].to_string(), "1.2");
+    assert_eq!(r["total_in_bytes"], 2 * gb);
+    let row = &r["report"][0];
+    assert_eq!(row["credit_used"].to_string(), "1.2");
+    assert_eq!(row["before_credit"].to_string(), "20");
+    assert_eq!(row["duration_seconds"], 1200);
+    assert_eq!(row["login_time_formatted"], "2026-11-02 10:00:00");
+    assert_eq!(row["logout_time_formatted"], "2026-11-02 10:20:00");
+    assert_eq!(row["ras_description"], "ras1");
+    assert_eq!(row["service_type"], "Internet");
+    assert_eq!(row["successful"], "t");
+    assert_eq!(row["charge_rule_details"][0][0], "day");
+    // After the outbox flush (every second) the same answer comes from Parquet.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let r2 = report(json!({"conds": {"username": "alice"}, "from": 0, "to": 5}));
+    assert_eq!(r2["report"], r["report"]);
+    assert!(std::fs::read_dir(env.data().join("xdr")).unwrap().count() >= 1);
+    // A range that excludes it.
+    let r3 = report(
+        json!({"conds": {"username": "alice", "login_time_from": "2026-11-03", "login_time_from_unit": "gregorian"}}),
+    );
+    assert_eq!(r3["total_rows"], 0);
+
+    // Renew resets the service period.
+    let (r, e) = rpc(
+        api,
+        "user.renewUsers",
+        admin(&s, json!({"user_id": "1", "comment": ""})),
+    );
+    assert_eq!((r, e), (json!(true), Value::Null));
+    let a = info("alice");
+    assert_eq!(a["1"]["attrs"]["charge_rule_usage"], json!([]));
+    assert!(a["1"]["attrs"].get("first_login").is_none());
+
+    // A NORMAL_USER sees itself only.
+    let u = login(api, "alice", "pw", "NORMAL_USER");
+    let me = |method: &str, extra: Value| {
+        let mut p = json!({"auth_type": "NORMAL_USER", "auth_name": "alice", "auth_session": u});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        rpc(api, method, p)
+    };
+    let (r, e) = me("user.getUserInfo", json!({"normal_username": "alice"}));
+    assert_eq!(e, Value::Null);
+    assert!(
+        r["1"]["attrs"].get("normal_password").is_none(),
+        "password shown to a user"
+    );
+    let (_, e) = me("user.getUserInfo", json!({"normal_username": "bob"}));
+    assert!(e.as_str().unwrap().starts_with("ACCESS_DENIED|"));
+    let (_, e) = me(
+        "report.getConnections",
+        json!({"conds": {"username": "bob"}}),
+    );
+    assert!(e.as_str().unwrap().starts_with("ACCESS_DENIED|"));
+    let (r, e) = me("report.getConnections", json!({}));
+    assert_eq!(e, Value::Null);
+    assert_eq!(r["total_rows"], 1);
+    let (_, e) = me(
+        "user.addNewUsers",
+        json!({"count": 1, "group_name": "g", "credit": 1}),
+    );
+    assert!(e.as_str().unwrap().starts_with("ACCESS_DENIED|"));
+    // A session used under another name, a made-up session, a wrong password.
+    let (_, e) = rpc(
+        api,
+        "user.getUserInfo",
+        json!({"auth_type": "ADMIN", "auth_name": "system", "auth_session": u, "normal_username": "alice"}),
+    );
+    assert!(e.as_str().unwrap().starts_with("ACCESS_DENIED|"));
+    let (_, e) = rpc(
+        api,
+        "user.getUserInfo",
+        json!({"auth_type": "ADMIN", "auth_name": "system", "auth_session": "nope", "normal_username": "alice"}),
+    );
+    assert!(e.as_str().unwrap().starts_with("ACCESS_DENIED|"));
+    let (_, e) = rpc(
+        api,
+        "user.getUserInfo",
+        json!({"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "wrong", "normal_username": "alice"}),
+    );
+    assert_eq!(e, "ACCESS_DENIED|wrong username or password");
+    stop(child);
+}
+
+#[test]
+fn hostile_requests_get_json_errors() {
+    let env = Env::new();
+    let (child, _radius, api) = env.serve_all();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not json".to_vec(), "PARSE_ERROR|"),
+        (b"[1,2]".to_vec(), "INVALID_REQUEST|"),
+        (br#"{"params": {}}"#.to_vec(), "INVALID_REQUEST|"),
+        (br#"{"method": "user.nope", "params": {}}"#.to_vec(), "METHOD_NOT_FOUND|"),
+        (br#"{"method": "user.getUserInfo", "params": 5}"#.to_vec(), "INVALID_PARAMS|"),
+        (br#"{"method": "user.getUserInfo", "params": {}}"#.to_vec(), "ACCESS_DENIED|"),
+        (format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(), "PARSE_ERROR|"),
+        (vec![b' '; 2 << 20], "INVALID_REQUEST|"),
+        (br#"{"method": "user.changeCreditExtended", "params": {"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys", "user_id": "1", "credit": "abc", "change_type": "ADD"}}"#.to_vec(), "INVALID_PARAMS|credit"),
+        (br#"{"method": "user.changeCreditExtended", "params": {"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys", "user_id": "1; DROP TABLE users", "credit": 1, "change_type": "ADD"}}"#.to_vec(), "INVALID_PARAMS|user_id"),
+        (br#"{"method": "user.getUserInfo", "params": {"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys", "normal_username": "x' OR '1'='1"}}"#.to_vec(), "NORMAL_USERNAME_DOESNT_EXISTS|"),
+        ("{\"method\": \"user.updateUserAttrs\", \"params\": {\"auth_type\": \"ADMIN\", \"auth_name\": \"system\", \"auth_pass\": \"sys\", \"user_id\": \"1\", \"attrs\": {\"normal_user_spec\": {\"normal_username\": \"a\\u0000b\", \"normal_password\": \"p\"}}}}".as_bytes().to_vec(), "INVALID_PARAMS|normal_username"),
+    ];
+    for (body, want) in cases {
+        let (status, v) = http_post(api, &body);
+        assert_eq!(
+            status,
+            200,
+            "body {:?}",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        );
+        let err = v["error"].as_str().unwrap_or_default();
+        assert!(
+            err.starts_with(want),
+            "body {:?}: got {v}",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        );
+    }
+    // Unicode usernames are stored and found as given.
+    let (_, e) = rpc(
+        api,
+        "user.updateUserAttrs",
+        json!({"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys", "user_id": "2", "attrs": {"normal_user_spec": {"normal_username": "bób-ŝ", "normal_password": "p"}}}),
+    );
+    assert_eq!(e, Value::Null);
+    let (r, e) = rpc(
+        api,
+        "user.getUserInfo",
+        json!({"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys", "normal_username": "bób-ŝ"}),
+    );
+    assert_eq!(e, Value::Null);
+    assert_eq!(r["2"]["user_repr"], "bób-ŝ");
+    assert_eq!(r["2"]["basic_info"]["credit"].to_string(), "5");
+    stop(child);
+}

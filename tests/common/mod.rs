@@ -1,0 +1,352 @@
+//! Shared helpers of the end-to-end tests: a temp data dir with a config, the real
+//! `ratel serve` binary, RADIUS packets built with radius-rs, and an xDR reader.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use arrow_array::{Array, Decimal128Array, Int64Array, StringArray};
+use chrono::{DateTime, TimeZone, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use radius::core::code::Code;
+use radius::core::packet::Packet;
+use radius::core::{rfc2865, rfc2866, rfc2869};
+use rust_decimal::Decimal;
+
+pub const SECRET: &[u8] = b"testing123";
+
+pub fn d(s: &str) -> Decimal {
+    s.parse().unwrap()
+}
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = r#"
+[radius]
+listen = "127.0.0.1:0"
+stale_timeout_secs = 100000000
+[api]
+listen = "127.0.0.1:0"
+[storage]
+data_dir = "data"
+[cdr]
+spool = "spool"
+format = "generic"
+[[admin]]
+name = "system"
+password = "sys"
+[[nas]]
+name = "ras1"
+ip = "127.0.0.1"
+secret = "testing123"
+[[charge_rule]]
+name = "day"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "08:00"
+end = "24:00"
+price_per_minute = "0.0100"
+price_per_gb = "0.5000"
+[[charge_rule]]
+name = "night"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "00:00"
+end = "08:00"
+price_per_minute = "0.0050"
+price_per_gb = "0.2500"
+[[group]]
+name = "g"
+charge_rules = ["night", "day"]
+decimals = 4
+rounding = "up"
+"#;
+        std::fs::write(dir.path().join("ratel.toml"), cfg).unwrap();
+        std::fs::write(
+            dir.path().join("users.csv"),
+            "username,password,group,credit\nalice,pw,g,10\nbob,pw,g,5\n",
+        )
+        .unwrap();
+        let env = Env { dir };
+        let out = Command::new(env!("CARGO_BIN_EXE_ratel"))
+            .args([
+                "users",
+                "import",
+                "--config",
+                &env.config(),
+                &env.dir.path().join("users.csv").display().to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    pub fn config(&self) -> String {
+        self.dir.path().join("ratel.toml").display().to_string()
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts `ratel serve`, returns the child and the RADIUS address it printed.
+    pub fn serve(&self) -> (Server, SocketAddr) {
+        let (c, radius, _) = self.serve_all();
+        (c, radius)
+    }
+
+    /// Starts `ratel serve`; returns the child, the RADIUS and the API addresses.
+    pub fn serve_all(&self) -> (Server, SocketAddr, SocketAddr) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ratel"))
+            .args(["serve", "--config", &self.config()])
+            .env("RATEL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut radius = None;
+        let api = loop {
+            let line = lines.next().expect("serve printed its addresses").unwrap();
+            if let Some(rest) = line.trim().strip_prefix("RADIUS accounting on udp://") {
+                radius = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+            }
+            if let Some(rest) = line.trim().strip_prefix("JSON-RPC API on http://") {
+                break rest.trim_end_matches('/').parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        (
+            Server(Some(child)),
+            radius.expect("RADIUS address printed first"),
+            api,
+        )
+    }
+
+    pub fn credits(&self) -> Vec<(String, Decimal)> {
+        let l = ratel_engine::ledger::Ledger::open(&self.data()).unwrap();
+        l.load_users()
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.username.unwrap(), u.credit))
+            .collect()
+    }
+}
+
+/// A running `ratel serve`; killed on drop so a failed test leaves no process behind.
+pub struct Server(Option<Child>);
+
+impl Server {
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// SIGTERM and wait: a graceful stop must exit 0.
+pub fn stop(mut server: Server) {
+    let mut child = server.0.take().expect("running");
+    let pid = child.id() as i32;
+    // SIGTERM: graceful stop.
+    unsafe_kill(pid, 15);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "serve exited with {status}");
+}
+
+pub fn unsafe_kill(pid: i32, sig: i32) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+/// 2026-11-02 10:00:00 UTC (a Monday, inside the "day" rule).
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, 10, 0, 0).unwrap()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn acct(
+    id: u8,
+    status: u32,
+    user: &str,
+    sid: &str,
+    secs: u32,
+    octets_in: u64,
+    octets_out: u64,
+    cause: Option<u32>,
+) -> Vec<u8> {
+    let mut p = Packet::new_with_identifier(Code::AccountingRequest, SECRET, id);
+    rfc2866::add_acct_status_type(&mut p, status);
+    rfc2865::add_user_name(&mut p, user);
+    rfc2866::add_acct_session_id(&mut p, sid);
+    rfc2866::add_acct_session_time(&mut p, secs);
+    rfc2866::add_acct_input_octets(&mut p, octets_in as u32);
+    rfc2869::add_acct_input_gigawords(&mut p, (octets_in >> 32) as u32);
+    rfc2866::add_acct_output_octets(&mut p, octets_out as u32);
+    rfc2869::add_acct_output_gigawords(&mut p, (octets_out >> 32) as u32);
+    rfc2869::add_event_timestamp(&mut p, &(t0() + chrono::Duration::seconds(secs as i64)));
+    rfc2865::add_framed_ip_address(&mut p, &"10.0.0.7".parse().unwrap());
+    rfc2865::add_calling_station_id(&mut p, "aa:bb:cc:dd:ee:ff");
+    if let Some(c) = cause {
+        rfc2866::add_acct_terminate_cause(&mut p, c);
+    }
+    p.encode().unwrap()
+}
+
+/// Sends a request and returns the verified response, or None after a timeout.
+pub fn send(sock: &UdpSocket, to: SocketAddr, req: &[u8]) -> Option<Vec<u8>> {
+    sock.send_to(req, to).unwrap();
+    let mut buf = [0u8; 4096];
+    match sock.recv_from(&mut buf) {
+        Ok((n, _)) => {
+            let resp = buf[..n].to_vec();
+            assert_eq!(resp[0], 5, "Accounting-Response code");
+            assert_eq!(resp[1], req[1], "identifier echoed");
+            assert!(
+                Packet::is_authentic_response(&resp, req, SECRET),
+                "response authenticator"
+            );
+            Some(resp)
+        }
+        Err(_) => None,
+    }
+}
+
+pub fn client() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(3000)))
+        .unwrap();
+    s
+}
+
+/// (username, status, session_id, duration, bytes_in, credit_used, after_credit) of each xDR.
+pub fn xdrs(data: &Path) -> Vec<(String, String, String, i64, i64, Decimal, Decimal)> {
+    let mut out = Vec::new();
+    let Ok(parts) = std::fs::read_dir(data.join("xdr")) else {
+        return out;
+    };
+    for p in parts {
+        for f in std::fs::read_dir(p.unwrap().path()).unwrap() {
+            let f = f.unwrap().path();
+            assert!(f.extension().is_some_and(|e| e == "parquet"), "stray {f:?}");
+            for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+            {
+                let b = b.unwrap();
+                let s = |n: &str| {
+                    b.column_by_name(n)
+                        .unwrap()
+                        .as_any()
+                        .downcast_ref::<StringArray>()
+                        .unwrap()
+                        .clone()
+                };
+                let i = |n: &str| {
+                    b.column_by_name(n)
+                        .unwrap()
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap()
+                        .clone()
+                };
+                let m = |n: &str| {
+                    b.column_by_name(n)
+                        .unwrap()
+                        .as_any()
+                        .downcast_ref::<Decimal128Array>()
+                        .unwrap()
+                        .clone()
+                };
+                let (u, st, sid, dur, bin, cu, ac) = (
+                    s("username"),
+                    s("status"),
+                    s("session_id"),
+                    i("duration_seconds"),
+                    i("bytes_in"),
+                    m("credit_used"),
+                    m("after_credit"),
+                );
+                for r in 0..b.num_rows() {
+                    out.push((
+                        u.value(r).into(),
+                        st.value(r).into(),
+                        sid.value(r).into(),
+                        dur.value(r),
+                        bin.value(r),
+                        Decimal::from_i128_with_scale(cu.value(r), 10).normalize(),
+                        Decimal::from_i128_with_scale(ac.value(r), 10).normalize(),
+                    ));
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.2.cmp(&b.2));
+    out
+}
+
+/// One HTTP/1.1 POST of `body` to `/` over a fresh TCP connection; returns the status code
+/// and the parsed JSON answer.
+pub fn http_post(api: SocketAddr, body: &[u8]) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // A peer may close early on a huge body; the answer is still readable.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let json_body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let value = serde_json::from_str(json_body).unwrap_or(serde_json::Value::Null);
+    (status, value)
+}
+
+/// A JSON-RPC call; returns (result, error).
+pub fn rpc(
+    api: SocketAddr,
+    method: &str,
+    params: serde_json::Value,
+) -> (serde_json::Value, serde_json::Value) {
+    let body = serde_json::json!({"method": method, "params": params, "id": 7}).to_string();
+    let (status, v) = http_post(api, body.as_bytes());
+    assert_eq!(status, 200, "HTTP status for {method}");
+    assert_eq!(v["id"], 7, "id echoed for {method}: {v}");
+    (v["result"].clone(), v["error"].clone())
+}
