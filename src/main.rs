@@ -8,6 +8,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod bench;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ratel_engine::batch::{BatchRater, FileSummary, Progress};
@@ -59,6 +61,32 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Drive `ratel serve` (started here) or any accounting server with RADIUS load.
+    Radius {
+        #[arg(long, default_value_t = 10_000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 512)]
+        in_flight: usize,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        /// Requests per second at most (0: as fast as answers come).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        #[arg(long, default_value_t = 1_000)]
+        users: usize,
+        #[arg(long, default_value_t = 3)]
+        interims: u32,
+        /// An external accounting server (host:port); default: start ratel serve.
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long, default_value = "testing123")]
+        secret: String,
+        #[arg(long, default_value = "ratel-bench-radius")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Generate a generic CDR file, rate deck and users; rate the file; report records/s.
     Cdr {
         #[arg(long, default_value_t = 1_000_000)]
@@ -146,6 +174,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             rate(&catalog, format, &files)
         }
+        Command::Bench {
+            command:
+                BenchCommand::Radius {
+                    sessions,
+                    in_flight,
+                    duration,
+                    rate,
+                    users,
+                    interims,
+                    server,
+                    secret,
+                    dir,
+                    json,
+                },
+        } => bench::radius(bench::RadiusArgs {
+            sessions,
+            in_flight,
+            duration_secs: duration,
+            rate,
+            users,
+            interims,
+            server,
+            secret,
+            dir,
+            json,
+        }),
         Command::Bench {
             command:
                 BenchCommand::Cdr {

@@ -88,35 +88,36 @@ fn time_cond(
             .filter(|n| (0..=100_000_000).contains(n))
             .ok_or_else(|| invalid(format!("{key}: expected a number of {unit}")))
     };
-    let secs =
-        match unit {
-            "gregorian" => {
-                let s = v
-                    .as_str()
-                    .ok_or_else(|| invalid(format!("{key}: expected \"YYYY-MM-DD HH:MM:SS\"")))?
-                    .trim();
-                let full = match s.len() {
-                    10 => format!("{s} 00:00:00"),
-                    16 => format!("{s}:00"),
-                    _ => s.to_string(),
-                };
-                ratel_engine::cdr::parse_local(&full, &st.catalog.tz)
-                    .map_err(|e| invalid(format!("{key}: {e}")))?
-            }
-            "minutes" => now - number()? * 60,
-            "hours" => now - number()? * 3600,
-            "days" => now - number()? * 86_400,
-            "months" => now - number()? * 30 * 86_400,
-            "years" => now - number()? * 365 * 86_400,
-            "jalali" => {
-                return Err(invalid(format!(
-                    "{key}_unit: jalali dates are not supported; use gregorian"
-                )))
-            }
-            other => return Err(invalid(format!(
+    let secs = match unit {
+        "gregorian" => {
+            let s = v
+                .as_str()
+                .ok_or_else(|| invalid(format!("{key}: expected \"YYYY-MM-DD HH:MM:SS\"")))?
+                .trim();
+            let full = match s.len() {
+                10 => format!("{s} 00:00:00"),
+                16 => format!("{s}:00"),
+                _ => s.to_string(),
+            };
+            ratel_engine::cdr::parse_local(&full, &st.catalog.tz)
+                .map_err(|e| invalid(format!("{key}: {e}")))?
+        }
+        "minutes" => now - number()? * 60,
+        "hours" => now - number()? * 3600,
+        "days" => now - number()? * 86_400,
+        "months" => now - number()? * 30 * 86_400,
+        "years" => now - number()? * 365 * 86_400,
+        "jalali" => {
+            return Err(invalid(format!(
+                "{key}_unit: jalali dates are not supported; use gregorian"
+            )))
+        }
+        other => {
+            return Err(invalid(format!(
                 "{key}_unit: {other:?}: expected gregorian, years, months, days, hours or minutes"
-            ))),
-        };
+            )))
+        }
+    };
     Ok(Some(secs))
 }
 

@@ -226,6 +226,7 @@ CREATE TABLE IF NOT EXISTS radius_closed(
   session_id TEXT NOT NULL,
   closed_at INTEGER NOT NULL,
   PRIMARY KEY(nas, session_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS radius_closed_at ON radius_closed(closed_at);
 CREATE TABLE IF NOT EXISTS xdr_outbox(xdr_id INTEGER PRIMARY KEY, row TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rule_usage(
   user_id INTEGER NOT NULL,
@@ -752,6 +753,9 @@ impl Ledger {
             let mut up = tx
                 .prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")
                 .map_err(sq)?;
+            // A journal row per charge; one balance write per user per batch (the last).
+            let mut last: std::collections::HashMap<i64, Decimal> =
+                std::collections::HashMap::new();
             for (user_id, amount, after, key) in &b.charges {
                 jr.execute(params![
                     user_id,
@@ -761,6 +765,9 @@ impl Ledger {
                     b.now
                 ])
                 .map_err(sq)?;
+                last.insert(*user_id, *after);
+            }
+            for (user_id, after) in last {
                 up.execute(params![user_id, after.to_string()])
                     .map_err(sq)?;
             }
@@ -793,7 +800,18 @@ impl Ledger {
                 )
                 .map_err(sq)?;
             }
+            // Summed per (user, rule) within the batch first: one read and write each.
+            let mut usage: std::collections::BTreeMap<(i64, &str), (Decimal, i64, i64)> =
+                std::collections::BTreeMap::new();
             for (user_id, rule, credit, secs, bytes) in &b.rule_usage {
+                let e = usage
+                    .entry((*user_id, rule.as_str()))
+                    .or_insert((Decimal::ZERO, 0, 0));
+                e.0 += *credit;
+                e.1 += *secs;
+                e.2 += *bytes;
+            }
+            for ((user_id, rule), (credit, secs, bytes)) in &usage {
                 let old: Option<(String, i64, i64)> = tx
                     .query_row("SELECT credit, seconds, bytes FROM rule_usage WHERE user_id = ?1 AND rule = ?2", params![user_id, rule], |r| {
                         Ok((r.get(0)?, r.get(1)?, r.get(2)?))
@@ -810,12 +828,15 @@ impl Ledger {
                 )
                 .map_err(sq)?;
             }
-            for (user_id, at) in &b.first_logins {
-                tx.execute(
-                    "UPDATE users SET first_login = coalesce(first_login, ?2), real_first_login = coalesce(real_first_login, ?2) WHERE user_id = ?1",
-                    params![user_id, at],
-                )
+            let mut fl = tx
+                .prepare_cached("UPDATE users SET first_login = ?2, real_first_login = coalesce(real_first_login, ?2) WHERE user_id = ?1 AND first_login IS NULL")
                 .map_err(sq)?;
+            let mut done = std::collections::HashSet::new();
+            for (user_id, at) in &b.first_logins {
+                if !done.insert(*user_id) {
+                    continue;
+                }
+                fl.execute(params![user_id, at]).map_err(sq)?;
             }
             if b.forget_closed_before > 0 {
                 tx.execute(

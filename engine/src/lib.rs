@@ -9,6 +9,7 @@ pub mod config;
 pub mod csv;
 pub mod gen;
 pub mod ledger;
+pub mod loadgen;
 pub mod radius;
 pub mod rating;
 pub mod schedule;

@@ -96,13 +96,16 @@ impl Live {
             return;
         }
         let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
-        for k in &fx.closed {
-            let nas = &catalog.nas[k.0 as usize].name;
-            for v in online.values_mut() {
-                v.retain(|o| !(o.nas == *nas && o.session_id == k.1));
+        // Every closed session has its xDR in the same effects: it names the user.
+        let _ = catalog;
+        for x in &fx.xdrs {
+            if let Some(v) = online.get_mut(&x.username) {
+                v.retain(|o| !(o.nas == x.ras_description && o.session_id == x.session_id));
+                if v.is_empty() {
+                    online.remove(&x.username);
+                }
             }
         }
-        online.retain(|_, v| !v.is_empty());
         for k in &fx.upserts {
             if let Some(s) = acct.sessions.get(k) {
                 let v = online.entry(s.username.clone()).or_default();
@@ -639,7 +642,10 @@ impl Core<'_> {
             c.charges
                 .push((ch.user_id, ch.amount, ch.balance_after, ch.idem_key.clone()));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<
+            &crate::radius::accounting::SessionKey,
+            ahash::RandomState,
+        > = Default::default();
         for k in fx.upserts.iter().rev() {
             if !seen.insert(k) {
                 continue;
