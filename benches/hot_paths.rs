@@ -1,0 +1,246 @@
+//! criterion benches of the hot paths: RADIUS decode + verify (ours and radius-rs side by
+//! side), VoIP and internet rating, prefix lookup over 100k prefixes, a ledger batch commit,
+//! and Arrow build + Parquet encode of 64k xDRs. Setup stays out of the timing
+//! (`iter_batched`); throughput is in elements.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ratel_engine::catalog::{load_rate_deck, Catalog};
+use ratel_engine::config::{ConfigSource, LoadedConfig};
+use ratel_engine::radius::codec;
+use ratel_engine::rating::{rate_call, SessionCharge, Usage};
+use ratel_engine::xdr::{self, XdrBuilder, XdrRow};
+use rust_decimal::Decimal;
+
+fn packet() -> Vec<u8> {
+    codec::encode_request(
+        7,
+        &[
+            (40, &3u32.to_be_bytes()),
+            (1, b"user12345"),
+            (44, b"81000123-0042"),
+            (46, &600u32.to_be_bytes()),
+            (42, &123_456_789u32.to_be_bytes()),
+            (43, &987_654_321u32.to_be_bytes()),
+            (52, &1u32.to_be_bytes()),
+            (55, &1_793_620_800u32.to_be_bytes()),
+            (4, &[10, 0, 0, 1]),
+            (8, &[100, 64, 1, 2]),
+            (31, b"aa:bb:cc:dd:ee:ff"),
+        ],
+        b"testing123",
+    )
+}
+
+fn radius_decode(c: &mut Criterion) {
+    let p = packet();
+    let mut g = c.benchmark_group("radius_decode_verify");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("ratel_zero_copy", |b| {
+        b.iter(|| black_box(codec::decode(black_box(&p), b"testing123").is_ok()))
+    });
+    g.bench_function("radius_rs_peer", |b| {
+        b.iter(|| {
+            let ok =
+                radius::core::packet::Packet::is_authentic_request(black_box(&p), b"testing123");
+            let pkt = radius::core::packet::Packet::decode(black_box(&p), b"testing123").ok();
+            black_box((ok, pkt))
+        })
+    });
+    g.finish();
+}
+
+fn big_deck(n: usize) -> ratel_engine::catalog::Tariff {
+    let mut s = String::from(
+        "prefix,description,price_per_minute,connect_fee,first_increment,next_increment\n",
+    );
+    for i in 0..n {
+        s.push_str(&format!(
+            "{},d{i},0.0{},0.01,30,6\n",
+            1_000_000 + i * 7,
+            i % 10
+        ));
+    }
+    load_rate_deck("big", "big.csv", &s).unwrap()
+}
+
+fn rating(c: &mut Criterion) {
+    let deck = big_deck(100_000);
+    let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let mut g = c.benchmark_group("rating");
+    g.throughput(Throughput::Elements(1));
+    let mut scratch = Vec::new();
+    g.bench_function("voip_cdr_100k_prefixes", |b| {
+        b.iter(|| {
+            black_box(rate_call(
+                &deck,
+                &tz,
+                black_box("+1 000 700 1234"),
+                1_793_620_800,
+                187,
+                true,
+                &mut scratch,
+            ))
+        })
+    });
+    g.bench_function("prefix_lookup_100k", |b| {
+        b.iter(|| black_box(deck.lookup(black_box(b"10006994455"))))
+    });
+    let cfg = LoadedConfig::from_str(
+        ratel_engine::config::DEMO_CONFIG,
+        ConfigSource::BuiltinDemo,
+        ".".into(),
+    )
+    .unwrap();
+    let cat = Catalog::build(&cfg).unwrap();
+    let group = &cat.groups[0];
+    let first = Usage {
+        moment: 1_793_620_800,
+        session_time: 0,
+        octets_in: 0,
+        octets_out: 0,
+    };
+    g.bench_function("internet_interim", |b| {
+        b.iter_batched(
+            || SessionCharge::new(&first),
+            |mut s| {
+                let u = Usage {
+                    moment: 1_793_621_400,
+                    session_time: 600,
+                    octets_in: 123_456_789,
+                    octets_out: 5_000_000,
+                };
+                black_box(s.apply(group, &cat.charge_rules, &cat.tz, &u))
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn rows(n: usize) -> Vec<(u64, String, String)> {
+    (0..n)
+        .map(|i| {
+            (
+                i as u64 + 1,
+                format!("acc{}", i % 5000),
+                format!("c{i:010}"),
+            )
+        })
+        .collect()
+}
+
+fn parquet_encode(c: &mut Criterion) {
+    let n = 65_536;
+    let data = rows(n);
+    let mut g = c.benchmark_group("xdr");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    let build = |data: &[(u64, String, String)]| {
+        let mut b = XdrBuilder::with_capacity(data.len());
+        for (id, user, sid) in data {
+            b.push(
+                &XdrRow {
+                    xdr_id: *id,
+                    service_type: "VoIP",
+                    status: "OK",
+                    user_id: Some(*id as i64 % 5000),
+                    username: user,
+                    group_name: "bench",
+                    login_time_secs: 1_793_620_800 + *id as i64,
+                    logout_time_secs: 1_793_620_900 + *id as i64,
+                    duration_seconds: 100,
+                    billed_seconds: 102,
+                    session_id: sid,
+                    unique_id_value: sid,
+                    called_number: "4930123456",
+                    destination: "49",
+                    destination_name: "Germany",
+                    credit_used: Decimal::new(255, 4),
+                    before_credit: Decimal::new(1000, 0),
+                    after_credit: Decimal::new(99_974_500, 5),
+                    source: "cdr:bench.csv:1",
+                    ..Default::default()
+                },
+                &[],
+            );
+        }
+        b.finish().unwrap()
+    };
+    g.bench_function("arrow_build_64k", |b| b.iter(|| black_box(build(&data))));
+    let dir = tempfile::tempdir().unwrap();
+    let batch = build(&data);
+    g.bench_function("parquet_encode_fsync_64k", |b| {
+        let mut k = 0;
+        b.iter(|| {
+            k += 1;
+            let p = dir.path().join(format!("b{k}.parquet"));
+            black_box(xdr::write_temp(&p, &batch).unwrap())
+        })
+    });
+    g.finish();
+}
+
+fn ledger_commit(c: &mut Criterion) {
+    use ratel_engine::ledger::{Ledger, NewUser, RadiusCommit};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::open(dir.path()).unwrap();
+    let users: Vec<NewUser> = (0..1000)
+        .map(|i| NewUser {
+            username: Some(format!("u{i}")),
+            password: None,
+            group_name: "g".into(),
+            credit: Decimal::from(100),
+            comment: String::new(),
+        })
+        .collect();
+    ledger.add_users(&users, 0).unwrap();
+    let mut g = c.benchmark_group("ledger");
+    g.throughput(Throughput::Elements(512));
+    g.sample_size(20);
+    let mut seq = 0u64;
+    g.bench_function("radius_batch_512_updates_fsync", |b| {
+        b.iter_batched(
+            || {
+                seq += 1;
+                RadiusCommit {
+                    charges: (0..512)
+                        .map(|i| {
+                            (
+                                1 + (i % 1000) as i64,
+                                Decimal::new(5, 3),
+                                Decimal::from(99),
+                                format!("b:{seq}:{i}"),
+                            )
+                        })
+                        .collect(),
+                    upserts: (0..512)
+                        .map(|i| {
+                            (
+                                "nas".to_string(),
+                                format!("s{i}"),
+                                "{\"state\":1}".to_string(),
+                            )
+                        })
+                        .collect(),
+                    now: 1,
+                    next_xdr: 1,
+                    ..Default::default()
+                }
+            },
+            |c| ledger.commit_radius(&c).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    radius_decode,
+    rating,
+    parquet_encode,
+    ledger_commit
+);
+criterion_main!(benches);
