@@ -10,6 +10,11 @@ use std::time::Instant;
 
 mod bench;
 
+/// mimalloc: the hot paths allocate per record and per block; glibc's malloc returned big
+/// blocks to the OS and page-faulted them back in on every block.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use ratel_engine::batch::{BatchRater, FileSummary, Progress};

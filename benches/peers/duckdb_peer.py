@@ -1,0 +1,55 @@
+"""DuckDB peer for `ratel bench cdr`: on the same generated files, time
+1. a plain CSV -> Parquet (zstd) copy of the CDR file, and
+2. a longest-prefix rating join with the same increments (no balances, no windows),
+and print one JSON line. Usage: duckdb_peer.py DIR (holding cdrs.csv and rates.csv)."""
+import json
+import os
+import sys
+import time
+
+import duckdb
+
+d = sys.argv[1]
+con = duckdb.connect()
+con.execute(f"SET threads TO {os.cpu_count()}")
+out = os.path.join(d, "duckdb-copy.parquet")
+
+t = time.perf_counter()
+con.execute(f"COPY (SELECT * FROM read_csv('{d}/cdrs.csv', header=true)) TO '{out}' (FORMAT parquet, COMPRESSION zstd)")
+copy_s = time.perf_counter() - t
+rows = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+
+con.execute(f"""CREATE TABLE rates AS SELECT prefix::VARCHAR AS prefix, price_per_minute::DECIMAL(18,6) AS ppm,
+  connect_fee::DECIMAL(18,6) AS fee, first_increment AS f, next_increment AS n
+  FROM read_csv('{d}/rates.csv', header=true, all_varchar=true, null_padding=true, delim=',') WHERE days IS NULL OR days = ''""")
+t = time.perf_counter()
+total = con.execute(f"""
+WITH c AS (
+  SELECT call_id, account, duration_s::BIGINT AS dur, disposition,
+         regexp_replace(callee, '[^0-9]', '', 'g') AS digits
+  FROM read_csv('{d}/cdrs.csv', header=true, all_varchar=true)),
+c2 AS (SELECT *, CASE WHEN starts_with(digits, '00') THEN substr(digits, 3) ELSE digits END AS dst FROM c),
+m AS (
+  SELECT c2.call_id, c2.dur, c2.disposition,
+    coalesce(r8.ppm, r7.ppm, r6.ppm, r5.ppm, r4.ppm, r3.ppm, r2.ppm, r1.ppm) AS ppm, coalesce(r8.fee, r7.fee, r6.fee, r5.fee, r4.fee, r3.fee, r2.fee, r1.fee) AS fee,
+    coalesce(r8.f, r7.f, r6.f, r5.f, r4.f, r3.f, r2.f, r1.f)::BIGINT AS f, coalesce(r8.n, r7.n, r6.n, r5.n, r4.n, r3.n, r2.n, r1.n)::BIGINT AS n
+  FROM c2
+  LEFT JOIN rates r8 ON r8.prefix = left(c2.dst, 8)
+  LEFT JOIN rates r7 ON r7.prefix = left(c2.dst, 7)
+  LEFT JOIN rates r6 ON r6.prefix = left(c2.dst, 6)
+  LEFT JOIN rates r5 ON r5.prefix = left(c2.dst, 5)
+  LEFT JOIN rates r4 ON r4.prefix = left(c2.dst, 4)
+  LEFT JOIN rates r3 ON r3.prefix = left(c2.dst, 3)
+  LEFT JOIN rates r2 ON r2.prefix = left(c2.dst, 2)
+  LEFT JOIN rates r1 ON r1.prefix = left(c2.dst, 1)),
+rated AS (
+  SELECT CASE WHEN disposition = 'ANSWERED' AND dur > 0 AND ppm IS NOT NULL THEN
+      fee + ppm * (CASE WHEN dur <= f THEN f ELSE f + ceil((dur - f) / n::DOUBLE)::BIGINT * n END) / 60
+    ELSE 0 END AS cost
+  FROM m)
+SELECT count(*), sum(cost) FROM rated""").fetchone()
+join_s = time.perf_counter() - t
+print(json.dumps({"peer": "duckdb", "version": duckdb.__version__, "rows": rows,
+                  "copy_seconds": round(copy_s, 3), "copy_rows_per_sec": round(rows / copy_s),
+                  "join_seconds": round(join_s, 3), "join_rows_per_sec": round(rows / join_s),
+                  "join_rated_rows": total[0]}))
