@@ -371,7 +371,8 @@ pub fn run(
         last_flush: Instant::now(),
         spool_files: 0,
     };
-    let mut last_housekeeping = Instant::now();
+    // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
+    let mut last_housekeeping = Instant::now() - Duration::from_secs(2);
     while !shutdown.load(Ordering::Relaxed) {
         core.receive_batch(&mut rater, &mut acct)?;
         while let Ok(cmd) = commands.try_recv() {

@@ -28,6 +28,22 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
+        Env::with(
+            "username,password,group,credit\nalice,pw,g,10\nbob,pw,g,5\n",
+            false,
+        )
+    }
+
+    /// `n` users `user0..` with `credit` each, and a tariff (prefix 1: 0.01/min, 60/60).
+    pub fn new_with_users(n: usize, credit: &str) -> Env {
+        let mut users = String::from("username,password,group,credit\n");
+        for i in 0..n {
+            users.push_str(&format!("user{i},pw,g,{credit}\n"));
+        }
+        Env::with(&users, true)
+    }
+
+    pub fn with(users_csv: &str, tariff: bool) -> Env {
         let dir = tempfile::tempdir().unwrap();
         let cfg = r#"
 [radius]
@@ -67,12 +83,21 @@ charge_rules = ["night", "day"]
 decimals = 4
 rounding = "up"
 "#;
+        let cfg = if tariff {
+            std::fs::write(
+                dir.path().join("rates.csv"),
+                "prefix,description,price_per_minute,connect_fee,first_increment,next_increment\n1,USA,0.0100,0,60,60\n",
+            )
+            .unwrap();
+            cfg.replace(
+                "rounding = \"up\"\n",
+                "rounding = \"up\"\ntariff = \"std\"\n",
+            ) + "[[tariff]]\nname = \"std\"\nrates = \"rates.csv\"\n"
+        } else {
+            cfg.to_string()
+        };
         std::fs::write(dir.path().join("ratel.toml"), cfg).unwrap();
-        std::fs::write(
-            dir.path().join("users.csv"),
-            "username,password,group,credit\nalice,pw,g,10\nbob,pw,g,5\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("users.csv"), users_csv).unwrap();
         let env = Env { dir };
         let out = Command::new(env!("CARGO_BIN_EXE_ratel"))
             .args([
@@ -151,9 +176,14 @@ impl Server {
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.0.take() {
-            c.kill().unwrap();
+            let _ = c.kill();
             c.wait().unwrap();
         }
+    }
+
+    /// The server's pid (for a kill from another thread).
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 }
 
