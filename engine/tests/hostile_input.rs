@@ -13,7 +13,14 @@ use ratel_engine::radius::codec;
 fn valid_packet() -> Vec<u8> {
     codec::encode_request(
         3,
-        &[(40, &3u32.to_be_bytes()), (1, b"alice"), (44, b"s-1"), (46, &60u32.to_be_bytes()), (42, &1000u32.to_be_bytes()), (52, &1u32.to_be_bytes())],
+        &[
+            (40, &3u32.to_be_bytes()),
+            (1, b"alice"),
+            (44, b"s-1"),
+            (46, &60u32.to_be_bytes()),
+            (42, &1000u32.to_be_bytes()),
+            (52, &1u32.to_be_bytes()),
+        ],
         b"secret",
     )
 }

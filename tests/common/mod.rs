@@ -44,7 +44,10 @@ impl Env {
     }
 
     pub fn with(users_csv: &str, tariff: bool) -> Env {
-        let dir = tempfile::tempdir().unwrap();
+        Env::with_dir(tempfile::tempdir().unwrap(), users_csv, tariff)
+    }
+
+    pub fn with_dir(dir: tempfile::TempDir, users_csv: &str, tariff: bool) -> Env {
         let cfg = r#"
 [radius]
 listen = "127.0.0.1:0"
