@@ -247,3 +247,136 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+pub struct ApiArgs {
+    pub xdrs: u64,
+    pub users: usize,
+    pub duration_secs: u64,
+    pub dir: std::path::PathBuf,
+    pub json: bool,
+}
+
+fn pct_ms(v: &mut [u64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)] as f64 / 1000.0
+}
+
+/// `ratel bench api`: a data dir with `xdrs` rated CDRs, `ratel serve` on it, then
+/// getUserInfo and one-user-one-day report.getConnections calls over HTTP for `duration`.
+pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let exe = std::env::current_exe()?;
+    let files = ratel_engine::gen::prepare_cdr_bench(&a.dir, a.xdrs, a.users.max(1), 5_000, 7)?;
+    let mut cfg = std::fs::read_to_string(&files.config)?;
+    cfg.push_str("[[admin]]\nname = \"bench\"\npassword = \"bench\"\n");
+    cfg = cfg.replacen(
+        "[storage]",
+        "[radius]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[storage]",
+        1,
+    );
+    std::fs::write(&files.config, cfg)?;
+    let _ = std::fs::remove_dir_all(&files.data_dir);
+    let st = Command::new(&exe)
+        .args(["users", "import", "--config"])
+        .arg(&files.config)
+        .arg(&files.users)
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("users import failed");
+    }
+    let t = std::time::Instant::now();
+    let st = Command::new(&exe)
+        .args(["rate", "--format", "generic", "--config"])
+        .arg(&files.config)
+        .arg(&files.cdrs)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("rating the generated CDRs failed");
+    }
+    let rate_secs = t.elapsed().as_secs_f64();
+    let mut c = Command::new(&exe)
+        .args(["serve", "--config"])
+        .arg(&files.config)
+        .env("RATEL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(c.stdout.take().expect("piped")).lines();
+    let api = loop {
+        let line = lines.next().context("serve exited early")??;
+        if let Some(r) = line.trim().strip_prefix("JSON-RPC API on http://") {
+            break r.trim_end_matches('/').parse::<SocketAddr>()?;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let auth = r#""auth_type": "ADMIN", "auth_name": "bench", "auth_pass": "bench""#;
+    let (mut info_us, mut report_us) = (Vec::new(), Vec::new());
+    let mut rows_seen = 0u64;
+    let mut rng = ratel_engine::gen::Rng::new(11);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(a.duration_secs) {
+        let u = rng.below(a.users as u64);
+        let t = std::time::Instant::now();
+        http_rpc(
+            api,
+            &format!(
+                r#"{{"method": "user.getUserInfo", "params": {{{auth}, "normal_username": "acc{u}"}}}}"#
+            ),
+        )?;
+        info_us.push(t.elapsed().as_micros() as u64);
+        let t = std::time::Instant::now();
+        let r = http_rpc(
+            api,
+            &format!(
+                r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{"username": "acc{u}", "login_time_from": "2026-11-02 00:00:00", "login_time_from_unit": "gregorian", "login_time_to": "2026-11-02 23:59:59", "login_time_to_unit": "gregorian"}}, "from": 0, "to": 50}}}}"#
+            ),
+        )?;
+        report_us.push(t.elapsed().as_micros() as u64);
+        rows_seen += r["total_rows"].as_u64().unwrap_or(0);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(c.id().to_string())
+        .status();
+    let _ = c.wait();
+    let n = info_us.len();
+    println!("ratel bench api: {} xDRs on disk (rated in {rate_secs:.1}s), {} users, {} s, {cores} cores, one sequential HTTP client", a.xdrs, a.users, a.duration_secs);
+    println!(
+        "  user.getUserInfo: {n} calls, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
+        pct_ms(&mut info_us, 0.5),
+        pct_ms(&mut info_us, 0.9),
+        pct_ms(&mut info_us, 0.99),
+        pct_ms(&mut info_us, 0.999),
+        pct_ms(&mut info_us, 1.0)
+    );
+    println!(
+        "  report.getConnections (one user, one day): {} calls, {:.1} rows each, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
+        report_us.len(),
+        rows_seen as f64 / report_us.len().max(1) as f64,
+        pct_ms(&mut report_us, 0.5),
+        pct_ms(&mut report_us, 0.9),
+        pct_ms(&mut report_us, 0.99),
+        pct_ms(&mut report_us, 0.999),
+        pct_ms(&mut report_us, 1.0)
+    );
+    println!("  {:.0} requests/s overall", (2 * n) as f64 / elapsed);
+    if a.json {
+        println!(
+            "{{\"bench\":\"api\",\"xdrs\":{},\"cores\":{cores},\"info_p99_ms\":{:.3},\"report_p50_ms\":{:.3},\"report_p99_ms\":{:.3}}}",
+            a.xdrs,
+            pct_ms(&mut info_us, 0.99),
+            pct_ms(&mut report_us, 0.5),
+            pct_ms(&mut report_us, 0.99)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -66,6 +66,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Rate `--xdrs` generated CDRs, start serve, time getUserInfo and getConnections.
+    Api {
+        #[arg(long, default_value_t = 1_000_000)]
+        xdrs: u64,
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        duration: u64,
+        #[arg(long, default_value = "ratel-bench-api")]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Drive `ratel serve` (started here) or any accounting server with RADIUS load.
     Radius {
         #[arg(long, default_value_t = 10_000)]
@@ -179,6 +192,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             rate(&catalog, format, &files)
         }
+        Command::Bench {
+            command:
+                BenchCommand::Api {
+                    xdrs,
+                    users,
+                    duration,
+                    dir,
+                    json,
+                },
+        } => bench::api(bench::ApiArgs {
+            xdrs,
+            users,
+            duration_secs: duration,
+            dir,
+            json,
+        }),
         Command::Bench {
             command:
                 BenchCommand::Radius {

@@ -7,11 +7,13 @@
 
 use std::path::Path;
 
+use arrow_array::BooleanArray;
 use arrow_array::{
     Array, Decimal128Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
     TimestampMicrosecondArray, UInt64Array,
 };
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::arrow::ProjectionMask;
 use parquet::file::properties::ReaderProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::serialized_reader::ReadOptionsBuilder;
@@ -413,9 +415,27 @@ fn read_matching(path: &Path, f: &Filter, out: &mut Vec<OwnedXdr>) -> parquet::e
     if groups.is_empty() {
         return Ok(());
     }
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path)?)?
-        .with_row_groups(groups)
-        .build()?;
+    let mut builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path)?)?
+        .with_row_groups(groups);
+    if let Some(user) = f.username.clone() {
+        // Decode the username column first; the other columns only for matching rows.
+        let schema = builder.parquet_schema();
+        if let Some(col) = schema
+            .columns()
+            .iter()
+            .position(|c| c.path().string() == "username")
+        {
+            let mask = ProjectionMask::leaves(schema, [col]);
+            let pred = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
+                let names = batch.column(0).as_any().downcast_ref::<StringArray>();
+                Ok(BooleanArray::from_iter(
+                    (0..batch.num_rows()).map(|i| Some(names.is_some_and(|a| a.value(i) == user))),
+                ))
+            });
+            builder = builder.with_row_filter(RowFilter::new(vec![Box::new(pred)]));
+        }
+    }
+    let reader = builder.build()?;
     for batch in reader {
         let b = batch.map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
         extract(&b, f, out);
