@@ -91,13 +91,12 @@ pub struct Live {
 }
 
 impl Live {
-    fn apply(&self, acct: &Accounting, fx: &Effects, catalog: &Catalog) {
+    fn apply(&self, acct: &Accounting, fx: &Effects) {
         if fx.upserts.is_empty() && fx.closed.is_empty() {
             return;
         }
         let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
         // Every closed session has its xDR in the same effects: it names the user.
-        let _ = catalog;
         for x in &fx.xdrs {
             if let Some(v) = online.get_mut(&x.username) {
                 v.retain(|o| !(o.nas == x.ras_description && o.session_id == x.session_id));
@@ -670,7 +669,7 @@ impl Core<'_> {
         c.rule_usage = fx.rule_usage.clone();
         c.first_logins = fx.first_logins.clone();
         rater.ledger.commit_radius(&c)?;
-        self.live.apply(acct, fx, self.catalog);
+        self.live.apply(acct, fx);
         Ok(())
     }
 
