@@ -284,6 +284,8 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
         signal_hook::flag::register(sig, shutdown.clone())
             .context("installing the signal handler")?;
     }
+    // The data dir first: a concurrent `ratel rate` must be refused, not race us.
+    let lock = DataDirLock::acquire(&catalog.data_dir)?;
     let socket = ratel_engine::serve::bind_udp(&catalog.radius_listen)?;
     let radius_addr = socket.local_addr()?;
     let api_listener = std::net::TcpListener::bind(&catalog.api_listen)
@@ -310,8 +312,14 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
     let live = Arc::new(ratel_engine::serve::Live::default());
     let (tx, rx) = crossbeam_channel::bounded(64);
     let mut api_thread = None;
-    let summary =
-        ratel_engine::serve::run(&catalog, socket, shutdown.clone(), live.clone(), rx, || {
+    let summary = ratel_engine::serve::run(
+        &catalog,
+        lock,
+        socket,
+        shutdown.clone(),
+        live.clone(),
+        rx,
+        || {
             let h = ratel_api::spawn(
                 api_listener,
                 catalog.clone(),
@@ -322,7 +330,8 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
             .map_err(|e| ratel_engine::serve::ServeError::Api(e.to_string()))?;
             api_thread = Some(h);
             Ok(())
-        });
+        },
+    );
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(h) = api_thread {
         let _ = h.join();

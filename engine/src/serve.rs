@@ -341,15 +341,18 @@ pub fn bind_udp(addr: &str) -> Result<UdpSocket, ServeError> {
 }
 
 /// Runs the server until `shutdown` is set. `on_ready` gets the bound RADIUS address.
+/// The caller takes the data dir's lock first (before it announces the server), so no
+/// other process can slip in between.
 pub fn run(
     catalog: &Catalog,
+    lock: DataDirLock,
     socket: UdpSocket,
     shutdown: Arc<AtomicBool>,
     live: Arc<Live>,
     commands: crossbeam_channel::Receiver<Command>,
     on_ready: impl FnOnce() -> Result<(), ServeError>,
 ) -> Result<ServeSummary, ServeError> {
-    let _lock = DataDirLock::acquire(&catalog.data_dir)?;
+    let _lock = lock;
     let mut ledger = Ledger::open(&catalog.data_dir)?;
     // The ledger exists and is recovered: readers (the API) may open it now.
     on_ready()?;
