@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{LocalResult, NaiveDate, NaiveDateTime, TimeZone};
+use chrono::{NaiveDate, NaiveDateTime};
 use chrono_tz::Tz;
 
 use crate::catalog::CdrFormat;
@@ -194,20 +194,9 @@ pub fn parse_local(s: &str, tz: &Tz) -> Result<i64, String> {
     if *tz == Tz::UTC {
         return Ok(naive.and_utc().timestamp());
     }
-    Ok(match tz.from_local_datetime(&naive) {
-        LocalResult::Single(dt) | LocalResult::Ambiguous(dt, _) => dt.timestamp(),
-        LocalResult::None => {
-            let mut probe = naive;
-            loop {
-                probe += chrono::Duration::minutes(1);
-                if let LocalResult::Single(dt) | LocalResult::Ambiguous(dt, _) =
-                    tz.from_local_datetime(&probe)
-                {
-                    break dt.timestamp();
-                }
-            }
-        }
-    })
+    // The first instant showing that wall time: the earlier of an ambiguous pair, the end
+    // of a spring-forward gap.
+    Ok(crate::schedule::local_to_utc_after(tz, naive, i64::MIN))
 }
 
 impl Reader {

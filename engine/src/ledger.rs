@@ -346,10 +346,7 @@ impl Ledger {
 
     /// Path of an xDR file relative to the xdr root (as stored in the ledger).
     pub fn rel_path(&self, p: &Path) -> String {
-        p.strip_prefix(&self.xdr_root)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
+        rel_to(&self.xdr_root, p)
     }
 
     /// All subscribers.
@@ -642,25 +639,7 @@ impl Ledger {
             )
             .map_err(sq)?;
             let batch_id = tx.last_insert_rowid();
-            let mut xf = tx
-                .prepare_cached("INSERT INTO xdr_files(path, batch_id, rows, min_login, max_logout) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .map_err(sq)?;
-            for f in &b.files {
-                let rel = f
-                    .final_path
-                    .strip_prefix(&self.xdr_root)
-                    .unwrap_or(&f.final_path)
-                    .to_string_lossy()
-                    .into_owned();
-                xf.execute(params![
-                    rel,
-                    batch_id,
-                    f.rows as i64,
-                    f.min_login,
-                    f.max_logout
-                ])
-                .map_err(sq)?;
-            }
+            record_xdr_files(&tx, &self.xdr_root, batch_id, &b.files).map_err(sq)?;
             tx.execute(
                 "INSERT INTO cdr_files(file_hash, path, size, format, done, next_offset, next_line, records, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
@@ -918,25 +897,7 @@ impl Ledger {
             )
             .map_err(sq)?;
             let batch_id = tx.last_insert_rowid();
-            let mut xf = tx
-                .prepare_cached("INSERT INTO xdr_files(path, batch_id, rows, min_login, max_logout) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .map_err(sq)?;
-            for f in files {
-                let rel = f
-                    .final_path
-                    .strip_prefix(&self.xdr_root)
-                    .unwrap_or(&f.final_path)
-                    .to_string_lossy()
-                    .into_owned();
-                xf.execute(params![
-                    rel,
-                    batch_id,
-                    f.rows as i64,
-                    f.min_login,
-                    f.max_logout
-                ])
-                .map_err(sq)?;
-            }
+            record_xdr_files(&tx, &self.xdr_root, batch_id, files).map_err(sq)?;
             tx.execute(
                 "DELETE FROM xdr_outbox WHERE xdr_id <= ?1",
                 [max_xdr_id as i64],
@@ -1017,6 +978,34 @@ fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite
         "UPDATE batches SET applied = 1, movements = x'' WHERE applied = 0 AND batch_id BETWEEN ?1 AND ?2",
         params![first, last],
     )?;
+    Ok(())
+}
+
+/// `p` relative to the xDR root, as `xdr_files.path` stores it.
+fn rel_to(xdr_root: &Path, p: &Path) -> String {
+    p.strip_prefix(xdr_root)
+        .unwrap_or(p)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Records a batch's xDR files (still under their temp names) in the commit's transaction.
+fn record_xdr_files(
+    tx: &rusqlite::Transaction<'_>,
+    xdr_root: &Path,
+    batch_id: i64,
+    files: &[PendingFile],
+) -> Result<(), rusqlite::Error> {
+    let mut xf = tx.prepare_cached("INSERT INTO xdr_files(path, batch_id, rows, min_login, max_logout) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    for f in files {
+        xf.execute(params![
+            rel_to(xdr_root, &f.final_path),
+            batch_id,
+            f.rows as i64,
+            f.min_login,
+            f.max_logout
+        ])?;
+    }
     Ok(())
 }
 

@@ -224,6 +224,14 @@ impl SessionCharge {
         }
     }
 
+    /// Records an update's counters without charging anything (they only move forward).
+    pub fn observe(&mut self, u: &Usage) {
+        self.last_session_time = self.last_session_time.max(u.session_time);
+        self.last_octets_in = self.last_octets_in.max(u.octets_in);
+        self.last_octets_out = self.last_octets_out.max(u.octets_out);
+        self.last_moment = self.last_moment.max(u.moment);
+    }
+
     /// Exact cost so far.
     pub fn cost_exact(&self) -> Decimal {
         self.time_numerator / SIXTY + self.traffic

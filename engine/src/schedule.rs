@@ -272,7 +272,7 @@ fn minute_of_week(local: &NaiveDateTime) -> u32 {
 
 /// Converts a local wall-clock time to the first UTC instant strictly after `after` that
 /// shows it; a time inside a spring-forward gap maps to the end of the gap.
-fn local_to_utc_after(tz: &Tz, naive: NaiveDateTime, after: i64) -> i64 {
+pub fn local_to_utc_after(tz: &Tz, naive: NaiveDateTime, after: i64) -> i64 {
     match tz.from_local_datetime(&naive) {
         LocalResult::Single(dt) => dt.timestamp(),
         LocalResult::Ambiguous(a, b) => {

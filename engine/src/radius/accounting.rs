@@ -291,11 +291,7 @@ impl Accounting {
             }
         } else {
             // Unknown user: no charge, but keep the counters so the xDR shows the usage.
-            let c = &mut s.charge;
-            c.last_session_time = c.last_session_time.max(usage.session_time);
-            c.last_octets_in = c.last_octets_in.max(usage.octets_in);
-            c.last_octets_out = c.last_octets_out.max(usage.octets_out);
-            c.last_moment = c.last_moment.max(usage.moment);
+            s.charge.observe(&usage);
         }
         if req.status_type() == StatusType::Stop {
             self.close(
