@@ -169,6 +169,7 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
         r.unanswered,
         r.sessions_completed
     );
+    println!("  at most {} sessions open at once", r.max_open_sessions);
     let pct = |p| r.percentile(p) as f64 / 1000.0;
     println!(
         "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
@@ -191,7 +192,8 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
         )?;
         let xdr_total: Decimal = rep["total_credit"].to_string().parse().unwrap_or_default();
         let mut taken = Decimal::ZERO;
-        for i in 0..a.users {
+        // Session k belongs to user k % users: only the first `sessions` users can have moved.
+        for i in 0..a.users.min(a.sessions) {
             let info = http_rpc(
                 api,
                 &format!(
@@ -229,7 +231,7 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
     }
     if a.json {
         println!(
-            "{{\"bench\":\"radius\",\"cores\":{cores},\"acknowledged\":{},\"acks_per_sec\":{:.0},\"retransmissions\":{},\"unanswered\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"ledger_check_ok\":{}}}",
+            "{{\"bench\":\"radius\",\"cores\":{cores},\"acknowledged\":{},\"acks_per_sec\":{:.0},\"retransmissions\":{},\"unanswered\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"ledger_check_ok\":{},\"max_open_sessions\":{},\"users\":{},\"serve_peak_rss_mib\":{}}}",
             r.acknowledged,
             r.acks_per_sec(),
             r.retransmissions,
@@ -238,7 +240,11 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
             pct(0.9),
             pct(0.99),
             pct(0.999),
-            check.starts_with("OK")
+            check.starts_with("OK"),
+            r.max_open_sessions,
+            a.users,
+            rss.map(|k| format!("{:.1}", k as f64 / 1024.0))
+                .unwrap_or_else(|| "null".into())
         );
     }
     Ok(if check.starts_with("MISMATCH") {
@@ -252,6 +258,12 @@ pub struct ApiArgs {
     pub xdrs: u64,
     pub users: usize,
     pub duration_secs: u64,
+    /// Concurrent HTTP clients, each with its own keep-alive connection.
+    pub clients: usize,
+    /// `both` (getUserInfo then getConnections), `info` or `report`.
+    pub mix: String,
+    /// Reuse a data dir this command built before with the same --xdrs and --users.
+    pub reuse: bool,
     pub dir: std::path::PathBuf,
     pub json: bool,
 }
@@ -265,47 +277,131 @@ fn pct_ms(v: &mut [u64], p: f64) -> f64 {
     v[i.min(v.len() - 1)] as f64 / 1000.0
 }
 
+/// One HTTP/1.1 keep-alive connection to the API, as a script's HTTP library would hold.
+struct KeepAlive {
+    api: SocketAddr,
+    conn: Option<BufReader<std::net::TcpStream>>,
+}
+
+impl KeepAlive {
+    fn new(api: SocketAddr) -> Self {
+        KeepAlive { api, conn: None }
+    }
+
+    fn call(&mut self, body: &str) -> anyhow::Result<serde_json::Value> {
+        // A connection the server closed while idle is opened again once.
+        match self.try_call(body) {
+            Ok(v) => Ok(v),
+            Err(_) => {
+                self.conn = None;
+                self.try_call(body)
+            }
+        }
+    }
+
+    fn try_call(&mut self, body: &str) -> anyhow::Result<serde_json::Value> {
+        if self.conn.is_none() {
+            let s = std::net::TcpStream::connect(self.api)?;
+            s.set_nodelay(true)?;
+            s.set_read_timeout(Some(Duration::from_secs(60)))?;
+            self.conn = Some(BufReader::new(s));
+        }
+        let conn = self.conn.as_mut().expect("connected");
+        write!(
+            conn.get_mut(),
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.api,
+            body.len()
+        )?;
+        let mut line = String::new();
+        let mut len = None;
+        loop {
+            line.clear();
+            if conn.read_line(&mut line)? == 0 {
+                bail!("connection closed");
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut buf = vec![0u8; len.context("answer without Content-Length")?];
+        conn.read_exact(&mut buf)?;
+        let v: serde_json::Value = serde_json::from_slice(&buf).context("API answer")?;
+        if !v["error"].is_null() {
+            bail!("API error: {}", v["error"]);
+        }
+        Ok(v["result"].clone())
+    }
+}
+
+#[derive(Default)]
+struct ClientLatencies {
+    info_us: Vec<u64>,
+    report_us: Vec<u64>,
+    rows_seen: u64,
+}
+
 /// `ratel bench api`: a data dir with `xdrs` rated CDRs, `ratel serve` on it, then
-/// getUserInfo and one-user-one-day report.getConnections calls over HTTP for `duration`.
+/// `clients` concurrent keep-alive clients calling getUserInfo and/or one-user-one-day
+/// report.getConnections for `duration`.
 pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    if !matches!(a.mix.as_str(), "both" | "info" | "report") {
+        bail!("--mix must be both, info or report, not {:?}", a.mix);
+    }
     let exe = std::env::current_exe()?;
-    let files = ratel_engine::gen::prepare_cdr_bench(&a.dir, a.xdrs, a.users.max(1), 5_000, 7)?;
-    let mut cfg = std::fs::read_to_string(&files.config)?;
-    cfg.push_str("[[admin]]\nname = \"bench\"\npassword = \"bench\"\n");
-    cfg = cfg.replacen(
-        "[storage]",
-        "[radius]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[storage]",
-        1,
-    );
-    std::fs::write(&files.config, cfg)?;
-    let _ = std::fs::remove_dir_all(&files.data_dir);
-    let st = Command::new(&exe)
-        .args(["users", "import", "--config"])
-        .arg(&files.config)
-        .arg(&files.users)
-        .stdout(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("users import failed");
+    let marker = a.dir.join("bench-api.done");
+    let want_marker = format!("{} {}\n", a.xdrs, a.users);
+    let config = a.dir.join("ratel.toml");
+    let mut rate_secs = None;
+    if !(a.reuse && std::fs::read_to_string(&marker).ok().as_deref() == Some(&want_marker)) {
+        let _ = std::fs::remove_file(&marker);
+        let files = ratel_engine::gen::prepare_cdr_bench(&a.dir, a.xdrs, a.users.max(1), 5_000, 7)?;
+        let mut cfg = std::fs::read_to_string(&files.config)?;
+        cfg.push_str("[[admin]]\nname = \"bench\"\npassword = \"bench\"\n");
+        cfg = cfg.replacen(
+            "[storage]",
+            "[radius]\nlisten = \"127.0.0.1:0\"\n[api]\nlisten = \"127.0.0.1:0\"\n[storage]",
+            1,
+        );
+        std::fs::write(&files.config, cfg)?;
+        let _ = std::fs::remove_dir_all(&files.data_dir);
+        let st = Command::new(&exe)
+            .args(["users", "import", "--config"])
+            .arg(&files.config)
+            .arg(&files.users)
+            .stdout(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("users import failed");
+        }
+        let t = std::time::Instant::now();
+        let st = Command::new(&exe)
+            .args(["rate", "--format", "generic", "--config"])
+            .arg(&files.config)
+            .arg(&files.cdrs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        if !st.success() {
+            bail!("rating the generated CDRs failed");
+        }
+        rate_secs = Some(t.elapsed().as_secs_f64());
+        // The CDR file is only needed to build the data dir.
+        let _ = std::fs::remove_file(&files.cdrs);
+        std::fs::write(&marker, &want_marker)?;
     }
-    let t = std::time::Instant::now();
-    let st = Command::new(&exe)
-        .args(["rate", "--format", "generic", "--config"])
-        .arg(&files.config)
-        .arg(&files.cdrs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("rating the generated CDRs failed");
-    }
-    let rate_secs = t.elapsed().as_secs_f64();
     let mut c = Command::new(&exe)
         .args(["serve", "--config"])
-        .arg(&files.config)
+        .arg(&config)
         .env("RATEL_LOG", "warn")
         .stdout(Stdio::piped())
         .spawn()?;
@@ -317,63 +413,110 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
         }
     };
     std::thread::spawn(move || for _ in lines {});
-    let auth = r#""auth_type": "ADMIN", "auth_name": "bench", "auth_pass": "bench""#;
-    let (mut info_us, mut report_us) = (Vec::new(), Vec::new());
-    let mut rows_seen = 0u64;
-    let mut rng = ratel_engine::gen::Rng::new(11);
+    let duration = Duration::from_secs(a.duration_secs);
     let started = std::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(a.duration_secs) {
-        let u = rng.below(a.users as u64);
-        let t = std::time::Instant::now();
-        http_rpc(
-            api,
-            &format!(
-                r#"{{"method": "user.getUserInfo", "params": {{{auth}, "normal_username": "acc{u}"}}}}"#
-            ),
-        )?;
-        info_us.push(t.elapsed().as_micros() as u64);
-        let t = std::time::Instant::now();
-        let r = http_rpc(
-            api,
-            &format!(
-                r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{"username": "acc{u}", "login_time_from": "2026-11-02 00:00:00", "login_time_from_unit": "gregorian", "login_time_to": "2026-11-02 23:59:59", "login_time_to_unit": "gregorian"}}, "from": 0, "to": 50}}}}"#
-            ),
-        )?;
-        report_us.push(t.elapsed().as_micros() as u64);
-        rows_seen += r["total_rows"].as_u64().unwrap_or(0);
-    }
+    let results: Vec<anyhow::Result<ClientLatencies>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..a.clients.max(1))
+            .map(|k| {
+                let mix = a.mix.as_str();
+                let users = a.users.max(1) as u64;
+                scope.spawn(move || -> anyhow::Result<ClientLatencies> {
+                    let auth = r#""auth_type": "ADMIN", "auth_name": "bench", "auth_pass": "bench""#;
+                    let mut client = KeepAlive::new(api);
+                    let mut out = ClientLatencies::default();
+                    let mut rng = ratel_engine::gen::Rng::new(11 + k as u64);
+                    while started.elapsed() < duration {
+                        let u = rng.below(users);
+                        if mix != "report" {
+                            let t = std::time::Instant::now();
+                            client.call(&format!(
+                                r#"{{"method": "user.getUserInfo", "params": {{{auth}, "normal_username": "acc{u}"}}}}"#
+                            ))?;
+                            out.info_us.push(t.elapsed().as_micros() as u64);
+                        }
+                        if mix != "info" {
+                            let t = std::time::Instant::now();
+                            let r = client.call(&format!(
+                                r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{"username": "acc{u}", "login_time_from": "2026-11-02 00:00:00", "login_time_from_unit": "gregorian", "login_time_to": "2026-11-02 23:59:59", "login_time_to_unit": "gregorian"}}, "from": 0, "to": 50}}}}"#
+                            ))?;
+                            out.report_us.push(t.elapsed().as_micros() as u64);
+                            out.rows_seen += r["total_rows"].as_u64().unwrap_or(0);
+                        }
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("client panicked")))
+            })
+            .collect()
+    });
     let elapsed = started.elapsed().as_secs_f64();
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(c.id().to_string())
         .status();
     let _ = c.wait();
-    let n = info_us.len();
-    println!("ratel bench api: {} xDRs on disk (rated in {rate_secs:.1}s), {} users, {} s, {cores} cores, one sequential HTTP client", a.xdrs, a.users, a.duration_secs);
+    let mut all = ClientLatencies::default();
+    for r in results {
+        let r = r?;
+        all.info_us.extend(r.info_us);
+        all.report_us.extend(r.report_us);
+        all.rows_seen += r.rows_seen;
+    }
+    let (mut info_us, mut report_us) = (all.info_us, all.report_us);
     println!(
-        "  user.getUserInfo: {n} calls, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
-        pct_ms(&mut info_us, 0.5),
-        pct_ms(&mut info_us, 0.9),
-        pct_ms(&mut info_us, 0.99),
-        pct_ms(&mut info_us, 0.999),
-        pct_ms(&mut info_us, 1.0)
+        "ratel bench api: {} xDRs on disk ({}), {} users, {} s, {cores} cores, {} keep-alive HTTP client(s), mix {}",
+        a.xdrs,
+        rate_secs.map_or("reused".to_string(), |s| format!("rated in {s:.1}s")),
+        a.users,
+        a.duration_secs,
+        a.clients.max(1),
+        a.mix
     );
+    if !info_us.is_empty() {
+        println!(
+            "  user.getUserInfo: {} calls ({:.0}/s), p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
+            info_us.len(),
+            info_us.len() as f64 / elapsed,
+            pct_ms(&mut info_us, 0.5),
+            pct_ms(&mut info_us, 0.9),
+            pct_ms(&mut info_us, 0.99),
+            pct_ms(&mut info_us, 0.999),
+            pct_ms(&mut info_us, 1.0)
+        );
+    }
+    if !report_us.is_empty() {
+        println!(
+            "  report.getConnections (one user, one day): {} calls ({:.0}/s), {:.1} rows each, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
+            report_us.len(),
+            report_us.len() as f64 / elapsed,
+            all.rows_seen as f64 / report_us.len().max(1) as f64,
+            pct_ms(&mut report_us, 0.5),
+            pct_ms(&mut report_us, 0.9),
+            pct_ms(&mut report_us, 0.99),
+            pct_ms(&mut report_us, 0.999),
+            pct_ms(&mut report_us, 1.0)
+        );
+    }
     println!(
-        "  report.getConnections (one user, one day): {} calls, {:.1} rows each, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
-        report_us.len(),
-        rows_seen as f64 / report_us.len().max(1) as f64,
-        pct_ms(&mut report_us, 0.5),
-        pct_ms(&mut report_us, 0.9),
-        pct_ms(&mut report_us, 0.99),
-        pct_ms(&mut report_us, 0.999),
-        pct_ms(&mut report_us, 1.0)
+        "  {:.0} requests/s overall",
+        (info_us.len() + report_us.len()) as f64 / elapsed
     );
-    println!("  {:.0} requests/s overall", (2 * n) as f64 / elapsed);
     if a.json {
         println!(
-            "{{\"bench\":\"api\",\"xdrs\":{},\"cores\":{cores},\"info_p99_ms\":{:.3},\"report_p50_ms\":{:.3},\"report_p99_ms\":{:.3}}}",
+            "{{\"bench\":\"api\",\"xdrs\":{},\"cores\":{cores},\"clients\":{},\"mix\":\"{}\",\"info_per_sec\":{:.0},\"info_p50_ms\":{:.3},\"info_p99_ms\":{:.3},\"report_per_sec\":{:.0},\"report_p50_ms\":{:.3},\"report_p99_ms\":{:.3}}}",
             a.xdrs,
+            a.clients.max(1),
+            a.mix,
+            info_us.len() as f64 / elapsed,
+            pct_ms(&mut info_us, 0.5),
             pct_ms(&mut info_us, 0.99),
+            report_us.len() as f64 / elapsed,
             pct_ms(&mut report_us, 0.5),
             pct_ms(&mut report_us, 0.99)
         );

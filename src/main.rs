@@ -74,6 +74,15 @@ enum BenchCommand {
         users: usize,
         #[arg(long, default_value_t = 10)]
         duration: u64,
+        /// Concurrent HTTP clients (keep-alive connections).
+        #[arg(long, default_value_t = 1)]
+        clients: usize,
+        /// Which calls each client makes: both, info (getUserInfo) or report (getConnections).
+        #[arg(long, default_value = "both")]
+        mix: String,
+        /// Reuse the data dir a previous run built with the same --xdrs and --users.
+        #[arg(long)]
+        reuse: bool,
         #[arg(long, default_value = "ratel-bench-api")]
         dir: PathBuf,
         #[arg(long)]
@@ -198,6 +207,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     xdrs,
                     users,
                     duration,
+                    clients,
+                    mix,
+                    reuse,
                     dir,
                     json,
                 },
@@ -205,6 +217,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             xdrs,
             users,
             duration_secs: duration,
+            clients,
+            mix,
+            reuse,
             dir,
             json,
         }),

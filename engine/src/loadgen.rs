@@ -37,6 +37,8 @@ pub struct LoadReport {
     /// Requests still unanswered at the end.
     pub unanswered: u64,
     pub sessions_completed: u64,
+    /// Most sessions open at once (Start acknowledged, Stop not yet).
+    pub max_open_sessions: u64,
     pub elapsed: Duration,
     /// Latencies of answered requests, microseconds, sorted.
     pub latencies_us: Vec<u64>,
@@ -103,6 +105,7 @@ pub fn run(spec: &LoadSpec) -> std::io::Result<LoadReport> {
     let mut cursor = 0usize;
     let mut buf = [0u8; 4096];
     let mut draining = false;
+    let mut open_sessions = 0u64;
     let epoch = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -207,7 +210,12 @@ pub fn run(spec: &LoadSpec) -> std::io::Result<LoadReport> {
                             .get(22..26)
                             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                             .unwrap_or(0);
+                        if status == 1 {
+                            open_sessions += 1;
+                            report.max_open_sessions = report.max_open_sessions.max(open_sessions);
+                        }
                         if status == 2 {
+                            open_sessions = open_sessions.saturating_sub(1);
                             report.sessions_completed += 1;
                             s.stage = 0;
                             s.id = next_session_id;
