@@ -81,6 +81,9 @@ pub struct ApiState {
     pub(crate) db: Mutex<Connection>,
     pub(crate) xdr_root: PathBuf,
     sessions: Mutex<HashMap<String, ApiSession>>,
+    /// Footers (with page index) of xDR files already read by reports.
+    pub(crate) meta_cache:
+        Mutex<HashMap<PathBuf, parquet::arrow::arrow_reader::ArrowReaderMetadata>>,
 }
 
 impl ApiState {
@@ -103,6 +106,7 @@ impl ApiState {
             commands,
             db: Mutex::new(db),
             sessions: Mutex::new(HashMap::new()),
+            meta_cache: Mutex::new(HashMap::new()),
         })
     }
 }

@@ -2,8 +2,9 @@
 //! outbox, filtered, sorted and paginated in the IBSng shape.
 //!
 //! Files are pruned by the time range the ledger recorded for each (`xdr_files`), row groups
-//! by their `login_time`/`logout_time`/`username` statistics and the `username` bloom filter;
-//! only matching rows are kept in memory.
+//! by their `login_time`/`logout_time`/`username` statistics, and pages by the `username`
+//! page index (files are written in username order, so one subscriber is a page or two per
+//! row group); footers are cached; only matching rows are kept in memory.
 
 use std::path::Path;
 
@@ -12,11 +13,13 @@ use arrow_array::{
     Array, Decimal128Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
     TimestampMicrosecondArray, UInt64Array,
 };
-use parquet::arrow::arrow_reader::{ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter};
+use parquet::arrow::arrow_reader::{
+    ArrowPredicateFn, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    RowFilter, RowSelection,
+};
 use parquet::arrow::ProjectionMask;
-use parquet::file::properties::ReaderProperties;
-use parquet::file::reader::{FileReader, SerializedFileReader};
-use parquet::file::serialized_reader::ReadOptionsBuilder;
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::page_index::index::Index;
 use parquet::file::statistics::Statistics;
 use ratel_engine::xdr::{money_from_i128, OwnedDetail, OwnedXdr};
 use rust_decimal::Decimal;
@@ -239,13 +242,7 @@ pub(crate) fn get_connections(st: &ApiState, caller: &Caller, p: &Map<String, Va
             .map_err(db_err)?;
         (files, outbox)
     };
-    let mut rows: Vec<OwnedXdr> = Vec::new();
-    for f in &files {
-        read_matching(&st.xdr_root.join(f), &filter, &mut rows).map_err(|e| {
-            tracing::error!(file = %f, error = %e, "report: cannot read xDR file");
-            RpcError::new("INTERNAL_ERROR", "an xDR file could not be read")
-        })?;
-    }
+    let mut rows = read_files(st, &files, &filter)?;
     for o in outbox {
         if let Ok(x) = serde_json::from_str::<OwnedXdr>(&o) {
             if filter.matches(&x) {
@@ -350,17 +347,34 @@ fn row_json(st: &ApiState, x: &OwnedXdr) -> Value {
     })
 }
 
-/// Row groups of a file that may hold matches (statistics and the username bloom filter).
-fn candidate_row_groups(path: &Path, f: &Filter) -> parquet::errors::Result<Vec<usize>> {
-    let opts = ReadOptionsBuilder::new()
-        .with_reader_properties(
-            ReaderProperties::builder()
-                .set_read_bloom_filter(true)
-                .build(),
-        )
-        .build();
-    let reader = SerializedFileReader::new_with_options(std::fs::File::open(path)?, opts)?;
-    let meta = reader.metadata();
+/// Most files whose footers (with page index) stay cached; files never change once visible.
+const META_CACHE_FILES: usize = 16_384;
+
+/// Footer and page index of a visible xDR file, cached.
+fn file_metadata(
+    st: &ApiState,
+    path: &Path,
+    file: &std::fs::File,
+) -> parquet::errors::Result<ArrowReaderMetadata> {
+    if let Some(m) = st
+        .meta_cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(path)
+    {
+        return Ok(m.clone());
+    }
+    let m = ArrowReaderMetadata::load(file, ArrowReaderOptions::new().with_page_index(true))?;
+    let mut cache = st.meta_cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= META_CACHE_FILES {
+        cache.clear();
+    }
+    cache.insert(path.to_path_buf(), m.clone());
+    Ok(m)
+}
+
+/// Row groups of a file that may hold matches (login/logout/username statistics).
+fn candidate_row_groups(meta: &ParquetMetaData, f: &Filter) -> Vec<usize> {
     let schema = meta.file_metadata().schema_descr();
     let col = |name: &str| {
         schema
@@ -399,24 +413,123 @@ fn candidate_row_groups(path: &Path, f: &Filter) -> parquet::errors::Result<Vec<
                     }
                 }
             }
-            if let Some(bf) = reader.get_row_group(i)?.get_column_bloom_filter(c) {
-                if !bf.check(&u.as_str()) {
-                    continue;
-                }
-            }
         }
         out.push(i);
     }
-    Ok(out)
+    out
 }
 
-fn read_matching(path: &Path, f: &Filter, out: &mut Vec<OwnedXdr>) -> parquet::errors::Result<()> {
-    let groups = candidate_row_groups(path, f)?;
+/// The rows of `groups` whose `username` pages may hold `user` (rows are written in
+/// username order, so this is usually one or two pages per row group).
+fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Option<RowSelection> {
+    let col = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == "username")?;
+    let (ci, oi) = (meta.column_index()?, meta.offset_index()?);
+    let mut ranges = Vec::new();
+    let mut base = 0usize;
+    for &g in groups {
+        let rows = meta.row_group(g).num_rows() as usize;
+        match (ci.get(g)?.get(col)?, oi.get(g)?.get(col)?) {
+            (Index::BYTE_ARRAY(idx), off) if idx.indexes.len() == off.page_locations().len() => {
+                let locs = off.page_locations();
+                for (i, page) in idx.indexes.iter().enumerate() {
+                    if let (Some(min), Some(max)) = (page.min_bytes(), page.max_bytes()) {
+                        if user.as_bytes() < min || user.as_bytes() > max {
+                            continue;
+                        }
+                    }
+                    let start = locs[i].first_row_index as usize;
+                    let end = locs.get(i + 1).map_or(rows, |l| l.first_row_index as usize);
+                    ranges.push(base + start..base + end);
+                }
+            }
+            _ => ranges.push(base..base + rows),
+        }
+        base += rows;
+    }
+    Some(RowSelection::from_consecutive_ranges(
+        ranges.into_iter(),
+        base,
+    ))
+}
+
+/// Reads the matching rows of `files`, a few files at a time in parallel (one reader per
+/// core; files are independent and each read is mostly decompression).
+fn read_files(st: &ApiState, files: &[String], filter: &Filter) -> Result<Vec<OwnedXdr>, RpcError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len());
+    let read = |f: &String, out: &mut Vec<OwnedXdr>| {
+        read_matching(st, &st.xdr_root.join(f), filter, out).map_err(|e| {
+            tracing::error!(file = %f, error = %e, "report: cannot read xDR file");
+            RpcError::new("INTERNAL_ERROR", "an xDR file could not be read")
+        })
+    };
+    let mut rows = Vec::new();
+    if workers <= 1 {
+        for f in files {
+            read(f, &mut rows)?;
+        }
+        return Ok(rows);
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let parts: Vec<Result<Vec<OwnedXdr>, RpcError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(f) = files.get(i) else { break };
+                        read(f, &mut out)?;
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(RpcError::new("INTERNAL_ERROR", "an xDR reader failed"))
+                })
+            })
+            .collect()
+    });
+    for p in parts {
+        rows.extend(p?);
+    }
+    Ok(rows)
+}
+
+fn read_matching(
+    st: &ApiState,
+    path: &Path,
+    f: &Filter,
+    out: &mut Vec<OwnedXdr>,
+) -> parquet::errors::Result<()> {
+    let file = std::fs::File::open(path)?;
+    let meta = file_metadata(st, path, &file)?;
+    let groups = candidate_row_groups(meta.metadata(), f);
     if groups.is_empty() {
         return Ok(());
     }
-    let mut builder = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path)?)?
-        .with_row_groups(groups);
+    let selection = f
+        .username
+        .as_deref()
+        .and_then(|u| username_pages(meta.metadata(), &groups, u));
+    if selection.as_ref().is_some_and(|s| !s.selects_any()) {
+        return Ok(());
+    }
+    let mut builder =
+        ParquetRecordBatchReaderBuilder::new_with_metadata(file, meta).with_row_groups(groups);
+    if let Some(sel) = selection {
+        builder = builder.with_row_selection(sel);
+    }
     if let Some(user) = f.username.clone() {
         // Decode the username column first; the other columns only for matching rows.
         let schema = builder.parquet_schema();

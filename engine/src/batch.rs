@@ -108,6 +108,9 @@ pub struct Subscribers {
     pub(crate) by_name: HashMap<String, u32, ahash::RandomState>,
     by_id: HashMap<i64, u32, ahash::RandomState>,
     pub(crate) users: Vec<UserState>,
+    /// Position of each user's name in username order (xDR files are written in that
+    /// order); empty when stale, rebuilt by [`Subscribers::refresh_name_ranks`].
+    name_rank: Vec<u32>,
 }
 
 impl Subscribers {
@@ -116,6 +119,7 @@ impl Subscribers {
             by_name: HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new()),
             by_id: HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new()),
             users: Vec::with_capacity(rows.len()),
+            name_rank: Vec::new(),
         };
         for r in rows {
             s.add(catalog, r);
@@ -125,6 +129,7 @@ impl Subscribers {
 
     /// Adds (or replaces) a subscriber.
     pub fn add(&mut self, catalog: &Catalog, r: UserRow) {
+        self.name_rank.clear();
         let state = UserState {
             user_id: r.user_id,
             group: catalog.group_index(&r.group_name),
@@ -160,9 +165,27 @@ impl Subscribers {
     /// Gives a subscriber a (new) username.
     pub fn rename(&mut self, user_id: i64, username: &str) {
         if let Some(&i) = self.by_id.get(&user_id) {
+            self.name_rank.clear();
             let old = std::mem::replace(&mut self.users[i as usize].username, username.to_string());
             self.by_name.remove(&old);
             self.by_name.insert(username.to_string(), i);
+        }
+    }
+
+    /// Ranks users by username, if a change made the ranks stale.
+    pub fn refresh_name_ranks(&mut self) {
+        if self.name_rank.len() == self.users.len() {
+            return;
+        }
+        let mut idx: Vec<u32> = (0..self.users.len() as u32).collect();
+        idx.sort_unstable_by(|&a, &b| {
+            self.users[a as usize]
+                .username
+                .cmp(&self.users[b as usize].username)
+        });
+        self.name_rank = vec![0; idx.len()];
+        for (rank, &i) in idx.iter().enumerate() {
+            self.name_rank[i as usize] = rank as u32;
         }
     }
 
@@ -269,11 +292,34 @@ fn build_chunk(
     let mut source = String::new();
     let mut call_id_buf = String::new();
     let mut details: Vec<RuleDetail<'_>> = Vec::new();
-    for o in chunk {
-        let Outcome::Rated(r) = o else { continue };
-        if r.xdr_id == 0 {
-            continue;
-        }
+    // Rows are written in (username, xdr_id) order so that a reader looking for one
+    // subscriber prunes row groups and pages by the username statistics (ARCHITECTURE.md).
+    // Known users sort by their precomputed name rank (integer compares); accounts that
+    // are not subscribers go last, by name.
+    let rank = |r: &RatedCdr<'_>| -> u32 {
+        r.user
+            .and_then(|ui| subs.name_rank.get(ui as usize).copied())
+            .unwrap_or(u32::MAX)
+    };
+    let mut order: Vec<(u32, u64, &RatedCdr<'_>)> = chunk
+        .iter()
+        .filter_map(|o| match o {
+            Outcome::Rated(r) if r.xdr_id != 0 => Some((rank(r), r.xdr_id, r)),
+            _ => None,
+        })
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then_with(|| {
+                if a.0 == u32::MAX {
+                    a.2.cdr.account.cmp(&b.2.cdr.account)
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            })
+            .then(a.1.cmp(&b.1))
+    });
+    for (_, _, r) in order {
         let user = r.user.map(|ui| &subs.users[ui as usize]);
         let tariff = user
             .and_then(|u| u.group)
@@ -484,6 +530,7 @@ impl<'a> BatchRater<'a> {
         let (rated_tx, rated_rx) = crossbeam_channel::bounded::<RatedBlock>(1);
 
         let ledger = &mut *self.ledger;
+        self.subscribers.refresh_name_ranks();
         let subscribers = &mut self.subscribers;
         let call_keys = &mut self.call_keys;
         let next_xdr = &mut self.next_xdr;

@@ -729,7 +729,10 @@ impl Core<'_> {
         let first = rows[0].xdr_id;
         let last = rows[rows.len() - 1].xdr_id;
         let mut by_day: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
-        for x in &rows {
+        // (username, xdr_id) order within a file, as the CDR writer does.
+        let mut sorted: Vec<&_> = rows.iter().collect();
+        sorted.sort_unstable_by(|a, b| a.username.cmp(&b.username).then(a.xdr_id.cmp(&b.xdr_id)));
+        for x in sorted {
             let day = xdr::day_of(x.logout_time);
             let i = match by_day.iter().position(|b| b.0 == day) {
                 Some(i) => i,

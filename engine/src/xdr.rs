@@ -26,8 +26,10 @@ use rust_decimal::Decimal;
 /// Precision and scale of every money column.
 pub const MONEY_PRECISION: u8 = 38;
 pub const MONEY_SCALE: i8 = 10;
-/// Rows per Parquet row group.
-pub const ROW_GROUP_ROWS: usize = 128 * 1024;
+/// Rows per Parquet row group at most. A file is one block's chunk (a few hundred thousand
+/// rows), so this keeps it to one row group: a one-user read then opens one column chunk
+/// (one dictionary page) per column and file, and the page index does the rest.
+pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 /// Errors of the xDR sink.
 #[derive(Debug, thiserror::Error)]
@@ -390,6 +392,9 @@ impl DetailColumns {
     }
 }
 
+/// Rows per data page at most (the page index then narrows a one-user read to a few pages).
+pub const PAGE_ROWS: usize = 2048;
+
 /// Parquet settings, every knob explicit.
 pub fn writer_properties(expected_rows: usize) -> WriterProperties {
     WriterProperties::builder()
@@ -397,6 +402,8 @@ pub fn writer_properties(expected_rows: usize) -> WriterProperties {
             ZstdLevel::try_new(1).expect("zstd level 1"),
         ))
         .set_max_row_group_size(ROW_GROUP_ROWS)
+        // Rows are in username order: small pages let a one-user read skip the rest.
+        .set_data_page_row_count_limit(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_dictionary_enabled(true)
         // Unique per row: a dictionary only costs time there.
