@@ -313,3 +313,127 @@ fn hostile_requests_get_json_errors() {
     assert_eq!(r["2"]["basic_info"]["credit"].to_string(), "5");
     stop(child);
 }
+
+/// A file big enough for many Parquet pages per column, users interleaved at random: every
+/// one-user report (which prunes by the username page index) returns exactly that user's
+/// calls with the cost computed here, and the file is in (username, xdr_id) order.
+#[test]
+fn one_user_reports_over_many_pages() {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let users = 60;
+    let env = Env::new_with_users(users, "1000");
+    // Independent expectations: prefix 1 at 0.01/min, 60/60, no connect fee.
+    let mut expect: Vec<(usize, rust_decimal::Decimal)> = vec![(0, d("0")); users];
+    let mut csv =
+        String::from("call_id,caller,callee,start_time,duration_s,disposition,account,trunk\n");
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let rows = 3 * ratel_engine::xdr::PAGE_ROWS * 2;
+    for i in 0..rows {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let u = (x % users as u64) as usize;
+        let dur = (x >> 8) % 600;
+        let (h, m) = ((i / 60) % 24, i % 60);
+        csv.push_str(&format!(
+            "c-{i},5550000,15551230000,2026-11-02T{h:02}:{m:02}:00Z,{dur},ANSWERED,user{u},t1\n"
+        ));
+        expect[u].0 += 1;
+        expect[u].1 += rust_decimal::Decimal::from(dur.div_ceil(60)) * d("0.01");
+    }
+    let cdrs = env.dir.path().join("cdrs.csv");
+    std::fs::write(&cdrs, csv).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ratel"))
+        .args(["rate", "--format", "generic", "--config", &env.config()])
+        .arg(&cdrs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Row order in the file(s), read back by the parquet crate without the page index.
+    let mut files = 0;
+    for day in std::fs::read_dir(env.data().join("xdr")).unwrap() {
+        for f in std::fs::read_dir(day.unwrap().path()).unwrap() {
+            files += 1;
+            let mut keys: Vec<(String, u64)> = Vec::new();
+            let r = ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(f.unwrap().path()).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
+            for b in r {
+                let b = b.unwrap();
+                let names = b
+                    .column_by_name("username")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap()
+                    .clone();
+                let ids = b
+                    .column_by_name("xdr_id")
+                    .unwrap()
+                    .as_any()
+                    .downcast_ref::<arrow_array::UInt64Array>()
+                    .unwrap()
+                    .clone();
+                for i in 0..b.num_rows() {
+                    keys.push((names.value(i).to_string(), ids.value(i)));
+                }
+            }
+            assert!(
+                keys.windows(2).all(|w| w[0] < w[1]),
+                "rows in (username, xdr_id) order"
+            );
+        }
+    }
+    assert!(files >= 1);
+
+    let (server, api) = {
+        let (s, _, a) = env.serve_all();
+        (s, a)
+    };
+    let s = login(api, "system", "sys", "ADMIN");
+    for (u, (rows, credit)) in expect.iter().enumerate() {
+        let (r, e) = rpc(
+            api,
+            "report.getConnections",
+            admin(
+                &s,
+                json!({"conds": {"username": format!("user{u}")}, "from": 0, "to": 10000}),
+            ),
+        );
+        assert_eq!(e, Value::Null, "{e}");
+        assert_eq!(r["total_rows"], *rows, "rows of user{u}");
+        assert_eq!(
+            d(r["total_credit"].to_string().trim_matches('"')),
+            *credit,
+            "credit of user{u}"
+        );
+        assert_eq!(r["report"].as_array().unwrap().len(), *rows);
+        assert!(r["report"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|row| row["username"] == format!("user{u}")));
+    }
+    // A name between two users' pages, and one after the last: nothing.
+    for name in ["user1a", "zzz"] {
+        let (r, e) = rpc(
+            api,
+            "report.getConnections",
+            admin(
+                &s,
+                json!({"conds": {"username": name}, "from": 0, "to": 10}),
+            ),
+        );
+        assert_eq!(e, Value::Null, "{e}");
+        assert_eq!(r["total_rows"], 0, "{name}");
+    }
+    stop(server);
+}

@@ -238,7 +238,8 @@ struct Block {
 
 /// A rated block, ready for Parquet and the ledger.
 struct RatedBlock {
-    batches: Vec<(PathBuf, arrow_array::RecordBatch, i64, i64)>,
+    /// One file per UTC day of logout: its batches in order, min login, max logout.
+    batches: Vec<(PathBuf, Vec<arrow_array::RecordBatch>, i64, i64)>,
     movements: Vec<Movement>,
     call_keys: Vec<u8>,
     first_xdr: u64,
@@ -280,35 +281,26 @@ impl RatedCdr<'_> {
     }
 }
 
-/// Builds the xDR batches (one per UTC day of logout) of a chunk of rated records.
-fn build_chunk(
-    catalog: &Catalog,
-    subs: &Subscribers,
-    file_name: &str,
-    file_hash: &str,
-    chunk: &[Outcome<'_>],
-) -> Result<Vec<(i64, arrow_array::RecordBatch, i64, i64)>, BatchError> {
-    let mut builders: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
-    let mut source = String::new();
-    let mut call_id_buf = String::new();
-    let mut details: Vec<RuleDetail<'_>> = Vec::new();
-    // Rows are written in (username, xdr_id) order so that a reader looking for one
-    // subscriber prunes row groups and pages by the username statistics (ARCHITECTURE.md).
-    // Known users sort by their precomputed name rank (integer compares); accounts that
-    // are not subscribers go last, by name.
-    let rank = |r: &RatedCdr<'_>| -> u32 {
-        r.user
-            .and_then(|ui| subs.name_rank.get(ui as usize).copied())
-            .unwrap_or(u32::MAX)
-    };
-    let mut order: Vec<(u32, u64, &RatedCdr<'_>)> = chunk
+/// Writes rated records in (username, xdr_id) order so that a reader looking for one
+/// subscriber prunes pages by the username page index (ARCHITECTURE.md). Known users sort
+/// by their precomputed name rank (integer compares); accounts that are not subscribers
+/// go last, by name.
+fn xdr_order<'o, 'a>(subs: &Subscribers, outcomes: &'o [Outcome<'a>]) -> Vec<&'o RatedCdr<'a>> {
+    use rayon::prelude::*;
+    let mut order: Vec<(u32, u64, &RatedCdr<'_>)> = outcomes
         .iter()
         .filter_map(|o| match o {
-            Outcome::Rated(r) if r.xdr_id != 0 => Some((rank(r), r.xdr_id, r)),
+            Outcome::Rated(r) if r.xdr_id != 0 => {
+                let rank = r
+                    .user
+                    .and_then(|ui| subs.name_rank.get(ui as usize).copied())
+                    .unwrap_or(u32::MAX);
+                Some((rank, r.xdr_id, r))
+            }
             _ => None,
         })
         .collect();
-    order.sort_unstable_by(|a, b| {
+    order.par_sort_unstable_by(|a, b| {
         a.0.cmp(&b.0)
             .then_with(|| {
                 if a.0 == u32::MAX {
@@ -319,7 +311,22 @@ fn build_chunk(
             })
             .then(a.1.cmp(&b.1))
     });
-    for (_, _, r) in order {
+    order.into_iter().map(|(_, _, r)| r).collect()
+}
+
+/// Builds the xDR batches (one per UTC day of logout) of a run of rated records.
+fn build_chunk(
+    catalog: &Catalog,
+    subs: &Subscribers,
+    file_name: &str,
+    file_hash: &str,
+    chunk: &[&RatedCdr<'_>],
+) -> Result<Vec<(i64, arrow_array::RecordBatch, i64, i64)>, BatchError> {
+    let mut builders: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
+    let mut source = String::new();
+    let mut call_id_buf = String::new();
+    let mut details: Vec<RuleDetail<'_>> = Vec::new();
+    for &r in chunk {
         let user = r.user.map(|ui| &subs.users[ui as usize]);
         let tariff = user
             .and_then(|u| u.group)
@@ -553,14 +560,15 @@ impl<'a> BatchRater<'a> {
                         });
                     }
                     let t = Instant::now();
+                    // One file at a time; its columns are encoded in parallel.
                     let files: Vec<PendingFile> = rb
                         .batches
-                        .par_iter()
-                        .map(|(final_path, batch, min_login, max_logout)| {
-                            xdr::write_temp(final_path, batch)?;
+                        .iter()
+                        .map(|(final_path, batches, min_login, max_logout)| {
+                            xdr::write_temp_batches(final_path, batches)?;
                             Ok(PendingFile {
                                 final_path: final_path.clone(),
-                                rows: batch.num_rows() as u64,
+                                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                                 min_login: *min_login,
                                 max_logout: *max_logout,
                             })
@@ -683,19 +691,36 @@ impl<'a> BatchRater<'a> {
                     let records = outcomes.len() as u64;
                     summary_ref.records += records;
                     summary_ref.xdrs += *next_xdr - first_xdr;
-                    // Arrow batches, built in parallel chunks (one file per chunk and day).
+                    // Arrow batches, built in parallel runs of the sorted order; one file
+                    // per day, its runs in order.
                     let subs = &*subscribers;
-                    let chunk = outcomes.len().div_ceil(threads).max(16 * 1024);
-                    let built: Vec<Vec<(i64, arrow_array::RecordBatch, i64, i64)>> = outcomes
+                    let order = xdr_order(subs, &outcomes);
+                    let chunk = order.len().div_ceil(threads).max(16 * 1024);
+                    let built: Vec<Vec<(i64, arrow_array::RecordBatch, i64, i64)>> = order
                         .par_chunks(chunk)
                         .map(|c| build_chunk(catalog, subs, &file_name, fh, c))
                         .collect::<Result<_, _>>()?;
-                    let mut batches = Vec::new();
+                    let mut by_day: Vec<(i64, Vec<arrow_array::RecordBatch>, i64, i64)> =
+                        Vec::new();
                     for (day, batch, min_login, max_logout) in built.into_iter().flatten() {
-                        let dir = xdr::partition_dir(&xdr_root, day * 86_400);
-                        let name = format!("cdr-{:020}-{:04}.parquet", first_xdr, batches.len());
-                        batches.push((dir.join(name), batch, min_login, max_logout));
+                        match by_day.iter_mut().find(|d| d.0 == day) {
+                            Some(d) => {
+                                d.1.push(batch);
+                                d.2 = d.2.min(min_login);
+                                d.3 = d.3.max(max_logout);
+                            }
+                            None => by_day.push((day, vec![batch], min_login, max_logout)),
+                        }
                     }
+                    let batches = by_day
+                        .into_iter()
+                        .enumerate()
+                        .map(|(k, (day, b, lo, hi))| {
+                            let dir = xdr::partition_dir(&xdr_root, day * 86_400);
+                            let name = format!("cdr-{first_xdr:020}-{k:04}.parquet");
+                            (dir.join(name), b, lo, hi)
+                        })
+                        .collect();
                     summary_ref.times.build += t.elapsed();
                     let rb = RatedBlock {
                         batches,

@@ -17,6 +17,7 @@ use arrow_array::{
 };
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowLeafColumn};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -393,7 +394,7 @@ impl DetailColumns {
 }
 
 /// Rows per data page at most (the page index then narrows a one-user read to a few pages).
-pub const PAGE_ROWS: usize = 2048;
+pub const PAGE_ROWS: usize = 4096;
 
 /// Parquet settings, every knob explicit.
 pub fn writer_properties(expected_rows: usize) -> WriterProperties {
@@ -452,26 +453,92 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes `batch` durably under the temp name of `final_path` (file and directory fsynced)
 /// and returns the temp path. The caller renames it once the ledger has committed.
 pub fn write_temp(final_path: &Path, batch: &RecordBatch) -> Result<PathBuf, SinkError> {
+    write_temp_batches(final_path, std::slice::from_ref(batch))
+}
+
+/// Writes `batches` (one schema, in order) as one file durably under the temp name of
+/// `final_path`. Row groups hold up to [`ROW_GROUP_ROWS`] rows; the columns of a row group
+/// are encoded in parallel (rayon), then appended in schema order.
+pub fn write_temp_batches(
+    final_path: &Path,
+    batches: &[RecordBatch],
+) -> Result<PathBuf, SinkError> {
+    use rayon::prelude::*;
     let tmp = temp_path(final_path);
     let io = |source| SinkError::Io {
         path: tmp.display().to_string(),
         source,
     };
-    let dir = final_path.parent().expect("xdr files live in a directory");
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = File::create(&tmp).map_err(io)?;
     let pq = |e: parquet::errors::ParquetError| SinkError::Parquet {
         path: tmp.display().to_string(),
         message: e.to_string(),
     };
-    let mut w = ArrowWriter::try_new(
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => self::schema(),
+    };
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let dir = final_path.parent().expect("xdr files live in a directory");
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let file = File::create(&tmp).map_err(io)?;
+    // ArrowWriter sets up the Parquet schema and the embedded Arrow schema; its lower-level
+    // halves then let each column be encoded on its own thread.
+    let (mut writer, factory) = ArrowWriter::try_new(
         BufWriter::with_capacity(1 << 20, file),
-        batch.schema(),
-        Some(writer_properties(batch.num_rows())),
+        schema.clone(),
+        Some(writer_properties(rows)),
     )
+    .and_then(|w| w.into_serialized_writer())
     .map_err(pq)?;
-    w.write(batch).map_err(pq)?;
-    let buf = w.into_inner().map_err(pq)?;
+    // Row groups: consecutive slices of the batches, ROW_GROUP_ROWS rows each at most.
+    let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
+    let mut in_group = ROW_GROUP_ROWS;
+    for b in batches {
+        let mut off = 0;
+        while off < b.num_rows() {
+            if in_group == ROW_GROUP_ROWS {
+                groups.push(Vec::new());
+                in_group = 0;
+            }
+            let n = (b.num_rows() - off).min(ROW_GROUP_ROWS - in_group);
+            groups.last_mut().expect("pushed").push(b.slice(off, n));
+            off += n;
+            in_group += n;
+        }
+    }
+    for (g, slices) in groups.iter().enumerate() {
+        // Leaf columns of every slice, in the order of the column writers.
+        let leaves: Vec<Vec<ArrowLeafColumn>> = slices
+            .iter()
+            .map(|b| {
+                let mut out = Vec::new();
+                for (field, col) in schema.fields().iter().zip(b.columns()) {
+                    out.extend(compute_leaves(field, col)?);
+                }
+                Ok(out)
+            })
+            .collect::<parquet::errors::Result<_>>()
+            .map_err(pq)?;
+        let chunks: Vec<ArrowColumnChunk> = factory
+            .create_column_writers(g)
+            .map_err(pq)?
+            .into_par_iter()
+            .enumerate()
+            .map(|(i, mut w)| {
+                for l in &leaves {
+                    w.write(&l[i])?;
+                }
+                w.close()
+            })
+            .collect::<parquet::errors::Result<_>>()
+            .map_err(pq)?;
+        let mut rg = writer.next_row_group().map_err(pq)?;
+        for c in chunks {
+            c.append_to_row_group(&mut rg).map_err(pq)?;
+        }
+        rg.close().map_err(pq)?;
+    }
+    let buf = writer.into_inner().map_err(pq)?;
     let file = buf.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
     sync_dir(dir).map_err(io)?;
