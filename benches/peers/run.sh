@@ -17,11 +17,16 @@ duck_json=$("$VENV/bin/python" benches/peers/duckdb_peer.py "$WORK/cdr")
 rad_max=$($R bench radius --sessions 10000 --in-flight 512 --duration 20 --dir "$WORK/radius" --json | tail -1)
 half=$(echo "$rad_max" | "$VENV/bin/python" -c 'import json,sys; print(int(json.load(sys.stdin)["acks_per_sec"]/2))')
 rad_half=$($R bench radius --sessions 10000 --in-flight 512 --duration 20 --rate "$half" --dir "$WORK/radius" --json | tail -1)
+fr_detail=$(benches/peers/freeradius.sh detail 10000 512 20 | grep '^{')
+fr_sqlite=$(benches/peers/freeradius.sh sqlite 10000 512 20 | grep '^{')
+rad_mem=$($R bench radius --users 1000000 --sessions 100000 --in-flight 512 --duration 30 --dir "$WORK/radius-mem" --json | tail -1)
+api_report=$($R bench api --xdrs 10000000 --users 10000 --duration 10 --clients 1 --mix report --dir "$WORK/api" --json | tail -1)
+api_info=$($R bench api --xdrs 10000000 --users 10000 --duration 10 --clients 8 --mix info --reuse --dir "$WORK/api" --json | tail -1)
 
-"$VENV/bin/python" - "$cdr_json" "$duck_json" "$rad_max" "$rad_half" "$ROWS" > BENCHMARKS.md <<'PY'
+"$VENV/bin/python" - "$cdr_json" "$duck_json" "$rad_max" "$rad_half" "$fr_detail" "$fr_sqlite" "$rad_mem" "$api_report" "$api_info" "$ROWS" > BENCHMARKS.md <<'PY'
 import json, os, platform, subprocess, sys
-cdr, duck, rmax, rhalf = (json.loads(a) for a in sys.argv[1:5])
-rows = sys.argv[5]
+cdr, duck, rmax, rhalf, frd, frs, rmem, arep, ainfo = (json.loads(a) for a in sys.argv[1:10])
+rows = sys.argv[10]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 mem = next((l.split(":", 1)[1].strip() for l in open("/proc/meminfo") if l.startswith("MemTotal")), "?")
 print("# ratel benchmarks\n")
@@ -44,7 +49,28 @@ print("| load | acks/s | p50 ms | p90 ms | p99 ms | p99.9 ms | ledger check |")
 print("|---|---|---|---|---|---|---|")
 for name, x in (("max (512 in flight)", rmax), ("half of max", rhalf)):
     print(f"| {name} | {x['acks_per_sec']:,} | {x['p50_ms']} | {x['p90_ms']} | {x['p99_ms']} | {x['p999_ms']} | {'OK' if x['ledger_check_ok'] else 'MISMATCH'} |")
-print("\nFreeRADIUS peers: not measured by this script yet (see the closing note of the benchmarks issue).\n")
+print("\n## RADIUS accounting: ratel vs FreeRADIUS 3.2 under the same generator\n")
+print("`benches/peers/freeradius.sh detail|sqlite` (Debian freeradius 3.2, 127.0.0.1 only, started and "
+      "stopped by pid), same `ratel bench radius` load (10k sessions, 512 in flight, 20 s), right after ratel's max run. "
+      "The detail module does not fsync per request; rlm_sql/SQLite (stock schema, stock settings) "
+      "commits every statement and answers nothing while the database is locked.\n")
+print("| server | acks/s | p50 ms | p99 ms | retransmissions | ratel / peer |")
+print("|---|---|---|---|---|---|")
+print(f"| ratel serve (durable group commit) | {rmax['acks_per_sec']:,} | {rmax['p50_ms']} | {rmax['p99_ms']} | {rmax['retransmissions']:,} | |")
+for name, x in (("FreeRADIUS + detail", frd), ("FreeRADIUS + rlm_sql/SQLite", frs)):
+    print(f"| {name} | {x['acks_per_sec']:,} | {x['p50_ms']} | {x['p99_ms']} | {x['retransmissions']:,} | {rmax['acks_per_sec'] / max(x['acks_per_sec'], 1):.2f}x |")
+print("\n## Memory: 1M subscribers, 100k open sessions\n")
+print(f"`ratel bench radius --users 1000000 --sessions 100000 --in-flight 512 --duration 30`: "
+      f"{rmem['max_open_sessions']:,} sessions open at once, {rmem['acks_per_sec']:,} acks/s, "
+      f"ledger check {'OK' if rmem['ledger_check_ok'] else 'MISMATCH'}; **`ratel serve` peak RSS {rmem['serve_peak_rss_mib']} MiB** "
+      "(includes SQLite's page cache, up to 256 MiB).\n")
+print("## JSON-RPC API over 10M xDRs\n")
+print("`ratel bench api --xdrs 10000000 --users 10000` (keep-alive HTTP clients on the same machine):\n")
+print("| call | clients | calls/s | p50 ms | p99 ms |")
+print("|---|---|---|---|---|")
+print(f"| report.getConnections, one user, one day (~1,000 rows, first 50 returned) | {arep['clients']} | {arep['report_per_sec']:,} | {arep['report_p50_ms']} | {arep['report_p99_ms']} |")
+print(f"| user.getUserInfo | {ainfo['clients']} | {ainfo['info_per_sec']:,} | {ainfo['info_p50_ms']} | {ainfo['info_p99_ms']} |")
+print()
 print("## criterion\n\n`cargo bench --bench hot_paths` (decode + verify vs radius-rs, rating, prefix lookup, "
       "Arrow build + Parquet encode of 64k xDRs, ledger batch commit).")
 PY
