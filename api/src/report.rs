@@ -436,15 +436,22 @@ fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Optio
         match (ci.get(g)?.get(col)?, oi.get(g)?.get(col)?) {
             (Index::BYTE_ARRAY(idx), off) if idx.indexes.len() == off.page_locations().len() => {
                 let locs = off.page_locations();
+                let mut last_end = 0usize;
                 for (i, page) in idx.indexes.iter().enumerate() {
                     if let (Some(min), Some(max)) = (page.min_bytes(), page.max_bytes()) {
                         if user.as_bytes() < min || user.as_bytes() > max {
                             continue;
                         }
                     }
-                    let start = locs[i].first_row_index as usize;
-                    let end = locs.get(i + 1).map_or(rows, |l| l.first_row_index as usize);
-                    ranges.push(base + start..base + end);
+                    // Clamped and in order, so a damaged offset index cannot select rows
+                    // outside the group or out of order.
+                    let row = |r: i64| (r.max(0) as usize).min(rows);
+                    let start = row(locs[i].first_row_index).max(last_end);
+                    let end = locs.get(i + 1).map_or(rows, |l| row(l.first_row_index));
+                    if start < end {
+                        ranges.push(base + start..base + end);
+                        last_end = end;
+                    }
                 }
             }
             _ => ranges.push(base..base + rows),
