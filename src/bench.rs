@@ -4,8 +4,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -60,18 +61,60 @@ decimals = 4
 rounding = "up"
 "#;
 
-fn http_rpc(api: SocketAddr, body: &str) -> anyhow::Result<serde_json::Value> {
-    let mut s = std::net::TcpStream::connect(api)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(s, "POST / HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let json = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    let v: serde_json::Value = serde_json::from_str(json).context("API answer")?;
-    if !v["error"].is_null() {
-        bail!("API error: {}", v["error"]);
+/// `ratel users import` of `users` into the data dir of `config`.
+fn import_users(exe: &Path, config: &Path, users: &Path) -> anyhow::Result<()> {
+    let st = Command::new(exe)
+        .args(["users", "import", "--config"])
+        .arg(config)
+        .arg(users)
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("users import failed");
     }
-    Ok(v["result"].clone())
+    Ok(())
+}
+
+/// A `ratel serve` started on `config`, with the addresses it printed.
+struct Serve {
+    child: Child,
+    radius: Option<SocketAddr>,
+    api: SocketAddr,
+}
+
+impl Serve {
+    fn start(exe: &Path, config: &Path) -> anyhow::Result<Serve> {
+        let mut child = Command::new(exe)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RATEL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let mut radius = None;
+        let api = loop {
+            let line = lines
+                .next()
+                .context("serve exited before printing its addresses")??;
+            if let Some(r) = line.trim().strip_prefix("RADIUS accounting on udp://") {
+                radius = r.split_whitespace().next().and_then(|x| x.parse().ok());
+            }
+            if let Some(r) = line.trim().strip_prefix("JSON-RPC API on http://") {
+                break r.trim_end_matches('/').parse::<SocketAddr>()?;
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Serve { child, radius, api })
+    }
+
+    /// SIGTERM (a graceful stop) and wait.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -107,37 +150,12 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
             }
             std::fs::write(a.dir.join("users.csv"), users)?;
             let exe = std::env::current_exe()?;
-            let st = Command::new(&exe)
-                .args(["users", "import", "--config"])
-                .arg(&cfg)
-                .arg(a.dir.join("users.csv"))
-                .stdout(Stdio::null())
-                .status()?;
-            if !st.success() {
-                bail!("users import failed");
-            }
-            let mut c = Command::new(&exe)
-                .args(["serve", "--config"])
-                .arg(&cfg)
-                .env("RATEL_LOG", "warn")
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let mut lines = BufReader::new(c.stdout.take().expect("piped")).lines();
-            let (mut radius, mut api) = (None, None);
-            while api.is_none() {
-                let line = lines
-                    .next()
-                    .context("serve exited before printing its addresses")??;
-                if let Some(r) = line.trim().strip_prefix("RADIUS accounting on udp://") {
-                    radius = r.split_whitespace().next().and_then(|x| x.parse().ok());
-                }
-                if let Some(r) = line.trim().strip_prefix("JSON-RPC API on http://") {
-                    api = r.trim_end_matches('/').parse().ok();
-                }
-            }
-            std::thread::spawn(move || for _ in lines {});
-            child = Some(c);
-            (radius.context("RADIUS address")?, a.secret.clone(), api)
+            import_users(&exe, &cfg, &a.dir.join("users.csv"))?;
+            let serve = Serve::start(&exe, &cfg)?;
+            let radius = serve.radius.context("RADIUS address")?;
+            let api = serve.api;
+            child = Some(serve);
+            (radius, a.secret.clone(), Some(api))
         }
     };
     let spec = LoadSpec {
@@ -182,24 +200,19 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
     let mut check = String::from("skipped (external server)");
     let mut rss = None;
     if let (Some(api), Some(c)) = (api, &child) {
-        rss = peak_rss_kib(c.id());
+        rss = peak_rss_kib(c.child.id());
         let auth = r#""auth_type": "ADMIN", "auth_name": "bench", "auth_pass": "bench""#;
-        let rep = http_rpc(
-            api,
-            &format!(
-                r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{}}, "from": 0, "to": 0}}}}"#
-            ),
-        )?;
+        let mut client = KeepAlive::new(api);
+        let rep = client.call(&format!(
+            r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{}}, "from": 0, "to": 0}}}}"#
+        ))?;
         let xdr_total: Decimal = rep["total_credit"].to_string().parse().unwrap_or_default();
         let mut taken = Decimal::ZERO;
         // Session k belongs to user k % users: only the first `sessions` users can have moved.
         for i in 0..a.users.min(a.sessions) {
-            let info = http_rpc(
-                api,
-                &format!(
-                    r#"{{"method": "user.getUserInfo", "params": {{{auth}, "normal_username": "user{i}"}}}}"#
-                ),
-            )?;
+            let info = client.call(&format!(
+                r#"{{"method": "user.getUserInfo", "params": {{{auth}, "normal_username": "user{i}"}}}}"#
+            ))?;
             let credit: Decimal = info
                 .as_object()
                 .and_then(|o| o.values().next())
@@ -222,12 +235,8 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
     if let Some(kib) = rss {
         println!("  ratel serve peak RSS: {:.1} MiB", kib as f64 / 1024.0);
     }
-    if let Some(mut c) = child {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(c.id().to_string())
-            .status();
-        let _ = c.wait();
+    if let Some(c) = child {
+        c.stop();
     }
     if a.json {
         println!(
@@ -374,15 +383,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
         );
         std::fs::write(&files.config, cfg)?;
         let _ = std::fs::remove_dir_all(&files.data_dir);
-        let st = Command::new(&exe)
-            .args(["users", "import", "--config"])
-            .arg(&files.config)
-            .arg(&files.users)
-            .stdout(Stdio::null())
-            .status()?;
-        if !st.success() {
-            bail!("users import failed");
-        }
+        import_users(&exe, &files.config, &files.users)?;
         let t = std::time::Instant::now();
         let st = Command::new(&exe)
             .args(["rate", "--format", "generic", "--config"])
@@ -399,20 +400,8 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_file(&files.cdrs);
         std::fs::write(&marker, &want_marker)?;
     }
-    let mut c = Command::new(&exe)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("RATEL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut lines = BufReader::new(c.stdout.take().expect("piped")).lines();
-    let api = loop {
-        let line = lines.next().context("serve exited early")??;
-        if let Some(r) = line.trim().strip_prefix("JSON-RPC API on http://") {
-            break r.trim_end_matches('/').parse::<SocketAddr>()?;
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let serve = Serve::start(&exe, &config)?;
+    let api = serve.api;
     let duration = Duration::from_secs(a.duration_secs);
     let started = std::time::Instant::now();
     let results: Vec<anyhow::Result<ClientLatencies>> = std::thread::scope(|scope| {
@@ -456,11 +445,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
             .collect()
     });
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(c.id().to_string())
-        .status();
-    let _ = c.wait();
+    serve.stop();
     let mut all = ClientLatencies::default();
     for r in results {
         let r = r?;

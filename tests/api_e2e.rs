@@ -343,16 +343,14 @@ fn one_user_reports_over_many_pages() {
     }
     let cdrs = env.dir.path().join("cdrs.csv");
     std::fs::write(&cdrs, csv).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ratel"))
-        .args(["rate", "--format", "generic", "--config", &env.config()])
-        .arg(&cdrs)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    env.ratel_ok(&[
+        "rate",
+        "--format",
+        "generic",
+        "--config",
+        &env.config(),
+        &cdrs.display().to_string(),
+    ]);
 
     // Row order in the file(s), read back by the parquet crate without the page index.
     let mut files = 0;
@@ -368,20 +366,8 @@ fn one_user_reports_over_many_pages() {
             .unwrap();
             for b in r {
                 let b = b.unwrap();
-                let names = b
-                    .column_by_name("username")
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<arrow_array::StringArray>()
-                    .unwrap()
-                    .clone();
-                let ids = b
-                    .column_by_name("xdr_id")
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<arrow_array::UInt64Array>()
-                    .unwrap()
-                    .clone();
+                let names = col::<arrow_array::StringArray>(&b, "username");
+                let ids = col::<arrow_array::UInt64Array>(&b, "xdr_id");
                 for i in 0..b.num_rows() {
                     keys.push((names.value(i).to_string(), ids.value(i)));
                 }

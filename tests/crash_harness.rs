@@ -66,7 +66,7 @@ fn send_wait(sock: &UdpSocket, to: std::net::SocketAddr, p: &[u8]) -> bool {
 }
 
 fn parquet_xdrs(data: &Path) -> Vec<(u64, String, String, Decimal)> {
-    use arrow_array::{Array, Decimal128Array, StringArray, UInt64Array};
+    use arrow_array::{Decimal128Array, StringArray, UInt64Array};
     let mut out = Vec::new();
     let Ok(parts) = std::fs::read_dir(data.join("xdr")) else {
         return out;
@@ -84,34 +84,10 @@ fn parquet_xdrs(data: &Path) -> Vec<(u64, String, String, Decimal)> {
                 .unwrap();
             for b in r {
                 let b = b.unwrap();
-                let id = b
-                    .column_by_name("xdr_id")
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<UInt64Array>()
-                    .unwrap()
-                    .clone();
-                let u = b
-                    .column_by_name("username")
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap()
-                    .clone();
-                let s = b
-                    .column_by_name("session_id")
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .unwrap()
-                    .clone();
-                let c = b
-                    .column_by_name("credit_used")
-                    .unwrap()
-                    .as_any()
-                    .downcast_ref::<Decimal128Array>()
-                    .unwrap()
-                    .clone();
+                let id = col::<UInt64Array>(&b, "xdr_id");
+                let u = col::<StringArray>(&b, "username");
+                let s = col::<StringArray>(&b, "session_id");
+                let c = col::<Decimal128Array>(&b, "credit_used");
                 for i in 0..b.num_rows() {
                     out.push((
                         id.value(i),

@@ -21,6 +21,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::page_index::index::Index;
 use parquet::file::statistics::Statistics;
+use parquet::schema::types::SchemaDescriptor;
 use ratel_engine::xdr::{money_from_i128, OwnedDetail, OwnedXdr};
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
@@ -373,17 +374,22 @@ fn file_metadata(
     Ok(m)
 }
 
+/// Index of the leaf column `name` in a file's Parquet schema.
+fn leaf(schema: &SchemaDescriptor, name: &str) -> Option<usize> {
+    schema
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == name)
+}
+
 /// Row groups of a file that may hold matches (login/logout/username statistics).
 fn candidate_row_groups(meta: &ParquetMetaData, f: &Filter) -> Vec<usize> {
     let schema = meta.file_metadata().schema_descr();
-    let col = |name: &str| {
-        schema
-            .columns()
-            .iter()
-            .position(|c| c.path().string() == name)
-    };
-    let (user_col, login_col, logout_col) =
-        (col("username"), col("login_time"), col("logout_time"));
+    let (user_col, login_col, logout_col) = (
+        leaf(schema, "username"),
+        leaf(schema, "login_time"),
+        leaf(schema, "logout_time"),
+    );
     let mut out = Vec::new();
     for i in 0..meta.num_row_groups() {
         let rg = meta.row_group(i);
@@ -422,12 +428,7 @@ fn candidate_row_groups(meta: &ParquetMetaData, f: &Filter) -> Vec<usize> {
 /// The rows of `groups` whose `username` pages may hold `user` (rows are written in
 /// username order, so this is usually one or two pages per row group).
 fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Option<RowSelection> {
-    let col = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.path().string() == "username")?;
+    let col = leaf(meta.file_metadata().schema_descr(), "username")?;
     let (ci, oi) = (meta.column_index()?, meta.offset_index()?);
     let mut ranges = Vec::new();
     let mut base = 0usize;
@@ -476,13 +477,6 @@ fn read_files(st: &ApiState, files: &[String], filter: &Filter) -> Result<Vec<Ow
             RpcError::new("INTERNAL_ERROR", "an xDR file could not be read")
         })
     };
-    let mut rows = Vec::new();
-    if workers <= 1 {
-        for f in files {
-            read(f, &mut rows)?;
-        }
-        return Ok(rows);
-    }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let parts: Vec<Result<Vec<OwnedXdr>, RpcError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
@@ -507,6 +501,7 @@ fn read_files(st: &ApiState, files: &[String], filter: &Filter) -> Result<Vec<Ow
             })
             .collect()
     });
+    let mut rows = Vec::new();
     for p in parts {
         rows.extend(p?);
     }
@@ -540,11 +535,7 @@ fn read_matching(
     if let Some(user) = f.username.clone() {
         // Decode the username column first; the other columns only for matching rows.
         let schema = builder.parquet_schema();
-        if let Some(col) = schema
-            .columns()
-            .iter()
-            .position(|c| c.path().string() == "username")
-        {
+        if let Some(col) = leaf(schema, "username") {
             let mask = ProjectionMask::leaves(schema, [col]);
             let pred = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
                 let names = batch.column(0).as_any().downcast_ref::<StringArray>();

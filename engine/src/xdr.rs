@@ -27,9 +27,10 @@ use rust_decimal::Decimal;
 /// Precision and scale of every money column.
 pub const MONEY_PRECISION: u8 = 38;
 pub const MONEY_SCALE: i8 = 10;
-/// Rows per Parquet row group at most. A file is one block's chunk (a few hundred thousand
-/// rows), so this keeps it to one row group: a one-user read then opens one column chunk
-/// (one dictionary page) per column and file, and the page index does the rest.
+/// Rows per Parquet row group at most. A file is one block's xDRs of one day (a few hundred
+/// thousand rows) or one outbox flush, so this keeps it to one row group: a one-user read
+/// then opens one column chunk (one dictionary page) per column and file, and the page
+/// index does the rest.
 pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 /// Errors of the xDR sink.

@@ -102,22 +102,29 @@ rounding = "up"
         std::fs::write(dir.path().join("ratel.toml"), cfg).unwrap();
         std::fs::write(dir.path().join("users.csv"), users_csv).unwrap();
         let env = Env { dir };
+        let users = env.dir.path().join("users.csv");
+        env.ratel_ok(&[
+            "users",
+            "import",
+            "--config",
+            &env.config(),
+            &users.display().to_string(),
+        ]);
+        env
+    }
+
+    /// Runs the real `ratel` binary with `args`; asserts it succeeded (stderr on failure).
+    pub fn ratel_ok(&self, args: &[&str]) -> std::process::Output {
         let out = Command::new(env!("CARGO_BIN_EXE_ratel"))
-            .args([
-                "users",
-                "import",
-                "--config",
-                &env.config(),
-                &env.dir.path().join("users.csv").display().to_string(),
-            ])
+            .args(args)
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "{}",
+            "ratel {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        env
+        out
     }
 
     pub fn config(&self) -> String {
@@ -294,38 +301,18 @@ pub fn xdrs(data: &Path) -> Vec<(String, String, String, i64, i64, Decimal, Deci
                 .unwrap()
             {
                 let b = b.unwrap();
-                let s = |n: &str| {
-                    b.column_by_name(n)
-                        .unwrap()
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .unwrap()
-                        .clone()
-                };
-                let i = |n: &str| {
-                    b.column_by_name(n)
-                        .unwrap()
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .unwrap()
-                        .clone()
-                };
-                let m = |n: &str| {
-                    b.column_by_name(n)
-                        .unwrap()
-                        .as_any()
-                        .downcast_ref::<Decimal128Array>()
-                        .unwrap()
-                        .clone()
-                };
-                let (u, st, sid, dur, bin, cu, ac) = (
-                    s("username"),
-                    s("status"),
-                    s("session_id"),
-                    i("duration_seconds"),
-                    i("bytes_in"),
-                    m("credit_used"),
-                    m("after_credit"),
+                let (u, st, sid) = (
+                    col::<StringArray>(&b, "username"),
+                    col::<StringArray>(&b, "status"),
+                    col::<StringArray>(&b, "session_id"),
+                );
+                let (dur, bin) = (
+                    col::<Int64Array>(&b, "duration_seconds"),
+                    col::<Int64Array>(&b, "bytes_in"),
+                );
+                let (cu, ac) = (
+                    col::<Decimal128Array>(&b, "credit_used"),
+                    col::<Decimal128Array>(&b, "after_credit"),
                 );
                 for r in 0..b.num_rows() {
                     out.push((
@@ -343,6 +330,16 @@ pub fn xdrs(data: &Path) -> Vec<(String, String, String, i64, i64, Decimal, Deci
     }
     out.sort_by(|a, b| a.2.cmp(&b.2));
     out
+}
+
+/// Column `name` of an xDR batch as its concrete Arrow array type.
+pub fn col<T: Array + Clone + 'static>(b: &arrow_array::RecordBatch, name: &str) -> T {
+    b.column_by_name(name)
+        .unwrap_or_else(|| panic!("column {name}"))
+        .as_any()
+        .downcast_ref::<T>()
+        .unwrap_or_else(|| panic!("column {name} type"))
+        .clone()
 }
 
 /// One HTTP/1.1 POST of `body` to `/` over a fresh TCP connection; returns the status code
