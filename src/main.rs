@@ -48,6 +48,10 @@ enum Command {
         /// CDR format (default: `[cdr] format` of the config).
         #[arg(long)]
         format: Option<String>,
+        /// Rate a file that starts like a rated file but differs inside its rated part as a
+        /// new file (its records that were rated before stay duplicates).
+        #[arg(long)]
+        force: bool,
         /// CDR files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
@@ -190,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rate {
             config,
             format,
+            force,
             files,
         } => {
             let catalog = load(config.as_deref())?;
@@ -199,7 +204,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?,
                 None => catalog.spool_format,
             };
-            rate(&catalog, format, &files)
+            rate(&catalog, format, force, &files)
         }
         Command::Bench {
             command:
@@ -406,10 +411,16 @@ impl Progress for Bar {
     }
 }
 
-fn rate(catalog: &Catalog, format: CdrFormat, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+fn rate(
+    catalog: &Catalog,
+    format: CdrFormat,
+    force: bool,
+    files: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
     let _lock = DataDirLock::acquire(&catalog.data_dir)?;
     let mut ledger = Ledger::open(&catalog.data_dir)?;
     let mut rater = BatchRater::new(catalog, &mut ledger)?;
+    rater.force = force;
     let mut bar = Bar::new();
     if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -458,8 +469,12 @@ fn print_summary(s: &FileSummary) {
         "{}: {} records read, {} rated into xDRs, charged {}",
         s.path, s.records, s.xdrs, s.charged
     );
-    if let Some(l) = s.resumed_at_line {
-        println!("  resumed an interrupted run at line {l}");
+    match (&s.continues, s.resumed_at_line) {
+        (Some(earlier), Some(l)) => {
+            println!("  a grown copy of {earlier} (rated before): rated from line {l} on")
+        }
+        (None, Some(l)) => println!("  resumed an interrupted run at line {l}"),
+        _ => {}
     }
     println!(
         "  OK {}, unanswered {}, NO_RATE {}, UNKNOWN_USER {}, duplicate {}, bad lines {}",

@@ -423,3 +423,376 @@ fn one_user_reports_over_many_pages() {
     }
     stop(server);
 }
+
+/// A JSON-RPC call from the client address `from`; returns (result, error).
+fn rpc_from(from: &str, api: std::net::SocketAddr, method: &str, params: Value) -> (Value, Value) {
+    let body = json!({"method": method, "params": params, "id": 7}).to_string();
+    let (status, v) = http_post_from(from.parse().unwrap(), api, body.as_bytes());
+    assert_eq!(status, 200, "HTTP status for {method}");
+    (v["result"].clone(), v["error"].clone())
+}
+
+fn login_params(name: &str, pass: &str, t: &str) -> Value {
+    json!({"auth_type": "ANONYMOUS", "auth_name": "ANONYMOUS", "auth_pass": "ANONYMOUS",
+           "login_auth_name": name, "login_auth_pass": pass, "login_auth_type": t})
+}
+
+/// A user id given several times is changed once, and the journal still sums to each
+/// balance (read from the ledger after serve stopped).
+#[test]
+fn repeated_user_ids_move_credit_once() {
+    let env = Env::new();
+    let (child, _radius, api) = env.serve_all();
+    let s = login(api, "system", "sys", "ADMIN");
+    for (ids, credit, how) in [
+        ("1,1,1", "5", "ADD"),
+        ("2, 2", "7", "SET"),
+        ("1,2,1", "2", "MULTIPLY"),
+    ] {
+        let (r, e) = rpc(
+            api,
+            "user.changeCreditExtended",
+            admin(
+                &s,
+                json!({"user_id": ids, "credit": credit, "change_type": how}),
+            ),
+        );
+        assert_eq!(e, Value::Null, "{ids} {how}: {e}");
+        let distinct: std::collections::HashSet<&str> = ids.split(',').map(str::trim).collect();
+        assert_eq!(r.as_array().unwrap().len(), distinct.len(), "{ids}: {r}");
+    }
+    let (r, e) = rpc(
+        api,
+        "user.changeCreditExtended",
+        admin(
+            &s,
+            json!({"user_id": [1, 1], "credit": 1, "change_type": "ADD"}),
+        ),
+    );
+    assert_eq!(e, Value::Null);
+    assert_eq!(r.as_array().unwrap().len(), 1);
+    stop(child);
+    // alice: (10 + 5) * 2 + 1 = 31; bob: 7 * 2 = 14.
+    let ledger = ratel_engine::ledger::Ledger::open(&env.data()).unwrap();
+    let users = ledger.load_users().unwrap();
+    let want = [("alice", d("31")), ("bob", d("14"))];
+    for (name, credit) in want {
+        let u = users
+            .iter()
+            .find(|u| u.username.as_deref() == Some(name))
+            .unwrap();
+        assert_eq!(u.credit, credit, "{name}");
+        assert_eq!(
+            ledger.journal_sum(u.user_id, None).unwrap(),
+            u.credit,
+            "journal of {name}"
+        );
+    }
+}
+
+/// Amounts outside |x| <= 10^15 (10 decimals) are RPC errors, never a panic of the core; the
+/// server keeps answering, stops cleanly and starts again on the same data.
+#[test]
+fn money_out_of_range_is_an_rpc_error() {
+    let env = Env::new();
+    let (child, _radius, api) = env.serve_all();
+    let s = login(api, "system", "sys", "ADMIN");
+    let change = |ids: &str, credit: Value, how: &str| {
+        rpc(
+            api,
+            "user.changeCreditExtended",
+            admin(
+                &s,
+                json!({"user_id": ids, "credit": credit, "change_type": how}),
+            ),
+        )
+        .1
+    };
+    // Bad amounts.
+    for (credit, how) in [
+        (json!("-7.9e28"), "SET"),
+        (json!("-79000000000000000000000000000"), "SET"),
+        (json!(8e18), "SET"),
+        (json!("1000000000000000.0000000001"), "ADD"),
+        (json!("1000000000000001"), "ADD"),
+        (json!("0.00000000001"), "SET"),
+        (json!("1e16"), "MULTIPLY"),
+    ] {
+        let e = change("1", credit.clone(), how);
+        assert!(
+            e.as_str()
+                .is_some_and(|e| e.starts_with("INVALID_PARAMS|credit")),
+            "{how} {credit}: {e}"
+        );
+    }
+    // Good amounts whose result would leave the range.
+    assert_eq!(change("1", json!("1000000000000000"), "SET"), Value::Null);
+    assert_eq!(change("2", json!("-1000000000000000"), "SET"), Value::Null);
+    for (ids, credit, how) in [
+        ("1", json!("0.0000000001"), "ADD"),
+        ("2", json!("-1"), "ADD"),
+        ("1", json!("2"), "MULTIPLY"),
+        ("2", json!("0.00000000015"), "MULTIPLY"),
+    ] {
+        let e = change(ids, credit.clone(), how);
+        assert!(
+            e.as_str()
+                .is_some_and(|e| e.starts_with("INVALID_PARAMS|credit")),
+            "{ids} {how} {credit}: {e}"
+        );
+    }
+    let (_, e) = rpc(
+        api,
+        "user.addNewUsers",
+        admin(
+            &s,
+            json!({"count": 1, "group_name": "g", "credit": "10000000000000000"}),
+        ),
+    );
+    assert!(
+        e.as_str()
+            .is_some_and(|e| e.starts_with("INVALID_PARAMS|credit")),
+        "{e}"
+    );
+    let credit_of = |api, s: &Value, name: &str| {
+        let (r, e) = rpc(
+            api,
+            "user.getUserInfo",
+            admin(s, json!({"normal_username": name})),
+        );
+        assert_eq!(e, Value::Null, "{e}");
+        r.as_object().unwrap().values().next().unwrap()["basic_info"]["credit"].to_string()
+    };
+    assert_eq!(credit_of(api, &s, "alice"), "1000000000000000");
+    assert_eq!(credit_of(api, &s, "bob"), "-1000000000000000");
+    stop(child);
+    let (child, _radius, api) = env.serve_all();
+    let s = login(api, "system", "sys", "ADMIN");
+    assert_eq!(credit_of(api, &s, "alice"), "1000000000000000");
+    stop(child);
+}
+
+/// Sessions end when the user's credentials change; empty passwords are refused; ten wrong
+/// passwords lock the client IP and the name out (AUTH_LOCKED, even with the right
+/// password), while another IP still logs in to another name.
+#[test]
+fn login_lockout_and_session_revocation() {
+    let env = Env::new();
+    let (child, _radius, api) = env.serve_all();
+    let s = login(api, "system", "sys", "ADMIN");
+    let u = login(api, "alice", "pw", "NORMAL_USER");
+    let me = |token: &Value| {
+        rpc(
+            api,
+            "user.getUserInfo",
+            json!({"auth_type": "NORMAL_USER", "auth_name": "alice", "auth_session": token, "normal_username": "alice"}),
+        )
+        .1
+    };
+    assert_eq!(me(&u), Value::Null);
+    let set_pw = |pw: &str| {
+        rpc(
+            api,
+            "user.updateUserAttrs",
+            admin(
+                &s,
+                json!({"user_id": "1", "attrs": {"normal_user_spec": {"normal_username": "alice", "normal_password": pw}}}),
+            ),
+        )
+        .1
+    };
+    let e = set_pw("");
+    assert!(
+        e.as_str()
+            .is_some_and(|e| e.starts_with("INVALID_PARAMS|normal_password")),
+        "{e}"
+    );
+    assert_eq!(me(&u), Value::Null, "a refused change keeps the session");
+    assert_eq!(set_pw("new-pw"), Value::Null);
+    assert_eq!(me(&u), "ACCESS_DENIED|invalid session");
+    let u2 = login(api, "alice", "new-pw", "NORMAL_USER");
+    assert_eq!(me(&u2), Value::Null);
+    // An empty password never logs in.
+    let (_, e) = rpc(api, "login.login", login_params("alice", "", "NORMAL_USER"));
+    assert_eq!(e, "ACCESS_DENIED|wrong username or password");
+
+    // Nine wrong passwords for "system" from 127.0.0.1: with the empty one above, ten from
+    // this IP.
+    for i in 0..9 {
+        let (_, e) = rpc(
+            api,
+            "login.login",
+            login_params("system", &format!("guess{i}"), "ADMIN"),
+        );
+        assert_eq!(e, "ACCESS_DENIED|wrong username or password", "attempt {i}");
+    }
+    // The IP is locked: the right password, any name, auth_pass on any method.
+    let locked = |e: &Value| e.as_str().is_some_and(|e| e.starts_with("AUTH_LOCKED|"));
+    let (_, e) = rpc(api, "login.login", login_params("system", "sys", "ADMIN"));
+    assert!(locked(&e), "{e}");
+    let (_, e) = rpc(api, "login.login", login_params("bob", "pw", "NORMAL_USER"));
+    assert!(locked(&e), "{e}");
+    let (_, e) = rpc(
+        api,
+        "user.getUserInfo",
+        json!({"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys", "normal_username": "bob"}),
+    );
+    assert!(locked(&e), "{e}");
+    // A session made before the lockout still works.
+    assert_eq!(me(&u2), Value::Null);
+    // A tenth wrong password for "system", from a third IP, locks the name.
+    let (_, e) = rpc_from(
+        "127.0.0.3",
+        api,
+        "login.login",
+        login_params("system", "guess9", "ADMIN"),
+    );
+    assert_eq!(e, "ACCESS_DENIED|wrong username or password");
+    // Another client IP logs in to another name...
+    let (r, e) = rpc_from(
+        "127.0.0.2",
+        api,
+        "login.login",
+        login_params("bob", "pw", "NORMAL_USER"),
+    );
+    assert_eq!(e, Value::Null, "{e}");
+    assert!(r.as_str().is_some_and(|t| t.len() >= 32), "{r}");
+    // ...but not to the name that was guessed at, until the lockout ends.
+    let (_, e) = rpc_from(
+        "127.0.0.2",
+        api,
+        "login.login",
+        login_params("system", "sys", "ADMIN"),
+    );
+    assert!(locked(&e), "{e}");
+    stop(child);
+}
+
+/// A NORMAL_USER gets the same answer for a user that does not exist as for one that is not
+/// its own, so it cannot learn which usernames exist.
+#[test]
+fn normal_user_cannot_probe_usernames() {
+    let env = Env::new();
+    let (child, _radius, api) = env.serve_all();
+    let u = login(api, "alice", "pw", "NORMAL_USER");
+    let me = |method: &str, extra: Value| {
+        let mut p = json!({"auth_type": "NORMAL_USER", "auth_name": "alice", "auth_session": u});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        rpc(api, method, p)
+    };
+    for (method, existing, missing) in [
+        (
+            "user.getUserInfo",
+            json!({"normal_username": "bob"}),
+            json!({"normal_username": "nobody"}),
+        ),
+        (
+            "user.getUserInfo",
+            json!({"user_id": "2"}),
+            json!({"user_id": "99"}),
+        ),
+        (
+            "report.getConnections",
+            json!({"conds": {"username": "bob"}}),
+            json!({"conds": {"username": "nobody"}}),
+        ),
+        (
+            "report.getConnections",
+            json!({"conds": {"user_ids": "2"}}),
+            json!({"conds": {"user_ids": "99"}}),
+        ),
+    ] {
+        let a = me(method, existing.clone());
+        let b = me(method, missing.clone());
+        assert_eq!(a, b, "{method}: {existing} vs {missing}");
+    }
+    // Its own record by id still works.
+    let (r, e) = me("user.getUserInfo", json!({"user_id": "1"}));
+    assert_eq!(e, Value::Null);
+    assert_eq!(r["1"]["user_repr"], "alice");
+    stop(child);
+}
+
+/// The data dir is created 0700 and the ledger 0600 (it holds subscriber passwords).
+#[cfg(unix)]
+#[test]
+fn data_dir_and_ledger_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&env.data()), 0o700);
+    assert_eq!(mode(&env.data().join("ledger.sqlite")), 0o600);
+    let (child, _radius, api) = env.serve_all();
+    login(api, "system", "sys", "ADMIN");
+    for f in ["ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"] {
+        let p = env.data().join(f);
+        if p.exists() {
+            assert_eq!(mode(&p), 0o600, "{f}");
+        }
+    }
+    stop(child);
+}
+
+/// Slowloris: 400 connections that send half a header and wait. The server (run with only
+/// 384 file descriptors) closes each after the header timeout, keeps answering a normal
+/// request, and answers a request whose body never completes with REQUEST_TIMEOUT.
+#[test]
+fn half_open_connections_do_not_starve_the_api() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let cfg = std::fs::read_to_string(env.config()).unwrap().replace(
+        "[api]\nlisten = \"127.0.0.1:0\"\n",
+        "[api]\nlisten = \"127.0.0.1:0\"\nheader_timeout_ms = 500\nrequest_timeout_ms = 1500\n",
+    );
+    std::fs::write(env.config(), cfg).unwrap();
+    let (child, _radius, api) = env.serve_all_nofile(384);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        // Past the connection cap a client waits in the backlog; a connect may time out.
+        if let Ok(mut c) = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(5)) {
+            let _ = c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Ty");
+            idle.push(c);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "opening connections took too long"
+        );
+    }
+    assert!(idle.len() >= 300, "only {} connections opened", idle.len());
+    // A normal request on a new connection is answered.
+    let (r, e) = rpc(api, "login.login", login_params("system", "sys", "ADMIN"));
+    assert_eq!(e, Value::Null, "{e}");
+    assert!(r.as_str().is_some());
+    // Every half-open connection is closed by the server (EOF or reset), none left hanging.
+    for (i, c) in idle.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "connection {i} still open at the deadline");
+        c.set_read_timeout(Some(left.min(Duration::from_secs(10))))
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let closed = loop {
+            match c.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "connection {i} was not closed by the server");
+    }
+    drop(idle);
+    // A body that never completes: the request deadline answers it.
+    let mut c = std::net::TcpStream::connect(api).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"method\"")
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = c.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.contains("REQUEST_TIMEOUT|"), "{text}");
+    stop(child);
+}

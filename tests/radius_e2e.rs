@@ -12,6 +12,7 @@ use common::*;
 use radius::core::code::Code;
 use radius::core::packet::Packet;
 use radius::core::rfc2866;
+use rust_decimal::Decimal;
 
 #[test]
 fn session_is_charged_once_with_retransmissions_and_replays() {
@@ -177,4 +178,205 @@ fn spool_files_are_rated_by_serve_and_rate_refuses_meanwhile() {
     // group g has no tariff: the call is rated NO_RATE at cost 0, written, never dropped.
     assert_eq!(x.len(), 1);
     assert_eq!((x[0].1.as_str(), x[0].2.as_str()), ("NO_RATE", "x1"));
+}
+
+/// An Accounting-Request like [`acct`], with its Event-Timestamp given explicitly.
+#[allow(clippy::too_many_arguments)]
+fn acct_at(
+    id: u8,
+    status: u32,
+    user: &str,
+    sid: &str,
+    secs: u32,
+    octets_in: u64,
+    event: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    use radius::core::{rfc2865, rfc2869};
+    let mut p = Packet::new_with_identifier(Code::AccountingRequest, SECRET, id);
+    rfc2866::add_acct_status_type(&mut p, status);
+    rfc2865::add_user_name(&mut p, user);
+    rfc2866::add_acct_session_id(&mut p, sid);
+    rfc2866::add_acct_session_time(&mut p, secs);
+    rfc2866::add_acct_input_octets(&mut p, octets_in as u32);
+    rfc2869::add_acct_input_gigawords(&mut p, (octets_in >> 32) as u32);
+    rfc2866::add_acct_output_octets(&mut p, 0);
+    rfc2869::add_event_timestamp(&mut p, &event);
+    p.encode().unwrap()
+}
+
+/// Sends every packet at once (they share a group commit when they can), then collects
+/// the answers: whether each request got a verified Accounting-Response.
+fn burst(sock: &std::net::UdpSocket, to: std::net::SocketAddr, reqs: &[Vec<u8>]) -> Vec<bool> {
+    for r in reqs {
+        sock.send_to(r, to).unwrap();
+    }
+    let mut answered = vec![false; reqs.len()];
+    let mut buf = [0u8; 4096];
+    // At most one receive per request, each bounded by the socket's read timeout.
+    for _ in 0..reqs.len() {
+        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+            break;
+        };
+        for (i, r) in reqs.iter().enumerate() {
+            if buf[1] == r[1] && Packet::is_authentic_response(&buf[..n], r, SECRET) {
+                answered[i] = true;
+            }
+        }
+    }
+    answered
+}
+
+/// Adds `lines` to the `[[nas]]` entry of the env's config.
+fn configure_nas(env: &Env, lines: &str) {
+    let path = env.config();
+    let cfg = std::fs::read_to_string(&path).unwrap();
+    let cfg = cfg.replace(
+        "secret = \"testing123\"\n",
+        &format!("secret = \"testing123\"\n{lines}\n"),
+    );
+    std::fs::write(&path, cfg).unwrap();
+}
+
+/// Journal sum of each user's RADIUS charges (negative: credit taken).
+fn radius_journal(env: &Env) -> Vec<(String, Decimal)> {
+    let l = ratel_engine::ledger::Ledger::open(&env.data()).unwrap();
+    l.load_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| {
+            (
+                u.username.unwrap(),
+                l.journal_sum(u.user_id, Some("radius")).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 10 item 4: a replayed Interim/Stop of a session the closed-session memory has
+/// forgotten (older than 24 h) rebuilds a journal idempotency key that exists already. It
+/// must be acknowledged and charge nothing, and it must not stop the packets that share its
+/// group commit from being acknowledged.
+#[test]
+fn replay_older_than_the_closed_memory_is_acknowledged_and_charges_nothing() {
+    let env = Env::new();
+    let (child, addr) = env.serve();
+    let c = client();
+    let gb = 1_000_000_000u64;
+    let interim = acct(2, 3, "alice", "s1", 600, gb, 0, None);
+    let stop_pkt = acct(3, 2, "alice", "s1", 1200, 2 * gb, 0, Some(1));
+    assert!(send(&c, addr, &acct(1, 1, "alice", "s1", 0, 0, 0, None)).is_some());
+    assert!(send(&c, addr, &interim).is_some());
+    assert!(send(&c, addr, &stop_pkt).is_some());
+    stop(child);
+    // More than a day later the closed-session memory no longer holds s1.
+    {
+        let db = rusqlite::Connection::open(env.data().join("ledger.sqlite")).unwrap();
+        assert_eq!(db.execute("DELETE FROM radius_closed", []).unwrap(), 1);
+    }
+    let (child, addr) = env.serve();
+    // A proxy replays the old Interim and Stop with new identifiers, in one burst with
+    // packets of other sessions.
+    let replays = [
+        acct(10, 3, "alice", "s1", 600, gb, 0, None),
+        acct(11, 1, "bob", "b1", 0, 0, 0, None),
+        acct(12, 2, "alice", "s1", 1200, 2 * gb, 0, Some(1)),
+        acct(13, 3, "bob", "b1", 60, 0, 0, None),
+    ];
+    assert_eq!(burst(&c, addr, &replays), vec![true; 4], "every packet answered");
+    // Each again (retransmissions) and once more with yet other identifiers.
+    assert_eq!(burst(&c, addr, &replays), vec![true; 4]);
+    assert!(send(&c, addr, &acct(14, 3, "alice", "s1", 600, gb, 0, None)).is_some());
+    assert!(send(&c, addr, &acct(15, 2, "bob", "b1", 120, 0, 0, Some(1))).is_some());
+    stop(child);
+    // alice: 20 min * 0.01 + 2 GB * 0.5 = 1.2, once. bob: 2 min * 0.01 = 0.02.
+    assert_eq!(
+        env.credits(),
+        vec![
+            ("alice".to_string(), d("8.8")),
+            ("bob".to_string(), d("4.98"))
+        ]
+    );
+    assert_eq!(
+        radius_journal(&env),
+        vec![
+            ("alice".to_string(), d("-1.2")),
+            ("bob".to_string(), d("-0.02"))
+        ]
+    );
+    let x = xdrs(&env.data());
+    assert_eq!(x.len(), 2, "{x:?}");
+    assert_eq!((x[0].2.as_str(), x[0].5), ("b1", d("0.02")));
+    assert_eq!((x[1].2.as_str(), x[1].5), ("s1", d("1.2")));
+}
+
+/// Issue 10 items 6 and 7: an Acct-Session-Time beyond `[radius] max_session_secs` and a
+/// traffic jump no link could carry (all-ones gigawords) are acknowledged, logged and not
+/// rated; the session goes on from its last sane update.
+#[test]
+fn absurd_session_time_and_octets_are_acknowledged_but_not_rated() {
+    let env = Env::new();
+    let (child, addr) = env.serve();
+    let c = client();
+    let gb = 1_000_000_000u64;
+    let at = |s: i64| t0() + chrono::Duration::seconds(s);
+    assert!(send(&c, addr, &acct_at(1, 1, "alice", "x1", 0, 0, at(0))).is_some());
+    // 2^32 - 1 seconds (136 years) of session time.
+    assert!(send(&c, addr, &acct_at(2, 3, "alice", "x1", u32::MAX, 0, at(300))).is_some());
+    // 2^64 - 1 octets in after 600 s.
+    assert!(send(&c, addr, &acct_at(3, 3, "alice", "x1", 600, u64::MAX, at(600))).is_some());
+    assert!(send(&c, addr, &acct_at(4, 2, "alice", "x1", 1200, gb, at(1200))).is_some());
+    stop(child);
+    // 20 min * 0.01 = 0.2; 1 GB * 0.5 = 0.5.
+    assert_eq!(env.credits()[0], ("alice".to_string(), d("9.3")));
+    let x = xdrs(&env.data());
+    assert_eq!(x.len(), 1);
+    assert_eq!((x[0].3, x[0].4, x[0].5), (1200, gb as i64, d("0.7")));
+}
+
+/// Issue 10 item 10: Starts beyond a NAS's `max_sessions` are acknowledged but not
+/// tracked (their Stops charge nothing while the NAS is at its cap).
+#[test]
+fn sessions_beyond_the_nas_cap_are_acknowledged_but_not_tracked() {
+    let env = Env::new();
+    configure_nas(&env, "max_sessions = 3");
+    let (child, addr) = env.serve();
+    let c = client();
+    for i in 1..=5u8 {
+        let sid = format!("a{i}");
+        assert!(send(&c, addr, &acct(i, 1, "alice", &sid, 0, 0, 0, None)).is_some());
+    }
+    // Stops of the capped sessions first, while the NAS still holds three open sessions.
+    for i in [4u8, 5, 1, 2, 3] {
+        let sid = format!("a{i}");
+        let p = acct(10 + i, 2, "alice", &sid, 60, 0, 0, Some(1));
+        assert!(send(&c, addr, &p).is_some(), "Stop of {sid} answered");
+    }
+    stop(child);
+    // Three sessions of 1 min at 0.01/min.
+    assert_eq!(env.credits()[0], ("alice".to_string(), d("9.97")));
+    let x = xdrs(&env.data());
+    let sids: Vec<&str> = x.iter().map(|x| x.2.as_str()).collect();
+    assert_eq!(sids, vec!["a1", "a2", "a3"]);
+}
+
+/// Issue 10 item 10: at most 16 open UNKNOWN_USER sessions per username; more Starts are
+/// acknowledged and not tracked.
+#[test]
+fn unknown_user_sessions_are_capped_per_username() {
+    let env = Env::new();
+    let (child, addr) = env.serve();
+    let c = client();
+    for i in 0..20u8 {
+        let sid = format!("m{i:02}");
+        assert!(send(&c, addr, &acct(i, 1, "mallory", &sid, 0, 0, 0, None)).is_some());
+    }
+    for i in (16..20u8).chain(0..16) {
+        let sid = format!("m{i:02}");
+        let p = acct(100 + i, 2, "mallory", &sid, 60, 0, 0, Some(1));
+        assert!(send(&c, addr, &p).is_some(), "Stop of {sid} answered");
+    }
+    stop(child);
+    let x = xdrs(&env.data());
+    assert_eq!(x.len(), 16, "{x:?}");
+    assert!(x.iter().all(|x| x.1 == "UNKNOWN_USER" && x.2 < "m16".to_string()));
 }

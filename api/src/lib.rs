@@ -7,6 +7,8 @@
 //! the ledger and every balance. This crate owns the IBSng JSON shapes: engine types do not
 //! carry IBSng names.
 
+pub mod auth;
+mod http;
 pub mod report;
 
 use std::collections::HashMap;
@@ -14,6 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use auth::{constant_time_eq, AuthType, LoginGuard, SessionError, Sessions};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -51,21 +55,6 @@ impl RpcError {
 
 type RpcResult = Result<Value, RpcError>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AuthType {
-    Admin,
-    NormalUser,
-}
-
-/// An API login session.
-#[derive(Debug, Clone)]
-struct ApiSession {
-    auth_type: AuthType,
-    name: String,
-    ip: IpAddr,
-    last_seen: Instant,
-}
-
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub(crate) enum Caller {
@@ -80,7 +69,11 @@ pub struct ApiState {
     commands: crossbeam_channel::Sender<Command>,
     pub(crate) db: Mutex<Connection>,
     pub(crate) xdr_root: PathBuf,
-    sessions: Mutex<HashMap<String, ApiSession>>,
+    sessions: Mutex<Sessions>,
+    /// Lockout of failed logins per IP and per name.
+    guard: Mutex<LoginGuard>,
+    /// Requests executing at once (each holds a blocking worker thread).
+    workers: Arc<tokio::sync::Semaphore>,
     /// Footers (with page index) of xDR files already read by reports.
     pub(crate) meta_cache:
         Mutex<HashMap<PathBuf, parquet::arrow::arrow_reader::ArrowReaderMetadata>>,
@@ -101,32 +94,35 @@ impl ApiState {
         db.busy_timeout(Duration::from_secs(5))?;
         Ok(ApiState {
             xdr_root: catalog.data_dir.join("xdr"),
-            catalog,
             live,
             commands,
             db: Mutex::new(db),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(Sessions::new(
+                Duration::from_secs(catalog.session_idle_secs),
+                auth::SESSION_MAX_AGE,
+                auth::MAX_SESSIONS,
+            )),
+            guard: Mutex::new(LoginGuard::default()),
+            workers: Arc::new(tokio::sync::Semaphore::new(catalog.api_limits.max_requests)),
             meta_cache: Mutex::new(HashMap::new()),
+            catalog,
         })
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves, within the limits of
+/// `[api]` (connections, header and request deadlines; see `http.rs`).
 pub async fn run(
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = state.catalog.api_limits;
     let app = Router::new()
         .route("/", post(handle))
         .fallback(not_found)
         .with_state(state);
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    http::serve(listener, app, limits, shutdown).await
 }
 
 async fn not_found() -> Response {
@@ -139,7 +135,7 @@ async fn not_found() -> Response {
     )
 }
 
-fn answer(id: Value, r: RpcResult) -> Response {
+pub(crate) fn answer(id: Value, r: RpcResult) -> Response {
     let body = match r {
         Ok(v) => json!({"id": id, "result": v, "error": Value::Null}),
         Err(e) => json!({"id": id, "result": Value::Null, "error": e.text()}),
@@ -213,10 +209,21 @@ async fn handle(
             )
         }
     };
+    // A bounded number of requests execute at once; the rest wait here (within the
+    // request deadline) instead of piling up blocking threads.
+    let Ok(worker) = st.workers.clone().acquire_owned().await else {
+        return answer(
+            id,
+            Err(RpcError::new("INTERNAL_ERROR", "the API is shutting down")),
+        );
+    };
     let st2 = st.clone();
-    let r = tokio::task::spawn_blocking(move || dispatch(&st2, peer.ip(), &method, &params))
-        .await
-        .unwrap_or_else(|_| Err(RpcError::new("INTERNAL_ERROR", "the request failed")));
+    let r = tokio::task::spawn_blocking(move || {
+        let _worker = worker;
+        dispatch(&st2, peer.ip(), &method, &params)
+    })
+    .await
+    .unwrap_or_else(|_| Err(RpcError::new("INTERNAL_ERROR", "the request failed")));
     answer(id, r)
 }
 
@@ -309,7 +316,15 @@ pub(crate) fn decimal_param(p: &Map<String, Value>, key: &str) -> Result<Decimal
         })
 }
 
-/// `"12"`, `"12,13,15"`, `12` or `[12, 13]`.
+/// A money amount: a decimal within the credit range (|amount| <= 10^15, at most 10
+/// decimal places; see [`ratel_engine::users::check_credit`]).
+pub(crate) fn credit_param(p: &Map<String, Value>, key: &str) -> Result<Decimal, RpcError> {
+    ratel_engine::users::check_credit(decimal_param(p, key)?)
+        .map_err(|reason| invalid(format!("{key}: {reason}")))
+}
+
+/// `"12"`, `"12,13,15"`, `12` or `[12, 13]`; an id given twice counts once (first place
+/// kept), so `"3,3,3"` is user 3 once.
 pub(crate) fn id_list(p: &Map<String, Value>, key: &str) -> Result<Vec<i64>, RpcError> {
     let bad = || {
         invalid(format!(
@@ -335,15 +350,8 @@ pub(crate) fn id_list(p: &Map<String, Value>, key: &str) -> Result<Vec<i64>, Rpc
     if ids.is_empty() || ids.len() > 10_000 {
         return Err(bad());
     }
-    Ok(ids)
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8;
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    Ok(ids.into_iter().filter(|id| seen.insert(*id)).collect())
 }
 
 fn parse_auth_type(s: &str) -> Option<AuthType> {
@@ -354,9 +362,46 @@ fn parse_auth_type(s: &str) -> Option<AuthType> {
     }
 }
 
-/// Checks a name and password; returns the caller.
-fn check_password(st: &ApiState, t: AuthType, name: &str, pass: &str) -> Result<Caller, RpcError> {
+/// Checks a name and password from `peer`, under the login guard: a locked-out IP or name
+/// is refused before any compare, and a wrong password counts against both.
+fn check_password(
+    st: &ApiState,
+    peer: IpAddr,
+    t: AuthType,
+    name: &str,
+    pass: &str,
+    now: Instant,
+) -> Result<Caller, RpcError> {
+    if let Err(left) = st
+        .guard
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .check(peer, t, name, now)
+    {
+        return Err(RpcError::new(
+            "AUTH_LOCKED",
+            format!(
+                "too many failed logins from this address or for this name; try again in {} s",
+                left.as_secs().max(1)
+            ),
+        ));
+    }
+    let r = verify_password(st, t, name, pass);
+    let mut guard = st.guard.lock().unwrap_or_else(|e| e.into_inner());
+    match &r {
+        Ok(_) => guard.succeeded(t, name),
+        Err(e) if e.code == "ACCESS_DENIED" => guard.failed(peer, t, name, now),
+        Err(_) => {}
+    }
+    r
+}
+
+/// Checks a name and password; returns the caller. An empty password never matches.
+fn verify_password(st: &ApiState, t: AuthType, name: &str, pass: &str) -> Result<Caller, RpcError> {
     let denied = || RpcError::new("ACCESS_DENIED", "wrong username or password");
+    if pass.is_empty() {
+        return Err(denied());
+    }
     match t {
         AuthType::Admin => {
             let mut ok = false;
@@ -399,24 +444,12 @@ pub(crate) fn db_err(e: rusqlite::Error) -> RpcError {
     RpcError::new("INTERNAL_ERROR", "ledger read failed")
 }
 
-fn new_token() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 12];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    b.iter()
-        .map(|x| ALPHABET[(*x as usize) % ALPHABET.len()] as char)
-        .collect()
-}
-
 fn login(st: &ApiState, peer: IpAddr, p: &Map<String, Value>) -> RpcResult {
     let name = str_param(p, "login_auth_name")?;
     let pass = str_param(p, "login_auth_pass")?;
     let t = parse_auth_type(str_param(p, "login_auth_type")?)
         .ok_or_else(|| invalid("login_auth_type: expected ADMIN or NORMAL_USER"))?;
-    check_password(st, t, name, pass)?;
+    let caller = check_password(st, peer, t, name, pass, Instant::now())?;
     if !p
         .get("create_session")
         .and_then(Value::as_bool)
@@ -424,19 +457,21 @@ fn login(st: &ApiState, peer: IpAddr, p: &Map<String, Value>) -> RpcResult {
     {
         return Ok(Value::Bool(true));
     }
-    let token = new_token();
-    let mut sessions = st.sessions.lock().unwrap_or_else(|e| e.into_inner());
-    let idle = Duration::from_secs(st.catalog.session_idle_secs);
-    sessions.retain(|_, s| s.last_seen.elapsed() < idle);
-    sessions.insert(
-        token.clone(),
-        ApiSession {
-            auth_type: t,
-            name: name.to_string(),
-            ip: peer,
-            last_seen: Instant::now(),
-        },
-    );
+    let token = auth::new_token().map_err(|e| {
+        tracing::error!(error = %e, "the OS random source failed");
+        RpcError::new(
+            "INTERNAL_ERROR",
+            "no session token could be made; try again",
+        )
+    })?;
+    let user_id = match caller {
+        Caller::User { user_id, .. } => Some(user_id),
+        Caller::Admin => None,
+    };
+    st.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(token.clone(), t, name, user_id, peer, Instant::now());
     tracing::info!(user = %name, "API login");
     Ok(Value::String(token))
 }
@@ -448,23 +483,18 @@ fn authenticate(st: &ApiState, peer: IpAddr, p: &Map<String, Value>) -> Result<C
         .ok_or_else(|| denied("auth_type must be ADMIN or NORMAL_USER"))?;
     let name = opt_str(p, "auth_name").ok_or_else(|| denied("auth_name missing"))?;
     if let Some(token) = opt_str(p, "auth_session") {
-        let mut sessions = st.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        let idle = Duration::from_secs(st.catalog.session_idle_secs);
-        let ok = match sessions.get_mut(token) {
-            Some(s) if s.last_seen.elapsed() >= idle => {
-                sessions.remove(token);
-                return Err(denied("session expired; log in again"));
-            }
-            Some(s) if s.auth_type == t && s.name == name && s.ip == peer => {
-                s.last_seen = Instant::now();
-                true
-            }
-            _ => false,
+        let checked = st.sessions.lock().unwrap_or_else(|e| e.into_inner()).check(
+            token,
+            t,
+            name,
+            peer,
+            Instant::now(),
+        );
+        let session = match checked {
+            Ok(s) => s,
+            Err(SessionError::Expired) => return Err(denied("session expired; log in again")),
+            Err(SessionError::Invalid) => return Err(denied("invalid session")),
         };
-        drop(sessions);
-        if !ok {
-            return Err(denied("invalid session"));
-        }
         return match t {
             AuthType::Admin => Ok(Caller::Admin),
             AuthType::NormalUser => {
@@ -477,17 +507,18 @@ fn authenticate(st: &ApiState, peer: IpAddr, p: &Map<String, Value>) -> Result<C
                     )
                     .optional()
                     .map_err(db_err)?;
-                id.map(|user_id| Caller::User {
-                    user_id,
-                    username: name.to_string(),
-                })
-                .ok_or_else(|| denied("invalid session"))
+                id.filter(|id| session.user_id == Some(*id))
+                    .map(|user_id| Caller::User {
+                        user_id,
+                        username: name.to_string(),
+                    })
+                    .ok_or_else(|| denied("invalid session"))
             }
         };
     }
     let pass =
         opt_str(p, "auth_pass").ok_or_else(|| denied("auth_session or auth_pass required"))?;
-    check_password(st, t, name, pass)
+    check_password(st, peer, t, name, pass, Instant::now())
 }
 
 /// Sends a command to the core and waits for its answer.
@@ -529,7 +560,7 @@ fn add_new_users(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
         })
         .ok_or_else(|| invalid("count: expected a positive number"))?;
     let group = str_param(p, "group_name")?.to_string();
-    let credit = decimal_param(p, "credit")?;
+    let credit = credit_param(p, "credit")?;
     let comment = opt_str(p, "credit_comment").unwrap_or("").to_string();
     let count = u32::try_from(count).map_err(|_| invalid("count: too large"))?;
     let ids = command(st, |reply| Command::AddUsers {
@@ -564,18 +595,26 @@ fn update_user_attrs(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
     let username = str_param(spec, "normal_username")?.to_string();
     let password = str_param(spec, "normal_password")?.to_string();
     valid_username(&username)?;
+    if password.is_empty() {
+        return Err(invalid("normal_password: must not be empty"));
+    }
     command(st, |reply| Command::SetCredentials {
         user_id,
         username,
         password,
         reply,
     })?;
+    // Sessions made with the old credentials end.
+    st.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .revoke_user(user_id);
     Ok(Value::String(String::new()))
 }
 
 fn change_credit(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
     let user_ids = id_list(p, "user_id")?;
-    let credit = decimal_param(p, "credit")?;
+    let credit = credit_param(p, "credit")?;
     let change_type = match str_param(p, "change_type")? {
         "ADD" => ChangeType::Add,
         "SET" => ChangeType::Set,
@@ -649,6 +688,25 @@ fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResul
             r.get(9)?,
         ))
     };
+    // A NORMAL_USER asking for anyone else gets the same answer whether that user exists
+    // or not: user names are not to be learned here.
+    if let Caller::User {
+        user_id: me,
+        username: my_name,
+    } = caller
+    {
+        let other = match opt_str(p, "normal_username") {
+            Some(name) => name != my_name,
+            None if p.contains_key("user_id") => id_list(p, "user_id")? != [*me],
+            None => false,
+        };
+        if other {
+            return Err(RpcError::new(
+                "ACCESS_DENIED",
+                "a user may only read its own information",
+            ));
+        }
+    }
     let (row, usage) = {
         let db = st.db.lock().unwrap_or_else(|e| e.into_inner());
         let row: Option<Row> = if let Some(name) = opt_str(p, "normal_username") {

@@ -4,8 +4,12 @@
 //! Files are pruned by the time range the ledger recorded for each (`xdr_files`), row groups
 //! by their `login_time`/`logout_time`/`username` statistics, and pages by the `username`
 //! page index (files are written in username order, so one subscriber is a page or two per
-//! row group); footers are cached; only matching rows are kept in memory.
+//! row group); footers are cached. Rows stream through a [`Page`]: running totals and a
+//! bounded top-k heap of the `to` first rows in the requested order, so memory does not
+//! grow with the number of matches.
 
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 use std::path::Path;
 
 use arrow_array::BooleanArray;
@@ -198,21 +202,13 @@ pub(crate) fn get_connections(st: &ApiState, caller: &Caller, p: &Map<String, Va
         )));
     }
     let sort_by = match p.get("sort_by") {
-        None | Some(Value::Null) => "login_time",
-        Some(_) => str_param(p, "sort_by")?,
+        None | Some(Value::Null) => SortBy::LoginTime,
+        Some(_) => SortBy::parse(str_param(p, "sort_by")?).ok_or_else(|| {
+            invalid("sort_by: expected login_time, logout_time, credit_used, duration_seconds or connection_log_id")
+        })?,
     };
-    if ![
-        "login_time",
-        "logout_time",
-        "credit_used",
-        "duration_seconds",
-        "connection_log_id",
-    ]
-    .contains(&sort_by)
-    {
-        return Err(invalid("sort_by: expected login_time, logout_time, credit_used, duration_seconds or connection_log_id"));
-    }
     let desc = p.get("desc").and_then(Value::as_bool).unwrap_or(false);
+    let order = Order { sort_by, desc };
 
     // Files whose time range can hold a match, then the outbox.
     let (files, outbox) = {
@@ -243,46 +239,197 @@ pub(crate) fn get_connections(st: &ApiState, caller: &Caller, p: &Map<String, Va
             .map_err(db_err)?;
         (files, outbox)
     };
-    let mut rows = read_files(st, &files, &filter)?;
+    let overflow = |e: String| {
+        tracing::error!(error = %e, "report totals");
+        RpcError::new("INTERNAL_ERROR", "report totals out of range")
+    };
+    let mut page = read_files(st, &files, &filter, order, to)?;
     for o in outbox {
         if let Ok(x) = serde_json::from_str::<OwnedXdr>(&o) {
             if filter.matches(&x) {
-                rows.push(x);
+                page.push(x).map_err(overflow)?;
             }
         }
     }
-    let key = |x: &OwnedXdr| -> (Decimal, u64) {
-        let k = match sort_by {
-            "logout_time" => Decimal::from(x.logout_time),
-            "credit_used" => x.credit_used,
-            "duration_seconds" => Decimal::from(x.duration_seconds),
-            "connection_log_id" => Decimal::from(x.xdr_id),
-            _ => Decimal::from(x.login_time),
-        };
-        (k, x.xdr_id)
-    };
-    rows.sort_by_key(key);
-    if desc {
-        rows.reverse();
-    }
-    let total_credit: Decimal = rows.iter().map(|x| x.credit_used).sum();
-    let total_duration: i64 = rows.iter().map(|x| x.duration_seconds).sum();
-    let total_in: i64 = rows.iter().map(|x| x.bytes_in).sum();
-    let total_out: i64 = rows.iter().map(|x| x.bytes_out).sum();
-    let page: Vec<Value> = rows
-        .iter()
-        .skip(from)
-        .take(to - from)
-        .map(|x| row_json(st, x))
-        .collect();
+    let (totals, rows) = page.finish(from);
+    let rows: Vec<Value> = rows.iter().map(|x| row_json(st, x)).collect();
     Ok(json!({
-        "total_rows": rows.len(),
-        "total_credit": money(total_credit),
-        "total_duration": total_duration,
-        "total_in_bytes": total_in,
-        "total_out_bytes": total_out,
-        "report": page,
+        "total_rows": totals.rows,
+        "total_credit": money(totals.credit),
+        "total_duration": totals.duration,
+        "total_in_bytes": totals.bytes_in,
+        "total_out_bytes": totals.bytes_out,
+        "report": rows,
     }))
+}
+
+/// The column a report is sorted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SortBy {
+    LoginTime,
+    LogoutTime,
+    CreditUsed,
+    DurationSeconds,
+    ConnectionLogId,
+}
+
+impl SortBy {
+    fn parse(s: &str) -> Option<SortBy> {
+        Some(match s {
+            "login_time" => SortBy::LoginTime,
+            "logout_time" => SortBy::LogoutTime,
+            "credit_used" => SortBy::CreditUsed,
+            "duration_seconds" => SortBy::DurationSeconds,
+            "connection_log_id" => SortBy::ConnectionLogId,
+            _ => return None,
+        })
+    }
+
+    fn key(self, x: &OwnedXdr) -> Decimal {
+        match self {
+            SortBy::LoginTime => Decimal::from(x.login_time),
+            SortBy::LogoutTime => Decimal::from(x.logout_time),
+            SortBy::CreditUsed => x.credit_used,
+            SortBy::DurationSeconds => Decimal::from(x.duration_seconds),
+            SortBy::ConnectionLogId => Decimal::from(x.xdr_id),
+        }
+    }
+}
+
+/// The order of a report's rows: by (key, xdr_id), ascending or descending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Order {
+    sort_by: SortBy,
+    desc: bool,
+}
+
+/// A row with its sort key; `Ord` is the report's order (the first row is the least).
+#[derive(Debug)]
+struct Ranked {
+    key: Decimal,
+    desc: bool,
+    x: OwnedXdr,
+}
+
+impl Ord for Ranked {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let o = (self.key, self.x.xdr_id).cmp(&(other.key, other.x.xdr_id));
+        if self.desc {
+            o.reverse()
+        } else {
+            o
+        }
+    }
+}
+
+impl PartialOrd for Ranked {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Ranked {}
+
+/// Totals over every matching row.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Totals {
+    rows: u64,
+    credit: Decimal,
+    duration: i64,
+    bytes_in: i64,
+    bytes_out: i64,
+}
+
+/// One report page being collected: totals of all rows, and the `keep` first rows in the
+/// report's order (a max-heap whose top is the worst kept row). Memory is O(keep) however
+/// many rows match.
+#[derive(Debug)]
+struct Page {
+    order: Order,
+    keep: usize,
+    heap: BinaryHeap<Ranked>,
+    totals: Totals,
+}
+
+impl Page {
+    fn new(order: Order, keep: usize) -> Self {
+        Page {
+            order,
+            keep,
+            heap: BinaryHeap::with_capacity(keep.min(MAX_PAGE) + 1),
+            totals: Totals::default(),
+        }
+    }
+
+    /// Counts a matching row and keeps it when it is among the `keep` first.
+    fn push(&mut self, x: OwnedXdr) -> Result<(), String> {
+        let t = &mut self.totals;
+        t.rows += 1;
+        t.credit = t
+            .credit
+            .checked_add(x.credit_used)
+            .ok_or("total credit overflows")?;
+        t.duration = t.duration.saturating_add(x.duration_seconds);
+        t.bytes_in = t.bytes_in.saturating_add(x.bytes_in);
+        t.bytes_out = t.bytes_out.saturating_add(x.bytes_out);
+        let r = Ranked {
+            key: self.order.sort_by.key(&x),
+            desc: self.order.desc,
+            x,
+        };
+        self.keep_ranked(r);
+        Ok(())
+    }
+
+    fn keep_ranked(&mut self, r: Ranked) {
+        if self.keep == 0 {
+            return;
+        }
+        if self.heap.len() >= self.keep {
+            match self.heap.peek() {
+                Some(worst) if r < *worst => {
+                    self.heap.pop();
+                }
+                _ => return,
+            }
+        }
+        self.heap.push(r);
+    }
+
+    /// Adds another page's rows and totals (pages of the same order).
+    fn merge(&mut self, other: Page) -> Result<(), String> {
+        let t = &mut self.totals;
+        t.rows += other.totals.rows;
+        t.credit = t
+            .credit
+            .checked_add(other.totals.credit)
+            .ok_or("total credit overflows")?;
+        t.duration = t.duration.saturating_add(other.totals.duration);
+        t.bytes_in = t.bytes_in.saturating_add(other.totals.bytes_in);
+        t.bytes_out = t.bytes_out.saturating_add(other.totals.bytes_out);
+        for r in other.heap {
+            self.keep_ranked(r);
+        }
+        Ok(())
+    }
+
+    /// The totals, and the kept rows in order from position `from`.
+    fn finish(self, from: usize) -> (Totals, Vec<OwnedXdr>) {
+        let rows = self
+            .heap
+            .into_sorted_vec()
+            .into_iter()
+            .skip(from)
+            .map(|r| r.x)
+            .collect();
+        (self.totals, rows)
+    }
 }
 
 fn row_json(st: &ApiState, x: &OwnedXdr) -> Value {
@@ -465,24 +612,31 @@ fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Optio
     ))
 }
 
-/// Reads the matching rows of `files`, a few files at a time in parallel (one reader per
-/// core; files are independent and each read is mostly decompression).
-fn read_files(st: &ApiState, files: &[String], filter: &Filter) -> Result<Vec<OwnedXdr>, RpcError> {
+/// Reads the matching rows of `files` into a page of `order` keeping `keep` rows, a few
+/// files at a time in parallel (one reader per core; files are independent and each read
+/// is mostly decompression), each reader with its own page, merged at the end.
+fn read_files(
+    st: &ApiState,
+    files: &[String],
+    filter: &Filter,
+    order: Order,
+    keep: usize,
+) -> Result<Page, RpcError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len());
-    let read = |f: &String, out: &mut Vec<OwnedXdr>| {
+    let read = |f: &String, out: &mut Page| {
         read_matching(st, &st.xdr_root.join(f), filter, out).map_err(|e| {
             tracing::error!(file = %f, error = %e, "report: cannot read xDR file");
             RpcError::new("INTERNAL_ERROR", "an xDR file could not be read")
         })
     };
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let parts: Vec<Result<Vec<OwnedXdr>, RpcError>> = std::thread::scope(|scope| {
+    let parts: Vec<Result<Page, RpcError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut out = Vec::new();
+                    let mut out = Page::new(order, keep);
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(f) = files.get(i) else { break };
@@ -501,18 +655,21 @@ fn read_files(st: &ApiState, files: &[String], filter: &Filter) -> Result<Vec<Ow
             })
             .collect()
     });
-    let mut rows = Vec::new();
+    let mut page = Page::new(order, keep);
     for p in parts {
-        rows.extend(p?);
+        page.merge(p?).map_err(|e| {
+            tracing::error!(error = %e, "report totals");
+            RpcError::new("INTERNAL_ERROR", "report totals out of range")
+        })?;
     }
-    Ok(rows)
+    Ok(page)
 }
 
 fn read_matching(
     st: &ApiState,
     path: &Path,
     f: &Filter,
-    out: &mut Vec<OwnedXdr>,
+    out: &mut Page,
 ) -> parquet::errors::Result<()> {
     let file = std::fs::File::open(path)?;
     let meta = file_metadata(st, path, &file)?;
@@ -549,12 +706,14 @@ fn read_matching(
     let reader = builder.build()?;
     for batch in reader {
         let b = batch.map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
-        extract(&b, f, out);
+        extract(&b, f, out).map_err(parquet::errors::ParquetError::General)?;
     }
     Ok(())
 }
 
-fn extract(b: &RecordBatch, f: &Filter, out: &mut Vec<OwnedXdr>) {
+/// The matching rows of one record batch into `out`; an error for a money value beyond a
+/// Decimal (a damaged or foreign file), never a panic.
+fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
     let s = |n: &str| {
         b.column_by_name(n)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -578,7 +737,7 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Vec<OwnedXdr>) {
     let (Some(username), Some(login), Some(logout)) =
         (s("username"), t("login_time"), t("logout_time"))
     else {
-        return;
+        return Ok(());
     };
     let ids = b
         .column_by_name("xdr_id")
@@ -628,11 +787,13 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Vec<OwnedXdr>) {
             .unwrap_or_default()
     };
     let gi = |k: usize, r: usize| ints[k].as_ref().map(|a| a.value(r)).unwrap_or(0);
-    let gm = |k: usize, r: usize| {
+    let gm = |k: usize, r: usize| -> Result<Decimal, String> {
         moneys[k]
             .as_ref()
             .map(|a| money_from_i128(a.value(r)))
-            .unwrap_or_default()
+            .transpose()
+            .map(Option::unwrap_or_default)
+            .map_err(|e| e.to_string())
     };
     for r in 0..b.num_rows() {
         // Cheap checks first, on the columns at hand.
@@ -664,9 +825,9 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Vec<OwnedXdr>) {
             terminate_cause: gs(10, r),
             destination: gs(11, r),
             destination_name: gs(12, r),
-            credit_used: gm(0, r),
-            before_credit: gm(1, r),
-            after_credit: gm(2, r),
+            credit_used: gm(0, r)?,
+            before_credit: gm(1, r)?,
+            after_credit: gm(2, r)?,
             details: Vec::new(),
             source: gs(13, r),
         };
@@ -709,12 +870,137 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Vec<OwnedXdr>) {
                             seconds: secs.value(k),
                             bytes_in: bi.value(k),
                             bytes_out: bo.value(k),
-                            credit: money_from_i128(cr.value(k)),
+                            credit: money_from_i128(cr.value(k)).map_err(|e| e.to_string())?,
                         });
                     }
                 }
             }
         }
-        out.push(x);
+        out.push(x)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// xorshift64: deterministic, bounded, no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n.max(1)
+        }
+    }
+
+    /// The reference: every row in memory, sorted by (key, xdr_id), reversed for desc —
+    /// what `get_connections` did before it streamed.
+    fn naive(rows: &[OwnedXdr], order: Order, from: usize, to: usize) -> (Totals, Vec<u64>) {
+        let mut all = rows.to_vec();
+        all.sort_by_key(|x| (order.sort_by.key(x), x.xdr_id));
+        if order.desc {
+            all.reverse();
+        }
+        let totals = Totals {
+            rows: all.len() as u64,
+            credit: all.iter().map(|x| x.credit_used).sum(),
+            duration: all.iter().map(|x| x.duration_seconds).sum(),
+            bytes_in: all.iter().map(|x| x.bytes_in).sum(),
+            bytes_out: all.iter().map(|x| x.bytes_out).sum(),
+        };
+        let ids = all
+            .iter()
+            .skip(from)
+            .take(to - from)
+            .map(|x| x.xdr_id)
+            .collect();
+        (totals, ids)
+    }
+
+    #[test]
+    fn streamed_page_equals_a_full_sort() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let sorts = [
+            SortBy::LoginTime,
+            SortBy::LogoutTime,
+            SortBy::CreditUsed,
+            SortBy::DurationSeconds,
+            SortBy::ConnectionLogId,
+        ];
+        for case in 0..400 {
+            // Sizes around the page bounds: empty, smaller than the page, far larger.
+            let n = match case % 4 {
+                0 => rng.below(4),
+                1 => rng.below(40),
+                _ => rng.below(1500),
+            } as usize;
+            // Unique ids in random order; few distinct keys, so ties are common.
+            let mut ids: Vec<u64> = (1..=n as u64).map(|i| i * 3 + rng.below(3)).collect();
+            for i in (1..ids.len()).rev() {
+                ids.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let spread = 1 + rng.below(50) as i64;
+            let rows: Vec<OwnedXdr> = ids
+                .iter()
+                .map(|&xdr_id| OwnedXdr {
+                    xdr_id,
+                    login_time: 1_700_000_000 + rng.below(spread as u64) as i64,
+                    logout_time: 1_700_000_000 + rng.below(spread as u64) as i64,
+                    duration_seconds: rng.below(spread as u64) as i64,
+                    bytes_in: rng.below(1 << 40) as i64,
+                    bytes_out: rng.below(1 << 40) as i64,
+                    credit_used: Decimal::new(rng.below(spread as u64 * 7) as i64 - 20, 4),
+                    ..OwnedXdr::default()
+                })
+                .collect();
+            let order = Order {
+                sort_by: sorts[rng.below(5) as usize],
+                desc: rng.below(2) == 1,
+            };
+            let from = rng.below(n as u64 + 10) as usize;
+            let to = from + rng.below(60) as usize;
+            // Rows split over 1..4 readers, merged, as `read_files` does.
+            let readers = 1 + rng.below(4) as usize;
+            let mut parts: Vec<Page> = (0..readers).map(|_| Page::new(order, to)).collect();
+            for x in &rows {
+                let k = rng.below(readers as u64) as usize;
+                parts[k].push(x.clone()).unwrap();
+            }
+            let mut page = Page::new(order, to);
+            for p in parts {
+                assert!(p.heap.len() <= to, "a reader kept more than the page");
+                page.merge(p).unwrap();
+            }
+            assert!(page.heap.len() <= to);
+            let (totals, got) = page.finish(from);
+            let got: Vec<u64> = got.iter().map(|x| x.xdr_id).collect();
+            let (want_totals, want) = naive(&rows, order, from, to);
+            assert_eq!(totals, want_totals, "case {case}: {order:?} n={n}");
+            assert_eq!(
+                got, want,
+                "case {case}: {order:?} n={n} from={from} to={to}"
+            );
+        }
+    }
+
+    #[test]
+    fn totals_overflow_is_an_error() {
+        let order = Order {
+            sort_by: SortBy::LoginTime,
+            desc: false,
+        };
+        let mut page = Page::new(order, 1);
+        let big = OwnedXdr {
+            credit_used: Decimal::MAX,
+            ..OwnedXdr::default()
+        };
+        page.push(big.clone()).unwrap();
+        assert!(page.push(big).is_err());
     }
 }

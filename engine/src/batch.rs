@@ -42,6 +42,17 @@ pub enum BatchError {
     },
     #[error("{path}:1: {reason}")]
     Header { path: String, reason: String },
+    #[error(
+        "{path}: starts like {earlier} (rated to the end, {earlier_size} bytes) but differs \
+         inside that rated part: refusing to charge its records again (a corrected copy of \
+         a rated file? rate it with --force to take it as a new file; records already \
+         rated stay duplicates)"
+    )]
+    ChangedCopy {
+        path: String,
+        earlier: String,
+        earlier_size: u64,
+    },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]
@@ -78,6 +89,8 @@ pub struct FileSummary {
     pub already_rated: bool,
     /// Line the run resumed at, when an earlier run was interrupted.
     pub resumed_at_line: Option<u64>,
+    /// The file is a grown copy of this rated file: rated from where that one ended.
+    pub continues: Option<String>,
     pub records: u64,
     pub xdrs: u64,
     pub ok: u64,
@@ -197,26 +210,88 @@ impl Subscribers {
     }
 }
 
-/// Content hash of a file (hex blake3), feeding progress.
-pub fn hash_file(path: &Path) -> Result<(String, u64), BatchError> {
+/// What identifies a CDR file: its content hash, its head hash, and the hashes of its
+/// first `n` bytes for each asked `n` (to recognise a grown copy of a rated file).
+#[derive(Debug, Clone)]
+pub struct FileIdentity {
+    /// blake3 of the whole content, hex.
+    pub hash: String,
+    pub size: u64,
+    /// blake3 of the file's first `head_lines` lines (at most 64 KiB), hex: a copy of the
+    /// same growing file has the same head.
+    pub head_hash: String,
+    /// `(n, blake3 of the first n bytes)` for each asked `n` below `size`.
+    pub prefixes: Vec<(u64, String)>,
+}
+
+/// Hashes a file once, snapshotting the hash at each of `boundaries` (any order).
+pub fn identify_file(
+    path: &Path,
+    boundaries: &[u64],
+    head_lines: usize,
+) -> Result<FileIdentity, BatchError> {
     let io = |source| BatchError::Io {
         path: path.display().to_string(),
         source,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut cuts: Vec<u64> = boundaries.to_vec();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut cuts = cuts.into_iter().peekable();
     let mut h = blake3::Hasher::new();
+    let mut head = Vec::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
+    let mut prefixes = Vec::new();
     loop {
         let n = f.read(&mut buf).map_err(io)?;
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
-        total += n as u64;
+        let mut chunk = &buf[..n];
+        if head.len() < HEAD_BYTES {
+            head.extend_from_slice(&chunk[..chunk.len().min(HEAD_BYTES - head.len())]);
+        }
+        while let Some(&cut) = cuts.peek() {
+            if cut == 0 || cut < total {
+                cuts.next();
+                continue;
+            }
+            if cut > total + chunk.len() as u64 {
+                break;
+            }
+            let k = (cut - total) as usize;
+            h.update(&chunk[..k]);
+            total += k as u64;
+            chunk = &chunk[k..];
+            prefixes.push((cut, h.finalize().to_hex().to_string()));
+            cuts.next();
+        }
+        h.update(chunk);
+        total += chunk.len() as u64;
     }
-    Ok((h.finalize().to_hex().to_string(), total))
+    prefixes.retain(|(n, _)| *n < total);
+    let mut end = 0;
+    for _ in 0..head_lines {
+        match memchr::memchr(b'\n', &head[end..]) {
+            Some(i) => end += i + 1,
+            None => {
+                end = head.len();
+                break;
+            }
+        }
+    }
+    Ok(FileIdentity {
+        hash: h.finalize().to_hex().to_string(),
+        size: total,
+        head_hash: blake3::hash(&head[..end]).to_hex().to_string(),
+        prefixes,
+    })
 }
+
+/// Bytes of a file's start that its head hash may cover.
+const HEAD_BYTES: usize = 64 << 10;
 
 /// 128-bit key of a call id (XXH3-128: a fixed, specified algorithm, so keys stored in the
 /// ledger stay valid across versions; 2^-64 collision odds at 10^10 calls).
@@ -319,12 +394,10 @@ fn build_chunk(
     catalog: &Catalog,
     subs: &Subscribers,
     file_name: &str,
-    file_hash: &str,
     chunk: &[&RatedCdr<'_>],
 ) -> Result<Vec<(i64, arrow_array::RecordBatch, i64, i64)>, BatchError> {
     let mut builders: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
     let mut source = String::new();
-    let mut call_id_buf = String::new();
     let mut details: Vec<RuleDetail<'_>> = Vec::new();
     for &r in chunk {
         let user = r.user.map(|ui| &subs.users[ui as usize]);
@@ -362,14 +435,7 @@ fn build_chunk(
         use std::fmt::Write;
         source.clear();
         let _ = write!(source, "cdr:{}:{}", file_name, r.cdr.line);
-        let call_id: &str = match &r.cdr.call_id {
-            Some(c) => c.as_ref(),
-            None => {
-                call_id_buf.clear();
-                let _ = write!(call_id_buf, "{}:{}", &file_hash[..16], r.cdr.line);
-                &call_id_buf
-            }
-        };
+        let call_id: &str = r.cdr.call_id.as_ref();
         let logout = r.cdr.start + r.cdr.duration_secs;
         let row = XdrRow {
             xdr_id: r.xdr_id,
@@ -434,6 +500,9 @@ pub struct BatchRater<'a> {
     pub(crate) next_xdr: u64,
     /// Bytes per block (one ledger commit each); [`BLOCK_BYTES`] unless a test shrinks it.
     pub block_bytes: usize,
+    /// Rate a file that starts like a rated one but differs inside its rated part as a new
+    /// file instead of refusing it (`ratel rate --force`).
+    pub force: bool,
     /// Test seam simulating a crash: stop with an error after this many committed batches.
     #[doc(hidden)]
     pub crash_after_batches: Option<u64>,
@@ -452,6 +521,7 @@ impl<'a> BatchRater<'a> {
             call_keys,
             next_xdr,
             block_bytes: BLOCK_BYTES,
+            force: false,
             crash_after_batches: None,
         })
     }
@@ -473,7 +543,14 @@ impl<'a> BatchRater<'a> {
             source,
         };
         let t0 = Instant::now();
-        let (file_hash, size) = hash_file(path)?;
+        // A grown copy of a rated file (Asterisk appends to Master.csv) starts with that
+        // file's bytes: hash our prefix at the size of every shorter rated file.
+        let meta_size = std::fs::metadata(path).map_err(io)?.len();
+        let candidates = self.ledger.rated_files_shorter_than(meta_size)?;
+        let cuts: Vec<u64> = candidates.iter().map(|c| c.size).collect();
+        let head_lines = if Reader::has_header(format) { 2 } else { 1 };
+        let id = identify_file(path, &cuts, head_lines)?;
+        let (file_hash, size) = (id.hash.clone(), id.size);
         let mut summary = FileSummary {
             path: path.display().to_string(),
             file_hash: file_hash.clone(),
@@ -490,20 +567,24 @@ impl<'a> BatchRater<'a> {
             }
         }
         let mut file = std::fs::File::open(path).map_err(io)?;
+        let mut head = Vec::new();
+        (&mut file)
+            .take(1 << 16)
+            .read_to_end(&mut head)
+            .map_err(io)?;
+        let bom = if head.starts_with(crate::csv::BOM) {
+            crate::csv::BOM.len()
+        } else {
+            0
+        };
         // The generic format's header names its columns; read it from the file's start.
         let (reader, header_end) = match format {
             CdrFormat::Generic => {
-                let mut head = Vec::new();
-                (&mut file)
-                    .take(1 << 16)
-                    .read_to_end(&mut head)
-                    .map_err(io)?;
                 let end = memchr::memchr(b'\n', &head)
                     .map(|i| i + 1)
                     .unwrap_or(head.len());
-                let line = head[..end].strip_suffix(b"\n").unwrap_or(&head[..end]);
+                let line = head[bom..end].strip_suffix(b"\n").unwrap_or(&head[bom..end]);
                 let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let line = line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line);
                 let cols =
                     GenericColumns::from_header(line).map_err(|reason| BatchError::Header {
                         path: path.display().to_string(),
@@ -511,16 +592,45 @@ impl<'a> BatchRater<'a> {
                     })?;
                 (Reader::Generic(cols), end as u64)
             }
-            CdrFormat::Asterisk => (Reader::Asterisk, 0),
-            CdrFormat::Freeswitch => (Reader::Freeswitch, 0),
+            CdrFormat::Asterisk => (Reader::Asterisk, bom as u64),
+            CdrFormat::Freeswitch => (Reader::Freeswitch, bom as u64),
         };
-        let (start_offset, start_line) = match &prior {
-            Some(p) => {
+        let first_line = if Reader::has_header(format) { 2 } else { 1 };
+        // The longest rated file this one extends.
+        let grown_from = if prior.is_none() {
+            id.prefixes
+                .iter()
+                .filter_map(|(n, h)| candidates.iter().find(|c| c.size == *n && c.file_hash == *h))
+                .max_by_key(|c| c.size)
+        } else {
+            None
+        };
+        let (start_offset, start_line) = match (&prior, grown_from) {
+            (Some(p), _) => {
                 summary.resumed_at_line = Some(p.next_line);
                 tracing::info!(file = %path.display(), line = p.next_line, "resuming an interrupted run after its last committed batch");
                 (p.next_offset, p.next_line)
             }
-            None => (header_end, if header_end > 0 { 2 } else { 1 }),
+            (None, Some(c)) => {
+                let (off, line) =
+                    continuation_point(&mut file, c, header_end, first_line).map_err(io)?;
+                summary.continues = Some(c.path.clone());
+                summary.resumed_at_line = Some(line);
+                tracing::info!(file = %path.display(), grown_from = %c.path, line, "a grown copy of a rated file: rating from where that one ended");
+                (off, line)
+            }
+            (None, None) => {
+                if !self.force {
+                    if let Some(c) = self.ledger.rated_file_with_head(&id.head_hash)? {
+                        return Err(BatchError::ChangedCopy {
+                            path: path.display().to_string(),
+                            earlier: c.path,
+                            earlier_size: c.size,
+                        });
+                    }
+                }
+                (header_end, first_line)
+            }
         };
         file.seek(SeekFrom::Start(start_offset)).map_err(io)?;
         progress.file_started(path, size);
@@ -581,6 +691,7 @@ impl<'a> BatchRater<'a> {
                         path: pstr.clone(),
                         format: format.name().into(),
                         file_size: size,
+                        head_hash: id.head_hash.clone(),
                         next_offset: rb.next_offset,
                         next_line: rb.next_line,
                         done: rb.done,
@@ -614,7 +725,6 @@ impl<'a> BatchRater<'a> {
                     let t = Instant::now();
                     let tz = &catalog.tz;
                     let subs = &*subscribers;
-                    let fh = file_hash.as_str();
                     let mut outcomes: Vec<Outcome<'_>> = block
                         .spans
                         .par_iter()
@@ -622,11 +732,23 @@ impl<'a> BatchRater<'a> {
                         .map_init(
                             || (Vec::new(), Vec::new()),
                             |(scratch, fields), span| {
+                                if let Some(e) = span.error {
+                                    return Outcome::Bad(span.line, e.reason().to_string());
+                                }
                                 let rec = &block.buf[span.start..span.end];
                                 match reader.parse_with(rec, span.line, tz, fields) {
                                     Err(reason) => Outcome::Bad(span.line, reason),
+                                    Ok(cdr) if cdr.duration_secs > catalog.max_call_secs => {
+                                        Outcome::Bad(
+                                            span.line,
+                                            format!(
+                                                "billable seconds: {} is more than [cdr] max_call_secs = {}",
+                                                cdr.duration_secs, catalog.max_call_secs
+                                            ),
+                                        )
+                                    }
                                     Ok(cdr) => {
-                                        Outcome::Rated(rate_one(catalog, subs, fh, cdr, scratch))
+                                        Outcome::Rated(rate_one(catalog, subs, cdr, scratch))
                                     }
                                 }
                             },
@@ -698,7 +820,7 @@ impl<'a> BatchRater<'a> {
                     let chunk = order.len().div_ceil(threads).max(16 * 1024);
                     let built: Vec<Vec<(i64, arrow_array::RecordBatch, i64, i64)>> = order
                         .par_chunks(chunk)
-                        .map(|c| build_chunk(catalog, subs, &file_name, fh, c))
+                        .map(|c| build_chunk(catalog, subs, &file_name, c))
                         .collect::<Result<_, _>>()?;
                     let mut by_day: Vec<(i64, Vec<arrow_array::RecordBatch>, i64, i64)> =
                         Vec::new();
@@ -776,18 +898,37 @@ impl<'a> BatchRater<'a> {
     }
 }
 
+/// Where a grown copy of the rated file `c` resumes: after `c`'s last byte when that ended a
+/// line; else at the start of `c`'s unfinished last line (it may have been copied half
+/// written: rated again in full, and if it was complete its call id makes it a duplicate).
+fn continuation_point(
+    file: &mut std::fs::File,
+    c: &crate::ledger::RatedFile,
+    header_end: u64,
+    first_line: u64,
+) -> std::io::Result<(u64, u64)> {
+    let from = c.size.saturating_sub(crate::csv::MAX_RECORD_BYTES as u64).max(header_end);
+    file.seek(SeekFrom::Start(from))?;
+    let mut tail = Vec::new();
+    (&mut *file).take(c.size - from).read_to_end(&mut tail)?;
+    if tail.last() == Some(&b'\n') || tail.is_empty() {
+        return Ok((c.size, c.next_line));
+    }
+    let line = c.next_line.saturating_sub(1).max(first_line);
+    Ok(match memchr::memrchr(b'\n', &tail) {
+        Some(i) => (from + i as u64 + 1, line),
+        None => (from, line),
+    })
+}
+
 /// Parses the user and rates one CDR (pure; runs in parallel).
 fn rate_one<'a>(
     catalog: &Catalog,
     subs: &Subscribers,
-    file_hash: &str,
     cdr: Cdr<'a>,
     scratch: &mut Vec<u8>,
 ) -> RatedCdr<'a> {
-    let key = match &cdr.call_id {
-        Some(c) => call_key(c.as_bytes()),
-        None => call_key(format!("{}:{}", &file_hash[..16], cdr.line).as_bytes()),
-    };
+    let key = call_key(cdr.call_id.as_bytes());
     let user = subs.by_name.get(cdr.account.trim()).copied();
     let zero = |status| CallRating {
         status,
@@ -844,6 +985,27 @@ fn rate_one<'a>(
     }
 }
 
+/// Reads past the end of an over-long line whose first `had` bytes were read: returns the
+/// bytes of the line including its `\n`, the bytes read after it, and whether the file ended.
+fn skip_line(file: &mut std::fs::File, had: u64) -> std::io::Result<(u64, Vec<u8>, bool)> {
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut skipped = had;
+    loop {
+        let n = match file.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok((skipped, Vec::new(), true));
+        }
+        if let Some(i) = memchr::memchr(b'\n', &chunk[..n]) {
+            return Ok((skipped + i as u64 + 1, chunk[i + 1..n].to_vec(), false));
+        }
+        skipped += n as u64;
+    }
+}
+
 /// Stage 1: reads `file` from `offset` in blocks cut at record boundaries.
 fn read_blocks(
     mut file: std::fs::File,
@@ -878,14 +1040,46 @@ fn read_blocks(
         let mut spans = Vec::with_capacity(filled / 64);
         let (consumed, next_line) = scan_records(&buf, line, eof, &mut spans);
         if consumed == 0 && !eof {
-            // One record longer than a block: grow the block and read on.
-            carry = buf;
-            carry.reserve(block_bytes);
+            if buf.len() <= crate::csv::MAX_RECORD_BYTES + crate::csv::MAX_QUOTED_BYTES {
+                // One record longer than a block: grow the block and read on.
+                carry = buf;
+                carry.reserve(block_bytes);
+                continue;
+            }
+            // A line longer than any record: skip it to its end without holding it, and
+            // report it as one bad line.
+            let (skipped, rest, at_eof) = match skip_line(&mut file, buf.len() as u64) {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            carry = rest;
+            let block = Block {
+                buf: Vec::new(),
+                spans: vec![RecordSpan {
+                    start: 0,
+                    end: 0,
+                    line,
+                    error: Some(crate::csv::RecordError::TooLong),
+                }],
+                offset,
+                next_offset: offset + skipped,
+                next_line: line + 1,
+                eof: at_eof && carry.is_empty(),
+            };
+            offset = block.next_offset;
+            line += 1;
+            let last = block.eof;
+            if tx.send(Ok(block)).is_err() || last {
+                return;
+            }
             continue;
         }
         carry = buf[consumed..].to_vec();
         // Skip blank lines (a trailing newline at the end of a file, say).
-        spans.retain(|s| s.end > s.start);
+        spans.retain(|s| s.end > s.start || s.error.is_some());
         let block = Block {
             next_offset: offset + consumed as u64,
             next_line,

@@ -178,6 +178,8 @@ pub struct Nas {
     pub ip: IpAddr,
     pub secret: Vec<u8>,
     pub interim_interval_secs: Option<u64>,
+    /// Most sessions of this NAS open at once (`[[nas]] max_sessions`).
+    pub max_sessions: usize,
 }
 
 /// An API administrator.
@@ -223,9 +225,16 @@ pub struct Catalog {
     pub data_dir: PathBuf,
     pub spool_dir: PathBuf,
     pub spool_format: CdrFormat,
+    /// `[cdr] max_call_secs`: a CDR with more billable seconds is a bad line.
+    pub max_call_secs: i64,
     pub stale_timeout_secs: u64,
     pub commit_wait_ms: u64,
+    /// `[radius] max_session_secs`: a RADIUS update claiming a longer Acct-Session-Time is
+    /// an anomaly, acknowledged but not rated.
+    pub max_session_secs: i64,
     pub session_idle_secs: u64,
+    /// Timeouts and caps of the API's HTTP server.
+    pub api_limits: crate::config::ApiLimits,
     pub admins: Vec<Admin>,
     pub nas: Vec<Nas>,
     pub charge_rules: Vec<ChargeRule>,
@@ -234,17 +243,33 @@ pub struct Catalog {
     group_by_name: HashMap<String, usize>,
 }
 
+/// Largest price (per minute, per GB, connect fee) a config or rate deck may set. With
+/// session and call durations bounded too, every cost the core computes stays far inside
+/// `Decimal`'s range (about 7.9e28), so rating arithmetic cannot overflow.
+pub const MAX_PRICE: Decimal = Decimal::from_parts(1_000_000_000, 0, 0, false, 0);
+
+/// Why a price is out of range, if it is (negative, or above [`MAX_PRICE`]).
+fn price_out_of_range(text: &str, d: Decimal) -> Option<String> {
+    if d.is_sign_negative() {
+        Some(format!("{text:?} is negative"))
+    } else if d > MAX_PRICE {
+        Some(format!("{text:?} is more than {MAX_PRICE}"))
+    } else {
+        None
+    }
+}
+
 fn parse_money(file: &str, key: &str, s: &str) -> Result<Decimal, ConfigError> {
     let d: Decimal = s.trim().parse().map_err(|_| ConfigError::Invalid {
         file: file.into(),
         key: key.into(),
         reason: format!("{s:?} is not a decimal number"),
     })?;
-    if d.is_sign_negative() {
+    if let Some(reason) = price_out_of_range(s, d) {
         return Err(ConfigError::Invalid {
             file: file.into(),
             key: key.into(),
-            reason: format!("{s:?} is negative"),
+            reason,
         });
     }
     Ok(d)
@@ -302,6 +327,22 @@ impl Catalog {
                 format!("{:?} is not an IANA time zone", c.rating.time_zone),
             )
         })?;
+        if !(1..=31 * 86_400).contains(&c.cdr.max_call_secs) {
+            return Err(invalid(
+                "cdr.max_call_secs",
+                format!("{} is outside 1..=2678400 (31 days)", c.cdr.max_call_secs),
+            ));
+        }
+        if !(1..=u32::MAX as u64).contains(&c.radius.max_session_secs) {
+            return Err(invalid(
+                "radius.max_session_secs",
+                format!(
+                    "{} is outside 1..={} (Acct-Session-Time is 32 bits)",
+                    c.radius.max_session_secs,
+                    u32::MAX
+                ),
+            ));
+        }
         let spool_format = CdrFormat::parse(&c.cdr.format).ok_or_else(|| {
             invalid(
                 "cdr.format",
@@ -352,11 +393,28 @@ impl Catalog {
                     format!("{ip} is configured twice"),
                 ));
             }
+            // Sessions, closed-session memory and the ledger key sessions by NAS name.
+            if nas.iter().any(|x: &Nas| x.name == n.name) {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("{:?} is configured twice", n.name),
+                ));
+            }
+            if n.name.is_empty() {
+                return Err(invalid(&format!("{key}.name"), "empty name".into()));
+            }
+            if !(1..=10_000_000).contains(&n.max_sessions) {
+                return Err(invalid(
+                    &format!("{key}.max_sessions"),
+                    format!("{} is outside 1..=10000000", n.max_sessions),
+                ));
+            }
             nas.push(Nas {
                 name: n.name.clone(),
                 ip,
                 secret: n.secret.as_bytes().to_vec(),
                 interim_interval_secs: n.interim_interval_secs,
+                max_sessions: n.max_sessions as usize,
             });
         }
 
@@ -461,9 +519,12 @@ impl Catalog {
             data_dir: lc.resolve(&c.storage.data_dir),
             spool_dir: lc.resolve(&c.cdr.spool),
             spool_format,
+            max_call_secs: c.cdr.max_call_secs,
             stale_timeout_secs: c.radius.stale_timeout_secs,
             commit_wait_ms: c.radius.commit_wait_ms.clamp(1, 50),
+            max_session_secs: c.radius.max_session_secs as i64,
             session_idle_secs: c.api.session_idle_secs,
+            api_limits: c.api.limits(),
             admins,
             nas,
             charge_rules,
@@ -499,7 +560,18 @@ pub fn load_rate_deck(tariff: &str, file: &str, text: &str) -> Result<Tariff, Co
         key: field.into(),
         reason,
     };
-    let mut lines = text.lines().enumerate();
+    // One CSV reader for every input: BOM dropped, CRLF accepted, quoted newlines kept.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut spans = Vec::new();
+    crate::csv::scan_records_with(crate::csv::Dialect::DOC, text.as_bytes(), 1, true, &mut spans);
+    if let Some(sp) = spans.iter().find(|sp| sp.error.is_some()) {
+        let reason = sp.error.map(|e| e.reason()).unwrap_or_default();
+        return Err(invalid(sp.line as usize, "row", reason.into()));
+    }
+    // (0-based line, record): records start on line boundaries, so slicing is safe.
+    let mut lines = spans
+        .iter()
+        .map(|sp| (sp.line as usize - 1, &text[sp.start..sp.end]));
     let header = loop {
         match lines.next() {
             Some((_, l)) if l.trim().is_empty() => continue,
@@ -560,8 +632,8 @@ pub fn load_rate_deck(tariff: &str, file: &str, text: &str) -> Result<Tariff, Co
                 .trim()
                 .parse()
                 .map_err(|_| invalid(ln, name, format!("{:?} is not a decimal number", f[i])))?;
-            if d.is_sign_negative() {
-                return Err(invalid(ln, name, format!("{:?} is negative", f[i])));
+            if let Some(reason) = price_out_of_range(&f[i], d) {
+                return Err(invalid(ln, name, reason));
             }
             Ok(d)
         };
@@ -690,6 +762,12 @@ mod tests {
             (rule.replace("24:00", "25:00"), "t.toml: charge_rule[0] (d): end \"25:00\" is not HH:MM"),
             ("[[group]]\nname='g'\nrounding='ceil'".into(), "t.toml: group[0] (g).rounding: \"ceil\": expected up, down, half_up or half_even"),
             ("[[nas]]\nname='n'\nip='1.2.3'\nsecret='s'".into(), "t.toml: nas[0] (n).ip: \"1.2.3\" is not an IP address"),
+            ("[[nas]]\nname='n'\nip='10.0.0.1'\nsecret='s'\n[[nas]]\nname='n'\nip='10.0.0.2'\nsecret='s'".into(), "t.toml: nas[1] (n).name: \"n\" is configured twice"),
+            ("[[nas]]\nname='n'\nip='10.0.0.1'\nsecret='s'\n[[nas]]\nname='m'\nip='10.0.0.1'\nsecret='s'".into(), "t.toml: nas[1] (m).ip: 10.0.0.1 is configured twice"),
+            ("[[nas]]\nname='n'\nip='10.0.0.1'\nsecret='s'\nmax_sessions=0".into(), "t.toml: nas[0] (n).max_sessions: 0 is outside 1..=10000000"),
+            ("[radius]\nmax_session_secs=4294967296".into(), "t.toml: radius.max_session_secs: 4294967296 is outside 1..=4294967295"),
+            (rule.replace("0.5", "1000000000.01"), "t.toml: charge_rule[0] (d).price_per_gb: \"1000000000.01\" is more than 1000000000"),
+            (rule.replace("0.01", "-0.01"), "t.toml: charge_rule[0] (d).price_per_minute: \"-0.01\" is negative"),
             ("[[tariff]]\nname='t'\nrates='/nonexistent/x.csv'".into(), "/nonexistent/x.csv: cannot read"),
         ];
         for (toml, want) in cases {
@@ -708,6 +786,8 @@ mod tests {
         let cases: &[(String, &str)] = &[
             (format!("{h}1,US,x,0,60,60\n"), "d.csv:2: price_per_minute: \"x\" is not a decimal number"),
             (format!("{h}1,US,0.1,0,60,0\n"), "d.csv:2: next_increment: 0 is less than 1"),
+            (format!("{h}1,US,2000000000,0,60,60\n"), "d.csv:2: price_per_minute: \"2000000000\" is more than 1000000000"),
+            (format!("{h}1,US,0.1,99999999999999999999,60,60\n"), "d.csv:2: connect_fee: \"99999999999999999999\" is more than 1000000000"),
             (format!("{h}1a,US,0.1,0,60,60\n"), "d.csv:2: prefix: \"1a\" is not a digit string"),
             (format!("{h}1,US,0.1,0,60,60\n1,US2,0.1,0,60,60\n"), "d.csv:3: prefix: prefix 1 has two rows without a time window"),
             (format!("{h}1,US,0.1,0,60,60,mon,08:00,18:00\n"), "d.csv:2: prefix: rows of prefix 1: the week is not covered from mon 00:00 to mon 08:00"),

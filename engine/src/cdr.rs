@@ -15,9 +15,9 @@ use crate::csv::split_fields;
 pub struct Cdr<'a> {
     /// 1-based line number in the file.
     pub line: u64,
-    /// The call id; `None` means the format had none (Asterisk without uniqueid) and the
-    /// caller derives one from the file identity and line.
-    pub call_id: Option<Cow<'a, str>>,
+    /// The call id: the key of exactly-once rating (two records with one id are one call
+    /// record seen twice).
+    pub call_id: Cow<'a, str>,
     pub account: Cow<'a, str>,
     pub caller: Cow<'a, str>,
     pub callee: Cow<'a, str>,
@@ -241,7 +241,7 @@ impl Reader {
                 }
                 Ok(Cdr {
                     line,
-                    call_id: Some(call_id),
+                    call_id,
                     account,
                     caller,
                     callee,
@@ -252,35 +252,35 @@ impl Reader {
                 })
             }
             Reader::Asterisk => {
-                // accountcode, src, dst, dcontext, clid, channel, dstchannel, lastapp,
-                // lastdata, start, answer, end, duration, billsec, disposition, amaflags
-                // [, uniqueid, userfield, ...]
+                // accountcode(0), src, dst, dcontext, clid, channel, dstchannel, lastapp,
+                // lastdata, start(9), answer, end, duration, billsec(13), disposition,
+                // amaflags(15)[, uniqueid(16), userfield(17)[, peeraccount, linkedid,
+                // sequence(20)]]. Only the fields read here must decode; the others (clid
+                // above all) may hold any bytes.
                 if f.len() < 16 {
                     return Err(format!("expected at least 16 fields, found {}", f.len()));
                 }
-                let mut it = f.drain(..);
-                let mut next = |name: &str| text(it.next().unwrap_or(Cow::Borrowed(&[])), name);
-                let account = next("accountcode")?;
-                let caller = next("src")?;
-                let callee = next("dst")?;
-                for n in [
-                    "dcontext",
-                    "clid",
-                    "channel",
-                    "dstchannel",
-                    "lastapp",
-                    "lastdata",
-                ] {
-                    next(n)?;
-                }
-                let start_s = next("start")?;
-                let answer_s = next("answer")?;
-                next("end")?;
-                next("duration")?;
-                let billsec = int(&next("billsec")?, "billsec")?;
-                let disposition = next("disposition")?;
-                next("amaflags")?;
-                let uniqueid = next("uniqueid").ok().filter(|u| !u.trim().is_empty());
+                let n = f.len();
+                let mut take = |i: usize, name: &str| {
+                    text(std::mem::replace(&mut f[i], Cow::Borrowed(&[])), name)
+                };
+                let account = take(0, "accountcode")?;
+                let caller = take(1, "src")?;
+                let callee = take(2, "dst")?;
+                let start_s = take(9, "start")?;
+                let answer_s = take(10, "answer")?;
+                let billsec = int(&take(13, "billsec")?, "billsec")?;
+                let disposition = take(14, "disposition")?;
+                let uniqueid = if n > 16 {
+                    take(16, "uniqueid")?
+                } else {
+                    Cow::Borrowed("")
+                };
+                let sequence = if n > 20 {
+                    take(20, "sequence")?
+                } else {
+                    Cow::Borrowed("")
+                };
                 let answered = disposition.trim().eq_ignore_ascii_case("ANSWERED");
                 // The call's start is its answer time; an unanswered call has none.
                 let start = if answer_s.trim().is_empty() {
@@ -290,7 +290,7 @@ impl Reader {
                 };
                 Ok(Cdr {
                     line,
-                    call_id: uniqueid,
+                    call_id: asterisk_call_id(uniqueid.trim(), sequence.trim(), rec),
                     account,
                     caller,
                     callee,
@@ -301,27 +301,24 @@ impl Reader {
                 })
             }
             Reader::Freeswitch => {
-                // caller_id_name, caller_id_number, destination_number, context,
-                // start_stamp, answer_stamp, end_stamp, duration, billsec, hangup_cause,
-                // uuid, bleg_uuid, accountcode[, read_codec, write_codec]
+                // caller_id_name, caller_id_number(1), destination_number(2), context,
+                // start_stamp(4), answer_stamp(5), end_stamp, duration, billsec(8),
+                // hangup_cause(9), uuid(10), bleg_uuid, accountcode(12)[, read_codec,
+                // write_codec]
                 if f.len() < 13 {
                     return Err(format!("expected at least 13 fields, found {}", f.len()));
                 }
-                let mut it = f.drain(..);
-                let mut next = |name: &str| text(it.next().unwrap_or(Cow::Borrowed(&[])), name);
-                next("caller_id_name")?;
-                let caller = next("caller_id_number")?;
-                let callee = next("destination_number")?;
-                next("context")?;
-                let start_s = next("start_stamp")?;
-                let answer_s = next("answer_stamp")?;
-                next("end_stamp")?;
-                next("duration")?;
-                let billsec = int(&next("billsec")?, "billsec")?;
-                let disposition = next("hangup_cause")?;
-                let uuid = next("uuid")?;
-                next("bleg_uuid")?;
-                let account = next("accountcode")?;
+                let mut take = |i: usize, name: &str| {
+                    text(std::mem::replace(&mut f[i], Cow::Borrowed(&[])), name)
+                };
+                let caller = take(1, "caller_id_number")?;
+                let callee = take(2, "destination_number")?;
+                let start_s = take(4, "start_stamp")?;
+                let answer_s = take(5, "answer_stamp")?;
+                let billsec = int(&take(8, "billsec")?, "billsec")?;
+                let disposition = take(9, "hangup_cause")?;
+                let uuid = take(10, "uuid")?;
+                let account = take(12, "accountcode")?;
                 let start = if answer_s.trim().is_empty() {
                     parse_local(&start_s, tz).map_err(|e| format!("start_stamp: {e}"))?
                 } else {
@@ -332,7 +329,7 @@ impl Reader {
                 }
                 Ok(Cdr {
                     line,
-                    call_id: Some(uuid),
+                    call_id: uuid,
                     account,
                     caller,
                     callee,
@@ -344,6 +341,20 @@ impl Reader {
             }
         }
     }
+}
+
+/// The call id of an Asterisk record (DESIGN.md "CDR file formats"): `uniqueid:sequence`
+/// when the line has both (the `newcdrcolumns` layout), else `uniqueid:` + a hash of the
+/// whole record, else `h:` + the hash alone. The legs of one call share a uniqueid and are
+/// separate records; only a repeat of the same record gets the same id, in any copy of the
+/// file. The hash is XXH3 over the record's bytes (a fixed algorithm: ids stay stable
+/// across versions).
+fn asterisk_call_id<'a>(uniqueid: &str, sequence: &str, rec: &[u8]) -> Cow<'a, str> {
+    Cow::Owned(match (uniqueid.is_empty(), sequence.is_empty()) {
+        (false, false) => format!("{uniqueid}:{sequence}"),
+        (false, true) => format!("{uniqueid}:{:016x}", xxhash_rust::xxh3::xxh3_64(rec)),
+        (true, _) => format!("h:{:032x}", xxhash_rust::xxh3::xxh3_128(rec)),
+    })
 }
 
 #[cfg(test)]
@@ -402,7 +413,7 @@ mod tests {
         assert_eq!(c.start, utc("2026-11-02T17:30:00Z"));
         assert_eq!(c.duration_secs, 65);
         assert!(c.answered);
-        assert_eq!(c.call_id.as_deref(), Some("1762104590.1"));
+        assert!(c.call_id.starts_with("1762104590.1:"), "{}", c.call_id);
         let bad = br#""1001","1","2","c","x","a","b","Dial","d","2026-11-02 17:29:50","","2026-11-02 17:31:05",75,-3,"NO ANSWER","DOCUMENTATION""#;
         assert_eq!(
             Reader::Asterisk.parse(bad, 4, &tz).unwrap_err(),
@@ -419,7 +430,7 @@ mod tests {
         assert_eq!(c.start, utc("2026-11-02T08:00:05Z"));
         assert_eq!(c.duration_secs, 60);
         assert!(c.answered);
-        assert_eq!(c.call_id.as_deref(), Some("a1b2"));
+        assert_eq!(c.call_id, "a1b2");
     }
 
     #[test]

@@ -98,6 +98,10 @@ pub struct RadiusConfig {
     /// Longest time a received packet waits for its group commit, in milliseconds.
     #[serde(default = "default_commit_wait_ms")]
     pub commit_wait_ms: u64,
+    /// Longest Acct-Session-Time rated, in seconds (1..=4294967295, default 31 days): an
+    /// update claiming more is a logged anomaly, acknowledged but not rated.
+    #[serde(default = "default_max_session_secs")]
+    pub max_session_secs: u64,
 }
 
 impl Default for RadiusConfig {
@@ -106,6 +110,7 @@ impl Default for RadiusConfig {
             listen: default_radius_listen(),
             stale_timeout_secs: 0,
             commit_wait_ms: default_commit_wait_ms(),
+            max_session_secs: default_max_session_secs(),
         }
     }
 }
@@ -115,6 +120,9 @@ fn default_radius_listen() -> String {
 }
 fn default_commit_wait_ms() -> u64 {
     2
+}
+fn default_max_session_secs() -> u64 {
+    31 * 86_400
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +134,20 @@ pub struct ApiConfig {
     /// Idle seconds after which an API session expires.
     #[serde(default = "default_session_idle")]
     pub session_idle_secs: u64,
+    /// Milliseconds a client has to send a request's complete header (from connecting or
+    /// from the end of its previous request); slower connections are closed.
+    #[serde(default = "default_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+    /// Milliseconds a request may take from its header to its answer (body upload,
+    /// waiting for a worker and the work itself); past it the answer is an error.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Most open API connections; further clients wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most requests executed at once (each holds a worker thread); others wait for one.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
 }
 
 impl Default for ApiConfig {
@@ -133,8 +155,46 @@ impl Default for ApiConfig {
         ApiConfig {
             listen: default_api_listen(),
             session_idle_secs: default_session_idle(),
+            header_timeout_ms: default_header_timeout_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+            max_connections: default_max_connections(),
+            max_requests: default_max_requests(),
         }
     }
+}
+
+impl ApiConfig {
+    /// The connection limits as runtime values (each at least 1).
+    pub fn limits(&self) -> ApiLimits {
+        ApiLimits {
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms.max(1)),
+            request_timeout: std::time::Duration::from_millis(self.request_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_requests: self.max_requests.max(1),
+        }
+    }
+}
+
+/// Limits of the API's HTTP server (see [`ApiConfig`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLimits {
+    pub header_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
+    pub max_connections: usize,
+    pub max_requests: usize,
+}
+
+fn default_header_timeout_ms() -> u64 {
+    10_000
+}
+fn default_request_timeout_ms() -> u64 {
+    120_000
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_requests() -> usize {
+    32
 }
 
 fn default_api_listen() -> String {
@@ -193,11 +253,20 @@ pub struct CdrConfig {
     /// Format of spooled files: asterisk | freeswitch | generic.
     #[serde(default = "default_format")]
     pub format: String,
+    /// Longest billable duration of one call, in seconds; a CDR claiming more is a bad
+    /// line (reported, not rated). Default 86400 (24 h).
+    #[serde(default = "default_max_call_secs")]
+    pub max_call_secs: i64,
+}
+
+fn default_max_call_secs() -> i64 {
+    86_400
 }
 
 impl Default for CdrConfig {
     fn default() -> Self {
         CdrConfig {
+            max_call_secs: default_max_call_secs(),
             spool: default_spool(),
             format: default_format(),
         }
@@ -230,6 +299,14 @@ pub struct NasConfig {
     /// Interim interval the NAS is configured with, in seconds (for stale detection).
     #[serde(default)]
     pub interim_interval_secs: Option<u64>,
+    /// Most sessions of this NAS open at once (default 100000): Starts beyond it are
+    /// acknowledged but not tracked (nothing charged), counted and logged.
+    #[serde(default = "default_nas_max_sessions")]
+    pub max_sessions: u64,
+}
+
+fn default_nas_max_sessions() -> u64 {
+    100_000
 }
 
 #[derive(Debug, Deserialize)]
@@ -242,9 +319,9 @@ pub struct ChargeRuleConfig {
     pub start: String,
     /// Exclusive local end, `HH:MM` (`24:00` allowed); end <= start wraps past midnight.
     pub end: String,
-    /// Time price, a decimal string.
+    /// Time price, a decimal string in 0..=1000000000 (see `catalog::MAX_PRICE`).
     pub price_per_minute: String,
-    /// Traffic price per 10^9 bytes (in + out), a decimal string.
+    /// Traffic price per 10^9 bytes (in + out), a decimal string in 0..=1000000000.
     pub price_per_gb: String,
 }
 

@@ -44,6 +44,30 @@ pub enum LedgerError {
     Rejected(String),
 }
 
+/// Creates `dir` and missing parents readable by the owner only (0700 on Unix): the ledger
+/// holds subscriber passwords and balances. An existing directory keeps its mode.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// Creates an empty `path` with mode 0600 when it does not exist yet, so SQLite opens it
+/// instead of creating it with the umask's mode (its -wal and -shm files copy that mode).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Holds the data dir's lock file for as long as it lives.
 #[derive(Debug)]
 pub struct DataDirLock {
@@ -57,7 +81,7 @@ impl DataDirLock {
             path: data_dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(data_dir).map_err(io)?;
+        create_private_dir(data_dir).map_err(io)?;
         let path = data_dir.join("LOCK");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -107,6 +131,16 @@ pub struct NewUser {
     pub comment: String,
 }
 
+/// A CDR file rated to the end: what a later, grown copy of it is matched against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RatedFile {
+    pub file_hash: String,
+    pub path: String,
+    pub size: u64,
+    /// Line number after the file's last record.
+    pub next_line: u64,
+}
+
 /// Progress of a CDR file, keyed by its content hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileProgress {
@@ -144,6 +178,9 @@ pub struct CdrBatchCommit {
     pub path: String,
     pub format: String,
     pub file_size: u64,
+    /// Hash of the file's head (see [`crate::batch::FileIdentity`]): recognises a later
+    /// copy of the same file that was changed inside the part already rated.
+    pub head_hash: String,
     /// Byte offset and line after this batch.
     pub next_offset: u64,
     pub next_line: u64,
@@ -238,6 +275,29 @@ CREATE TABLE IF NOT EXISTS rule_usage(
 INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 ";
 
+/// Brings a ledger written by an earlier version up to the current schema.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+        let mut st = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let names = st.query_map([], |r| r.get::<_, String>(0))?;
+        for n in names {
+            if n? == column {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if !has_column("cdr_files", "head_hash")? {
+        // Files rated before have no head hash: a changed copy of one is rated as a new
+        // file (its call ids still stop repeats of the records themselves).
+        conn.execute_batch(
+            "ALTER TABLE cdr_files ADD COLUMN head_hash TEXT;
+             CREATE INDEX IF NOT EXISTS cdr_files_head ON cdr_files(head_hash);",
+        )?;
+    }
+    Ok(())
+}
+
 fn parse_dec(path: &Path, what: &str, s: &str) -> Result<Decimal, LedgerError> {
     s.parse().map_err(|_| LedgerError::Corrupt {
         path: path.display().to_string(),
@@ -252,8 +312,14 @@ impl Ledger {
     pub fn open(data_dir: &Path) -> Result<Ledger, LedgerError> {
         let path = data_dir.join("ledger.sqlite");
         let xdr_root = data_dir.join("xdr");
-        std::fs::create_dir_all(&xdr_root).map_err(|source| LedgerError::Io {
-            path: xdr_root.display().to_string(),
+        create_private_dir(data_dir)
+            .and_then(|()| std::fs::create_dir_all(&xdr_root))
+            .map_err(|source| LedgerError::Io {
+                path: xdr_root.display().to_string(),
+                source,
+            })?;
+        create_private_file(&path).map_err(|source| LedgerError::Io {
+            path: path.display().to_string(),
             source,
         })?;
         let sq = |source| LedgerError::Sqlite {
@@ -275,6 +341,7 @@ impl Ledger {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
+        migrate(&conn).map_err(sq)?;
         let mut ledger = Ledger {
             conn,
             path,
@@ -584,6 +651,47 @@ impl Ledger {
             .map_err(self.sq())
     }
 
+    /// Files rated to the end that are shorter than `size` bytes: the candidates a file of
+    /// that size may be a grown copy of.
+    pub fn rated_files_shorter_than(&self, size: u64) -> Result<Vec<RatedFile>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT file_hash, path, size, next_line FROM cdr_files WHERE done = 1 AND size < ?1 AND size > 0",
+            )
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([size as i64], |r| {
+                Ok(RatedFile {
+                    file_hash: r.get(0)?,
+                    path: r.get(1)?,
+                    size: r.get::<_, i64>(2)? as u64,
+                    next_line: r.get::<_, i64>(3)? as u64,
+                })
+            })
+            .map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    /// A file rated to the end whose head hash is `head_hash`, if any.
+    pub fn rated_file_with_head(&self, head_hash: &str) -> Result<Option<RatedFile>, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT file_hash, path, size, next_line FROM cdr_files WHERE done = 1 AND head_hash = ?1 ORDER BY size DESC LIMIT 1",
+                [head_hash],
+                |r| {
+                    Ok(RatedFile {
+                        file_hash: r.get(0)?,
+                        path: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        next_line: r.get::<_, i64>(3)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.sq())
+    }
+
     /// Every call-id key ever rated into this data dir.
     pub fn load_call_keys(&self) -> Result<HashSet<u128, ahash::RandomState>, LedgerError> {
         let mut set = HashSet::with_hasher(ahash::RandomState::new());
@@ -641,11 +749,11 @@ impl Ledger {
             let batch_id = tx.last_insert_rowid();
             record_xdr_files(&tx, &self.xdr_root, batch_id, &b.files).map_err(sq)?;
             tx.execute(
-                "INSERT INTO cdr_files(file_hash, path, size, format, done, next_offset, next_line, records, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO cdr_files(file_hash, path, size, format, done, next_offset, next_line, records, updated_at, head_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT(file_hash) DO UPDATE SET done = ?5, next_offset = ?6, next_line = ?7,
-                   records = records + ?8, updated_at = ?9",
-                params![b.file_hash, b.path, b.file_size as i64, b.format, b.done as i64, b.next_offset as i64, b.next_line as i64, b.records as i64, b.now],
+                   records = records + ?8, updated_at = ?9, head_hash = ?10",
+                params![b.file_hash, b.path, b.file_size as i64, b.format, b.done as i64, b.next_offset as i64, b.next_line as i64, b.records as i64, b.now, b.head_hash],
             )
             .map_err(sq)?;
             tx.execute(
@@ -786,9 +894,10 @@ impl Ledger {
                 let e = usage
                     .entry((*user_id, rule.as_str()))
                     .or_insert((Decimal::ZERO, 0, 0));
-                e.0 += *credit;
-                e.1 += *secs;
-                e.2 += *bytes;
+                // Statistics: saturate rather than wrap (or panic) on absurd input.
+                e.0 = e.0.checked_add(*credit).unwrap_or(Decimal::MAX);
+                e.1 = e.1.saturating_add(*secs);
+                e.2 = e.2.saturating_add(*bytes);
             }
             for ((user_id, rule), (credit, secs, bytes)) in &usage {
                 let old: Option<(String, i64, i64)> = tx
@@ -803,7 +912,13 @@ impl Ledger {
                 };
                 tx.execute(
                     "INSERT OR REPLACE INTO rule_usage(user_id, rule, credit, seconds, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![user_id, rule, (c0 + credit).to_string(), s0 + secs, b0 + bytes],
+                    params![
+                        user_id,
+                        rule,
+                        c0.checked_add(*credit).unwrap_or(Decimal::MAX).to_string(),
+                        s0.saturating_add(*secs),
+                        b0.saturating_add(*bytes)
+                    ],
                 )
                 .map_err(sq)?;
             }
@@ -826,6 +941,25 @@ impl Ledger {
             }
         }
         tx.commit().map_err(sq)
+    }
+
+    /// Which of `keys` have a journal row already (a replayed RADIUS update rebuilds the
+    /// idempotency key of a charge taken before: it must charge nothing).
+    pub fn existing_journal_keys<'k>(
+        &self,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<HashSet<String>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT 1 FROM journal WHERE idem_key = ?1")
+            .map_err(self.sq())?;
+        let mut found = HashSet::new();
+        for k in keys {
+            if st.exists([k]).map_err(self.sq())? {
+                found.insert(k.to_string());
+            }
+        }
+        Ok(found)
     }
 
     /// Open sessions: (nas, session id, state JSON).

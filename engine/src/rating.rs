@@ -8,6 +8,10 @@
 //! Exactness: time charges are kept as the exact numerator `Σ price_per_minute × seconds`
 //! and divided by 60 once, when the cost is read; traffic charges are exact decimal shifts
 //! (`price_per_gb × bytes / 10^9`). The group's rounding is applied once per record.
+//!
+//! Hostile numbers: every step is checked arithmetic. A value that would overflow makes
+//! the update a [`RatingError`] (the caller logs an anomaly and charges nothing), never a
+//! panic or a wrap; a traffic jump no link could carry is flagged and charged nothing.
 
 use chrono_tz::Tz;
 use rust_decimal::Decimal;
@@ -61,6 +65,29 @@ pub struct CallRating {
 
 const SIXTY: Decimal = Decimal::from_parts(60, 0, 0, false, 0);
 
+/// Largest traffic growth (in + out, bytes) one update may report; more is an anomaly.
+pub const MAX_UPDATE_BYTES: u64 = 1_000_000_000_000_000;
+/// Fastest link a session is taken to run on: 100 Gbit/s, in bytes per second.
+pub const MAX_LINK_BYTES_PER_SEC: u64 = 12_500_000_000;
+/// Seconds of slack added to an update's elapsed session time for the link bound (clock
+/// skew, counters sampled a little after the session time).
+pub const LINK_SLACK_SECS: u64 = 300;
+
+/// Why an update could not be rated. Nothing is charged for it and the session's state is
+/// left as it was; the caller logs it as an anomaly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RatingError {
+    #[error("arithmetic overflow while rating (absurd counters, prices or balance)")]
+    Overflow,
+}
+
+/// Largest traffic growth an update covering `secs` more seconds of session may report.
+pub fn max_traffic_growth(secs: u64) -> u64 {
+    secs.saturating_add(LINK_SLACK_SECS)
+        .saturating_mul(MAX_LINK_BYTES_PER_SEC)
+        .min(MAX_UPDATE_BYTES)
+}
+
 /// The callee reduced to its digits, with a leading international `00` dropped.
 pub fn destination_digits(callee: &str, out: &mut Vec<u8>) {
     out.clear();
@@ -70,7 +97,8 @@ pub fn destination_digits(callee: &str, out: &mut Vec<u8>) {
     }
 }
 
-/// Billed seconds for `d` billable seconds with increments `first` / `next`.
+/// Billed seconds for `d` billable seconds with increments `first` / `next` (saturating at
+/// `i64::MAX` rather than wrapping for absurd `d`).
 pub fn billed_seconds(d: i64, first: u32, next: u32) -> i64 {
     let (first, next) = (first as i64, next.max(1) as i64);
     if d <= 0 {
@@ -78,12 +106,17 @@ pub fn billed_seconds(d: i64, first: u32, next: u32) -> i64 {
     } else if d <= first {
         first
     } else {
-        first + (d - first + next - 1) / next * next
+        // ceil((d - first) / next) without the `+ next - 1` that could overflow.
+        let steps = (d - first - 1) / next + 1;
+        steps.saturating_mul(next).saturating_add(first)
     }
 }
 
 /// Rates a call already known to belong to a known user. `answered` false or `d == 0` gives
-/// `UNANSWERED` at cost 0; no matching prefix gives `NO_RATE` at cost 0.
+/// `UNANSWERED` at cost 0; no matching prefix gives `NO_RATE` at cost 0. A call whose cost
+/// cannot be computed (an end past the end of time, an overflowing cost — impossible with
+/// the catalog's price bound and the CDR reader's duration bound) is `NO_RATE` at cost 0
+/// rather than a panic.
 pub fn rate_call(
     tariff: &Tariff,
     tz: &Tz,
@@ -112,21 +145,28 @@ pub fn rate_call(
     let row0 = pr.schedule.at(tz, start);
     let r0 = &tariff.rows[row0 as usize];
     let billed = billed_seconds(d, r0.first_increment, r0.next_increment);
-    let mut numerator = Decimal::ZERO;
+    let Some(end) = start.checked_add(billed) else {
+        return zero(Status::NoRate);
+    };
+    let mut numerator = Some(Decimal::ZERO);
     let mut pieces = Vec::with_capacity(1);
-    pr.schedule.split(tz, start, start + billed, |a, b, row| {
-        let part = tariff.rows[row as usize].price_per_minute * Decimal::from(b - a);
-        numerator += part;
+    pr.schedule.split(tz, start, end, |a, b, row| {
+        let part = tariff.rows[row as usize]
+            .price_per_minute
+            .checked_mul(Decimal::from(b - a));
+        numerator = numerator.zip(part).and_then(|(n, p)| n.checked_add(p));
         // `credit` holds the numerator until the division below.
         pieces.push(Piece {
             start: a,
             end: b,
             item: row,
-            credit: part,
+            credit: part.unwrap_or_default(),
         });
     });
     // Decimal division is the expensive step: one for the whole call, one per extra piece.
-    let time_cost = numerator / SIXTY;
+    let Some(time_cost) = numerator.map(|n| n / SIXTY) else {
+        return zero(Status::NoRate);
+    };
     if pieces.len() == 1 {
         pieces[0].credit = time_cost;
     } else {
@@ -134,12 +174,15 @@ pub fn rate_call(
             p.credit /= SIXTY;
         }
     }
+    let Some(cost_exact) = r0.connect_fee.checked_add(time_cost) else {
+        return zero(Status::NoRate);
+    };
     CallRating {
         status: Status::Ok,
         prefix: Some(pidx),
         row_at_start: Some(row0),
         billed_secs: billed,
-        cost_exact: r0.connect_fee + time_cost,
+        cost_exact,
         pieces,
     }
 }
@@ -187,6 +230,9 @@ pub struct UpdateCharge {
     pub time_backwards: bool,
     /// An octet counter went backwards (nothing charged for that counter).
     pub octets_backwards: bool,
+    /// The traffic growth exceeded [`max_traffic_growth`]: nothing charged for traffic, and
+    /// the octet counters stay at the previous update's.
+    pub traffic_anomaly: bool,
 }
 
 /// The rating state of one internet session.
@@ -224,17 +270,51 @@ impl SessionCharge {
         }
     }
 
-    /// Records an update's counters without charging anything (they only move forward).
-    pub fn observe(&mut self, u: &Usage) {
+    /// Records an update's counters without charging anything (they only move forward; an
+    /// absurd traffic jump is not recorded). Says what was odd about the update.
+    pub fn observe(&mut self, u: &Usage) -> UpdateCharge {
+        let mut out = UpdateCharge::default();
+        self.traffic_growth(u, &mut out);
+        out.time_backwards = u.session_time < self.last_session_time;
+        self.advance_counters(u, &out);
+        out
+    }
+
+    /// Counters only move forward; octets not past an absurd jump.
+    fn advance_counters(&mut self, u: &Usage, out: &UpdateCharge) {
         self.last_session_time = self.last_session_time.max(u.session_time);
-        self.last_octets_in = self.last_octets_in.max(u.octets_in);
-        self.last_octets_out = self.last_octets_out.max(u.octets_out);
+        if !out.traffic_anomaly {
+            self.last_octets_in = self.last_octets_in.max(u.octets_in);
+            self.last_octets_out = self.last_octets_out.max(u.octets_out);
+        }
         self.last_moment = self.last_moment.max(u.moment);
+    }
+
+    /// Growth of (in, out) since the previous update. A counter that went backwards grows by
+    /// 0; a total growth beyond [`max_traffic_growth`] of the session time this update
+    /// covers is an anomaly and grows by nothing.
+    fn traffic_growth(&self, u: &Usage, out: &mut UpdateCharge) -> (u64, u64) {
+        let din = u.octets_in.checked_sub(self.last_octets_in);
+        let dout = u.octets_out.checked_sub(self.last_octets_out);
+        out.octets_backwards = din.is_none() || dout.is_none();
+        let (din, dout) = (din.unwrap_or(0), dout.unwrap_or(0));
+        let secs = u.session_time.saturating_sub(self.last_session_time).max(0) as u64;
+        if din.saturating_add(dout) > max_traffic_growth(secs) {
+            out.traffic_anomaly = true;
+            return (0, 0);
+        }
+        (din, dout)
     }
 
     /// Exact cost so far.
     pub fn cost_exact(&self) -> Decimal {
-        self.time_numerator / SIXTY + self.traffic
+        self.checked_cost().unwrap_or(Decimal::MAX)
+    }
+
+    fn checked_cost(&self) -> Option<Decimal> {
+        self.time_numerator
+            .checked_div(SIXTY)?
+            .checked_add(self.traffic)
     }
 
     fn rule_mut(&mut self, rule: u32, at: i64) -> &mut RuleUsage {
@@ -258,72 +338,86 @@ impl SessionCharge {
     }
 
     /// Applies one update: charges the time since the previous update split at rule edges,
-    /// and the traffic growth at the rule in force at the update's moment.
+    /// and the traffic growth at the rule in force at the update's moment. On an error the
+    /// session is left exactly as it was.
     pub fn apply(
         &mut self,
         group: &Group,
         rules: &[ChargeRule],
         tz: &Tz,
         u: &Usage,
-    ) -> UpdateCharge {
+    ) -> Result<UpdateCharge, RatingError> {
+        let (next, out) = self.rate(group, rules, tz, u)?;
+        *self = next;
+        Ok(out)
+    }
+
+    /// The session's state after update `u`, and what it charges; `self` is not touched, so
+    /// the caller may still decide not to take the update (a charge already in the ledger).
+    pub fn rate(
+        &self,
+        group: &Group,
+        rules: &[ChargeRule],
+        tz: &Tz,
+        u: &Usage,
+    ) -> Result<(SessionCharge, UpdateCharge), RatingError> {
+        const OVERFLOW: RatingError = RatingError::Overflow;
         let mut out = UpdateCharge::default();
+        let mut next = self.clone();
+        let (din, dout) = self.traffic_growth(u, &mut out);
         let Some(schedule) = &group.rules else {
             // A group without charge rules is not charged for internet use.
-            self.last_session_time = self.last_session_time.max(u.session_time);
-            self.last_octets_in = self.last_octets_in.max(u.octets_in);
-            self.last_octets_out = self.last_octets_out.max(u.octets_out);
-            self.last_moment = self.last_moment.max(u.moment);
-            return out;
+            out.time_backwards = u.session_time < self.last_session_time;
+            next.advance_counters(u, &out);
+            return Ok((next, out));
         };
         if u.session_time < self.last_session_time {
             out.time_backwards = true;
         } else if u.session_time > self.last_session_time {
-            let from = self.login_time + self.last_session_time;
-            let to = self.login_time + u.session_time;
+            let from = self
+                .login_time
+                .checked_add(self.last_session_time)
+                .ok_or(OVERFLOW)?;
+            let to = self
+                .login_time
+                .checked_add(u.session_time)
+                .ok_or(OVERFLOW)?;
             let mut parts: Vec<(i64, i64, u32)> = Vec::with_capacity(2);
             schedule.split(tz, from, to, |a, b, r| parts.push((a, b, r)));
             for (a, b, r) in parts {
-                let part = rules[r as usize].price_per_minute * Decimal::from(b - a);
-                self.time_numerator += part;
-                let ru = self.rule_mut(r, a);
-                ru.seconds += b - a;
+                let part = rules[r as usize]
+                    .price_per_minute
+                    .checked_mul(Decimal::from(b - a))
+                    .ok_or(OVERFLOW)?;
+                next.time_numerator = next.time_numerator.checked_add(part).ok_or(OVERFLOW)?;
+                let ru = next.rule_mut(r, a);
+                ru.seconds = ru.seconds.checked_add(b - a).ok_or(OVERFLOW)?;
                 ru.end = ru.end.max(b);
                 ru.start = ru.start.min(a);
-                ru.time_numerator += part;
+                ru.time_numerator = ru.time_numerator.checked_add(part).ok_or(OVERFLOW)?;
             }
-            self.last_session_time = u.session_time;
         }
-        let din = if u.octets_in < self.last_octets_in {
-            out.octets_backwards = true;
-            0
-        } else {
-            u.octets_in - self.last_octets_in
-        };
-        let dout = if u.octets_out < self.last_octets_out {
-            out.octets_backwards = true;
-            0
-        } else {
-            u.octets_out - self.last_octets_out
-        };
         if din > 0 || dout > 0 {
             let r = schedule.at(tz, u.moment);
             let bytes = din as i128 + dout as i128;
             // price_per_gb × bytes / 10^9: an exact decimal shift.
-            let traffic = rules[r as usize].price_per_gb * Decimal::from_i128_with_scale(bytes, 9);
-            self.traffic += traffic;
-            let ru = self.rule_mut(r, u.moment);
-            ru.bytes_in += din;
-            ru.bytes_out += dout;
-            ru.traffic += traffic;
+            let gb = Decimal::try_from_i128_with_scale(bytes, 9).map_err(|_| OVERFLOW)?;
+            let traffic = rules[r as usize]
+                .price_per_gb
+                .checked_mul(gb)
+                .ok_or(OVERFLOW)?;
+            next.traffic = next.traffic.checked_add(traffic).ok_or(OVERFLOW)?;
+            let ru = next.rule_mut(r, u.moment);
+            ru.bytes_in = ru.bytes_in.checked_add(din).ok_or(OVERFLOW)?;
+            ru.bytes_out = ru.bytes_out.checked_add(dout).ok_or(OVERFLOW)?;
+            ru.traffic = ru.traffic.checked_add(traffic).ok_or(OVERFLOW)?;
             ru.end = ru.end.max(u.moment);
         }
-        self.last_octets_in = self.last_octets_in.max(u.octets_in);
-        self.last_octets_out = self.last_octets_out.max(u.octets_out);
-        self.last_moment = self.last_moment.max(u.moment);
-        let now = group.round(self.cost_exact());
-        out.delta = now - self.charged;
-        self.charged = now;
-        out
+        next.advance_counters(u, &out);
+        let now = group.round(next.checked_cost().ok_or(OVERFLOW)?);
+        out.delta = now.checked_sub(self.charged).ok_or(OVERFLOW)?;
+        next.charged = now;
+        Ok((next, out))
     }
 }
 
@@ -586,6 +680,9 @@ mod tests {
             (59, 1, 1, 59),
             (0, 60, 60, 0),
             (5, 0, 10, 10),
+            // Absurd durations saturate instead of wrapping.
+            (i64::MAX, 0, 7, i64::MAX),
+            (i64::MAX, 60, 1, i64::MAX),
         ] {
             assert_eq!(billed_seconds(d_, first, next), want, "{d_} {first}/{next}");
         }
@@ -639,7 +736,7 @@ rounding = "up"
         let mut s = SessionCharge::new(&updates[0]);
         let mut total = Decimal::ZERO;
         for u in updates {
-            total += s.apply(g, &c.charge_rules, &c.tz, u).delta;
+            total += s.apply(g, &c.charge_rules, &c.tz, u).unwrap().delta;
         }
         (total, s)
     }
@@ -727,6 +824,91 @@ rounding = "up"
         assert_eq!(total, d("0.1"));
     }
 
+    /// Issue 10 item 7: absurd gigawords (2^64 - 1 octets) gave a 6.9e9 charge. A jump
+    /// beyond what a 100 Gbit/s link carries in the update's time (or beyond 10^15 bytes)
+    /// is an anomaly: its traffic charges nothing and the counters stay put, so the next
+    /// sane update is charged from the last sane one.
+    #[test]
+    fn absurd_traffic_growth_is_an_anomaly() {
+        let c = catalog();
+        let g = &c.groups[0];
+        let t0 = ts("2026-11-02T10:00:00Z");
+        let at = |secs: i64, o_in: u64, o_out: u64| Usage {
+            moment: t0 + secs,
+            session_time: secs,
+            octets_in: o_in,
+            octets_out: o_out,
+        };
+        let mut s = SessionCharge::new(&at(0, 0, 0));
+        // (update, anomaly?, credit taken) — day rule: 0.01/min, 0.5/GB, up to 4 dp.
+        let cases: &[(Usage, bool, &str)] = &[
+            // 10 min of time (0.1); 2^64 - 1 octets in: anomaly, no traffic charge.
+            (at(600, u64::MAX, 0), true, "0.1"),
+            // Gigawords in both directions: u64::MAX + u64::MAX must not wrap into a charge.
+            (at(900, u64::MAX, u64::MAX), true, "0.05"),
+            // 2 GB since the last sane update (0): 1.0, plus 5 min 0.05.
+            (at(1200, 1_000_000_000, 1_000_000_000), false, "1.05"),
+            // Just above the link bound for 60 s: (60 + 300) s * 12.5e9 B/s + 1 byte.
+            (at(1260, 1_000_000_000 + 4_500_000_000_001, 1_000_000_000), true, "0.01"),
+            // Exactly at the bound: charged (4.5e12 B = 4500 GB * 0.5 = 2250) + 1 min 0.01.
+            (at(1320, 1_000_000_000 + 4_500_000_000_000, 1_000_000_000), false, "2250.01"),
+        ];
+        for (u, anomaly, want) in cases {
+            let before = (s.last_octets_in, s.last_octets_out);
+            let out = s.apply(g, &c.charge_rules, &c.tz, u).unwrap();
+            assert_eq!((out.traffic_anomaly, out.delta), (*anomaly, d(want)), "{u:?}");
+            if *anomaly {
+                assert_eq!((s.last_octets_in, s.last_octets_out), before);
+            }
+        }
+        // Unknown users' sessions only observe counters: the same bound applies.
+        let mut s = SessionCharge::new(&at(0, 0, 0));
+        assert!(s.observe(&at(60, u64::MAX, 0)).traffic_anomaly);
+        assert_eq!(s.last_octets_in, 0);
+        assert!(!s.observe(&at(120, 1000, 0)).traffic_anomaly);
+        assert_eq!(s.last_octets_in, 1000);
+    }
+
+    /// Issue 10 item 5: a price or cost beyond Decimal's range is an error (the caller logs
+    /// an anomaly), never a panic; the session is left as it was.
+    #[test]
+    fn overflowing_cost_is_an_error_not_a_panic() {
+        let mut c = catalog();
+        for r in &mut c.charge_rules {
+            r.price_per_minute = Decimal::MAX;
+            r.price_per_gb = Decimal::MAX;
+        }
+        let t0 = ts("2026-11-02T10:00:00Z");
+        let mut s = SessionCharge::new(&Usage {
+            moment: t0,
+            session_time: 0,
+            octets_in: 0,
+            octets_out: 0,
+        });
+        let before = s.clone();
+        let u = Usage {
+            moment: t0 + 600,
+            session_time: 600,
+            octets_in: 0,
+            octets_out: 0,
+        };
+        assert_eq!(
+            s.apply(&c.groups[0], &c.charge_rules, &c.tz, &u),
+            Err(RatingError::Overflow)
+        );
+        assert_eq!(s, before);
+        // VoIP: an overflowing price or an end past i64::MAX gives NO_RATE at cost 0.
+        let mut t = deck();
+        for r in &mut t.rows {
+            r.price_per_minute = Decimal::MAX;
+        }
+        let utc: Tz = "UTC".parse().unwrap();
+        let r = rate_call(&t, &utc, "15551234567", t0, 3600, true, &mut Vec::new());
+        assert_eq!((r.status, r.cost_exact), (Status::NoRate, Decimal::ZERO));
+        let r = rate_call(&deck(), &utc, "15551234567", t0, i64::MAX, true, &mut Vec::new());
+        assert_eq!((r.status, r.cost_exact), (Status::NoRate, Decimal::ZERO));
+    }
+
     proptest! {
         /// Charging interim by interim takes exactly what one Stop with the final counters
         /// takes (time split across rule edges; traffic priced at one rule).
@@ -760,15 +942,40 @@ rounding = "up"
             prop_assert!(b.cost_exact >= a.cost_exact);
         }
 
-        /// Cost never falls as octets grow.
+        /// Cost never falls as octets grow (within what a link carries in a minute).
         #[test]
-        fn session_cost_monotone_in_octets(o1 in 0u64..u64::MAX/4, extra in 0u64..u64::MAX/4) {
+        fn session_cost_monotone_in_octets(o1 in 0u64..2_000_000_000_000, extra in 0u64..2_000_000_000_000) {
             let c = catalog();
             let t0 = ts("2026-11-02T10:00:00Z");
             let mk = |o| [Usage { moment: t0, session_time: 0, octets_in: 0, octets_out: 0 }, Usage { moment: t0 + 60, session_time: 60, octets_in: o, octets_out: 0 }];
             let (a, _) = run(&c, &mk(o1));
             let (b, _) = run(&c, &mk(o1 + extra));
             prop_assert!(b >= a);
+        }
+
+        /// Any counters a packet can carry: never a panic or a wrap, never a negative
+        /// charge, and a traffic jump beyond the bound charges nothing for traffic.
+        #[test]
+        fn arbitrary_counters_never_panic(updates in proptest::collection::vec((any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>()), 1..8)) {
+            let c = catalog();
+            let g = &c.groups[0];
+            let first = Usage { moment: updates[0].3 as i64, session_time: 0, octets_in: 0, octets_out: 0 };
+            let mut s = SessionCharge::new(&first);
+            for (t, i, o, m) in updates {
+                let u = Usage { moment: m as i64, session_time: t as i64, octets_in: i, octets_out: o };
+                let before = s.clone();
+                match s.apply(g, &c.charge_rules, &c.tz, &u) {
+                    Ok(out) => {
+                        prop_assert!(out.delta >= Decimal::ZERO);
+                        if out.traffic_anomaly {
+                            prop_assert_eq!((s.last_octets_in, s.last_octets_out), (before.last_octets_in, before.last_octets_out));
+                            prop_assert_eq!(s.traffic, before.traffic);
+                        }
+                        prop_assert!(s.last_octets_in.saturating_sub(before.last_octets_in).saturating_add(s.last_octets_out.saturating_sub(before.last_octets_out)) <= MAX_UPDATE_BYTES);
+                    }
+                    Err(_) => prop_assert_eq!(&s, &before),
+                }
+            }
         }
     }
 }

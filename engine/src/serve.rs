@@ -4,10 +4,15 @@
 //! The Accounting-Response to a packet is sent only after the commit that holds its effects
 //! returned. If a commit fails (a full disk, say), nothing of the batch is acknowledged, the
 //! in-memory state is reloaded from the ledger, and the NAS's retransmissions are processed
-//! again once the ledger accepts writes. Between batches the same thread closes stale
+//! again once the ledger accepts writes. If the ledger refuses a batch for something in it
+//! (a constraint: a replay rebuilding an idempotency key that exists), no single packet may
+//! hold up the others: the batch is re-applied with the existing keys marked as charged, and
+//! bisected if it still fails, until every packet is committed or is one the ledger refuses
+//! on its own (poisoned: dropped, counted, logged). Between batches the same thread closes stale
 //! sessions, flushes the xDR outbox to Parquet and rates files dropped into the CDR spool.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -274,8 +279,17 @@ fn execute(catalog: &Catalog, rater: &mut BatchRater<'_>, cmd: Command) {
                             u.credit.checked_mul(credit).map(|v| v.round_dp(10))
                         }
                     }
-                    .ok_or_else(|| CommandError::Invalid("credit out of range".into()))?;
-                    changes.push((*id, new - u.credit, new));
+                    // The balance stays in the credit range, and the movement is checked too
+                    // (an old balance may predate the range): a bad amount is an error.
+                    .filter(|v| crate::users::check_credit(*v).is_ok())
+                    .and_then(|new| Some((new.checked_sub(u.credit)?, new)))
+                    .ok_or_else(|| {
+                        CommandError::Invalid(format!(
+                            "credit: the balance of user {id} would leave the credit range \
+                             (|credit| <= 10^15, at most 10 decimal places)"
+                        ))
+                    })?;
+                    changes.push((*id, new.0, new.1));
                 }
                 let ids = rater
                     .ledger
@@ -369,6 +383,7 @@ pub fn run(
         socket,
         buf: vec![0u8; 65_536],
         pending: Vec::with_capacity(MAX_BATCH),
+        arena: Vec::new(),
         drops: DropLog::default(),
         last_flush: Instant::now(),
         spool_files: 0,
@@ -429,6 +444,7 @@ fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounti
             acct.closed.insert((i, sid), at);
         }
     }
+    acct.recount();
     Ok(acct)
 }
 
@@ -472,6 +488,82 @@ struct Pending {
     ident: u8,
     auth: [u8; 16],
     to: SocketAddr,
+    /// The datagram's bytes in [`Core::arena`] (to apply it again if the batch is isolated).
+    bytes: Range<usize>,
+}
+
+/// What one attempt to commit a part of a refused batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Committed: acknowledge the part.
+    Committed,
+    /// Refused, and the attempt learned why (idempotency keys now known to exist): the
+    /// same part again.
+    Retry,
+    /// Refused for something in it: split it (a single packet is poisoned).
+    Refused,
+    /// The ledger fails for everything (disk, I/O): stop, acknowledge nothing more.
+    Fatal,
+}
+
+/// How a refused batch of `n` packets was committed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Isolation {
+    committed: Vec<Range<usize>>,
+    poisoned: Vec<usize>,
+    /// Not committed (a fatal failure, or the attempt budget ran out): not acknowledged.
+    unfinished: Vec<Range<usize>>,
+}
+
+/// Commits packets `0..n` in order and in as few parts as the ledger allows: a refused part
+/// is tried again when the attempt learned something, else split in halves; a refused
+/// single packet is poisoned. At most `4n + 8` attempts.
+fn bisect(n: usize, mut attempt: impl FnMut(Range<usize>) -> Attempt) -> Isolation {
+    let mut out = Isolation::default();
+    // A stack of parts, the next one on top: order is kept.
+    let mut todo: Vec<Range<usize>> = if n > 0 { vec![0..n] } else { Vec::new() };
+    let mut budget = 4 * n + 8;
+    while let Some(r) = todo.pop() {
+        let verdict = if budget == 0 {
+            Attempt::Fatal
+        } else {
+            budget -= 1;
+            attempt(r.clone())
+        };
+        match verdict {
+            Attempt::Committed => out.committed.push(r),
+            Attempt::Retry => todo.push(r),
+            Attempt::Refused if r.len() <= 1 => out.poisoned.push(r.start),
+            Attempt::Refused => {
+                let mid = r.start + r.len() / 2;
+                todo.push(mid..r.end);
+                todo.push(r.start..mid);
+            }
+            Attempt::Fatal => {
+                out.unfinished.push(r);
+                out.unfinished.extend(todo.drain(..).rev());
+            }
+        }
+    }
+    out
+}
+
+/// Whether the ledger refused a commit for its content (a constraint, a value it cannot
+/// store) rather than for the disk or the database as a whole.
+fn refused_for_content(e: &LedgerError) -> bool {
+    use rusqlite::{Error, ErrorCode};
+    match e {
+        LedgerError::Sqlite { source, .. } => match source {
+            Error::SqliteFailure(f, _) => matches!(
+                f.code,
+                ErrorCode::ConstraintViolation | ErrorCode::TooBig | ErrorCode::TypeMismatch
+            ),
+            Error::ToSqlConversionFailure(_) | Error::InvalidParameterName(_) => true,
+            _ => false,
+        },
+        LedgerError::Rejected(_) => true,
+        _ => false,
+    }
 }
 
 struct Core<'c> {
@@ -480,6 +572,8 @@ struct Core<'c> {
     socket: UdpSocket,
     buf: Vec<u8>,
     pending: Vec<Pending>,
+    /// The bytes of the batch's pending datagrams.
+    arena: Vec<u8>,
     drops: DropLog,
     last_flush: Instant,
     spool_files: u64,
@@ -497,6 +591,7 @@ impl Core<'_> {
         let mut fx = Effects::default();
         let mut retransmits: Vec<(u16, u8, [u8; 16], SocketAddr)> = Vec::new();
         self.pending.clear();
+        self.arena.clear();
         let _ = self
             .socket
             .set_read_timeout(Some(Duration::from_millis(100)));
@@ -540,22 +635,29 @@ impl Core<'_> {
         if self.pending.is_empty() && retransmits.is_empty() && fx.xdrs.is_empty() {
             return Ok(());
         }
+        let mut committed = true;
         if !self.pending.is_empty() || !fx.closed.is_empty() {
-            if let Err(e) = self.commit(rater, acct, &fx, now) {
-                tracing::error!(error = %e, packets = self.pending.len(), "ledger commit failed: NOT acknowledging this batch; the NAS will retransmit");
-                for p in &self.pending {
-                    acct.forget_seen(p.nas, p.ident, &p.auth);
+            committed = match self.commit(rater, acct, &fx, now) {
+                Ok(()) => true,
+                Err(e) if refused_for_content(&e) => {
+                    tracing::warn!(error = %e, packets = self.pending.len(), "ledger refused the batch for something in it: applying its packets again to commit all but the one at fault");
+                    self.isolate(rater, acct, &fx, now)?;
+                    false
                 }
-                self.reload(rater, acct)?;
-                std::thread::sleep(Duration::from_millis(200));
-                return Ok(());
-            }
+                Err(e) => {
+                    tracing::error!(error = %e, packets = self.pending.len(), "ledger commit failed: NOT acknowledging this batch; the NAS will retransmit");
+                    for p in &self.pending {
+                        acct.forget_seen(p.nas, p.ident, &p.auth);
+                    }
+                    self.reload(rater, acct)?;
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Ok(());
+                }
+            };
         }
-        for p in self.pending.iter() {
-            let resp = codec::response(p.ident, &p.auth, &self.catalog.nas[p.nas as usize].secret);
-            let _ = self.socket.send_to(&resp, p.to);
+        if committed {
+            self.acknowledge(acct, 0..self.pending.len());
         }
-        acct.counters.acknowledged += self.pending.len() as u64;
         // Retransmissions of packets committed earlier get the same answer again.
         for (nas, ident, auth, to) in retransmits {
             let resp = codec::response(ident, &auth, &self.catalog.nas[nas as usize].secret);
@@ -597,6 +699,12 @@ impl Core<'_> {
         };
         let nas = nas as u16;
         if acct.is_retransmission(nas, req.identifier, &req.authenticator) {
+            if acct.is_poisoned(nas, req.identifier, &req.authenticator) {
+                // The ledger refused it on its own before: never acknowledged.
+                acct.counters.poisoned += 1;
+                self.drops.record("poisoned (refused by the ledger)", src);
+                return;
+            }
             // Within this batch the original is answered after the commit; from an earlier
             // batch it was committed already.
             if !self
@@ -619,12 +727,120 @@ impl Core<'_> {
             now,
             fx,
         );
+        let at = self.arena.len();
+        self.arena.extend_from_slice(&self.buf[..n]);
         self.pending.push(Pending {
             nas,
             ident: req.identifier,
             auth: req.authenticator,
             to: src,
+            bytes: at..self.arena.len(),
         });
+    }
+
+    /// Sends the Accounting-Responses of pending packets `range` (committed).
+    fn acknowledge(&mut self, acct: &mut Accounting, range: Range<usize>) {
+        for p in &self.pending[range.clone()] {
+            let resp = codec::response(p.ident, &p.auth, &self.catalog.nas[p.nas as usize].secret);
+            let _ = self.socket.send_to(&resp, p.to);
+        }
+        acct.counters.acknowledged += range.len() as u64;
+    }
+
+    /// A batch the ledger refused for its content (`first` holds its effects). Memory is
+    /// reloaded from the ledger and the packets applied again, the charges whose keys the
+    /// ledger holds already marked as charged (a replay of a forgotten session charges
+    /// nothing and is acknowledged); parts that still fail are bisected, a single packet
+    /// that fails alone is poisoned. Committed parts are acknowledged.
+    fn isolate(
+        &mut self,
+        rater: &mut BatchRater<'_>,
+        acct: &mut Accounting,
+        first: &Effects,
+        now: i64,
+    ) -> Result<(), ServeError> {
+        let mut known = rater
+            .ledger
+            .existing_journal_keys(first.charges.iter().map(|c| c.idem_key.as_str()))?;
+        self.reload(rater, acct)?;
+        let mut fatal: Option<ServeError> = None;
+        let result = bisect(self.pending.len(), |range| {
+            let mut fx = Effects::default();
+            acct.charged_keys = Some(known.clone());
+            for i in range {
+                self.reapply(rater, acct, i, now, &mut fx);
+            }
+            acct.charged_keys = None;
+            let Err(e) = self.commit(rater, acct, &fx, now) else {
+                return Attempt::Committed;
+            };
+            let existing = rater
+                .ledger
+                .existing_journal_keys(fx.charges.iter().map(|c| c.idem_key.as_str()));
+            if let Err(e) = self.reload(rater, acct) {
+                fatal = Some(e);
+                return Attempt::Fatal;
+            }
+            if !refused_for_content(&e) {
+                tracing::error!(error = %e, "ledger commit failed: NOT acknowledging the rest of this batch; the NAS will retransmit");
+                return Attempt::Fatal;
+            }
+            let before = known.len();
+            known.extend(existing.unwrap_or_default());
+            if known.len() > before {
+                Attempt::Retry
+            } else {
+                tracing::debug!(error = %e, "part of a refused batch refused again: splitting it");
+                Attempt::Refused
+            }
+        });
+        for r in result.committed {
+            self.acknowledge(acct, r);
+        }
+        for i in result.poisoned {
+            let p = &self.pending[i];
+            acct.mark_poisoned(p.nas, p.ident, &p.auth);
+            acct.counters.poisoned += 1;
+            tracing::error!(nas = %self.catalog.nas[p.nas as usize].name, source = %p.to, identifier = p.ident, "the ledger refuses this packet's effects on their own: dropped, not acknowledged, its retransmissions dropped");
+        }
+        if !result.unfinished.is_empty() {
+            for r in result.unfinished {
+                for p in &self.pending[r] {
+                    acct.forget_seen(p.nas, p.ident, &p.auth);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Applies pending packet `i` again (it was decoded and verified when it arrived).
+    fn reapply(
+        &self,
+        rater: &mut BatchRater<'_>,
+        acct: &mut Accounting,
+        i: usize,
+        now: i64,
+        fx: &mut Effects,
+    ) {
+        let p = &self.pending[i];
+        let secret = &self.catalog.nas[p.nas as usize].secret;
+        let Ok(req) = codec::decode(&self.arena[p.bytes.clone()], secret) else {
+            return;
+        };
+        acct.apply(
+            self.catalog,
+            &mut rater.subscribers,
+            &mut rater.next_xdr,
+            p.nas,
+            &p.to.ip().to_string(),
+            &req,
+            now,
+            fx,
+        );
     }
 
     /// One ledger transaction for the effects of a batch.
@@ -686,6 +902,7 @@ impl Core<'_> {
         let fresh = load_accounting(self.catalog, rater)?;
         acct.sessions = fresh.sessions;
         acct.closed = fresh.closed;
+        acct.recount();
         self.live.rebuild(acct);
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! Bulk subscriber import (`ratel users import FILE.csv`, header
-//! `username,password,group,credit`): every line is checked (group known, credit a decimal,
-//! username new and unique in the file); bad lines are reported with file, line, field and
-//! reason, and the good ones are created in one transaction with their initial credit.
+//! `username,password,group,credit`): every line is checked (group known, password not
+//! empty, credit a decimal within the credit range, username new and unique in the file);
+//! bad lines are reported with file, line, field and reason, and the good ones are created
+//! in one transaction with their initial credit. Also the credit range itself
+//! ([`check_credit`]), which the API applies to every amount it accepts.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,8 +11,33 @@ use std::path::Path;
 use rust_decimal::Decimal;
 
 use crate::catalog::Catalog;
-use crate::csv::{scan_records, split_fields};
+use crate::csv::{scan_records_with, split_fields, strip_bom, Dialect};
 use crate::ledger::{Ledger, LedgerError, NewUser};
+
+/// Largest magnitude, in currency units, of a subscriber's credit and of any amount an
+/// operator moves it by (API or import): 10^15. It keeps every balance and sum far inside
+/// what the xDR files can hold (Decimal128(38, 10), read back into a 96-bit Decimal: about
+/// 7.9e18) and what Decimal arithmetic can add without overflow.
+pub const MAX_CREDIT_UNITS: i64 = 1_000_000_000_000_000;
+/// Most decimal places of a credit amount (the scale of the xDR money columns).
+pub const MAX_CREDIT_DECIMALS: u32 = 10;
+
+/// Checks an amount against the credit range: |amount| <= 10^15 with at most 10 decimal
+/// places (trailing zeros do not count). The error says which bound was crossed.
+pub fn check_credit(amount: Decimal) -> Result<Decimal, String> {
+    let n = amount.normalize();
+    if n.scale() > MAX_CREDIT_DECIMALS {
+        return Err(format!(
+            "{amount} has more than {MAX_CREDIT_DECIMALS} decimal places"
+        ));
+    }
+    if n.abs() > Decimal::from(MAX_CREDIT_UNITS) {
+        return Err(format!(
+            "{amount} is outside the credit range -10^15..=10^15"
+        ));
+    }
+    Ok(amount)
+}
 
 /// What an import did.
 #[derive(Debug, Default)]
@@ -44,12 +71,13 @@ pub fn import_users(
     now: i64,
 ) -> Result<ImportSummary, ImportError> {
     let p = path.display().to_string();
-    let buf = std::fs::read(path).map_err(|source| ImportError::Io {
+    let raw = std::fs::read(path).map_err(|source| ImportError::Io {
         path: p.clone(),
         source,
     })?;
+    let buf = strip_bom(&raw);
     let mut spans = Vec::new();
-    scan_records(&buf, 1, true, &mut spans);
+    scan_records_with(Dialect::DOC, buf, 1, true, &mut spans);
     let mut spans = spans.into_iter().filter(|s| s.end > s.start);
     let header = spans
         .next()
@@ -69,6 +97,12 @@ pub fn import_users(
     let mut seen = HashSet::new();
     let mut new_users = Vec::new();
     for s in spans {
+        if let Some(e) = s.error {
+            summary
+                .bad
+                .push(format!("{p}:{}: line: {}", s.line, e.reason()));
+            continue;
+        }
         let f: Vec<String> = split_fields(&buf[s.start..s.end])
             .map(|f| String::from_utf8_lossy(&f).trim().to_string())
             .collect();
@@ -94,8 +128,19 @@ pub fn import_users(
             ));
             continue;
         }
-        let credit: Decimal = match credit.parse() {
-            Ok(c) => c,
+        if password.is_empty() {
+            summary.bad.push(bad(
+                "password",
+                "empty (a subscriber needs a password)".into(),
+            ));
+            continue;
+        }
+        let credit: Decimal = match credit.parse::<Decimal>().map(check_credit) {
+            Ok(Ok(c)) => c,
+            Ok(Err(reason)) => {
+                summary.bad.push(bad("credit", reason));
+                continue;
+            }
             Err(_) => {
                 summary
                     .bad
@@ -129,4 +174,57 @@ pub fn import_users(
     }
     summary.created = ledger.add_users(&new_users, now)?.len() as u64;
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_range() {
+        let ok = [
+            "0",
+            "-1000000000000000",
+            "1000000000000000",
+            "0.0000000001",
+            "1.50000000000000000",
+        ];
+        for s in ok {
+            assert!(check_credit(s.parse().unwrap()).is_ok(), "{s}");
+        }
+        let bad = [
+            "1000000000000000.0000000001",
+            "-79000000000000000000000000000",
+            "0.00000000001",
+            "8000000000000000000",
+        ];
+        for s in bad {
+            assert!(check_credit(s.parse().unwrap()).is_err(), "{s}");
+        }
+    }
+
+    #[test]
+    fn import_refuses_empty_passwords_and_huge_credits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = "[storage]\ndata_dir = \"data\"\n[[group]]\nname = \"g\"\ncharge_rules = [\"all\"]\n[[charge_rule]]\nname = \"all\"\ndays = [\"mon\",\"tue\",\"wed\",\"thu\",\"fri\",\"sat\",\"sun\"]\nstart = \"00:00\"\nend = \"24:00\"\nprice_per_minute = \"0\"\nprice_per_gb = \"0\"\n";
+        let lc = crate::config::LoadedConfig::from_str(
+            cfg,
+            crate::config::ConfigSource::File(dir.path().join("t.toml")),
+            dir.path().to_path_buf(),
+        )
+        .unwrap();
+        let catalog = Catalog::build(&lc).unwrap();
+        let csv = dir.path().join("u.csv");
+        std::fs::write(
+            &csv,
+            "username,password,group,credit\nok,pw,g,1\nnopw,,g,1\nhuge,pw,g,8000000000000000000\n",
+        )
+        .unwrap();
+        let mut ledger = Ledger::open(&catalog.data_dir).unwrap();
+        let s = import_users(&catalog, &mut ledger, &csv, 0).unwrap();
+        assert_eq!(s.created, 1);
+        assert_eq!(s.bad.len(), 2, "{:?}", s.bad);
+        assert!(s.bad[0].contains(":3: password:"), "{}", s.bad[0]);
+        assert!(s.bad[1].contains(":4: credit:"), "{}", s.bad[1]);
+    }
 }

@@ -159,33 +159,50 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// A Decimal as the i128 of a Decimal128(38, 10) (rounded half-even past 10 places).
-pub fn money_i128(d: Decimal) -> i128 {
-    const POW10: [i128; 11] = [
-        1,
-        10,
-        100,
-        1_000,
-        10_000,
-        100_000,
-        1_000_000,
-        10_000_000,
-        100_000_000,
-        1_000_000_000,
-        10_000_000_000,
-    ];
+/// Largest magnitude of a Decimal128(38, 10) value: 38 digits.
+const MONEY_I128_MAX: i128 = 10i128.pow(MONEY_PRECISION as u32) - 1;
+
+/// A money value that does not fit where it has to go: a Decimal too large for
+/// Decimal128(38, 10) (|value| >= 10^28), or a Decimal128 too large for a Decimal
+/// (|value| >= 2^96 at scale 10, about 7.9e18). Never a panic: the caller reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("money value {0} is out of range")]
+pub struct MoneyOutOfRange(pub String);
+
+/// A Decimal as the i128 of a Decimal128(38, 10) (rounded half-even past 10 places), or
+/// `None` when it needs more than 38 digits.
+pub fn money_i128(d: Decimal) -> Option<i128> {
     let scale = d.scale();
-    if scale <= MONEY_SCALE as u32 {
-        return d.mantissa() * POW10[(MONEY_SCALE as u32 - scale) as usize];
-    }
-    let mut r = d.round_dp(MONEY_SCALE as u32);
-    r.rescale(MONEY_SCALE as u32);
-    r.mantissa()
+    let v = if scale <= MONEY_SCALE as u32 {
+        const POW10: [i128; 11] = [
+            1,
+            10,
+            100,
+            1_000,
+            10_000,
+            100_000,
+            1_000_000,
+            10_000_000,
+            100_000_000,
+            1_000_000_000,
+            10_000_000_000,
+        ];
+        d.mantissa()
+            .checked_mul(POW10[(MONEY_SCALE as u32 - scale) as usize])?
+    } else {
+        let mut r = d.round_dp(MONEY_SCALE as u32);
+        r.rescale(MONEY_SCALE as u32);
+        r.mantissa()
+    };
+    (v.abs() <= MONEY_I128_MAX).then_some(v)
 }
 
-/// The Decimal of a Decimal128(38, 10) value.
-pub fn money_from_i128(v: i128) -> Decimal {
-    Decimal::from_i128_with_scale(v, MONEY_SCALE as u32).normalize()
+/// The Decimal of a Decimal128(38, 10) value; an error when it is beyond a Decimal's 96-bit
+/// mantissa (a file written by another tool, or damaged).
+pub fn money_from_i128(v: i128) -> Result<Decimal, MoneyOutOfRange> {
+    Decimal::try_from_i128_with_scale(v, MONEY_SCALE as u32)
+        .map(|d| d.normalize())
+        .map_err(|_| MoneyOutOfRange(format!("{v}e-{MONEY_SCALE}")))
 }
 
 /// Columnar builder of one xDR batch.
@@ -200,6 +217,8 @@ pub struct XdrBuilder {
     details: DetailColumns,
     source: StringBuilder,
     rows: usize,
+    /// The first money value that did not fit Decimal128(38, 10); `finish` refuses the batch.
+    out_of_range: Option<Decimal>,
 }
 
 /// Indices into `XdrBuilder::strings`, in schema order.
@@ -232,6 +251,7 @@ impl XdrBuilder {
             details: DetailColumns::with_capacity(rows),
             source: StringBuilder::with_capacity(rows, rows * 32),
             rows: 0,
+            out_of_range: None,
         }
     }
 
@@ -276,23 +296,36 @@ impl XdrBuilder {
         for (i, v) in tail.iter().enumerate() {
             self.strings[N_STRINGS_BEFORE_TAIL + i].append_value(v);
         }
-        for (b, v) in self
-            .money
-            .iter_mut()
-            .zip([r.credit_used, r.before_credit, r.after_credit])
-        {
-            b.append_value(money_i128(v));
+        let money = [r.credit_used, r.before_credit, r.after_credit].map(|v| self.money_or_flag(v));
+        for (b, v) in self.money.iter_mut().zip(money) {
+            b.append_value(v);
         }
         for d in details {
-            self.details.push(d);
+            let credit = self.money_or_flag(d.credit);
+            self.details.push(d, credit);
         }
         self.details.offsets.push(self.details.len() as i32);
         self.source.append_value(r.source);
         self.rows += 1;
     }
 
+    /// `v` as a Decimal128 value; one that does not fit is remembered (and written as 0 until
+    /// `finish` refuses the whole batch), so a bad amount is an error, never a panic or a
+    /// silently wrapped number.
+    fn money_or_flag(&mut self, v: Decimal) -> i128 {
+        money_i128(v).unwrap_or_else(|| {
+            self.out_of_range.get_or_insert(v);
+            0
+        })
+    }
+
     /// Finishes the batch.
     pub fn finish(mut self) -> Result<RecordBatch, SinkError> {
+        if let Some(v) = self.out_of_range {
+            return Err(SinkError::Arrow(
+                MoneyOutOfRange(v.to_string()).to_string() + " for Decimal128(38, 10)",
+            ));
+        }
         let mut s = std::mem::take(&mut self.strings);
         let mut col = |i: usize| -> ArrayRef { Arc::new(s[i].finish()) };
         let mut cols: Vec<ArrayRef> = vec![
@@ -354,14 +387,14 @@ impl DetailColumns {
         self.start.len()
     }
 
-    fn push(&mut self, d: &RuleDetail<'_>) {
+    fn push(&mut self, d: &RuleDetail<'_>, credit: i128) {
         self.rule.append_value(d.rule);
         self.start.push(d.start_secs * 1_000_000);
         self.end.push(d.end_secs * 1_000_000);
         self.seconds.push(d.seconds);
         self.bytes_in.push(d.bytes_in);
         self.bytes_out.push(d.bytes_out);
-        self.credit.push(money_i128(d.credit));
+        self.credit.push(credit);
     }
 
     fn finish(mut self) -> Result<ArrayRef, SinkError> {
@@ -573,10 +606,42 @@ mod tests {
             "0.00000000005",
         ] {
             let d: Decimal = s.parse().unwrap();
-            let back = money_from_i128(money_i128(d));
+            let back = money_from_i128(money_i128(d).unwrap()).unwrap();
             assert_eq!(back, d.round_dp(10).normalize(), "{s}");
         }
-        assert_eq!(money_i128("1.5".parse().unwrap()), 15_000_000_000);
+        assert_eq!(money_i128("1.5".parse().unwrap()), Some(15_000_000_000));
+    }
+
+    /// Values beyond either type are errors, not panics or wrapped numbers.
+    #[test]
+    fn money_out_of_range() {
+        // Decimal -> Decimal128(38, 10): at most 28 integer digits.
+        let too_big: Decimal = "-79000000000000000000000000000".parse().unwrap();
+        assert_eq!(money_i128(too_big), None);
+        assert_eq!(money_i128(Decimal::MAX), None);
+        let edge: Decimal = "9999999999999999999999999999".parse().unwrap();
+        assert_eq!(
+            money_i128(edge),
+            Some(99_999_999_999_999_999_999_999_999_990_000_000_000)
+        );
+        // Decimal128(38, 10) -> Decimal: at most a 96-bit mantissa (credits >= ~7.9e18).
+        for v in [
+            1i128 << 96,
+            -(1i128 << 96),
+            80_000_000_000_000_000_000_000_000_000,
+            i128::MAX,
+        ] {
+            assert!(money_from_i128(v).is_err(), "{v}");
+        }
+        assert!(money_from_i128((1i128 << 96) - 1).is_ok());
+        // A builder holding such a value refuses the batch instead of writing it.
+        let mut b = XdrBuilder::with_capacity(1);
+        let row = XdrRow {
+            credit_used: too_big,
+            ..XdrRow::default()
+        };
+        b.push(&row, &[]);
+        assert!(b.finish().is_err());
     }
 
     #[test]

@@ -143,30 +143,21 @@ rounding = "up"
 
     /// Starts `ratel serve`; returns the child, the RADIUS and the API addresses.
     pub fn serve_all(&self) -> (Server, SocketAddr, SocketAddr) {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ratel"))
-            .args(["serve", "--config", &self.config()])
-            .env("RATEL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut radius = None;
-        let api = loop {
-            let line = lines.next().expect("serve printed its addresses").unwrap();
-            if let Some(rest) = line.trim().strip_prefix("RADIUS accounting on udp://") {
-                radius = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
-            }
-            if let Some(rest) = line.trim().strip_prefix("JSON-RPC API on http://") {
-                break rest.trim_end_matches('/').parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        (
-            Server(Some(child)),
-            radius.expect("RADIUS address printed first"),
-            api,
-        )
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratel"));
+        cmd.args(["serve", "--config", &self.config()]);
+        start_serve(cmd)
+    }
+
+    /// `serve_all` with the server's open-file limit set to `nofile` (`ulimit -n`).
+    pub fn serve_all_nofile(&self, nofile: u32) -> (Server, SocketAddr, SocketAddr) {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "ulimit -n {nofile} && exec \"$0\" serve --config \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_ratel"))
+            .arg(self.config());
+        start_serve(cmd)
     }
 
     pub fn credits(&self) -> Vec<(String, Decimal)> {
@@ -177,6 +168,33 @@ rounding = "up"
             .map(|u| (u.username.unwrap(), u.credit))
             .collect()
     }
+}
+
+/// Runs a prepared `ratel serve` command; returns the child, the RADIUS and API addresses.
+fn start_serve(mut cmd: Command) -> (Server, SocketAddr, SocketAddr) {
+    let mut child = cmd
+        .env("RATEL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut radius = None;
+    let api = loop {
+        let line = lines.next().expect("serve printed its addresses").unwrap();
+        if let Some(rest) = line.trim().strip_prefix("RADIUS accounting on udp://") {
+            radius = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
+        }
+        if let Some(rest) = line.trim().strip_prefix("JSON-RPC API on http://") {
+            break rest.trim_end_matches('/').parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (
+        Server(Some(child)),
+        radius.expect("RADIUS address printed first"),
+        api,
+    )
 }
 
 /// A running `ratel serve`; killed on drop so a failed test leaves no process behind.
@@ -345,8 +363,27 @@ pub fn col<T: Array + Clone + 'static>(b: &arrow_array::RecordBatch, name: &str)
 /// One HTTP/1.1 POST of `body` to `/` over a fresh TCP connection; returns the status code
 /// and the parsed JSON answer.
 pub fn http_post(api: SocketAddr, body: &[u8]) -> (u16, serde_json::Value) {
+    http_post_on(std::net::TcpStream::connect(api).unwrap(), api, body)
+}
+
+/// `http_post` from the local address `from` (e.g. 127.0.0.2: another client IP).
+pub fn http_post_from(
+    from: std::net::IpAddr,
+    api: SocketAddr,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::new(from, 0).into()).unwrap();
+    sock.connect(&api.into()).unwrap();
+    http_post_on(sock.into(), api, body)
+}
+
+fn http_post_on(
+    mut s: std::net::TcpStream,
+    api: SocketAddr,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(api).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let head = format!(
         "POST / HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -2,8 +2,13 @@
 //! cache, and [`Accounting::apply`], which turns one verified Accounting-Request into its
 //! ledger effects (a charge, a session upsert or close, an xDR). No I/O, no clock: the
 //! arrival time is passed in, and the caller commits the effects before acknowledging.
+//!
+//! Hostile or broken NASes are expected: an update claiming more session time than
+//! `[radius] max_session_secs`, a traffic jump no link carries, a cost that would overflow,
+//! or a Start beyond a NAS's `max_sessions` (or beyond the unknown-user caps) is
+//! acknowledged, counted, logged at most every 10 s, and charges nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -19,6 +24,15 @@ use crate::xdr::{OwnedDetail, OwnedXdr};
 pub const CLOSED_MEMORY_SECS: i64 = 24 * 3600;
 /// Retransmission cache size (packets); older entries fall out first.
 pub const SEEN_CAPACITY: usize = 1 << 20;
+/// Acct-Interim-Interval (or a NAS's configured interval) used for stale detection is
+/// clamped to this range: 0xFFFFFFFF must not make a session immortal.
+pub const INTERIM_INTERVAL_SECS: std::ops::RangeInclusive<u64> = 60..=86_400;
+/// Most open sessions of one unknown User-Name.
+pub const MAX_UNKNOWN_SESSIONS_PER_USER: u32 = 16;
+/// Most open sessions of unknown User-Names in all.
+pub const MAX_UNKNOWN_SESSIONS: usize = 10_000;
+/// Anomalies are logged at most this often (seconds of the arrival clock).
+const ANOMALY_LOG_SECS: i64 = 10;
 
 /// An open internet session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +51,10 @@ pub struct Session {
     /// Arrival time of the last update (stale detection).
     pub last_arrival: i64,
     pub interim_interval: Option<u32>,
+    /// The User-Name was no subscriber when the session opened (counts toward the
+    /// unknown-user caps until it closes).
+    #[serde(default)]
+    pub unknown_user: bool,
 }
 
 /// Key of a session: (NAS index, Acct-Session-Id).
@@ -82,6 +100,47 @@ pub struct Counters {
     pub stale_closed: u64,
     pub counters_backwards: u64,
     pub late_updates_ignored: u64,
+    /// Updates with an Acct-Session-Time beyond `[radius] max_session_secs` (not rated).
+    pub session_time_anomalies: u64,
+    /// Updates whose traffic growth no link carries (their traffic not charged).
+    pub traffic_anomalies: u64,
+    /// Updates whose cost or the balance it moves would overflow (not charged).
+    pub overflow_anomalies: u64,
+    /// Updates whose charge was in the ledger already (a replay older than the
+    /// closed-session memory): acknowledged, not charged again.
+    pub already_charged: u64,
+    /// Starts beyond a NAS's `max_sessions` or the unknown-user caps: not tracked.
+    pub sessions_capped: u64,
+    /// Packets whose effects the ledger refused on their own: dropped, not acknowledged.
+    pub poisoned: u64,
+}
+
+/// Rate-limited reporting of anomalies (clocked by arrival times, not read from a clock).
+#[derive(Debug, Default)]
+struct AnomalyLog {
+    since_log: u64,
+    last_log_at: Option<i64>,
+}
+
+impl AnomalyLog {
+    fn note(&mut self, now: i64, kind: &'static str, nas: &str, session: &str) {
+        self.since_log += 1;
+        if self
+            .last_log_at
+            .is_some_and(|t| now >= t && now - t < ANOMALY_LOG_SECS)
+        {
+            return;
+        }
+        tracing::warn!(
+            anomalies = self.since_log,
+            last_kind = kind,
+            last_nas = %nas,
+            last_session = %session,
+            "RADIUS anomalies: acknowledged, nothing charged for them (logged at most every 10 s)"
+        );
+        self.since_log = 0;
+        self.last_log_at = Some(now);
+    }
 }
 
 /// The accounting state of `ratel serve`.
@@ -89,9 +148,20 @@ pub struct Counters {
 pub struct Accounting {
     pub sessions: HashMap<SessionKey, Session>,
     pub closed: HashMap<SessionKey, i64>,
-    seen: HashMap<(u16, u8, [u8; 16]), ()>,
+    /// Recently seen requests; `true` marks one the ledger refused (poisoned).
+    seen: HashMap<(u16, u8, [u8; 16]), bool>,
     seen_order: VecDeque<(u16, u8, [u8; 16])>,
     pub counters: Counters,
+    /// Open sessions per NAS index.
+    open_per_nas: HashMap<u16, usize>,
+    /// Open sessions per unknown User-Name, and their total.
+    unknown_per_user: HashMap<String, u32>,
+    unknown_total: usize,
+    /// When set, charges are checked against it: an idempotency key in the set is already
+    /// in the ledger (or charged earlier in this run) and charges nothing. The serve core
+    /// sets it only while it re-applies a batch whose commit hit an existing key.
+    pub charged_keys: Option<HashSet<String>>,
+    log: AnomalyLog,
 }
 
 /// RFC 2866 Acct-Terminate-Cause names.
@@ -147,7 +217,7 @@ impl Accounting {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(key, ());
+        self.seen.insert(key, false);
         self.seen_order.push_back(key);
         false
     }
@@ -156,6 +226,77 @@ impl Accounting {
     /// commit, so a retransmission must be processed again).
     pub fn forget_seen(&mut self, nas: u16, ident: u8, auth: &[u8; 16]) {
         self.seen.remove(&(nas, ident, *auth));
+    }
+
+    /// Marks a seen request as poisoned: the ledger refused its effects on their own, so
+    /// its retransmissions are dropped (never acknowledged, never applied again).
+    pub fn mark_poisoned(&mut self, nas: u16, ident: u8, auth: &[u8; 16]) {
+        if let Some(p) = self.seen.get_mut(&(nas, ident, *auth)) {
+            *p = true;
+        }
+    }
+
+    /// Whether a seen request was poisoned.
+    pub fn is_poisoned(&self, nas: u16, ident: u8, auth: &[u8; 16]) -> bool {
+        self.seen.get(&(nas, ident, *auth)).copied().unwrap_or(false)
+    }
+
+    /// Rebuilds the per-NAS and unknown-user session counts from `sessions` (after the
+    /// sessions were loaded from the ledger).
+    pub fn recount(&mut self) {
+        self.open_per_nas.clear();
+        self.unknown_per_user.clear();
+        self.unknown_total = 0;
+        for (k, s) in &self.sessions {
+            *self.open_per_nas.entry(k.0).or_default() += 1;
+            if s.unknown_user {
+                *self.unknown_per_user.entry(s.username.clone()).or_default() += 1;
+                self.unknown_total += 1;
+            }
+        }
+    }
+
+    /// Open sessions of NAS `nas`.
+    pub fn open_sessions_of_nas(&self, nas: u16) -> usize {
+        self.open_per_nas.get(&nas).copied().unwrap_or(0)
+    }
+
+    fn count_open(&mut self, key: &SessionKey, s: &Session) {
+        *self.open_per_nas.entry(key.0).or_default() += 1;
+        if s.unknown_user {
+            *self.unknown_per_user.entry(s.username.clone()).or_default() += 1;
+            self.unknown_total += 1;
+        }
+    }
+
+    fn count_closed(&mut self, key: &SessionKey, s: &Session) {
+        if let Some(n) = self.open_per_nas.get_mut(&key.0) {
+            *n = n.saturating_sub(1);
+        }
+        if s.unknown_user {
+            self.unknown_total = self.unknown_total.saturating_sub(1);
+            if let Some(n) = self.unknown_per_user.get_mut(&s.username) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.unknown_per_user.remove(&s.username);
+                }
+            }
+        }
+    }
+
+    /// Why a new session may not be tracked, if it may not.
+    fn cap_reached(&self, catalog: &Catalog, nas_idx: u16, unknown: Option<&str>) -> Option<&'static str> {
+        if self.open_sessions_of_nas(nas_idx) >= catalog.nas[nas_idx as usize].max_sessions {
+            return Some("Start beyond the NAS's max_sessions: not tracked");
+        }
+        let user = unknown?;
+        if self.unknown_total >= MAX_UNKNOWN_SESSIONS {
+            return Some("Start of an unknown user beyond the unknown-user session cap: not tracked");
+        }
+        if self.unknown_per_user.get(user).copied().unwrap_or(0) >= MAX_UNKNOWN_SESSIONS_PER_USER {
+            return Some("Start beyond 16 open sessions of one unknown user: not tracked");
+        }
+        None
     }
 
     /// Applies one verified request from NAS `nas_idx` arriving at `now` (unix seconds).
@@ -200,19 +341,32 @@ impl Accounting {
             self.counters.late_updates_ignored += 1;
             return;
         }
+        let session_time = req.session_time.unwrap_or(0) as i64;
+        if session_time > catalog.max_session_secs {
+            self.counters.session_time_anomalies += 1;
+            self.log.note(now, "Acct-Session-Time beyond [radius] max_session_secs: not rated", &nas_name, &key.1);
+            return;
+        }
         let moment = match req.event_timestamp {
             Some(t) => t as i64,
             None => now - req.delay_time as i64,
         };
         let usage = Usage {
             moment,
-            session_time: req.session_time.unwrap_or(0) as i64,
+            session_time,
             octets_in: req.octets_in(),
             octets_out: req.octets_out(),
         };
         let username = text(req.user_name);
+        let mut created = false;
         if !self.sessions.contains_key(&key) {
             let user = subs.by_name.get(username.as_str()).copied();
+            let unknown = user.is_none().then_some(username.as_str());
+            if let Some(why) = self.cap_reached(catalog, nas_idx, unknown) {
+                self.counters.sessions_capped += 1;
+                self.log.note(now, why, &nas_name, &key.1);
+                return;
+            }
             let credit_at_start = user
                 .map(|u| subs.users[u as usize].credit)
                 .unwrap_or_default();
@@ -222,27 +376,28 @@ impl Accounting {
                     usage.moment - usage.session_time,
                 ));
             }
-            self.sessions.insert(
-                key.clone(),
-                Session {
-                    nas: nas_name.clone(),
-                    session_id: key.1.clone(),
-                    username: username.clone(),
-                    charge: SessionCharge::new(&usage),
-                    credit_at_start,
-                    nas_ip: req
-                        .nas_ip
-                        .map(|i| i.to_string())
-                        .unwrap_or_else(|| src_ip.to_string()),
-                    framed_ip: String::new(),
-                    calling_station: String::new(),
-                    called_station: String::new(),
-                    nas_port: None,
-                    last_arrival: now,
-                    interim_interval: None,
-                },
-            );
+            let s = Session {
+                nas: nas_name.clone(),
+                session_id: key.1.clone(),
+                username: username.clone(),
+                charge: SessionCharge::new(&usage),
+                credit_at_start,
+                nas_ip: req
+                    .nas_ip
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| src_ip.to_string()),
+                framed_ip: String::new(),
+                calling_station: String::new(),
+                called_station: String::new(),
+                nas_port: None,
+                last_arrival: now,
+                interim_interval: None,
+                unknown_user: user.is_none(),
+            };
+            self.count_open(&key, &s);
+            self.sessions.insert(key.clone(), s);
             self.counters.sessions_opened += 1;
+            created = true;
         }
         let s = self.sessions.get_mut(&key).expect("inserted above");
         s.last_arrival = now;
@@ -261,37 +416,86 @@ impl Accounting {
         if req.interim_interval.is_some() {
             s.interim_interval = req.interim_interval;
         }
+        // An update whose charge the ledger holds already, on a session this very update
+        // opened: a replay of a session closed and forgotten. Not tracked at all.
+        let mut replay_of_forgotten = false;
         if let Some(ui) = subs.by_name.get(s.username.as_str()).copied() {
             let u = &mut subs.users[ui as usize];
             if let Some(group) = u.group.map(|g| &catalog.groups[g]) {
-                let out = s
+                match s
                     .charge
-                    .apply(group, &catalog.charge_rules, &catalog.tz, &usage);
-                if out.time_backwards || out.octets_backwards {
-                    self.counters.counters_backwards += 1;
-                    tracing::warn!(nas = %s.nas, session = %s.session_id, "counters went backwards: nothing charged for them");
-                }
-                if !out.delta.is_zero() {
-                    // Always charged, even into negative credit: the service was used.
-                    u.credit -= out.delta;
-                    fx.charges.push(Charge {
-                        user_id: u.user_id,
-                        amount: out.delta,
-                        balance_after: u.credit,
-                        idem_key: format!(
-                            "radius:{}:{}:{}:{}:{}",
-                            s.nas,
-                            s.session_id,
-                            usage.session_time,
-                            usage.octets_in,
-                            usage.octets_out
-                        ),
-                    });
+                    .rate(group, &catalog.charge_rules, &catalog.tz, &usage)
+                {
+                    Err(e) => {
+                        self.counters.overflow_anomalies += 1;
+                        self.log.note(now, "cost overflows: not rated", &s.nas, &s.session_id);
+                        tracing::debug!(error = %e, nas = %s.nas, session = %s.session_id, "update not rated");
+                    }
+                    Ok((next, out)) => {
+                        if out.time_backwards || out.octets_backwards {
+                            self.counters.counters_backwards += 1;
+                            self.log.note(now, "counters went backwards: nothing charged for them", &s.nas, &s.session_id);
+                        }
+                        if out.traffic_anomaly {
+                            self.counters.traffic_anomalies += 1;
+                            self.log.note(now, "traffic growth beyond what a link carries: traffic not charged", &s.nas, &s.session_id);
+                        }
+                        if out.delta.is_zero() {
+                            s.charge = next;
+                        } else {
+                            let idem_key = format!(
+                                "radius:{}:{}:{}:{}:{}",
+                                s.nas,
+                                s.session_id,
+                                usage.session_time,
+                                usage.octets_in,
+                                usage.octets_out
+                            );
+                            // Always charged, even into negative credit: the service was used.
+                            let after = u.credit.checked_sub(out.delta);
+                            if self
+                                .charged_keys
+                                .as_ref()
+                                .is_some_and(|k| k.contains(&idem_key))
+                            {
+                                self.counters.already_charged += 1;
+                                self.log.note(now, "update charged already (a replay older than the closed-session memory): not charged again", &s.nas, &s.session_id);
+                                replay_of_forgotten = created;
+                            } else if let Some(after) = after {
+                                if let Some(k) = self.charged_keys.as_mut() {
+                                    k.insert(idem_key.clone());
+                                }
+                                u.credit = after;
+                                s.charge = next;
+                                fx.charges.push(Charge {
+                                    user_id: u.user_id,
+                                    amount: out.delta,
+                                    balance_after: after,
+                                    idem_key,
+                                });
+                            } else {
+                                self.counters.overflow_anomalies += 1;
+                                self.log.note(now, "balance overflows: not charged", &s.nas, &s.session_id);
+                            }
+                        }
+                    }
                 }
             }
         } else {
             // Unknown user: no charge, but keep the counters so the xDR shows the usage.
-            s.charge.observe(&usage);
+            let out = s.charge.observe(&usage);
+            if out.traffic_anomaly {
+                self.counters.traffic_anomalies += 1;
+                self.log.note(now, "traffic growth beyond what a link carries: not recorded", &s.nas, &s.session_id);
+            }
+        }
+        if replay_of_forgotten {
+            if let Some(s) = self.sessions.remove(&key) {
+                self.count_closed(&key, &s);
+                fx.first_logins.pop();
+            }
+            self.counters.sessions_opened -= 1;
+            return;
         }
         if req.status_type() == StatusType::Stop {
             self.close(
@@ -323,6 +527,7 @@ impl Accounting {
         let Some(s) = self.sessions.remove(key) else {
             return;
         };
+        self.count_closed(key, &s);
         self.closed.insert(key.clone(), now);
         self.counters.sessions_closed += 1;
         let user = subs
@@ -358,7 +563,7 @@ impl Accounting {
                         .unwrap_or_default(),
                     r.credit(),
                     r.seconds,
-                    (r.bytes_in + r.bytes_out).min(i64::MAX as u64) as i64,
+                    r.bytes_in.saturating_add(r.bytes_out).min(i64::MAX as u64) as i64,
                 ));
             }
         }
@@ -372,7 +577,7 @@ impl Accounting {
             username: s.username.clone(),
             group_name: user.map(|u| u.group_name.clone()).unwrap_or_default(),
             login_time: c.login_time,
-            logout_time: c.login_time + c.last_session_time,
+            logout_time: c.login_time.saturating_add(c.last_session_time),
             duration_seconds: c.last_session_time,
             billed_seconds: c.last_session_time,
             bytes_in: c.last_octets_in.min(i64::MAX as u64) as i64,
@@ -414,15 +619,18 @@ impl Accounting {
             .iter()
             .filter(|(k, s)| {
                 let timeout = if catalog.stale_timeout_secs > 0 {
-                    catalog.stale_timeout_secs as i64
+                    i64::try_from(catalog.stale_timeout_secs).unwrap_or(i64::MAX)
                 } else {
                     let interval = s
                         .interim_interval
-                        .map(|i| i as u64)
-                        .or(catalog.nas[k.0 as usize].interim_interval_secs);
+                        .map(u64::from)
+                        .or(catalog.nas[k.0 as usize].interim_interval_secs)
+                        .map(|i| {
+                            i.clamp(*INTERIM_INTERVAL_SECS.start(), *INTERIM_INTERVAL_SECS.end())
+                        });
                     interval.map(|i| 3 * i as i64).unwrap_or(3600)
                 };
-                now - s.last_arrival > timeout
+                now.saturating_sub(s.last_arrival) > timeout
             })
             .map(|(k, _)| k.clone())
             .collect();
