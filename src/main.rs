@@ -199,8 +199,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let catalog = load(config.as_deref())?;
             let format = match format {
-                Some(f) => CdrFormat::parse(&f).with_context(|| {
-                    format!("--format {f:?}: expected asterisk, freeswitch or generic")
+                Some(f) => catalog.cdr_format(&f).with_context(|| {
+                    let names: Vec<&str> =
+                        catalog.cdr_formats.iter().map(|t| t.name.as_str()).collect();
+                    format!("--format {f:?}: expected one of {}", names.join(", "))
                 })?,
                 None => catalog.spool_format,
             };
@@ -321,7 +323,7 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
     println!(
         "  CDR spool {} (format {})",
         catalog.spool_dir.display(),
-        catalog.spool_format.name()
+        catalog.template(catalog.spool_format).name
     );
     if demo {
         if let Some(a) = catalog.admins.first() {
@@ -480,6 +482,9 @@ fn print_summary(s: &FileSummary) {
         "  OK {}, unanswered {}, NO_RATE {}, UNKNOWN_USER {}, duplicate {}, bad lines {}",
         s.ok, s.unanswered, s.no_rate, s.unknown_user, s.duplicates, s.bad_lines
     );
+    if let Some(r) = &s.rejects {
+        println!("  bad lines copied to {r} (fix them and rate that file)");
+    }
     if !s.bad_samples.is_empty() {
         println!("  bad lines (first {}):", s.bad_samples.len());
         for b in &s.bad_samples {

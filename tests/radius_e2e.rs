@@ -282,7 +282,11 @@ fn replay_older_than_the_closed_memory_is_acknowledged_and_charges_nothing() {
         acct(12, 2, "alice", "s1", 1200, 2 * gb, 0, Some(1)),
         acct(13, 3, "bob", "b1", 60, 0, 0, None),
     ];
-    assert_eq!(burst(&c, addr, &replays), vec![true; 4], "every packet answered");
+    assert_eq!(
+        burst(&c, addr, &replays),
+        vec![true; 4],
+        "every packet answered"
+    );
     // Each again (retransmissions) and once more with yet other identifiers.
     assert_eq!(burst(&c, addr, &replays), vec![true; 4]);
     assert!(send(&c, addr, &acct(14, 3, "alice", "s1", 600, gb, 0, None)).is_some());
@@ -321,9 +325,19 @@ fn absurd_session_time_and_octets_are_acknowledged_but_not_rated() {
     let at = |s: i64| t0() + chrono::Duration::seconds(s);
     assert!(send(&c, addr, &acct_at(1, 1, "alice", "x1", 0, 0, at(0))).is_some());
     // 2^32 - 1 seconds (136 years) of session time.
-    assert!(send(&c, addr, &acct_at(2, 3, "alice", "x1", u32::MAX, 0, at(300))).is_some());
+    assert!(send(
+        &c,
+        addr,
+        &acct_at(2, 3, "alice", "x1", u32::MAX, 0, at(300))
+    )
+    .is_some());
     // 2^64 - 1 octets in after 600 s.
-    assert!(send(&c, addr, &acct_at(3, 3, "alice", "x1", 600, u64::MAX, at(600))).is_some());
+    assert!(send(
+        &c,
+        addr,
+        &acct_at(3, 3, "alice", "x1", 600, u64::MAX, at(600))
+    )
+    .is_some());
     assert!(send(&c, addr, &acct_at(4, 2, "alice", "x1", 1200, gb, at(1200))).is_some());
     stop(child);
     // 20 min * 0.01 = 0.2; 1 GB * 0.5 = 0.5.
@@ -378,5 +392,7 @@ fn unknown_user_sessions_are_capped_per_username() {
     stop(child);
     let x = xdrs(&env.data());
     assert_eq!(x.len(), 16, "{x:?}");
-    assert!(x.iter().all(|x| x.1 == "UNKNOWN_USER" && x.2 < "m16".to_string()));
+    assert!(x
+        .iter()
+        .all(|x| x.1 == "UNKNOWN_USER" && x.2 < "m16".to_string()));
 }

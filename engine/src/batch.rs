@@ -20,8 +20,8 @@ use rayon::prelude::*;
 use rust_decimal::Decimal;
 
 use crate::catalog::{Catalog, CdrFormat};
-use crate::cdr::{Cdr, GenericColumns, Reader};
-use crate::csv::{scan_records, RecordSpan};
+use crate::cdr::Cdr;
+use crate::csv::{scan_records_with, Dialect, RecordSpan};
 use crate::ledger::{CdrBatchCommit, Ledger, LedgerError, Movement, PendingFile, UserRow};
 use crate::rating::{rate_call, CallRating, Status};
 use crate::xdr::{self, RuleDetail, XdrBuilder, XdrRow};
@@ -91,6 +91,8 @@ pub struct FileSummary {
     pub resumed_at_line: Option<u64>,
     /// The file is a grown copy of this rated file: rated from where that one ended.
     pub continues: Option<String>,
+    /// Where this run's bad lines were copied (`<data_dir>/rejects/<file>.rejects`).
+    pub rejects: Option<String>,
     pub records: u64,
     pub xdrs: u64,
     pub ok: u64,
@@ -234,7 +236,7 @@ pub fn identify_file(
         path: path.display().to_string(),
         source,
     };
-    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut f = open_cdr(path, 0).map_err(io)?;
     let mut cuts: Vec<u64> = boundaries.to_vec();
     cuts.sort_unstable();
     cuts.dedup();
@@ -290,6 +292,113 @@ pub fn identify_file(
     })
 }
 
+/// How a CDR file is stored: rotated PBX logs arrive as `Master.csv.1.gz` and the like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    /// By extension (`.gz`, `.zst`), else by the file's magic bytes.
+    pub fn of(path: &Path) -> std::io::Result<Compression> {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.ends_with(".gz") {
+            return Ok(Compression::Gzip);
+        }
+        if name.ends_with(".zst") {
+            return Ok(Compression::Zstd);
+        }
+        let mut magic = [0u8; 4];
+        let n = std::fs::File::open(path)?.read(&mut magic)?;
+        Ok(match &magic[..n] {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
+            _ => Compression::None,
+        })
+    }
+}
+
+/// Opens a CDR file at byte `offset` of its (decompressed) content. Every offset, size and
+/// hash of a CDR file is of its decompressed content, so a file and its `.gz` are the same
+/// file to the exactly-once handshake.
+pub fn open_cdr(path: &Path, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
+    let file = std::fs::File::open(path)?;
+    let mut r: Box<dyn Read + Send> = match Compression::of(path)? {
+        Compression::None => {
+            let mut f = file;
+            f.seek(SeekFrom::Start(offset))?;
+            return Ok(Box::new(f));
+        }
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(
+            std::io::BufReader::with_capacity(1 << 20, file),
+        )),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
+    };
+    // A compressed stream cannot seek: read past the offset.
+    let skipped = std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())?;
+    if skipped < offset {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the file ends before byte {offset}"),
+        ));
+    }
+    Ok(r)
+}
+
+/// The rejects file of a run: every bad line's raw bytes, then `# line N: reason`, so an
+/// operator can fix the lines and rate the file again (its `# ` lines are skipped then).
+struct Rejects {
+    path: PathBuf,
+    /// The run starts at the file's beginning: the first write truncates.
+    fresh: bool,
+    /// The file's header line, written first (a fixed rejects file is a valid CDR file).
+    header: Option<Vec<u8>>,
+    buf: Vec<u8>,
+    written: u64,
+}
+
+impl Rejects {
+    fn add(&mut self, line: u64, reason: &str, raw: &[u8]) {
+        use std::io::Write;
+        if raw.is_empty() {
+            let _ = writeln!(self.buf, "# line {line}: {reason}");
+        } else {
+            self.buf.extend_from_slice(raw);
+            let _ = write!(self.buf, "\n# line {line}: {}\n", reason.replace('\n', " "));
+        }
+        self.written += 1;
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let new_file = self.fresh || !self.path.exists();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(!self.fresh)
+            .write(true)
+            .truncate(self.fresh)
+            .open(&self.path)?;
+        if new_file {
+            if let Some(h) = &self.header {
+                f.write_all(h)?;
+                f.write_all(b"\n")?;
+            }
+            self.fresh = false;
+        }
+        f.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
 /// Bytes of a file's start that its head hash may cover.
 const HEAD_BYTES: usize = 64 << 10;
 
@@ -330,8 +439,11 @@ struct RatedBlock {
 // per block and short-lived.
 #[allow(clippy::large_enum_variant)]
 enum Outcome<'a> {
-    Bad(u64, String),
+    /// Line, reason, the record's bytes (for the rejects file).
+    Bad(u64, String, &'a [u8]),
     Rated(RatedCdr<'a>),
+    /// A `# …` note line of a rejects file being rated again.
+    Note,
 }
 
 struct RatedCdr<'a> {
@@ -545,10 +657,16 @@ impl<'a> BatchRater<'a> {
         let t0 = Instant::now();
         // A grown copy of a rated file (Asterisk appends to Master.csv) starts with that
         // file's bytes: hash our prefix at the size of every shorter rated file.
-        let meta_size = std::fs::metadata(path).map_err(io)?.len();
+        // (A compressed file's size says nothing of its content's: every rated file is
+        // then a candidate.)
+        let meta_size = match Compression::of(path).map_err(io)? {
+            Compression::None => std::fs::metadata(path).map_err(io)?.len(),
+            _ => u64::MAX,
+        };
         let candidates = self.ledger.rated_files_shorter_than(meta_size)?;
         let cuts: Vec<u64> = candidates.iter().map(|c| c.size).collect();
-        let head_lines = if Reader::has_header(format) { 2 } else { 1 };
+        let template = self.catalog.template(format);
+        let head_lines = if template.header { 2 } else { 1 };
         let id = identify_file(path, &cuts, head_lines)?;
         let (file_hash, size) = (id.hash.clone(), id.size);
         let mut summary = FileSummary {
@@ -566,9 +684,9 @@ impl<'a> BatchRater<'a> {
                 return Ok(summary);
             }
         }
-        let mut file = std::fs::File::open(path).map_err(io)?;
         let mut head = Vec::new();
-        (&mut file)
+        open_cdr(path, 0)
+            .map_err(io)?
             .take(1 << 16)
             .read_to_end(&mut head)
             .map_err(io)?;
@@ -577,25 +695,30 @@ impl<'a> BatchRater<'a> {
         } else {
             0
         };
-        // The generic format's header names its columns; read it from the file's start.
-        let (reader, header_end) = match format {
-            CdrFormat::Generic => {
-                let end = memchr::memchr(b'\n', &head)
-                    .map(|i| i + 1)
-                    .unwrap_or(head.len());
-                let line = head[bom..end].strip_suffix(b"\n").unwrap_or(&head[bom..end]);
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let cols =
-                    GenericColumns::from_header(line).map_err(|reason| BatchError::Header {
-                        path: path.display().to_string(),
-                        reason,
-                    })?;
-                (Reader::Generic(cols), end as u64)
-            }
-            CdrFormat::Asterisk => (Reader::Asterisk, bom as u64),
-            CdrFormat::Freeswitch => (Reader::Freeswitch, bom as u64),
+        // A header names the columns; read it from the file's start.
+        let mut header_line = None;
+        let header_err = |reason| BatchError::Header {
+            path: path.display().to_string(),
+            reason,
         };
-        let first_line = if Reader::has_header(format) { 2 } else { 1 };
+        let (reader, header_end) = if template.header {
+            let end = memchr::memchr(b'\n', &head)
+                .map(|i| i + 1)
+                .unwrap_or(head.len());
+            let line = head[bom..end].strip_suffix(b"\n").unwrap_or(&head[bom..end]);
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            header_line = Some(line.to_vec());
+            (template.reader(Some(line)).map_err(header_err)?, end as u64)
+        } else {
+            (template.reader(None).map_err(header_err)?, bom as u64)
+        };
+        let is_rejects = path.extension().is_some_and(|e| e == "rejects");
+        let dialect = Dialect {
+            delimiter: template.delimiter,
+            multiline: false,
+        };
+        let format_name = template.name.clone();
+        let first_line = if template.header { 2 } else { 1 };
         // The longest rated file this one extends.
         let grown_from = if prior.is_none() {
             id.prefixes
@@ -613,14 +736,14 @@ impl<'a> BatchRater<'a> {
             }
             (None, Some(c)) => {
                 let (off, line) =
-                    continuation_point(&mut file, c, header_end, first_line).map_err(io)?;
+                    continuation_point(path, c, header_end, first_line).map_err(io)?;
                 summary.continues = Some(c.path.clone());
                 summary.resumed_at_line = Some(line);
                 tracing::info!(file = %path.display(), grown_from = %c.path, line, "a grown copy of a rated file: rating from where that one ended");
                 (off, line)
             }
             (None, None) => {
-                if !self.force {
+                if !self.force && !is_rejects {
                     if let Some(c) = self.ledger.rated_file_with_head(&id.head_hash)? {
                         return Err(BatchError::ChangedCopy {
                             path: path.display().to_string(),
@@ -632,7 +755,8 @@ impl<'a> BatchRater<'a> {
                 (header_end, first_line)
             }
         };
-        file.seek(SeekFrom::Start(start_offset)).map_err(io)?;
+        let from_start = prior.is_none() && summary.continues.is_none();
+        let file = open_cdr(path, start_offset).map_err(io)?;
         progress.file_started(path, size);
         progress.advanced(start_offset);
 
@@ -641,6 +765,17 @@ impl<'a> BatchRater<'a> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let path_str = path.display().to_string();
+        let mut rejects = Rejects {
+            path: self
+                .catalog
+                .data_dir
+                .join("rejects")
+                .join(format!("{file_name}.rejects")),
+            fresh: from_start,
+            header: header_line,
+            buf: Vec::new(),
+            written: 0,
+        };
         let catalog = self.catalog;
         let xdr_root = self.ledger.xdr_root().to_path_buf();
         let (block_tx, block_rx) = crossbeam_channel::bounded::<Result<Block, std::io::Error>>(2);
@@ -656,7 +791,9 @@ impl<'a> BatchRater<'a> {
             // Stage 1: read blocks.
             let block_bytes = self.block_bytes.max(1);
             let crash_after = self.crash_after_batches;
-            scope.spawn(move || read_blocks(file, start_offset, start_line, block_bytes, block_tx));
+            scope.spawn(move || {
+                read_blocks(file, dialect, start_offset, start_line, block_bytes, block_tx)
+            });
             // Stage 3: Parquet + ledger.
             let fhash = file_hash.clone();
             let pstr = path_str.clone();
@@ -689,7 +826,7 @@ impl<'a> BatchRater<'a> {
                     let commit = CdrBatchCommit {
                         file_hash: fhash.clone(),
                         path: pstr.clone(),
-                        format: format.name().into(),
+                        format: format_name.clone(),
                         file_size: size,
                         head_hash: id.head_hash.clone(),
                         next_offset: rb.next_offset,
@@ -732,12 +869,15 @@ impl<'a> BatchRater<'a> {
                         .map_init(
                             || (Vec::new(), Vec::new()),
                             |(scratch, fields), span| {
-                                if let Some(e) = span.error {
-                                    return Outcome::Bad(span.line, e.reason().to_string());
-                                }
                                 let rec = &block.buf[span.start..span.end];
+                                if let Some(e) = span.error {
+                                    return Outcome::Bad(span.line, e.reason().to_string(), rec);
+                                }
+                                if is_rejects && rec.starts_with(b"# ") {
+                                    return Outcome::Note;
+                                }
                                 match reader.parse_with(rec, span.line, tz, fields) {
-                                    Err(reason) => Outcome::Bad(span.line, reason),
+                                    Err(reason) => Outcome::Bad(span.line, reason, rec),
                                     Ok(cdr) if cdr.duration_secs > catalog.max_call_secs => {
                                         Outcome::Bad(
                                             span.line,
@@ -745,6 +885,7 @@ impl<'a> BatchRater<'a> {
                                                 "billable seconds: {} is more than [cdr] max_call_secs = {}",
                                                 cdr.duration_secs, catalog.max_call_secs
                                             ),
+                                            rec,
                                         )
                                     }
                                     Ok(cdr) => {
@@ -763,15 +904,21 @@ impl<'a> BatchRater<'a> {
                         HashMap::default();
                     let mut movements: Vec<Movement> = Vec::new();
                     let mut keys = Vec::with_capacity(outcomes.len() * 16);
+                    let mut notes = 0u64;
                     for o in outcomes.iter_mut() {
                         let r = match o {
-                            Outcome::Bad(line, reason) => {
+                            Outcome::Bad(line, reason, raw) => {
                                 summary_ref.bad_lines += 1;
                                 let msg = format!("{}:{line}: {reason}", path_str);
                                 tracing::debug!("bad line {msg}");
                                 if summary_ref.bad_samples.len() < BAD_SAMPLES {
                                     summary_ref.bad_samples.push(msg);
                                 }
+                                rejects.add(*line, reason, raw);
+                                continue;
+                            }
+                            Outcome::Note => {
+                                notes += 1;
                                 continue;
                             }
                             Outcome::Rated(r) => r,
@@ -810,7 +957,11 @@ impl<'a> BatchRater<'a> {
                         }
                         summary_ref.charged += r.cost;
                     }
-                    let records = outcomes.len() as u64;
+                    rejects.flush().map_err(|source| BatchError::Io {
+                        path: rejects.path.display().to_string(),
+                        source,
+                    })?;
+                    let records = outcomes.len() as u64 - notes;
                     summary_ref.records += records;
                     summary_ref.xdrs += *next_xdr - first_xdr;
                     // Arrow batches, built in parallel runs of the sorted order; one file
@@ -873,6 +1024,10 @@ impl<'a> BatchRater<'a> {
             Ok(())
         });
         progress.file_finished(path);
+        if rejects.written > 0 {
+            tracing::warn!(file = %path.display(), bad = rejects.written, rejects = %rejects.path.display(), "bad lines copied to the rejects file");
+            summary.rejects = Some(rejects.path.display().to_string());
+        }
         if let Err(e) = result {
             // The in-memory state may be ahead of the ledger: reload it before any reuse.
             self.reload()?;
@@ -902,15 +1057,16 @@ impl<'a> BatchRater<'a> {
 /// line; else at the start of `c`'s unfinished last line (it may have been copied half
 /// written: rated again in full, and if it was complete its call id makes it a duplicate).
 fn continuation_point(
-    file: &mut std::fs::File,
+    path: &Path,
     c: &crate::ledger::RatedFile,
     header_end: u64,
     first_line: u64,
 ) -> std::io::Result<(u64, u64)> {
     let from = c.size.saturating_sub(crate::csv::MAX_RECORD_BYTES as u64).max(header_end);
-    file.seek(SeekFrom::Start(from))?;
     let mut tail = Vec::new();
-    (&mut *file).take(c.size - from).read_to_end(&mut tail)?;
+    open_cdr(path, from)?
+        .take(c.size - from)
+        .read_to_end(&mut tail)?;
     if tail.last() == Some(&b'\n') || tail.is_empty() {
         return Ok((c.size, c.next_line));
     }
@@ -987,7 +1143,7 @@ fn rate_one<'a>(
 
 /// Reads past the end of an over-long line whose first `had` bytes were read: returns the
 /// bytes of the line including its `\n`, the bytes read after it, and whether the file ended.
-fn skip_line(file: &mut std::fs::File, had: u64) -> std::io::Result<(u64, Vec<u8>, bool)> {
+fn skip_line(file: &mut dyn Read, had: u64) -> std::io::Result<(u64, Vec<u8>, bool)> {
     let mut chunk = vec![0u8; 1 << 20];
     let mut skipped = had;
     loop {
@@ -1008,7 +1164,8 @@ fn skip_line(file: &mut std::fs::File, had: u64) -> std::io::Result<(u64, Vec<u8
 
 /// Stage 1: reads `file` from `offset` in blocks cut at record boundaries.
 fn read_blocks(
-    mut file: std::fs::File,
+    mut file: Box<dyn Read + Send>,
+    dialect: Dialect,
     mut offset: u64,
     mut line: u64,
     block_bytes: usize,
@@ -1038,7 +1195,7 @@ fn read_blocks(
         }
         buf.truncate(filled);
         let mut spans = Vec::with_capacity(filled / 64);
-        let (consumed, next_line) = scan_records(&buf, line, eof, &mut spans);
+        let (consumed, next_line) = scan_records_with(dialect, &buf, line, eof, &mut spans);
         if consumed == 0 && !eof {
             if buf.len() <= crate::csv::MAX_RECORD_BYTES + crate::csv::MAX_QUOTED_BYTES {
                 // One record longer than a block: grow the block and read on.

@@ -189,15 +189,17 @@ pub struct Admin {
     pub password: String,
 }
 
-/// CDR file formats.
+/// A CDR file format: a built-in one, or the `[[cdr_format]]` template at this index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CdrFormat {
     Generic,
     Asterisk,
     Freeswitch,
+    Template(u16),
 }
 
 impl CdrFormat {
+    /// A built-in format by name (templates: [`Catalog::cdr_format`]).
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "generic" => Some(CdrFormat::Generic),
@@ -206,12 +208,15 @@ impl CdrFormat {
             _ => None,
         }
     }
-    pub fn name(self) -> &'static str {
-        match self {
-            CdrFormat::Generic => "generic",
-            CdrFormat::Asterisk => "asterisk",
-            CdrFormat::Freeswitch => "freeswitch",
-        }
+}
+
+/// The format of the template at index `i` of [`Catalog::cdr_formats`].
+fn format_at(i: usize) -> CdrFormat {
+    match i {
+        0 => CdrFormat::Generic,
+        1 => CdrFormat::Asterisk,
+        2 => CdrFormat::Freeswitch,
+        i => CdrFormat::Template(i as u16),
     }
 }
 
@@ -225,6 +230,8 @@ pub struct Catalog {
     pub data_dir: PathBuf,
     pub spool_dir: PathBuf,
     pub spool_format: CdrFormat,
+    /// The built-in formats (generic, asterisk, freeswitch) then `[[cdr_format]]`s.
+    pub cdr_formats: Vec<crate::template::Template>,
     /// `[cdr] max_call_secs`: a CDR with more billable seconds is a bad line.
     pub max_call_secs: i64,
     pub stale_timeout_secs: u64,
@@ -343,15 +350,45 @@ impl Catalog {
                 ),
             ));
         }
-        let spool_format = CdrFormat::parse(&c.cdr.format).ok_or_else(|| {
-            invalid(
-                "cdr.format",
-                format!(
-                    "{:?}: expected asterisk, freeswitch or generic",
-                    c.cdr.format
-                ),
-            )
-        })?;
+        let mut cdr_formats: Vec<crate::template::Template> = crate::template::BUILTIN
+            .iter()
+            .map(|n| crate::template::Template::builtin(n).expect("built in"))
+            .collect();
+        for (i, f) in c.cdr_format.iter().enumerate() {
+            let t = crate::template::Template::compile(f).map_err(|(key, reason)| {
+                ConfigError::Invalid {
+                    file: match lc.line_of("cdr_format", i) {
+                        Some(l) => format!("{file}:{l}"),
+                        None => file.clone(),
+                    },
+                    key: format!("cdr_format[{i}] ({}).{key}", f.name),
+                    reason,
+                }
+            })?;
+            if cdr_formats.iter().any(|x| x.name == t.name) {
+                return Err(invalid(
+                    &format!("cdr_format[{i}].name"),
+                    format!("{:?} is defined twice", t.name),
+                ));
+            }
+            cdr_formats.push(t);
+        }
+        let names = || {
+            cdr_formats
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let spool_format = match cdr_formats.iter().position(|t| t.name == c.cdr.format) {
+            Some(i) => format_at(i),
+            None => {
+                return Err(invalid(
+                    "cdr.format",
+                    format!("{:?}: expected one of {}", c.cdr.format, names()),
+                ))
+            }
+        };
         for (key, addr) in [
             ("radius.listen", &c.radius.listen),
             ("api.listen", &c.api.listen),
@@ -519,6 +556,7 @@ impl Catalog {
             data_dir: lc.resolve(&c.storage.data_dir),
             spool_dir: lc.resolve(&c.cdr.spool),
             spool_format,
+            cdr_formats,
             max_call_secs: c.cdr.max_call_secs,
             stale_timeout_secs: c.radius.stale_timeout_secs,
             commit_wait_ms: c.radius.commit_wait_ms.clamp(1, 50),
@@ -532,6 +570,48 @@ impl Catalog {
             tariffs,
             group_by_name,
         })
+    }
+
+    /// A CDR format by name: built-in or `[[cdr_format]]`.
+    pub fn cdr_format(&self, name: &str) -> Option<CdrFormat> {
+        self.cdr_formats
+            .iter()
+            .position(|t| t.name == name)
+            .map(format_at)
+    }
+
+    /// The template of a format.
+    pub fn template(&self, f: CdrFormat) -> &crate::template::Template {
+        let i = match f {
+            CdrFormat::Generic => 0,
+            CdrFormat::Asterisk => 1,
+            CdrFormat::Freeswitch => 2,
+            CdrFormat::Template(i) => i as usize,
+        };
+        &self.cdr_formats[i]
+    }
+
+    /// The format of a spool file: the spool subdirectory named after a format, else the
+    /// first template whose `files` glob matches the name, else `[cdr] format`.
+    pub fn spool_format_of(&self, path: &std::path::Path) -> CdrFormat {
+        let parent = path
+            .parent()
+            .filter(|p| *p != self.spool_dir)
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str());
+        if let Some(f) = parent.and_then(|n| self.cdr_format(n)) {
+            return f;
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        self.cdr_formats
+            .iter()
+            .position(|t| {
+                t.files
+                    .as_deref()
+                    .is_some_and(|g| crate::template::glob_match(g, name))
+            })
+            .map(format_at)
+            .unwrap_or(self.spool_format)
     }
 
     /// Index of a group by name.

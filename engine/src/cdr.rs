@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use chrono::{NaiveDate, NaiveDateTime};
 use chrono_tz::Tz;
 
-use crate::catalog::CdrFormat;
-use crate::csv::split_fields;
+use crate::csv::split_fields_with;
+use crate::template::{Answered, Billable, Field, Template, TimeFormat};
 
 /// One call detail record, borrowing from the file's buffer where it can.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,72 +28,6 @@ pub struct Cdr<'a> {
     pub answered: bool,
     /// Disposition / hangup cause, as written.
     pub disposition: Cow<'a, str>,
-}
-
-/// Column positions of a generic file, from its header.
-#[derive(Debug, Clone, Copy)]
-pub struct GenericColumns {
-    call_id: usize,
-    caller: usize,
-    callee: usize,
-    start_time: usize,
-    duration_s: usize,
-    disposition: usize,
-    account: usize,
-    max: usize,
-}
-
-impl GenericColumns {
-    /// Reads the header line; names the missing column when one is absent.
-    pub fn from_header(header: &[u8]) -> Result<Self, String> {
-        let names: Vec<String> = split_fields(header)
-            .map(|f| String::from_utf8_lossy(&f).trim().to_ascii_lowercase())
-            .collect();
-        let find = |n: &str| {
-            names
-                .iter()
-                .position(|x| x == n)
-                .ok_or_else(|| format!("header has no `{n}` column (expected call_id,caller,callee,start_time,duration_s,disposition,account)"))
-        };
-        let c = GenericColumns {
-            call_id: find("call_id")?,
-            caller: find("caller")?,
-            callee: find("callee")?,
-            start_time: find("start_time")?,
-            duration_s: find("duration_s")?,
-            disposition: find("disposition")?,
-            account: find("account")?,
-            max: 0,
-        };
-        let max = [
-            c.call_id,
-            c.caller,
-            c.callee,
-            c.start_time,
-            c.duration_s,
-            c.disposition,
-            c.account,
-        ]
-        .into_iter()
-        .max()
-        .unwrap_or(0);
-        Ok(GenericColumns { max, ..c })
-    }
-}
-
-/// How to read the records of one file.
-#[derive(Debug, Clone, Copy)]
-pub enum Reader {
-    Generic(GenericColumns),
-    Asterisk,
-    Freeswitch,
-}
-
-impl Reader {
-    /// Whether the format starts with a header line.
-    pub fn has_header(format: CdrFormat) -> bool {
-        format == CdrFormat::Generic
-    }
 }
 
 fn text<'a>(f: Cow<'a, [u8]>, field: &str) -> Result<Cow<'a, str>, String> {
@@ -199,14 +133,44 @@ pub fn parse_local(s: &str, tz: &Tz) -> Result<i64, String> {
     Ok(crate::schedule::local_to_utc_after(tz, naive, i64::MIN))
 }
 
+/// A [`Template`] resolved for one file: parses its records.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    t: Template,
+}
+
 impl Reader {
+    /// A reader of a template whose columns are all indices (see [`Template::reader`]).
+    pub(crate) fn new(t: Template) -> Reader {
+        Reader { t }
+    }
+
+    /// A built-in format without a header (`asterisk`, `freeswitch`).
+    pub fn builtin(name: &str) -> Option<Reader> {
+        Template::builtin(name)
+            .filter(|t| !t.header)
+            .map(Reader::new)
+    }
+
+    /// The built-in `generic` format with the given header line.
+    pub fn generic(header: &[u8]) -> Result<Reader, String> {
+        Template::builtin("generic")
+            .expect("built in")
+            .reader(Some(header))
+    }
+
+    pub fn template(&self) -> &Template {
+        &self.t
+    }
+
     /// Parses one record. `Err` carries the reason (field and problem) for the bad-line
     /// report.
     pub fn parse<'a>(&self, rec: &'a [u8], line: u64, tz: &Tz) -> Result<Cdr<'a>, String> {
         self.parse_with(rec, line, tz, &mut Vec::new())
     }
 
-    /// [`Reader::parse`] with a reusable field buffer (the hot path).
+    /// [`Reader::parse`] with a reusable field buffer (the hot path). Only the columns the
+    /// template reads must decode; the others may hold any bytes.
     pub fn parse_with<'a>(
         &self,
         rec: &'a [u8],
@@ -214,147 +178,157 @@ impl Reader {
         tz: &Tz,
         f: &mut Vec<Cow<'a, [u8]>>,
     ) -> Result<Cdr<'a>, String> {
+        let t = &self.t;
         f.clear();
-        f.extend(split_fields(rec));
-        match self {
-            Reader::Generic(c) => {
-                if f.len() <= c.max {
-                    return Err(format!(
-                        "expected at least {} fields, found {}",
-                        c.max + 1,
-                        f.len()
-                    ));
-                }
-                let take = |f: &mut Vec<Cow<'a, [u8]>>, i: usize| {
-                    std::mem::replace(&mut f[i], Cow::Borrowed(&[]))
-                };
-                let call_id = text(take(f, c.call_id), "call_id")?;
-                let account = text(take(f, c.account), "account")?;
-                let caller = text(take(f, c.caller), "caller")?;
-                let callee = text(take(f, c.callee), "callee")?;
-                let start = parse_iso(&text(take(f, c.start_time), "start_time")?)
-                    .map_err(|e| format!("start_time: {e}"))?;
-                let duration_secs = int(&text(take(f, c.duration_s), "duration_s")?, "duration_s")?;
-                let disposition = text(take(f, c.disposition), "disposition")?;
-                if call_id.trim().is_empty() {
-                    return Err("call_id: empty".into());
-                }
-                Ok(Cdr {
-                    line,
-                    call_id,
-                    account,
-                    caller,
-                    callee,
-                    start,
-                    duration_secs,
-                    answered: disposition.trim().eq_ignore_ascii_case("ANSWERED"),
-                    disposition,
-                })
-            }
-            Reader::Asterisk => {
-                // accountcode(0), src, dst, dcontext, clid, channel, dstchannel, lastapp,
-                // lastdata, start(9), answer, end, duration, billsec(13), disposition,
-                // amaflags(15)[, uniqueid(16), userfield(17)[, peeraccount, linkedid,
-                // sequence(20)]]. Only the fields read here must decode; the others (clid
-                // above all) may hold any bytes.
-                if f.len() < 16 {
-                    return Err(format!("expected at least 16 fields, found {}", f.len()));
-                }
-                let n = f.len();
-                let mut take = |i: usize, name: &str| {
-                    text(std::mem::replace(&mut f[i], Cow::Borrowed(&[])), name)
-                };
-                let account = take(0, "accountcode")?;
-                let caller = take(1, "src")?;
-                let callee = take(2, "dst")?;
-                let start_s = take(9, "start")?;
-                let answer_s = take(10, "answer")?;
-                let billsec = int(&take(13, "billsec")?, "billsec")?;
-                let disposition = take(14, "disposition")?;
-                let uniqueid = if n > 16 {
-                    take(16, "uniqueid")?
-                } else {
-                    Cow::Borrowed("")
-                };
-                let sequence = if n > 20 {
-                    take(20, "sequence")?
-                } else {
-                    Cow::Borrowed("")
-                };
-                let answered = disposition.trim().eq_ignore_ascii_case("ANSWERED");
-                // The call's start is its answer time; an unanswered call has none.
-                let start = if answer_s.trim().is_empty() {
-                    parse_local(&start_s, tz).map_err(|e| format!("start: {e}"))?
-                } else {
-                    parse_local(&answer_s, tz).map_err(|e| format!("answer: {e}"))?
-                };
-                Ok(Cdr {
-                    line,
-                    call_id: asterisk_call_id(uniqueid.trim(), sequence.trim(), rec),
-                    account,
-                    caller,
-                    callee,
-                    start,
-                    duration_secs: billsec,
-                    answered,
-                    disposition,
-                })
-            }
-            Reader::Freeswitch => {
-                // caller_id_name, caller_id_number(1), destination_number(2), context,
-                // start_stamp(4), answer_stamp(5), end_stamp, duration, billsec(8),
-                // hangup_cause(9), uuid(10), bleg_uuid, accountcode(12)[, read_codec,
-                // write_codec]
-                if f.len() < 13 {
-                    return Err(format!("expected at least 13 fields, found {}", f.len()));
-                }
-                let mut take = |i: usize, name: &str| {
-                    text(std::mem::replace(&mut f[i], Cow::Borrowed(&[])), name)
-                };
-                let caller = take(1, "caller_id_number")?;
-                let callee = take(2, "destination_number")?;
-                let start_s = take(4, "start_stamp")?;
-                let answer_s = take(5, "answer_stamp")?;
-                let billsec = int(&take(8, "billsec")?, "billsec")?;
-                let disposition = take(9, "hangup_cause")?;
-                let uuid = take(10, "uuid")?;
-                let account = take(12, "accountcode")?;
-                let start = if answer_s.trim().is_empty() {
-                    parse_local(&start_s, tz).map_err(|e| format!("start_stamp: {e}"))?
-                } else {
-                    parse_local(&answer_s, tz).map_err(|e| format!("answer_stamp: {e}"))?
-                };
-                if uuid.trim().is_empty() {
-                    return Err("uuid: empty".into());
-                }
-                Ok(Cdr {
-                    line,
-                    call_id: uuid,
-                    account,
-                    caller,
-                    callee,
-                    start,
-                    duration_secs: billsec,
-                    answered: billsec > 0,
-                    disposition,
-                })
-            }
+        f.extend(split_fields_with(rec, t.delimiter));
+        if f.len() < t.min_fields {
+            return Err(format!(
+                "expected at least {} fields, found {}",
+                t.min_fields,
+                f.len()
+            ));
         }
+        let get = |fl: &Field| -> Result<Cow<'a, str>, String> {
+            match f.get(fl.idx()) {
+                Some(v) => text(v.clone(), &fl.label),
+                None => Ok(Cow::Borrowed("")),
+            }
+        };
+        let mut ids: [Cow<'a, str>; 4] = Default::default();
+        for (slot, fl) in ids.iter_mut().zip(&t.call_id) {
+            *slot = get(fl)?;
+        }
+        let account = get(&t.account)?;
+        let caller = match &t.caller {
+            Some(fl) => get(fl)?,
+            None => Cow::Borrowed(""),
+        };
+        let callee = get(&t.callee)?;
+        let start_s = get(&t.start)?;
+        let fallback_s = match &t.start_fallback {
+            Some(fl) => Some((get(fl)?, fl)),
+            None => None,
+        };
+        let billable_s = match &t.billable {
+            Billable::Billsec(fl) | Billable::Duration(fl) | Billable::End(fl) => (get(fl)?, fl),
+        };
+        let answered_s = match &t.answered {
+            Answered::Equals(fl, v) => Some((get(fl)?, v)),
+            Answered::BillablePositive => None,
+        };
+        let disposition = match &t.disposition {
+            Some(fl) => get(fl)?,
+            None => Cow::Borrowed(""),
+        };
+        // The call's start (its answer time where the format has one; an unanswered call
+        // has none, so the fallback).
+        let (start_v, start_field) = match fallback_s {
+            Some((fb, fl)) if start_s.trim().is_empty() => (fb, fl),
+            _ => (start_s, &t.start),
+        };
+        let start =
+            parse_time(&t.time, &start_v, tz).map_err(|e| format!("{}: {e}", start_field.label))?;
+        let duration_secs = match &t.billable {
+            Billable::Billsec(_) | Billable::Duration(_) => int(&billable_s.0, &billable_s.1.label)?,
+            Billable::End(fl) => {
+                let end = parse_time(&t.time, &billable_s.0, tz)
+                    .map_err(|e| format!("{}: {e}", fl.label))?;
+                end.checked_sub(start)
+                    .filter(|d| *d >= 0)
+                    .ok_or_else(|| format!("{}: before the call's start", fl.label))?
+            }
+        };
+        let answered = match answered_s {
+            Some((v, want)) => v.trim().eq_ignore_ascii_case(want),
+            None => duration_secs > 0,
+        };
+        let call_id = call_id(t, &mut ids, rec)?;
+        Ok(Cdr {
+            line,
+            call_id,
+            account,
+            caller,
+            callee,
+            start,
+            duration_secs,
+            answered,
+            disposition,
+        })
     }
 }
 
-/// The call id of an Asterisk record (DESIGN.md "CDR file formats"): `uniqueid:sequence`
-/// when the line has both (the `newcdrcolumns` layout), else `uniqueid:` + a hash of the
-/// whole record, else `h:` + the hash alone. The legs of one call share a uniqueid and are
-/// separate records; only a repeat of the same record gets the same id, in any copy of the
-/// file. The hash is XXH3 over the record's bytes (a fixed algorithm: ids stay stable
-/// across versions).
-fn asterisk_call_id<'a>(uniqueid: &str, sequence: &str, rec: &[u8]) -> Cow<'a, str> {
-    Cow::Owned(match (uniqueid.is_empty(), sequence.is_empty()) {
-        (false, false) => format!("{uniqueid}:{sequence}"),
-        (false, true) => format!("{uniqueid}:{:016x}", xxhash_rust::xxh3::xxh3_64(rec)),
-        (true, _) => format!("h:{:032x}", xxhash_rust::xxh3::xxh3_128(rec)),
-    })
+/// The call id of a record (DESIGN.md "CDR file formats"): one column as written; several
+/// columns joined with `:` when all are there (Asterisk's `uniqueid:sequence`), the ones
+/// that are there + `:` + a hash of the whole record when some are missing (`uniqueid:`
+/// + hash), `h:` + the hash when the first (the call's own id) is. So the legs of one Asterisk call (sharing a
+/// uniqueid) are separate records, and only a repeat of the same record — in any copy of
+/// the file — gets the same id. The hash is XXH3 over the record's bytes (a fixed
+/// algorithm: ids stay stable across versions).
+fn call_id<'a>(t: &Template, ids: &mut [Cow<'a, str>; 4], rec: &[u8]) -> Result<Cow<'a, str>, String> {
+    let n = t.call_id.len().min(ids.len());
+    let hash128 = || Cow::Owned(format!("h:{:032x}", xxhash_rust::xxh3::xxh3_128(rec)));
+    if n == 1 {
+        return if !ids[0].trim().is_empty() {
+            Ok(std::mem::take(&mut ids[0]))
+        } else if t.call_id_required {
+            Err(format!("{}: empty", t.call_id[0].label))
+        } else {
+            Ok(hash128())
+        };
+    }
+    let present = ids[..n].iter().filter(|s| !s.trim().is_empty()).count();
+    // The first column is the call's own id: without it, only the record hash is left.
+    if n == 0 || ids[0].trim().is_empty() {
+        return if t.call_id_required && n > 0 {
+            Err(format!("{}: empty", t.call_id[0].label))
+        } else {
+            Ok(hash128())
+        };
+    }
+    let mut id = String::new();
+    for s in ids[..n].iter().filter(|s| !s.trim().is_empty()) {
+        if !id.is_empty() {
+            id.push(':');
+        }
+        id.push_str(s.trim());
+    }
+    if present < n {
+        use std::fmt::Write;
+        let _ = write!(id, ":{:016x}", xxhash_rust::xxh3::xxh3_64(rec));
+    }
+    Ok(Cow::Owned(id))
+}
+
+/// A time as the template writes it, to unix seconds.
+fn parse_time(fmt: &TimeFormat, s: &str, tz: &Tz) -> Result<i64, String> {
+    match fmt {
+        TimeFormat::Iso => parse_iso(s),
+        TimeFormat::Local => parse_local(s, tz),
+        TimeFormat::Unix => {
+            let t = s.trim();
+            let whole = t.split_once('.').map_or(t, |(w, _)| w);
+            whole
+                .parse::<i64>()
+                .ok()
+                .filter(|v| (0..=253_402_300_799).contains(v))
+                .ok_or_else(|| format!("{t:?} is not a unix time in seconds"))
+        }
+        TimeFormat::Strftime { pattern, offset } => {
+            let t = s.trim();
+            let bad = || format!("{t:?} does not match {pattern:?}");
+            if *offset {
+                chrono::DateTime::parse_from_str(t, pattern)
+                    .map(|d| d.timestamp())
+                    .map_err(|_| bad())
+            } else {
+                let naive = NaiveDateTime::parse_from_str(t, pattern).map_err(|_| bad())?;
+                if *tz == Tz::UTC {
+                    return Ok(naive.and_utc().timestamp());
+                }
+                Ok(crate::schedule::local_to_utc_after(tz, naive, i64::MIN))
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -407,7 +381,7 @@ mod tests {
     fn asterisk_record() {
         let tz: Tz = "UTC".parse().unwrap();
         let rec = br#""1001","5551000","4420712345","from-internal","""Alice"" <5551000>","SIP/100-1","SIP/trunk-2","Dial","SIP/trunk/4420712345","2026-11-02 17:29:50","2026-11-02 17:30:00","2026-11-02 17:31:05",75,65,"ANSWERED","DOCUMENTATION","1762104590.1","""#;
-        let c = Reader::Asterisk.parse(rec, 3, &tz).unwrap();
+        let c = Reader::builtin("asterisk").unwrap().parse(rec, 3, &tz).unwrap();
         assert_eq!(c.account, "1001");
         assert_eq!(c.callee, "4420712345");
         assert_eq!(c.start, utc("2026-11-02T17:30:00Z"));
@@ -416,7 +390,7 @@ mod tests {
         assert!(c.call_id.starts_with("1762104590.1:"), "{}", c.call_id);
         let bad = br#""1001","1","2","c","x","a","b","Dial","d","2026-11-02 17:29:50","","2026-11-02 17:31:05",75,-3,"NO ANSWER","DOCUMENTATION""#;
         assert_eq!(
-            Reader::Asterisk.parse(bad, 4, &tz).unwrap_err(),
+            Reader::builtin("asterisk").unwrap().parse(bad, 4, &tz).unwrap_err(),
             "billsec: \"-3\" is not a non-negative whole number of seconds"
         );
     }
@@ -425,7 +399,7 @@ mod tests {
     fn freeswitch_record() {
         let tz: Tz = "UTC".parse().unwrap();
         let rec = br#""Bob","5552000","0049301234567","default","2026-11-02 08:00:00","2026-11-02 08:00:05","2026-11-02 08:01:05","65","60","NORMAL_CLEARING","a1b2","","1002","PCMU","PCMU""#;
-        let c = Reader::Freeswitch.parse(rec, 1, &tz).unwrap();
+        let c = Reader::builtin("freeswitch").unwrap().parse(rec, 1, &tz).unwrap();
         assert_eq!(c.account, "1002");
         assert_eq!(c.start, utc("2026-11-02T08:00:05Z"));
         assert_eq!(c.duration_secs, 60);
@@ -436,11 +410,10 @@ mod tests {
     #[test]
     fn generic_header_and_record() {
         let tz: Tz = "UTC".parse().unwrap();
-        let cols = GenericColumns::from_header(
+        let r = Reader::generic(
             b"call_id,caller,callee,start_time,duration_s,disposition,account,extra",
         )
         .unwrap();
-        let r = Reader::Generic(cols);
         let c = r
             .parse(
                 b"c1,555,+4420712345,2026-11-02T17:30:00Z,65,ANSWERED,1001,x",
@@ -455,7 +428,7 @@ mod tests {
             "expected at least 7 fields, found 3"
         );
         assert_eq!(
-            GenericColumns::from_header(b"call_id,caller").unwrap_err(),
+            Reader::generic(b"call_id,caller").unwrap_err(),
             "header has no `callee` column (expected call_id,caller,callee,start_time,duration_s,disposition,account)"
         );
     }

@@ -83,6 +83,9 @@ pub struct Config {
     /// VoIP rate decks.
     #[serde(default)]
     pub tariff: Vec<TariffConfig>,
+    /// CDR import templates (layouts beyond the built-in formats).
+    #[serde(default)]
+    pub cdr_format: Vec<crate::template::CdrFormatConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -365,6 +368,8 @@ pub struct LoadedConfig {
     pub source: ConfigSource,
     /// Directory relative paths are resolved against.
     pub base_dir: PathBuf,
+    /// The config text (for line numbers in errors).
+    pub text: String,
 }
 
 impl LoadedConfig {
@@ -416,7 +421,19 @@ impl LoadedConfig {
             config,
             source,
             base_dir,
+            text: text.to_string(),
         })
+    }
+
+    /// The line of the `n`th (0-based) `[[table]]` header in the config text, if known.
+    pub fn line_of(&self, table: &str, n: usize) -> Option<usize> {
+        let header = format!("[[{table}]]");
+        self.text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| l.trim_start().starts_with(&header))
+            .nth(n)
+            .map(|(i, _)| i + 1)
     }
 
     /// Resolves a path from the config against the config's directory.

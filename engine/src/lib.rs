@@ -14,5 +14,6 @@ pub mod radius;
 pub mod rating;
 pub mod schedule;
 pub mod serve;
+pub mod template;
 pub mod users;
 pub mod xdr;

@@ -849,14 +849,26 @@ rounding = "up"
             // 2 GB since the last sane update (0): 1.0, plus 5 min 0.05.
             (at(1200, 1_000_000_000, 1_000_000_000), false, "1.05"),
             // Just above the link bound for 60 s: (60 + 300) s * 12.5e9 B/s + 1 byte.
-            (at(1260, 1_000_000_000 + 4_500_000_000_001, 1_000_000_000), true, "0.01"),
+            (
+                at(1260, 1_000_000_000 + 4_500_000_000_001, 1_000_000_000),
+                true,
+                "0.01",
+            ),
             // Exactly at the bound: charged (4.5e12 B = 4500 GB * 0.5 = 2250) + 1 min 0.01.
-            (at(1320, 1_000_000_000 + 4_500_000_000_000, 1_000_000_000), false, "2250.01"),
+            (
+                at(1320, 1_000_000_000 + 4_500_000_000_000, 1_000_000_000),
+                false,
+                "2250.01",
+            ),
         ];
         for (u, anomaly, want) in cases {
             let before = (s.last_octets_in, s.last_octets_out);
             let out = s.apply(g, &c.charge_rules, &c.tz, u).unwrap();
-            assert_eq!((out.traffic_anomaly, out.delta), (*anomaly, d(want)), "{u:?}");
+            assert_eq!(
+                (out.traffic_anomaly, out.delta),
+                (*anomaly, d(want)),
+                "{u:?}"
+            );
             if *anomaly {
                 assert_eq!((s.last_octets_in, s.last_octets_out), before);
             }
@@ -905,7 +917,15 @@ rounding = "up"
         let utc: Tz = "UTC".parse().unwrap();
         let r = rate_call(&t, &utc, "15551234567", t0, 3600, true, &mut Vec::new());
         assert_eq!((r.status, r.cost_exact), (Status::NoRate, Decimal::ZERO));
-        let r = rate_call(&deck(), &utc, "15551234567", t0, i64::MAX, true, &mut Vec::new());
+        let r = rate_call(
+            &deck(),
+            &utc,
+            "15551234567",
+            t0,
+            i64::MAX,
+            true,
+            &mut Vec::new(),
+        );
         assert_eq!((r.status, r.cost_exact), (Status::NoRate, Decimal::ZERO));
     }
 

@@ -1003,8 +1003,22 @@ impl Core<'_> {
         let Ok(entries) = std::fs::read_dir(spool) else {
             return;
         };
+        // The spool itself, and a subdirectory per format (`spool/<format name>/`).
+        let mut entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
+        let subdirs: Vec<PathBuf> = self
+            .catalog
+            .cdr_formats
+            .iter()
+            .map(|t| spool.join(&t.name))
+            .filter(|d| d.is_dir())
+            .collect();
+        for d in subdirs {
+            if let Ok(more) = std::fs::read_dir(d) {
+                entries.extend(more.flatten());
+            }
+        }
         let mut files: Vec<PathBuf> = entries
-            .flatten()
+            .into_iter()
             .filter(|e| e.file_type().map(|t| t.is_file()).unwrap_or(false))
             .map(|e| e.path())
             .filter(|p| {
@@ -1021,7 +1035,8 @@ impl Core<'_> {
             .collect();
         files.sort();
         for f in files {
-            let result = rater.rate_file(&f, self.catalog.spool_format, &NoProgress);
+            let format = self.catalog.spool_format_of(&f);
+            let result = rater.rate_file(&f, format, &NoProgress);
             self.spool_files += 1;
             match result {
                 Ok(s) => {
@@ -1062,5 +1077,77 @@ fn move_into(file: &Path, dir: &Path, err: Option<&str>) {
             )),
             format!("{msg}\n"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 10 item 4: no single packet fails a batch. With poison packets (the ledger
+    /// refuses any part holding one) among the others, every other packet is committed, in
+    /// order, in parts holding no poison; each poison packet is isolated; attempts stay
+    /// within the bound.
+    #[test]
+    fn bisect_commits_everything_but_the_poison() {
+        let cases: Vec<(usize, Vec<usize>)> = vec![
+            (0, vec![]),
+            (7, vec![]),
+            (1, vec![0]),
+            (40, vec![5, 17]),
+            (2048, vec![0, 1, 1000, 2047]),
+            (64, (0..64).collect()),
+        ];
+        for (n, poison) in cases {
+            let mut attempts = 0;
+            let out = bisect(n, |r| {
+                attempts += 1;
+                if poison.iter().any(|p| r.contains(p)) {
+                    Attempt::Refused
+                } else {
+                    Attempt::Committed
+                }
+            });
+            assert_eq!(out.poisoned, poison, "n = {n}");
+            let committed: Vec<usize> = out.committed.iter().cloned().flatten().collect();
+            let want: Vec<usize> = (0..n).filter(|i| !poison.contains(i)).collect();
+            assert_eq!(committed, want, "n = {n}: committed in order");
+            assert!(out.unfinished.is_empty());
+            assert!(attempts <= 4 * n + 8, "n = {n}: {attempts} attempts");
+        }
+    }
+
+    /// A part is tried again when the attempt learned something (existing keys); a fatal
+    /// failure leaves the rest unacknowledged; a closure that never settles is cut off by
+    /// the attempt budget.
+    #[test]
+    fn bisect_retries_and_stops() {
+        let mut calls = Vec::new();
+        let out = bisect(10, |r| {
+            calls.push(r);
+            if calls.len() == 1 {
+                Attempt::Retry
+            } else {
+                Attempt::Committed
+            }
+        });
+        assert_eq!(calls, vec![0..10, 0..10]);
+        assert_eq!(out.committed, vec![0..10]);
+
+        let out = bisect(8, |r| match (r.start, r.end) {
+            (0, 8) => Attempt::Refused,
+            (0, _) => Attempt::Committed,
+            _ => Attempt::Fatal,
+        });
+        assert_eq!(out.committed, vec![0..4]);
+        assert_eq!(out.unfinished, vec![4..8]);
+
+        let mut n = 0;
+        let out = bisect(3, |_| {
+            n += 1;
+            Attempt::Retry
+        });
+        assert_eq!(out.unfinished, vec![0..3]);
+        assert_eq!(n, 4 * 3 + 8);
     }
 }

@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use ratel_engine::catalog::{load_rate_deck, Catalog};
-use ratel_engine::cdr::{GenericColumns, Reader};
+use ratel_engine::cdr::Reader;
 use ratel_engine::config::{ConfigSource, LoadedConfig};
 use ratel_engine::csv::scan_records;
 use ratel_engine::radius::codec;
@@ -58,8 +58,8 @@ proptest! {
     #[test]
     fn cdr_readers_survive_arbitrary_lines(line in proptest::collection::vec(any::<u8>(), 0..300), ascii in "[ -~]{0,200}") {
         let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
-        let cols = GenericColumns::from_header(b"call_id,caller,callee,start_time,duration_s,disposition,account").unwrap();
-        for r in [Reader::Generic(cols), Reader::Asterisk, Reader::Freeswitch] {
+        let generic = Reader::generic(b"call_id,caller,callee,start_time,duration_s,disposition,account").unwrap();
+        for r in [generic, Reader::builtin("asterisk").unwrap(), Reader::builtin("freeswitch").unwrap()] {
             let _ = r.parse(&line, 1, &tz);
             let _ = r.parse(ascii.as_bytes(), 1, &tz);
         }

@@ -200,6 +200,14 @@ pub fn terminate_cause_name(c: Option<u32>) -> String {
     }
 }
 
+/// `a - b` when Decimal holds it exactly: an overflow, or a result Decimal would round
+/// (beyond 28 significant digits, losing money silently), is `None`.
+fn exact_sub(a: Decimal, b: Decimal) -> Option<Decimal> {
+    let r = a.checked_sub(b)?;
+    // An exact difference keeps the larger scale of its operands; a rounded one loses it.
+    (r.scale() >= a.scale().max(b.scale())).then_some(r)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -238,7 +246,10 @@ impl Accounting {
 
     /// Whether a seen request was poisoned.
     pub fn is_poisoned(&self, nas: u16, ident: u8, auth: &[u8; 16]) -> bool {
-        self.seen.get(&(nas, ident, *auth)).copied().unwrap_or(false)
+        self.seen
+            .get(&(nas, ident, *auth))
+            .copied()
+            .unwrap_or(false)
     }
 
     /// Rebuilds the per-NAS and unknown-user session counts from `sessions` (after the
@@ -285,13 +296,20 @@ impl Accounting {
     }
 
     /// Why a new session may not be tracked, if it may not.
-    fn cap_reached(&self, catalog: &Catalog, nas_idx: u16, unknown: Option<&str>) -> Option<&'static str> {
+    fn cap_reached(
+        &self,
+        catalog: &Catalog,
+        nas_idx: u16,
+        unknown: Option<&str>,
+    ) -> Option<&'static str> {
         if self.open_sessions_of_nas(nas_idx) >= catalog.nas[nas_idx as usize].max_sessions {
             return Some("Start beyond the NAS's max_sessions: not tracked");
         }
         let user = unknown?;
         if self.unknown_total >= MAX_UNKNOWN_SESSIONS {
-            return Some("Start of an unknown user beyond the unknown-user session cap: not tracked");
+            return Some(
+                "Start of an unknown user beyond the unknown-user session cap: not tracked",
+            );
         }
         if self.unknown_per_user.get(user).copied().unwrap_or(0) >= MAX_UNKNOWN_SESSIONS_PER_USER {
             return Some("Start beyond 16 open sessions of one unknown user: not tracked");
@@ -344,7 +362,12 @@ impl Accounting {
         let session_time = req.session_time.unwrap_or(0) as i64;
         if session_time > catalog.max_session_secs {
             self.counters.session_time_anomalies += 1;
-            self.log.note(now, "Acct-Session-Time beyond [radius] max_session_secs: not rated", &nas_name, &key.1);
+            self.log.note(
+                now,
+                "Acct-Session-Time beyond [radius] max_session_secs: not rated",
+                &nas_name,
+                &key.1,
+            );
             return;
         }
         let moment = match req.event_timestamp {
@@ -428,17 +451,28 @@ impl Accounting {
                 {
                     Err(e) => {
                         self.counters.overflow_anomalies += 1;
-                        self.log.note(now, "cost overflows: not rated", &s.nas, &s.session_id);
+                        self.log
+                            .note(now, "cost overflows: not rated", &s.nas, &s.session_id);
                         tracing::debug!(error = %e, nas = %s.nas, session = %s.session_id, "update not rated");
                     }
                     Ok((next, out)) => {
                         if out.time_backwards || out.octets_backwards {
                             self.counters.counters_backwards += 1;
-                            self.log.note(now, "counters went backwards: nothing charged for them", &s.nas, &s.session_id);
+                            self.log.note(
+                                now,
+                                "counters went backwards: nothing charged for them",
+                                &s.nas,
+                                &s.session_id,
+                            );
                         }
                         if out.traffic_anomaly {
                             self.counters.traffic_anomalies += 1;
-                            self.log.note(now, "traffic growth beyond what a link carries: traffic not charged", &s.nas, &s.session_id);
+                            self.log.note(
+                                now,
+                                "traffic growth beyond what a link carries: traffic not charged",
+                                &s.nas,
+                                &s.session_id,
+                            );
                         }
                         if out.delta.is_zero() {
                             s.charge = next;
@@ -452,7 +486,9 @@ impl Accounting {
                                 usage.octets_out
                             );
                             // Always charged, even into negative credit: the service was used.
-                            let after = u.credit.checked_sub(out.delta);
+                            // Exact or not at all: Decimal rounds a result beyond 28
+                            // digits, which would lose money silently.
+                            let after = exact_sub(u.credit, out.delta);
                             if self
                                 .charged_keys
                                 .as_ref()
@@ -475,7 +511,12 @@ impl Accounting {
                                 });
                             } else {
                                 self.counters.overflow_anomalies += 1;
-                                self.log.note(now, "balance overflows: not charged", &s.nas, &s.session_id);
+                                self.log.note(
+                                    now,
+                                    "balance overflows: not charged",
+                                    &s.nas,
+                                    &s.session_id,
+                                );
                             }
                         }
                     }
@@ -486,7 +527,12 @@ impl Accounting {
             let out = s.charge.observe(&usage);
             if out.traffic_anomaly {
                 self.counters.traffic_anomalies += 1;
-                self.log.note(now, "traffic growth beyond what a link carries: not recorded", &s.nas, &s.session_id);
+                self.log.note(
+                    now,
+                    "traffic growth beyond what a link carries: not recorded",
+                    &s.nas,
+                    &s.session_id,
+                );
             }
         }
         if replay_of_forgotten {
@@ -650,5 +696,264 @@ impl Accounting {
         self.sessions
             .values()
             .filter(move |s| s.username == username)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, LoadedConfig};
+    use crate::ledger::UserRow;
+
+    const CFG: &str = r#"
+[radius]
+max_session_secs = 86400
+[[nas]]
+name = "ras1"
+ip = "127.0.0.1"
+secret = "s"
+max_sessions = 4
+[[charge_rule]]
+name = "all"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "00:00"
+end = "00:00"
+price_per_minute = "0.0100"
+price_per_gb = "0.5000"
+[[group]]
+name = "g"
+charge_rules = ["all"]
+"#;
+
+    /// 2026-11-02 10:00:00 UTC.
+    const T0: i64 = 1_793_613_600;
+
+    struct World {
+        catalog: Catalog,
+        subs: Subscribers,
+        acct: Accounting,
+        next_xdr: u64,
+    }
+
+    impl World {
+        fn new(credit: Decimal) -> World {
+            let catalog = Catalog::build(
+                &LoadedConfig::from_str(CFG, ConfigSource::BuiltinDemo, ".".into()).unwrap(),
+            )
+            .unwrap();
+            let subs = Subscribers::new(
+                &catalog,
+                vec![UserRow {
+                    user_id: 1,
+                    username: Some("alice".into()),
+                    group_name: "g".into(),
+                    credit,
+                }],
+            );
+            World {
+                catalog,
+                subs,
+                acct: Accounting::default(),
+                next_xdr: 1,
+            }
+        }
+
+        /// Applies an update of `user`'s session `sid` at T0 + `secs` (arrival = moment).
+        fn update(
+            &mut self,
+            status: u32,
+            user: &str,
+            sid: &str,
+            secs: u32,
+            octets_in: u64,
+        ) -> Effects {
+            let req = AcctRequest {
+                status: Some(match status {
+                    1 => StatusType::Start,
+                    2 => StatusType::Stop,
+                    _ => StatusType::InterimUpdate,
+                }),
+                user_name: user.as_bytes(),
+                session_id: sid.as_bytes(),
+                session_time: Some(secs),
+                input_octets: octets_in as u32,
+                input_gigawords: (octets_in >> 32) as u32,
+                event_timestamp: Some((T0 + secs as i64) as u32),
+                ..Default::default()
+            };
+            let mut fx = Effects::default();
+            let now = T0 + secs as i64;
+            self.acct.apply(
+                &self.catalog,
+                &mut self.subs,
+                &mut self.next_xdr,
+                0,
+                "127.0.0.1",
+                &req,
+                now,
+                &mut fx,
+            );
+            fx
+        }
+
+        fn credit(&self) -> Decimal {
+            self.subs.users[0].credit
+        }
+    }
+
+    fn d(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    /// Issue 10 item 5: a balance so far below zero that taking a charge overflows Decimal
+    /// is an anomaly (counted, nothing charged), never a panic or a wrap.
+    #[test]
+    fn a_charge_that_overflows_the_balance_is_an_anomaly() {
+        let mut w = World::new(Decimal::MIN);
+        w.update(1, "alice", "s1", 0, 0);
+        // 0.1 off -79228162514264337593543950335 needs 29 digits: Decimal would round it away.
+        let fx = w.update(3, "alice", "s1", 600, 0);
+        assert!(fx.charges.is_empty());
+        assert_eq!(w.credit(), Decimal::MIN);
+        // 100 min = 1.00 overflows outright.
+        let fx = w.update(3, "alice", "s1", 6000, 0);
+        assert!(fx.charges.is_empty());
+        assert_eq!(w.credit(), Decimal::MIN);
+        assert_eq!(w.acct.counters.overflow_anomalies, 2);
+        // The session was not advanced: a later update still charges the whole time once
+        // the balance can take it.
+        w.subs.users[0].credit = Decimal::ZERO;
+        let fx = w.update(2, "alice", "s1", 7200, 0);
+        assert_eq!(fx.charges.len(), 1);
+        assert_eq!(fx.charges[0].amount, d("1.2"));
+        assert_eq!(fx.xdrs[0].credit_used, d("1.2"));
+        assert_eq!(w.credit(), d("-1.2"));
+    }
+
+    /// Issue 10 items 6 and 7: Acct-Session-Time beyond max_session_secs is not rated, and
+    /// all-ones gigawords charge no traffic.
+    #[test]
+    fn absurd_updates_are_not_rated() {
+        let mut w = World::new(d("10"));
+        w.update(1, "alice", "s1", 0, 0);
+        let fx = w.update(3, "alice", "s1", u32::MAX, 0);
+        assert!(fx.charges.is_empty() && fx.upserts.is_empty());
+        assert_eq!(w.acct.counters.session_time_anomalies, 1);
+        let fx = w.update(3, "alice", "s1", 600, u64::MAX);
+        assert_eq!(fx.charges.len(), 1);
+        assert_eq!(fx.charges[0].amount, d("0.1"), "time only");
+        assert_eq!(w.acct.counters.traffic_anomalies, 1);
+        let s = &w.acct.sessions[&(0, "s1".to_string())];
+        assert_eq!(s.charge.last_octets_in, 0);
+    }
+
+    /// Issue 10 item 7: Acct-Interim-Interval 0xFFFFFFFF must not make a session immortal:
+    /// staleness uses at most 3 × 24 h.
+    #[test]
+    fn huge_interim_interval_is_clamped_for_stale_expiry() {
+        let mut w = World::new(d("10"));
+        let req = AcctRequest {
+            status: Some(StatusType::Start),
+            user_name: b"alice",
+            session_id: b"s1",
+            session_time: Some(0),
+            interim_interval: Some(u32::MAX),
+            event_timestamp: Some(T0 as u32),
+            ..Default::default()
+        };
+        let mut fx = Effects::default();
+        w.acct.apply(
+            &w.catalog,
+            &mut w.subs,
+            &mut w.next_xdr,
+            0,
+            "127.0.0.1",
+            &req,
+            T0,
+            &mut fx,
+        );
+        let mut fx = Effects::default();
+        w.acct.close_stale(
+            &w.catalog,
+            &w.subs,
+            &mut w.next_xdr,
+            T0 + 3 * 86_400,
+            &mut fx,
+        );
+        assert!(fx.closed.is_empty(), "not stale yet at exactly 3 days");
+        w.acct.close_stale(
+            &w.catalog,
+            &w.subs,
+            &mut w.next_xdr,
+            T0 + 3 * 86_400 + 1,
+            &mut fx,
+        );
+        assert_eq!(fx.closed.len(), 1);
+        assert!(w.acct.sessions.is_empty());
+    }
+
+    /// Issue 10 item 4: with the ledger's keys marked as charged, a replay of a forgotten
+    /// session opens nothing and charges nothing; an update of an open session whose key
+    /// exists charges nothing and leaves the session as it was.
+    #[test]
+    fn already_charged_updates_charge_nothing() {
+        let mut w = World::new(d("10"));
+        w.acct.charged_keys = Some(
+            ["radius:ras1:old:600:0:0", "radius:ras1:s1:1200:0:0"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        );
+        let fx = w.update(3, "alice", "old", 600, 0);
+        assert!(fx.charges.is_empty() && fx.upserts.is_empty() && fx.first_logins.is_empty());
+        assert!(w.acct.sessions.is_empty());
+        assert_eq!(w.acct.open_sessions_of_nas(0), 0);
+        w.update(1, "alice", "s1", 0, 0);
+        let fx = w.update(3, "alice", "s1", 600, 0);
+        assert_eq!(fx.charges[0].amount, d("0.1"));
+        let fx = w.update(3, "alice", "s1", 1200, 0);
+        assert!(fx.charges.is_empty());
+        assert_eq!(w.credit(), d("9.9"));
+        let fx = w.update(2, "alice", "s1", 1800, 0);
+        // The Stop charges from the last update taken: 600 s → 1800 s.
+        assert_eq!(fx.charges[0].amount, d("0.2"));
+        assert_eq!(fx.xdrs[0].credit_used, d("0.3"));
+        assert_eq!(w.credit(), d("9.7"));
+        assert_eq!(w.acct.counters.already_charged, 2);
+    }
+
+    /// Issue 10 item 10: a NAS's open sessions are capped; unknown users are capped per
+    /// username; the counts follow closes and a recount from loaded sessions.
+    #[test]
+    fn open_sessions_are_capped() {
+        let mut w = World::new(d("10"));
+        for i in 0..6 {
+            w.update(1, "alice", &format!("a{i}"), 0, 0);
+        }
+        assert_eq!(w.acct.sessions.len(), 4);
+        assert_eq!(w.acct.counters.sessions_capped, 2);
+        let fx = w.update(2, "alice", "a0", 60, 0);
+        assert_eq!(fx.xdrs.len(), 1);
+        assert_eq!(w.acct.open_sessions_of_nas(0), 3);
+        w.acct.recount();
+        assert_eq!(w.acct.open_sessions_of_nas(0), 3);
+
+        let mut w = World::new(d("10"));
+        w.catalog.nas[0].max_sessions = 1000;
+        for i in 0..20 {
+            w.update(1, "mallory", &format!("m{i}"), 0, 0);
+        }
+        w.update(1, "eve", "e0", 0, 0);
+        assert_eq!(
+            w.acct.sessions.len(),
+            MAX_UNKNOWN_SESSIONS_PER_USER as usize + 1
+        );
+        w.update(2, "mallory", "m0", 60, 0);
+        w.update(1, "mallory", "m19", 0, 0);
+        assert_eq!(
+            w.acct.sessions.len(),
+            MAX_UNKNOWN_SESSIONS_PER_USER as usize + 1
+        );
+        assert!(w.acct.sessions.contains_key(&(0, "m19".to_string())));
     }
 }
