@@ -1,9 +1,9 @@
 //! Crash consistency: `ratel serve` is killed with SIGKILL at random (seeded) moments while
-//! RADIUS sessions and spooled CDR files stream in, and restarted each time; the generator
-//! retransmits whatever was not acknowledged (and replays some acknowledged packets). At the
-//! end every subscriber's credit must have moved by exactly the independently computed cost
-//! of its sessions and calls, every xDR must appear exactly once in readable Parquet, and no
-//! temp file may remain.
+//! RADIUS sessions and spooled CDR files (every other one gzip'd) stream in, and restarted
+//! each time; the generator retransmits whatever was not acknowledged (and replays some
+//! acknowledged packets). At the end every subscriber's credit must have moved by exactly
+//! the independently computed cost of its sessions and calls, every xDR must appear exactly
+//! once in readable Parquet, and no temp file may remain.
 //!
 //! `RATEL_CRASH_SEED` replays a run; `RATEL_CRASH_KILLS` (default 20) sets the number of kills.
 
@@ -49,6 +49,35 @@ fn session_cost(secs: u32, octets: u64) -> Decimal {
     let time = Decimal::new(1, 2) * Decimal::from(secs) / Decimal::from(60);
     let traffic = Decimal::new(5, 1) * Decimal::from_i128_with_scale(octets as i128, 9);
     (time + traffic).round_dp_with_strategy(4, rust_decimal::RoundingStrategy::AwayFromZero)
+}
+
+/// Every other spool file arrives gzip'd (compressed by the system's gzip, not by ratel).
+fn spool_name(n: usize) -> String {
+    if n % 2 == 1 {
+        format!("f{n}.csv.gz")
+    } else {
+        format!("f{n}.csv")
+    }
+}
+
+fn spool_bytes(n: usize, text: &str) -> Vec<u8> {
+    if n % 2 == 0 {
+        return text.as_bytes().to_vec();
+    }
+    use std::io::Write;
+    let mut gz = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = gz.stdin.take().unwrap();
+    let text = text.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&text).unwrap());
+    let out = gz.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    out.stdout
 }
 
 fn send_wait(sock: &UdpSocket, to: std::net::SocketAddr, p: &[u8]) -> bool {
@@ -198,12 +227,12 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
         });
         if dropped_files < cdr_files.len() && k % 3 == 0 {
             let tmp = spool.join(format!(".f{dropped_files}.tmp"));
-            std::fs::write(&tmp, &cdr_files[dropped_files]).unwrap();
+            std::fs::write(&tmp, spool_bytes(dropped_files, &cdr_files[dropped_files])).unwrap();
             // Old enough for the spool scan at once (it skips files modified within 1 s).
             let f = std::fs::File::options().write(true).open(&tmp).unwrap();
             f.set_modified(std::time::SystemTime::now() - Duration::from_secs(5))
                 .unwrap();
-            std::fs::rename(&tmp, spool.join(format!("f{dropped_files}.csv"))).unwrap();
+            std::fs::rename(&tmp, spool.join(spool_name(dropped_files))).unwrap();
             dropped_files += 1;
         }
         let start = Instant::now();
@@ -236,8 +265,8 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
     let (server, radius) = env.serve();
     while dropped_files < cdr_files.len() {
         std::fs::write(
-            spool.join(format!("f{dropped_files}.csv")),
-            &cdr_files[dropped_files],
+            spool.join(spool_name(dropped_files)),
+            spool_bytes(dropped_files, &cdr_files[dropped_files]),
         )
         .unwrap();
         dropped_files += 1;
@@ -255,7 +284,7 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
     while std::fs::read_dir(&spool)
         .unwrap()
         .flatten()
-        .any(|e| e.path().extension().is_some_and(|x| x == "csv"))
+        .any(|e| e.path().extension().is_some_and(|x| x == "csv" || x == "gz"))
     {
         assert!(Instant::now() < deadline, "spool not drained");
         std::thread::sleep(Duration::from_millis(100));

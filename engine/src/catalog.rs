@@ -842,12 +842,6 @@ mod tests {
             (rule.replace("24:00", "25:00"), "t.toml: charge_rule[0] (d): end \"25:00\" is not HH:MM"),
             ("[[group]]\nname='g'\nrounding='ceil'".into(), "t.toml: group[0] (g).rounding: \"ceil\": expected up, down, half_up or half_even"),
             ("[[nas]]\nname='n'\nip='1.2.3'\nsecret='s'".into(), "t.toml: nas[0] (n).ip: \"1.2.3\" is not an IP address"),
-            ("[[nas]]\nname='n'\nip='10.0.0.1'\nsecret='s'\n[[nas]]\nname='n'\nip='10.0.0.2'\nsecret='s'".into(), "t.toml: nas[1] (n).name: \"n\" is configured twice"),
-            ("[[nas]]\nname='n'\nip='10.0.0.1'\nsecret='s'\n[[nas]]\nname='m'\nip='10.0.0.1'\nsecret='s'".into(), "t.toml: nas[1] (m).ip: 10.0.0.1 is configured twice"),
-            ("[[nas]]\nname='n'\nip='10.0.0.1'\nsecret='s'\nmax_sessions=0".into(), "t.toml: nas[0] (n).max_sessions: 0 is outside 1..=10000000"),
-            ("[radius]\nmax_session_secs=4294967296".into(), "t.toml: radius.max_session_secs: 4294967296 is outside 1..=4294967295"),
-            (rule.replace("0.5", "1000000000.01"), "t.toml: charge_rule[0] (d).price_per_gb: \"1000000000.01\" is more than 1000000000"),
-            (rule.replace("0.01", "-0.01"), "t.toml: charge_rule[0] (d).price_per_minute: \"-0.01\" is negative"),
             ("[[tariff]]\nname='t'\nrates='/nonexistent/x.csv'".into(), "/nonexistent/x.csv: cannot read"),
         ];
         for (toml, want) in cases {
@@ -860,14 +854,60 @@ mod tests {
         }
     }
 
+    /// Issue 10 items 4, 5, 6, 10: two NASes with one name (or one IP) would share sessions;
+    /// prices are bounded to 0..=MAX_PRICE so rating cannot overflow; the RADIUS bounds are
+    /// range-checked. Each error names the file, the key and the reason.
+    #[test]
+    fn nas_radius_and_price_bounds_name_file_key_and_reason() {
+        let rule = "[[charge_rule]]\nname='d'\ndays=['mon','tue','wed','thu','fri','sat','sun']\nstart='08:00'\nend='24:00'\nprice_per_minute='0.01'\nprice_per_gb='0.5'\n";
+        let nas = "[[nas]]\nname='n'\nip='10.0.0.1'\nsecret='s'\n";
+        let cases: &[(String, &str)] = &[
+            (nas.to_string() + "[[nas]]\nname='n'\nip='10.0.0.2'\nsecret='s'", "t.toml: nas[1] (n).name: \"n\" is configured twice"),
+            (nas.to_string() + "[[nas]]\nname='m'\nip='10.0.0.1'\nsecret='s'", "t.toml: nas[1] (m).ip: 10.0.0.1 is configured twice"),
+            (nas.to_string() + "max_sessions=0", "t.toml: nas[0] (n).max_sessions: 0 is outside 1..=10000000"),
+            ("[radius]\nmax_session_secs=4294967296".into(), "t.toml: radius.max_session_secs: 4294967296 is outside 1..=4294967295 (Acct-Session-Time is 32 bits)"),
+            (rule.replace("0.5", "1000000000.01"), "t.toml: charge_rule[0] (d).price_per_gb: \"1000000000.01\" is more than 1000000000"),
+            (rule.replace("0.01", "-0.01"), "t.toml: charge_rule[0] (d).price_per_minute: \"-0.01\" is negative"),
+        ];
+        for (toml, want) in cases {
+            let err = build(toml).unwrap_err().to_string();
+            assert_eq!(&err, want, "config {toml:?}");
+        }
+        let h = "prefix,description,price_per_minute,connect_fee,first_increment,next_increment\n";
+        let decks: &[(String, &str)] = &[
+            (
+                format!("{h}1,US,2000000000,0,60,60\n"),
+                "d.csv:2: price_per_minute: \"2000000000\" is more than 1000000000",
+            ),
+            (
+                format!("{h}1,US,0.1,99999999999999999999,60,60\n"),
+                "d.csv:2: connect_fee: \"99999999999999999999\" is more than 1000000000",
+            ),
+        ];
+        for (text, want) in decks {
+            let err = load_rate_deck("t", "d.csv", text).unwrap_err().to_string();
+            assert_eq!(&err, want, "deck {text:?}");
+        }
+        let ok = build(&format!(
+            "{nas}max_sessions=3\n[radius]\nmax_session_secs=60\n{}",
+            rule.replace("0.5", "1000000000")
+        ))
+        .unwrap();
+        assert_eq!((ok.nas[0].max_sessions, ok.max_session_secs), (3, 60));
+        assert_eq!(ok.charge_rules[0].price_per_gb, MAX_PRICE);
+        let defaults = build(nas).unwrap();
+        assert_eq!(
+            (defaults.nas[0].max_sessions, defaults.max_session_secs),
+            (100_000, 2_678_400)
+        );
+    }
+
     #[test]
     fn rate_deck_errors_name_line_and_field() {
         let h = "prefix,description,price_per_minute,connect_fee,first_increment,next_increment,days,start,end\n";
         let cases: &[(String, &str)] = &[
             (format!("{h}1,US,x,0,60,60\n"), "d.csv:2: price_per_minute: \"x\" is not a decimal number"),
             (format!("{h}1,US,0.1,0,60,0\n"), "d.csv:2: next_increment: 0 is less than 1"),
-            (format!("{h}1,US,2000000000,0,60,60\n"), "d.csv:2: price_per_minute: \"2000000000\" is more than 1000000000"),
-            (format!("{h}1,US,0.1,99999999999999999999,60,60\n"), "d.csv:2: connect_fee: \"99999999999999999999\" is more than 1000000000"),
             (format!("{h}1a,US,0.1,0,60,60\n"), "d.csv:2: prefix: \"1a\" is not a digit string"),
             (format!("{h}1,US,0.1,0,60,60\n1,US2,0.1,0,60,60\n"), "d.csv:3: prefix: prefix 1 has two rows without a time window"),
             (format!("{h}1,US,0.1,0,60,60,mon,08:00,18:00\n"), "d.csv:2: prefix: rows of prefix 1: the week is not covered from mon 00:00 to mon 08:00"),

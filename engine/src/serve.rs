@@ -521,7 +521,10 @@ struct Isolation {
 fn bisect(n: usize, mut attempt: impl FnMut(Range<usize>) -> Attempt) -> Isolation {
     let mut out = Isolation::default();
     // A stack of parts, the next one on top: order is kept.
-    let mut todo: Vec<Range<usize>> = if n > 0 { vec![0..n] } else { Vec::new() };
+    let mut todo: Vec<Range<usize>> = Vec::new();
+    if n > 0 {
+        todo.push(0..n);
+    }
     let mut budget = 4 * n + 8;
     while let Some(r) = todo.pop() {
         let verdict = if budget == 0 {
