@@ -126,6 +126,9 @@ enum BenchCommand {
         accounts: usize,
         #[arg(long, default_value_t = 50_000)]
         prefixes: usize,
+        /// Days the calls are spread over (real CDR files span a month).
+        #[arg(long, default_value_t = 30)]
+        days: u32,
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Working directory (created; the data dir inside it is wiped first).
@@ -262,11 +265,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     rows,
                     accounts,
                     prefixes,
+                    days,
                     seed,
                     dir,
                     json,
                 },
-        } => bench_cdr(rows, accounts, prefixes, seed, &dir, json),
+        } => bench_cdr(rows, accounts, prefixes, days, seed, &dir, json),
         Command::Users {
             command: UsersCommand::Import { config, file },
         } => {
@@ -508,13 +512,14 @@ fn bench_cdr(
     rows: u64,
     accounts: usize,
     prefixes: usize,
+    days: u32,
     seed: u64,
     dir: &Path,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
     let files =
-        ratel_engine::gen::prepare_cdr_bench(dir, rows, accounts.max(1), prefixes.max(20), seed)
+        ratel_engine::gen::prepare_cdr_bench(dir, rows, accounts.max(1), prefixes.max(20), days, seed)
             .with_context(|| format!("generating into {}", dir.display()))?;
     let gen_secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&files.data_dir);

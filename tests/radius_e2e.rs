@@ -394,5 +394,5 @@ fn unknown_user_sessions_are_capped_per_username() {
     assert_eq!(x.len(), 16, "{x:?}");
     assert!(x
         .iter()
-        .all(|x| x.1 == "UNKNOWN_USER" && x.2 < "m16".to_string()));
+        .all(|x| x.1 == "UNKNOWN_USER" && x.2.as_str() < "m16"));
 }

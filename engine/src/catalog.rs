@@ -833,7 +833,7 @@ mod tests {
         let rule = "[[charge_rule]]\nname='d'\ndays=['mon','tue','wed','thu','fri','sat','sun']\nstart='08:00'\nend='24:00'\nprice_per_minute='0.01'\nprice_per_gb='0.5'\n";
         let cases: &[(String, &str)] = &[
             ("[rating]\ntime_zone='Mars/Base'".into(), "t.toml: rating.time_zone: \"Mars/Base\" is not an IANA time zone"),
-            ("[cdr]\nformat='csv'".into(), "t.toml: cdr.format: \"csv\": expected asterisk, freeswitch or generic"),
+            ("[cdr]\nformat='csv'".into(), "t.toml: cdr.format: \"csv\": expected one of generic, asterisk, freeswitch"),
             ("[storage]\ndatadir='x'".into(), "t.toml:2: unknown field `datadir`, expected `data_dir`"),
             (format!("{rule}[[group]]\nname='g'\ncharge_rules=['d']"), "t.toml: group[0] (g).charge_rules: the week is not covered from mon 00:00 to mon 08:00"),
             (format!("{rule}[[group]]\nname='g'\ncharge_rules=['x']"), "t.toml: group[0] (g).charge_rules: no charge rule named \"x\""),

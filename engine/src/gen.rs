@@ -113,15 +113,18 @@ pub fn write_users(path: &Path, accounts: usize, group: &str) -> std::io::Result
     w.flush()
 }
 
-/// Writes `rows` generic CDRs over one day starting `day_start` (unix seconds, UTC).
+/// Writes `rows` generic CDRs spread evenly over `days` days from `day_start` (unix
+/// seconds, UTC): real CDR files span days (a month-long Master.csv).
 pub fn write_cdrs(
     path: &Path,
     rows: u64,
     accounts: usize,
     prefixes: &[String],
     day_start: i64,
+    days: u32,
     rng: &mut Rng,
 ) -> std::io::Result<()> {
+    let span = 86_400 * i64::from(days.max(1));
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
     writeln!(
         w,
@@ -145,7 +148,7 @@ pub fn write_cdrs(
         } else {
             0
         };
-        let t = day_start + (i as i64 * 86_400 / rows.max(1) as i64);
+        let t = day_start + (i as i64 * span / rows.max(1) as i64);
         let (h, m, s) = ((t % 86_400) / 3600, (t % 3600) / 60, t % 60);
         let date = chrono::DateTime::<chrono::Utc>::from_timestamp(t, 0)
             .unwrap_or_default()
@@ -186,6 +189,7 @@ pub fn prepare_cdr_bench(
     rows: u64,
     accounts: usize,
     prefixes: usize,
+    days: u32,
     seed: u64,
 ) -> std::io::Result<CdrBench> {
     std::fs::create_dir_all(dir)?;
@@ -201,7 +205,7 @@ pub fn prepare_cdr_bench(
     write_users(&users, accounts, "bench")?;
     let cdrs = dir.join("cdrs.csv");
     // 2026-11-02 00:00:00 UTC, a Monday.
-    write_cdrs(&cdrs, rows, accounts, &prefix_list, 1_793_577_600, &mut rng)?;
+    write_cdrs(&cdrs, rows, accounts, &prefix_list, 1_793_577_600, days, &mut rng)?;
     Ok(CdrBench {
         config,
         users,
