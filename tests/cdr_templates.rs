@@ -161,10 +161,8 @@ fn compressed_files_are_the_same_file_as_their_content() {
     // Four 60 s calls: user0 twice.
     assert_eq!(counts(&out), [4, 0, 0, 0, 0, 0], "{out}");
     assert_eq!(credits(&env), users(["9.98", "9.99", "9.99"]));
-    for same in ["Master.csv.1.zst"] {
-        let out = rate(&env, "asterisk", &fixture(same));
-        assert!(out.contains("already rated"), "{same}: {out}");
-    }
+    let out = rate(&env, "asterisk", &fixture("Master.csv.1.zst"));
+    assert!(out.contains("already rated"), "zst: {out}");
     // And plain: the content hash is the decompressed content's.
     let plain = env.dir.path().join("Master.csv.1");
     let mut data = Vec::new();

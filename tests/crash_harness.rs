@@ -53,7 +53,7 @@ fn session_cost(secs: u32, octets: u64) -> Decimal {
 
 /// Every other spool file arrives gzip'd (compressed by the system's gzip, not by ratel).
 fn spool_name(n: usize) -> String {
-    if n % 2 == 1 {
+    if !n.is_multiple_of(2) {
         format!("f{n}.csv.gz")
     } else {
         format!("f{n}.csv")
@@ -61,7 +61,7 @@ fn spool_name(n: usize) -> String {
 }
 
 fn spool_bytes(n: usize, text: &str) -> Vec<u8> {
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return text.as_bytes().to_vec();
     }
     use std::io::Write;

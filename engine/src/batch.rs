@@ -508,7 +508,21 @@ fn build_chunk(
     file_name: &str,
     chunk: &[&RatedCdr<'_>],
 ) -> Result<Vec<(i64, arrow_array::RecordBatch, i64, i64)>, BatchError> {
-    let mut builders: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
+    // Rows per UTC day first, so each day's builder reserves what it holds: a month-long
+    // file spreads a chunk over ~30 days, and reserving the whole chunk for each day cost
+    // gigabytes (and the page faults to touch them).
+    let mut per_day: Vec<(i64, usize)> = Vec::new();
+    for &r in chunk {
+        let day = xdr::day_of(r.cdr.start + r.cdr.duration_secs);
+        match per_day.iter_mut().find(|d| d.0 == day) {
+            Some(d) => d.1 += 1,
+            None => per_day.push((day, 1)),
+        }
+    }
+    let mut builders: Vec<(i64, XdrBuilder, i64, i64)> = per_day
+        .iter()
+        .map(|&(day, n)| (day, XdrBuilder::with_capacity(n), i64::MAX, i64::MIN))
+        .collect();
     let mut source = String::new();
     let mut details: Vec<RuleDetail<'_>> = Vec::new();
     for &r in chunk {
@@ -580,19 +594,9 @@ fn build_chunk(
             source: &source,
         };
         let day = xdr::day_of(logout);
-        let slot = match builders.iter().position(|b| b.0 == day) {
-            Some(i) => i,
-            None => {
-                builders.push((
-                    day,
-                    XdrBuilder::with_capacity(chunk.len()),
-                    i64::MAX,
-                    i64::MIN,
-                ));
-                builders.len() - 1
-            }
+        let Some(b) = builders.iter_mut().find(|b| b.0 == day) else {
+            unreachable!("every day was counted above");
         };
-        let b = &mut builders[slot];
         b.1.push(&row, &details);
         b.2 = b.2.min(r.cdr.start);
         b.3 = b.3.max(logout);

@@ -259,10 +259,10 @@ impl Reader {
 
 /// The call id of a record (DESIGN.md "CDR file formats"): one column as written; several
 /// columns joined with `:` when all are there (Asterisk's `uniqueid:sequence`), the ones
-/// that are there + `:` + a hash of the whole record when some are missing (`uniqueid:`
-/// + hash), `h:` + the hash when the first (the call's own id) is. So the legs of one Asterisk call (sharing a
-/// uniqueid) are separate records, and only a repeat of the same record — in any copy of
-/// the file — gets the same id. The hash is XXH3 over the record's bytes (a fixed
+/// that are there and `:` and a hash of the whole record when some are missing
+/// (`uniqueid:<hash>`), `h:<hash>` when the first (the call's own id) is missing. So the
+/// legs of one Asterisk call (sharing a uniqueid) are separate records, and only a repeat
+/// of the same record — in any copy of the file — gets the same id. The hash is XXH3 over the record's bytes (a fixed
 /// algorithm: ids stay stable across versions).
 fn call_id<'a>(t: &Template, ids: &mut [Cow<'a, str>; 4], rec: &[u8]) -> Result<Cow<'a, str>, String> {
     let n = t.call_id.len().min(ids.len());
