@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{d, Env};
+use common::{counts, users, Env};
 
 const TEMPLATES: &str = r#"
 [[cdr_format]]
@@ -74,36 +74,13 @@ fn rate(env: &Env, format: &str, file: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// (OK, unanswered, NO_RATE, UNKNOWN_USER, duplicate, bad) from a summary.
-fn counts(summary: &str) -> [u64; 6] {
-    let line = summary
-        .lines()
-        .find(|l| l.trim_start().starts_with("OK "))
-        .unwrap_or_else(|| panic!("no status line in {summary}"));
-    let nums: Vec<u64> = line
-        .split(',')
-        .map(|p| p.split_whitespace().last().unwrap().parse().unwrap())
-        .collect();
-    nums.try_into().unwrap()
-}
-
-fn credits(env: &Env) -> Vec<(String, rust_decimal::Decimal)> {
-    let mut c = env.credits();
-    c.sort();
-    c
-}
-
-fn users(c: [&str; 3]) -> Vec<(String, rust_decimal::Decimal)> {
-    (0..3).map(|i| (format!("user{i}"), d(c[i]))).collect()
-}
-
 #[test]
 fn a_cdr_custom_layout_through_a_template() {
     let env = env();
     let out = rate(&env, "pbx2", &fixture("pbx2.csv"));
     // user0 60 s = 0.01; user1 61 s → 120 = 0.02; user2 unanswered, then 121 s → 180 = 0.03.
     assert_eq!(counts(&out), [3, 1, 0, 0, 0, 0], "{out}");
-    assert_eq!(credits(&env), users(["9.99", "9.98", "9.97"]));
+    assert_eq!(env.sorted_credits(), users(["9.99", "9.98", "9.97"]));
     // The Latin-1 caller name sits in `clid`, which ratel does not read.
     let xdrs = common::xdrs(&env.data());
     assert!(xdrs.iter().any(|x| x.2 == "u1"), "{xdrs:?}");
@@ -115,7 +92,7 @@ fn a_freeswitch_template_with_a_header() {
     let out = rate(&env, "fs_custom", &fixture("fs_custom.csv"));
     // user0 30 s → 60 = 0.01; user1 unanswered; user2 600 s = 0.10.
     assert_eq!(counts(&out), [2, 1, 0, 0, 0, 0], "{out}");
-    assert_eq!(credits(&env), users(["9.99", "10", "9.90"]));
+    assert_eq!(env.sorted_credits(), users(["9.99", "10", "9.90"]));
 }
 
 #[test]
@@ -125,7 +102,7 @@ fn slash_dates_end_times_rejects_and_their_correction() {
     // user0 8:00-8:03 = 180 s = 0.03; user1 0 s unanswered; line 3 bad; user2 23:59-0:01
     // = 120 s = 0.02 (its xDR under the logout date).
     assert_eq!(counts(&out), [2, 1, 0, 0, 0, 1], "{out}");
-    assert_eq!(credits(&env), users(["9.97", "10", "9.98"]));
+    assert_eq!(env.sorted_credits(), users(["9.97", "10", "9.98"]));
     assert!(
         out.contains(r#"carrier.tsv:3: end: "not a time" does not match "%Y/%m/%d %H:%M""#),
         "{out}"
@@ -149,7 +126,7 @@ fn slash_dates_end_times_rejects_and_their_correction() {
     std::fs::write(&fixed, text.replace("not a time", "2026/11/2 8:21")).unwrap();
     let out = rate(&env, "carrier", &fixed);
     assert_eq!(counts(&out), [1, 0, 0, 0, 0, 0], "{out}");
-    assert_eq!(credits(&env), users(["9.97", "10", "9.97"]));
+    assert_eq!(env.sorted_credits(), users(["9.97", "10", "9.97"]));
     let out = rate(&env, "carrier", &fixed);
     assert!(out.contains("already rated"), "{out}");
 }
@@ -160,7 +137,7 @@ fn compressed_files_are_the_same_file_as_their_content() {
     let out = rate(&env, "asterisk", &fixture("Master.csv.1.gz"));
     // Four 60 s calls: user0 twice.
     assert_eq!(counts(&out), [4, 0, 0, 0, 0, 0], "{out}");
-    assert_eq!(credits(&env), users(["9.98", "9.99", "9.99"]));
+    assert_eq!(env.sorted_credits(), users(["9.98", "9.99", "9.99"]));
     let out = rate(&env, "asterisk", &fixture("Master.csv.1.zst"));
     assert!(out.contains("already rated"), "zst: {out}");
     // And plain: the content hash is the decompressed content's.
@@ -173,7 +150,7 @@ fn compressed_files_are_the_same_file_as_their_content() {
     std::fs::write(&plain, &data).unwrap();
     let out = rate(&env, "asterisk", &plain);
     assert!(out.contains("already rated"), "{out}");
-    assert_eq!(credits(&env), users(["9.98", "9.99", "9.99"]));
+    assert_eq!(env.sorted_credits(), users(["9.98", "9.99", "9.99"]));
 }
 
 /// The test decompresses with the system's gzip, not with ratel's reader.
@@ -213,7 +190,7 @@ fn the_spool_picks_the_format_by_subdirectory_and_glob() {
     assert!(failed.is_empty(), "{failed:?}");
     // pbx2: 0.01 / 0.02 / 0.03; fs_custom: 0.01 / 0 / 0.10; Master.csv.1.gz: 0.02 / 0.01 /
     // 0.01.
-    assert_eq!(credits(&env), users(["9.96", "9.97", "9.86"]));
+    assert_eq!(env.sorted_credits(), users(["9.96", "9.97", "9.86"]));
 }
 
 #[test]

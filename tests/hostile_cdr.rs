@@ -7,7 +7,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{d, Env};
+use common::{counts, d, users, Env};
 
 fn corpus(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -40,29 +40,6 @@ fn rate_ok(env: &Env, format: &str, file: &str) -> String {
     out
 }
 
-/// The summary's status line: (OK, unanswered, NO_RATE, UNKNOWN_USER, duplicate, bad).
-fn counts(summary: &str) -> [u64; 6] {
-    let line = summary
-        .lines()
-        .find(|l| l.trim_start().starts_with("OK "))
-        .unwrap_or_else(|| panic!("no status line in {summary}"));
-    let nums: Vec<u64> = line
-        .split(',')
-        .map(|part| part.split_whitespace().last().unwrap().parse().unwrap())
-        .collect();
-    nums.try_into().unwrap()
-}
-
-fn credits(env: &Env) -> Vec<(String, rust_decimal::Decimal)> {
-    let mut c = env.credits();
-    c.sort();
-    c
-}
-
-fn users(c: [&str; 3]) -> Vec<(String, rust_decimal::Decimal)> {
-    (0..3).map(|i| (format!("user{i}"), d(c[i]))).collect()
-}
-
 #[test]
 fn a_stray_quote_inside_a_field_is_an_ordinary_character() {
     let env = Env::new_with_users(3, "10");
@@ -70,7 +47,7 @@ fn a_stray_quote_inside_a_field_is_an_ordinary_character() {
     assert_eq!(counts(&out), [1000, 0, 0, 0, 0, 0], "{out}");
     assert!(out.contains("charged 10.0000"), "{out}");
     // 334, 333 and 333 calls of 0.0100.
-    assert_eq!(credits(&env), users(["6.66", "6.67", "6.67"]));
+    assert_eq!(env.sorted_credits(), users(["6.66", "6.67", "6.67"]));
 }
 
 #[test]
@@ -83,7 +60,7 @@ fn an_unterminated_quote_costs_one_line() {
         "{out}"
     );
     // Call 50 (user2) is the bad one: user0 34 calls, user1 33, user2 32.
-    assert_eq!(credits(&env), users(["9.66", "9.67", "9.68"]));
+    assert_eq!(env.sorted_credits(), users(["9.66", "9.67", "9.68"]));
 }
 
 #[test]
@@ -110,7 +87,7 @@ fn bom_crlf_nul_bytes_and_absurd_durations() {
         let out = rate_ok(&env, "generic", &corpus(file));
         assert_eq!(counts(&out), *want, "{file}: {out}");
         assert!(out.contains(report), "{file}: {out}");
-        assert_eq!(credits(&env), users(*credit), "{file}");
+        assert_eq!(env.sorted_credits(), users(*credit), "{file}");
         // Every xDR in a complete Parquet file, under the call's own date.
         assert_eq!(common::xdrs(&env.data()).len() as u64, want[0], "{file}");
         for dir in std::fs::read_dir(env.data().join("xdr")).unwrap() {
@@ -142,7 +119,7 @@ fn over_long_lines_are_one_bad_line_each() {
     assert_eq!(counts(&out), [3, 0, 0, 0, 0, 2], "{out}");
     assert!(out.contains("long.csv:3: line longer than 1 MiB"), "{out}");
     assert!(out.contains("long.csv:5: line longer than 1 MiB"), "{out}");
-    assert_eq!(credits(&env), users(["9.99", "9.99", "9.99"]));
+    assert_eq!(env.sorted_credits(), users(["9.99", "9.99", "9.99"]));
 }
 
 #[test]
@@ -157,18 +134,18 @@ fn a_growing_master_csv_is_charged_once() {
     assert!(out.contains("rated from line 4 on"), "{out}");
     let out = rate_ok(&env, "asterisk", &corpus("Master.csv.2"));
     assert!(out.contains("already rated"), "{out}");
-    assert_eq!(credits(&env), users(["9.98", "9.98", "9.99"]));
+    assert_eq!(env.sorted_credits(), users(["9.98", "9.98", "9.99"]));
 
     // A copy edited inside the rated part is refused, and charges nothing...
     let (ok, _, err) = rate(&env, "asterisk", &corpus("Master.csv.changed"), &[]);
     assert!(!ok);
     assert!(err.contains("differs inside that rated part"), "{err}");
-    assert_eq!(credits(&env), users(["9.98", "9.98", "9.99"]));
+    assert_eq!(env.sorted_credits(), users(["9.98", "9.98", "9.99"]));
     // ...unless forced: then only the edited record (61 s, 0.0200) is new.
     let (ok, out, err) = rate(&env, "asterisk", &corpus("Master.csv.changed"), &["--force"]);
     assert!(ok, "{err}");
     assert_eq!(counts(&out), [1, 0, 0, 0, 4, 0], "{out}");
-    assert_eq!(credits(&env), users(["9.98", "9.96", "9.99"]));
+    assert_eq!(env.sorted_credits(), users(["9.98", "9.96", "9.99"]));
 
     // Copied while line 6 was being written: the half line is bad...
     let out = rate_ok(&env, "asterisk", &corpus("Master.csv.cut"));
@@ -178,7 +155,7 @@ fn a_growing_master_csv_is_charged_once() {
     let out = rate_ok(&env, "asterisk", &corpus("Master.csv.3"));
     assert!(out.contains("rated from line 6 on"), "{out}");
     assert_eq!(counts(&out), [2, 0, 0, 0, 0, 0], "{out}");
-    assert_eq!(credits(&env), users(["9.97", "9.96", "9.98"]));
+    assert_eq!(env.sorted_credits(), users(["9.97", "9.96", "9.98"]));
 }
 
 #[test]
@@ -187,7 +164,7 @@ fn call_legs_sharing_a_uniqueid_and_latin1_caller_names() {
     let out = rate_ok(&env, "asterisk", &corpus("legs_latin1.csv"));
     // Leg 1 unanswered, leg 2 answered (61 s): both records, neither a duplicate.
     assert_eq!(counts(&out), [2, 1, 0, 0, 0, 0], "{out}");
-    assert_eq!(credits(&env), users(["9.99", "10", "9.98"]));
+    assert_eq!(env.sorted_credits(), users(["9.99", "10", "9.98"]));
 }
 
 #[test]
@@ -210,5 +187,5 @@ fn rate_decks_and_user_lists_from_excel() {
     .unwrap();
     let out = rate_ok(&env, "generic", &call.display().to_string());
     assert_eq!(counts(&out), [1, 0, 0, 0, 0, 0], "{out}");
-    assert_eq!(credits(&env), vec![("user0".to_string(), d("9.98"))]);
+    assert_eq!(env.sorted_credits(), vec![("user0".to_string(), d("9.98"))]);
 }

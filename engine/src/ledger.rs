@@ -654,14 +654,27 @@ impl Ledger {
     /// Files rated to the end that are shorter than `size` bytes: the candidates a file of
     /// that size may be a grown copy of.
     pub fn rated_files_shorter_than(&self, size: u64) -> Result<Vec<RatedFile>, LedgerError> {
+        self.rated_files("size < ?1 AND size > 0", &size.to_string())
+    }
+
+    /// A file rated to the end whose head hash is `head_hash`, if any (the longest).
+    pub fn rated_file_with_head(&self, head_hash: &str) -> Result<Option<RatedFile>, LedgerError> {
+        Ok(self
+            .rated_files("head_hash = ?1", head_hash)?
+            .into_iter()
+            .max_by_key(|f| f.size))
+    }
+
+    /// Files rated to the end that satisfy `cond` (one `?1` parameter).
+    fn rated_files(&self, cond: &str, arg: &str) -> Result<Vec<RatedFile>, LedgerError> {
         let mut st = self
             .conn
-            .prepare(
-                "SELECT file_hash, path, size, next_line FROM cdr_files WHERE done = 1 AND size < ?1 AND size > 0",
-            )
+            .prepare(&format!(
+                "SELECT file_hash, path, size, next_line FROM cdr_files WHERE done = 1 AND {cond}"
+            ))
             .map_err(self.sq())?;
         let rows = st
-            .query_map([size as i64], |r| {
+            .query_map([arg], |r| {
                 Ok(RatedFile {
                     file_hash: r.get(0)?,
                     path: r.get(1)?,
@@ -671,25 +684,6 @@ impl Ledger {
             })
             .map_err(self.sq())?;
         rows.collect::<Result<_, _>>().map_err(self.sq())
-    }
-
-    /// A file rated to the end whose head hash is `head_hash`, if any.
-    pub fn rated_file_with_head(&self, head_hash: &str) -> Result<Option<RatedFile>, LedgerError> {
-        self.conn
-            .query_row(
-                "SELECT file_hash, path, size, next_line FROM cdr_files WHERE done = 1 AND head_hash = ?1 ORDER BY size DESC LIMIT 1",
-                [head_hash],
-                |r| {
-                    Ok(RatedFile {
-                        file_hash: r.get(0)?,
-                        path: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as u64,
-                        next_line: r.get::<_, i64>(3)? as u64,
-                    })
-                },
-            )
-            .optional()
-            .map_err(self.sq())
     }
 
     /// Every call-id key ever rated into this data dir.

@@ -160,6 +160,13 @@ rounding = "up"
         start_serve(cmd)
     }
 
+    /// [`Env::credits`] in username order.
+    pub fn sorted_credits(&self) -> Vec<(String, Decimal)> {
+        let mut c = self.credits();
+        c.sort();
+        c
+    }
+
     pub fn credits(&self) -> Vec<(String, Decimal)> {
         let l = ratel_engine::ledger::Ledger::open(&self.data()).unwrap();
         l.load_users()
@@ -168,6 +175,13 @@ rounding = "up"
             .map(|u| (u.username.unwrap(), u.credit))
             .collect()
     }
+}
+
+/// Starts `ratel serve --config config`; returns the child, the RADIUS and API addresses.
+pub fn serve_config(config: &str) -> (Server, SocketAddr, SocketAddr) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratel"));
+    cmd.args(["serve", "--config", config]);
+    start_serve(cmd)
 }
 
 /// Runs a prepared `ratel serve` command; returns the child, the RADIUS and API addresses.
@@ -416,4 +430,23 @@ pub fn rpc(
     assert_eq!(status, 200, "HTTP status for {method}");
     assert_eq!(v["id"], 7, "id echoed for {method}: {v}");
     (v["result"].clone(), v["error"].clone())
+}
+
+/// The status line of a `ratel rate` summary: (OK, unanswered, NO_RATE, UNKNOWN_USER,
+/// duplicate, bad).
+pub fn counts(summary: &str) -> [u64; 6] {
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with("OK "))
+        .unwrap_or_else(|| panic!("no status line in {summary}"));
+    let nums: Vec<u64> = line
+        .split(',')
+        .map(|part| part.split_whitespace().last().unwrap().parse().unwrap())
+        .collect();
+    nums.try_into().unwrap()
+}
+
+/// `user0..user2` with these credits, in username order.
+pub fn users(c: [&str; 3]) -> Vec<(String, Decimal)> {
+    (0..3).map(|i| (format!("user{i}"), d(c[i]))).collect()
 }
