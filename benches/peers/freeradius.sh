@@ -57,8 +57,9 @@ for _ in $(seq 50); do
 	kill -0 $PID 2>/dev/null || { cat "$FR/run.log" >&2; exit 1; }
 	sleep 0.2
 done
-cargo build --release --quiet
-target/release/ratel bench radius --server 127.0.0.1:18140 --secret testing123 \
+R=${RATEL:-target/release/ratel}
+[ -n "${RATEL:-}" ] || cargo build --release --quiet
+"$R" bench radius --server 127.0.0.1:18140 --secret testing123 \
 	--sessions "$SESSIONS" --in-flight "$IN_FLIGHT" --duration "$SECONDS_" --json
 if [ "$MODE" = sqlite ]; then
 	echo "radacct rows: $(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute('select count(*) from radacct').fetchone()[0])" "$FR/radacct.db")"
