@@ -24,6 +24,8 @@ pub struct RadiusArgs {
     pub secret: String,
     pub dir: std::path::PathBuf,
     pub json: bool,
+    /// Also drive the authorization listener (PAP Access-Requests) during the run.
+    pub auth: bool,
 }
 
 const CONFIG: &str = r#"
@@ -79,6 +81,8 @@ fn import_users(exe: &Path, config: &Path, users: &Path) -> anyhow::Result<()> {
 struct Serve {
     child: Child,
     radius: Option<SocketAddr>,
+    /// `[radius] auth_listen`, when the config has one.
+    auth: Option<SocketAddr>,
     api: SocketAddr,
 }
 
@@ -91,7 +95,7 @@ impl Serve {
             .stdout(Stdio::piped())
             .spawn()?;
         let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let mut radius = None;
+        let (mut radius, mut auth) = (None, None);
         let api = loop {
             let line = lines
                 .next()
@@ -99,12 +103,20 @@ impl Serve {
             if let Some(r) = line.trim().strip_prefix("RADIUS accounting on udp://") {
                 radius = r.split_whitespace().next().and_then(|x| x.parse().ok());
             }
+            if let Some(r) = line.trim().strip_prefix("RADIUS authorization on udp://") {
+                auth = r.split_whitespace().next().and_then(|x| x.parse().ok());
+            }
             if let Some(r) = line.trim().strip_prefix("JSON-RPC API on http://") {
                 break r.trim_end_matches('/').parse::<SocketAddr>()?;
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        Ok(Serve { child, radius, api })
+        Ok(Serve {
+            child,
+            radius,
+            auth,
+            api,
+        })
     }
 
     /// SIGTERM (a graceful stop) and wait.
@@ -132,6 +144,9 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
         .map(|n| n.get())
         .unwrap_or(1);
     let mut child = None;
+    if a.auth && a.server.is_some() {
+        bail!("--auth drives the ratel serve this command starts; it cannot be used with --server");
+    }
     let (server, secret, api) = match &a.server {
         Some(s) => (
             s.parse::<SocketAddr>()
@@ -143,7 +158,11 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_dir_all(&a.dir);
             std::fs::create_dir_all(&a.dir)?;
             let cfg = a.dir.join("ratel.toml");
-            std::fs::write(&cfg, CONFIG.replace("SECRET", &a.secret))?;
+            let mut text = CONFIG.replace("SECRET", &a.secret);
+            if a.auth {
+                text = text.replace("[radius]\n", "[radius]\nauth_listen = \"127.0.0.1:0\"\n");
+            }
+            std::fs::write(&cfg, text)?;
             let mut users = String::from("username,password,group,credit\n");
             for i in 0..a.users {
                 users.push_str(&format!("user{i},pw,bench,1000\n"));
@@ -169,7 +188,30 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
         users: a.users.max(1),
         retransmit_after: Duration::from_millis(1000),
     };
+    // The authorization load runs beside the accounting load, for the same duration.
+    let auth_load = match child.as_ref().and_then(|c| c.auth) {
+        Some(to) if a.auth => {
+            let spec = loadgen::AuthLoadSpec {
+                server: to,
+                secret: spec.secret.clone(),
+                in_flight: a.in_flight.min(256),
+                duration: spec.duration,
+                users: spec.users,
+                password: b"pw".to_vec(),
+                retransmit_after: Duration::from_millis(1000),
+            };
+            Some(std::thread::spawn(move || loadgen::run_auth(&spec)))
+        }
+        _ => None,
+    };
     let r = loadgen::run(&spec)?;
+    let auth_report = match auth_load {
+        Some(h) => Some(
+            h.join()
+                .map_err(|_| anyhow::anyhow!("the authorization load panicked"))??,
+        ),
+        None => None,
+    };
     println!(
         "ratel bench radius: {} sessions, {} in flight, {} s, rate {}, {} users, {cores} cores, server {server}",
         a.sessions,
@@ -188,6 +230,20 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
         r.sessions_completed
     );
     println!("  at most {} sessions open at once", r.max_open_sessions);
+    if let Some(ar) = &auth_report {
+        let q = |p| ar.report.percentile(p) as f64 / 1000.0;
+        println!(
+            "  authorization: {} Access-Requests answered ({:.0}/s: {} Accept, {} Reject), {} retransmissions, {} unanswered; latency ms p50 {:.3}  p99 {:.3}",
+            ar.report.acknowledged,
+            ar.report.acks_per_sec(),
+            ar.accepted,
+            ar.rejected,
+            ar.report.retransmissions,
+            ar.report.unanswered,
+            q(0.5),
+            q(0.99)
+        );
+    }
     let pct = |p| r.percentile(p) as f64 / 1000.0;
     println!(
         "  latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
@@ -238,6 +294,19 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = child {
         c.stop();
     }
+    if let (true, Some(ar)) = (a.json, &auth_report) {
+        println!(
+            "{{\"bench\":\"radius-auth\",\"cores\":{cores},\"answered\":{},\"auth_per_sec\":{:.0},\"accepted\":{},\"rejected\":{},\"unanswered\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"acct_acks_per_sec\":{:.0}}}",
+            ar.report.acknowledged,
+            ar.report.acks_per_sec(),
+            ar.accepted,
+            ar.rejected,
+            ar.report.unanswered,
+            ar.report.percentile(0.5) as f64 / 1000.0,
+            ar.report.percentile(0.99) as f64 / 1000.0,
+            r.acks_per_sec()
+        );
+    }
     if a.json {
         println!(
             "{{\"bench\":\"radius\",\"cores\":{cores},\"acknowledged\":{},\"acks_per_sec\":{:.0},\"retransmissions\":{},\"unanswered\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"ledger_check_ok\":{},\"max_open_sessions\":{},\"users\":{},\"serve_peak_rss_mib\":{}}}",
@@ -263,14 +332,34 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Which calls each `bench api` client makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// getUserInfo then getConnections.
+    Both,
+    /// getUserInfo only.
+    Info,
+    /// report.getConnections only.
+    Report,
+}
+
+impl Mix {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mix::Both => "both",
+            Mix::Info => "info",
+            Mix::Report => "report",
+        }
+    }
+}
+
 pub struct ApiArgs {
     pub xdrs: u64,
     pub users: usize,
     pub duration_secs: u64,
     /// Concurrent HTTP clients, each with its own keep-alive connection.
     pub clients: usize,
-    /// `both` (getUserInfo then getConnections), `info` or `report`.
-    pub mix: String,
+    pub mix: Mix,
     /// Reuse a data dir this command built before with the same --xdrs and --users.
     pub reuse: bool,
     pub dir: std::path::PathBuf,
@@ -363,9 +452,6 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    if !matches!(a.mix.as_str(), "both" | "info" | "report") {
-        bail!("--mix must be both, info or report, not {:?}", a.mix);
-    }
     let exe = std::env::current_exe()?;
     let marker = a.dir.join("bench-api.done");
     let want_marker = format!("{} {}\n", a.xdrs, a.users);
@@ -407,7 +493,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
     let results: Vec<anyhow::Result<ClientLatencies>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..a.clients.max(1))
             .map(|k| {
-                let mix = a.mix.as_str();
+                let mix = a.mix;
                 let users = a.users.max(1) as u64;
                 scope.spawn(move || -> anyhow::Result<ClientLatencies> {
                     let auth = r#""auth_type": "ADMIN", "auth_name": "bench", "auth_pass": "bench""#;
@@ -416,14 +502,14 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
                     let mut rng = ratel_engine::gen::Rng::new(11 + k as u64);
                     while started.elapsed() < duration {
                         let u = rng.below(users);
-                        if mix != "report" {
+                        if mix != Mix::Report {
                             let t = std::time::Instant::now();
                             client.call(&format!(
                                 r#"{{"method": "user.getUserInfo", "params": {{{auth}, "normal_username": "acc{u}"}}}}"#
                             ))?;
                             out.info_us.push(t.elapsed().as_micros() as u64);
                         }
-                        if mix != "info" {
+                        if mix != Mix::Info {
                             let t = std::time::Instant::now();
                             let r = client.call(&format!(
                                 r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{"username": "acc{u}", "login_time_from": "2026-11-02 00:00:00", "login_time_from_unit": "gregorian", "login_time_to": "2026-11-02 23:59:59", "login_time_to_unit": "gregorian"}}, "from": 0, "to": 50}}}}"#
@@ -461,7 +547,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
         a.users,
         a.duration_secs,
         a.clients.max(1),
-        a.mix
+        a.mix.as_str()
     );
     if !info_us.is_empty() {
         println!(
@@ -497,7 +583,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
             "{{\"bench\":\"api\",\"xdrs\":{},\"cores\":{cores},\"clients\":{},\"mix\":\"{}\",\"info_per_sec\":{:.0},\"info_p50_ms\":{:.3},\"info_p99_ms\":{:.3},\"report_per_sec\":{:.0},\"report_p50_ms\":{:.3},\"report_p99_ms\":{:.3}}}",
             a.xdrs,
             a.clients.max(1),
-            a.mix,
+            a.mix.as_str(),
             info_us.len() as f64 / elapsed,
             pct_ms(&mut info_us, 0.5),
             pct_ms(&mut info_us, 0.99),

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 mod bench;
+mod ops;
 
 /// mimalloc: the hot paths allocate per record and per block; glibc's malloc returned big
 /// blocks to the OS and page-faulted them back in on every block.
@@ -16,7 +17,7 @@ mod bench;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use ratel_engine::batch::{BatchRater, FileSummary, Progress};
 use ratel_engine::catalog::{Catalog, CdrFormat};
 use ratel_engine::config::LoadedConfig;
@@ -40,12 +41,17 @@ enum Command {
         /// Config file (default: the built-in demo config).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Serve the API beyond loopback although an admin has the demo password.
+        #[arg(long)]
+        allow_demo_password: bool,
     },
     /// Rate CDR files in batch against the ledger.
     Rate {
+        /// Config file (default: the built-in demo config).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// CDR format (default: `[cdr] format` of the config).
+        /// CDR format: generic, asterisk, freeswitch or a `[[cdr_format]]` name (default:
+        /// `[cdr] format` of the config).
         #[arg(long)]
         format: Option<String>,
         /// Rate a file that starts like a rated file but differs inside its rated part as a
@@ -66,36 +72,76 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Validate a config and print a summary; exit 2 with `FILE[:LINE]: key: reason` if bad.
+    CheckConfig {
+        /// Config file (default: the built-in demo config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Online backup of the data dir (ledger, xDR files, manifest.json) into a new directory.
+    Backup {
+        /// Config file (default: the built-in demo config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The backup directory to create (must not exist).
+        dest: PathBuf,
+    },
+    /// Check a backup's sha256 sums and restore it into the config's data dir.
+    Restore {
+        /// Config file (default: the built-in demo config).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Replace the ledger and xDR tree of a non-empty data dir.
+        #[arg(long)]
+        force: bool,
+        /// The backup directory (holding manifest.json).
+        src: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: ops::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Rate `--xdrs` generated CDRs, start serve, time getUserInfo and getConnections.
     Api {
+        /// xDRs to generate and rate before the run.
         #[arg(long, default_value_t = 1_000_000)]
         xdrs: u64,
+        /// Subscribers the xDRs are spread over.
         #[arg(long, default_value_t = 10_000)]
         users: usize,
+        /// Seconds of load.
         #[arg(long, default_value_t = 10)]
         duration: u64,
         /// Concurrent HTTP clients (keep-alive connections).
         #[arg(long, default_value_t = 1)]
         clients: usize,
         /// Which calls each client makes: both, info (getUserInfo) or report (getConnections).
-        #[arg(long, default_value = "both")]
-        mix: String,
+        #[arg(long, value_enum, default_value_t = bench::Mix::Both)]
+        mix: bench::Mix,
         /// Reuse the data dir a previous run built with the same --xdrs and --users.
         #[arg(long)]
         reuse: bool,
+        /// Working directory (config, data dir).
         #[arg(long, default_value = "ratel-bench-api")]
         dir: PathBuf,
+        /// Also print one JSON line with the figures.
         #[arg(long)]
         json: bool,
     },
     /// Drive `ratel serve` (started here) or any accounting server with RADIUS load.
     Radius {
+        /// Concurrent RADIUS sessions the load cycles through.
         #[arg(long, default_value_t = 10_000)]
         sessions: usize,
+        /// Requests awaiting an answer at once.
         #[arg(long, default_value_t = 512)]
         in_flight: usize,
         /// Seconds of load.
@@ -104,31 +150,44 @@ enum BenchCommand {
         /// Requests per second at most (0: as fast as answers come).
         #[arg(long, default_value_t = 0)]
         rate: u64,
+        /// Subscribers the sessions belong to.
         #[arg(long, default_value_t = 1_000)]
         users: usize,
+        /// Interim-Updates per session between its Start and Stop.
         #[arg(long, default_value_t = 3)]
         interims: u32,
         /// An external accounting server (host:port); default: start ratel serve.
         #[arg(long)]
         server: Option<String>,
+        /// RADIUS shared secret.
         #[arg(long, default_value = "testing123")]
         secret: String,
+        /// Working directory (config, data dir).
         #[arg(long, default_value = "ratel-bench-radius")]
         dir: PathBuf,
+        /// Also print one JSON line with the figures.
         #[arg(long)]
         json: bool,
+        /// Also send PAP Access-Requests to the authorization listener during the run and
+        /// report Access-Requests/s next to accounting.
+        #[arg(long)]
+        auth: bool,
     },
     /// Generate a generic CDR file, rate deck and users; rate the file; report records/s.
     Cdr {
+        /// CDR records to generate.
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// Subscriber accounts the calls are spread over.
         #[arg(long, default_value_t = 10_000)]
         accounts: usize,
+        /// Prefixes of the generated rate deck.
         #[arg(long, default_value_t = 50_000)]
         prefixes: usize,
         /// Days the calls are spread over (real CDR files span a month).
         #[arg(long, default_value_t = 30)]
         days: u32,
+        /// Seed of the generator (same seed, same data).
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Working directory (created; the data dir inside it is wiped first).
@@ -144,8 +203,10 @@ enum BenchCommand {
 enum UsersCommand {
     /// Create subscribers from a CSV file with header `username,password,group,credit`.
     Import {
+        /// Config file (default: the built-in demo config).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The CSV file.
         file: PathBuf,
     },
 }
@@ -156,17 +217,11 @@ fn main() -> ExitCode {
         Command::Serve { .. } => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RATEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    ops::init_logging(default_level);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("ratel: {}", one_line(&e));
+            ops::report_error(&one_line(&e));
             ExitCode::from(2)
         }
     }
@@ -190,9 +245,26 @@ fn load(config: Option<&Path>) -> anyhow::Result<Catalog> {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => {
+        Command::Serve {
+            config,
+            allow_demo_password,
+        } => {
             let catalog = load(config.as_deref())?;
+            ops::refuse_demo_password(&catalog, allow_demo_password)?;
             ratel_serve(catalog, config.is_none())
+        }
+        Command::CheckConfig { config } => Ok(ops::check_config(config.as_deref())),
+        Command::Backup { config, dest } => ops::backup(&load(config.as_deref())?, &dest),
+        Command::Restore { config, force, src } => {
+            ops::restore(&load(config.as_deref())?, &src, force)
+        }
+        Command::Completions { shell } => {
+            ops::completions(Cli::command(), shell)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            ops::man(Cli::command())?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Rate {
             config,
@@ -246,6 +318,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     secret,
                     dir,
                     json,
+                    auth,
                 },
         } => bench::radius(bench::RadiusArgs {
             sessions,
@@ -258,6 +331,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             secret,
             dir,
             json,
+            auth,
         }),
         Command::Bench {
             command:
@@ -279,7 +353,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut ledger = Ledger::open(&catalog.data_dir)?;
             let s = ratel_engine::users::import_users(&catalog, &mut ledger, &file, chrono_now())?;
             for b in &s.bad {
-                eprintln!("bad line: {b}");
+                if ops::json_logs() {
+                    tracing::warn!("bad line: {b}");
+                } else {
+                    eprintln!("bad line: {b}");
+                }
             }
             println!(
                 "{}: {} subscribers created, {} existed already, {} bad lines",
@@ -314,24 +392,40 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
     let lock = DataDirLock::acquire(&catalog.data_dir)?;
     let socket = ratel_engine::serve::bind_udp(&catalog.radius_listen)?;
     let radius_addr = socket.local_addr()?;
+    let auth_socket = match &catalog.auth_listen {
+        Some(a) => Some(
+            ratel_engine::radius::auth_server::bind(a)
+                .with_context(|| format!("radius.auth_listen {a}"))?,
+        ),
+        None => None,
+    };
     let api_listener = std::net::TcpListener::bind(&catalog.api_listen)
         .with_context(|| format!("api.listen {}", catalog.api_listen))?;
     let api_addr = api_listener.local_addr()?;
-    println!("ratel serve: config {}", catalog.source_name);
-    println!(
+    ops::announce(format_args!("ratel serve: config {}", catalog.source_name));
+    ops::announce(format_args!(
         "  RADIUS accounting on udp://{radius_addr} ({} NAS configured)",
         catalog.nas.len()
-    );
-    println!("  JSON-RPC API on http://{api_addr}/");
-    println!("  data dir {}", catalog.data_dir.display());
-    println!(
+    ));
+    if let Some(s) = &auth_socket {
+        ops::announce(format_args!(
+            "  RADIUS authorization on udp://{}",
+            s.local_addr()?
+        ));
+    }
+    ops::announce(format_args!("  JSON-RPC API on http://{api_addr}/"));
+    ops::announce(format_args!("  data dir {}", catalog.data_dir.display()));
+    ops::announce(format_args!(
         "  CDR spool {} (format {})",
         catalog.spool_dir.display(),
         catalog.template(catalog.spool_format).name
-    );
+    ));
     if demo {
         if let Some(a) = catalog.admins.first() {
-            println!("  demo admin login: {} / {}", a.name, a.password);
+            ops::announce(format_args!(
+                "  demo admin login: {} / {}",
+                a.name, a.password
+            ));
         }
     }
     let catalog = Arc::new(catalog);
@@ -345,6 +439,7 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
         shutdown.clone(),
         live.clone(),
         rx,
+        auth_socket,
         || {
             let h = ratel_api::spawn(
                 api_listener,
@@ -363,10 +458,10 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
         let _ = h.join();
     }
     let summary = summary?;
-    println!(
+    ops::announce(format_args!(
         "ratel serve stopped: {} packets received, {} acknowledged, {} open sessions kept in the ledger",
         summary.counters.received, summary.counters.acknowledged, summary.open_sessions
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -394,7 +489,11 @@ impl Progress for Bar {
         } else {
             let mut p = self.plain.lock().expect("progress lock");
             *p = (bytes, 0, 0, path.display().to_string());
-            eprintln!("rating {} ({} bytes)", p.3, bytes);
+            if ops::json_logs() {
+                tracing::info!(file = %p.3, bytes, "rating");
+            } else {
+                eprintln!("rating {} ({} bytes)", p.3, bytes);
+            }
         }
     }
     fn advanced(&self, bytes: u64) {
@@ -406,7 +505,11 @@ impl Progress for Bar {
             let pct = (p.1 * 100).checked_div(p.0).unwrap_or(100);
             if pct >= p.2 + 10 {
                 p.2 = pct / 10 * 10;
-                eprintln!("rating {}: {}%", p.3, p.2);
+                if ops::json_logs() {
+                    tracing::info!(file = %p.3, percent = p.2, "rating");
+                } else {
+                    eprintln!("rating {}: {}%", p.3, p.2);
+                }
             }
         }
     }
@@ -557,4 +660,27 @@ fn bench_cdr(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag and argument of every subcommand has `--help` text.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" {
+                    assert!(a.get_help().is_some(), "{path} {id}: no --help text");
+                }
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()));
+            }
+        }
+        Cli::command().debug_assert();
+        walk(&Cli::command(), "ratel");
+    }
 }

@@ -67,6 +67,12 @@ pub struct Group {
     pub tariff: Option<usize>,
     pub decimals: u32,
     pub rounding: Rounding,
+    /// `max_sessions`: most open sessions of one subscriber (None = unlimited).
+    pub max_sessions: Option<u32>,
+    /// `max_session_secs`: the largest Session-Timeout of an Access-Accept.
+    pub max_session_secs: u32,
+    /// `reply`: attributes (type, value) added to every Access-Accept, in name order.
+    pub reply: Vec<(u8, Vec<u8>)>,
 }
 
 impl Group {
@@ -178,8 +184,15 @@ pub struct Nas {
     pub ip: IpAddr,
     pub secret: Vec<u8>,
     pub interim_interval_secs: Option<u64>,
-    /// Most sessions of this NAS open at once (`[[nas]] max_sessions`).
+    /// Most sessions of this NAS open at once (`[[nas]] max_sessions`); for a proxy, of all
+    /// the NASes it relays together.
     pub max_sessions: usize,
+    /// Where Disconnect/CoA-Requests for the NASes this client relays go (`coa_server`).
+    pub coa_server: Option<std::net::SocketAddr>,
+    /// Access-Requests must carry a Message-Authenticator.
+    pub require_message_authenticator: bool,
+    /// UDP port of the NAS's RFC 5176 server (Disconnect-Requests).
+    pub coa_port: u16,
 }
 
 /// An API administrator.
@@ -226,6 +239,8 @@ pub struct Catalog {
     pub source_name: String,
     pub tz: Tz,
     pub radius_listen: String,
+    /// `[radius] auth_listen`: the authorization listener (None = off).
+    pub auth_listen: Option<String>,
     pub api_listen: String,
     pub data_dir: PathBuf,
     pub spool_dir: PathBuf,
@@ -391,9 +406,12 @@ impl Catalog {
         };
         for (key, addr) in [
             ("radius.listen", &c.radius.listen),
+            ("radius.auth_listen", &c.radius.auth_listen),
             ("api.listen", &c.api.listen),
         ] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
+            // An empty auth_listen turns authorization off.
+            let off = key == "radius.auth_listen" && addr.is_empty();
+            if !off && addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(invalid(key, format!("{addr:?} is not an address:port")));
             }
         }
@@ -440,6 +458,29 @@ impl Catalog {
             if n.name.is_empty() {
                 return Err(invalid(&format!("{key}.name"), "empty name".into()));
             }
+            // `<name>/<NAS>` is the session key of a NAS this client relays.
+            if n.name.contains('/') {
+                return Err(invalid(
+                    &format!("{key}.name"),
+                    format!("{:?} contains '/'", n.name),
+                ));
+            }
+            let coa_server = match &n.coa_server {
+                None => None,
+                Some(a) => Some(
+                    a.parse::<std::net::SocketAddr>()
+                        .ok()
+                        .filter(|sa| sa.port() != 0)
+                        .ok_or_else(|| {
+                            invalid(
+                                &format!("{key}.coa_server"),
+                                format!(
+                                    "{a:?} is not an ip:port address (e.g. \"127.0.0.1:3799\")"
+                                ),
+                            )
+                        })?,
+                ),
+            };
             if !(1..=10_000_000).contains(&n.max_sessions) {
                 return Err(invalid(
                     &format!("{key}.max_sessions"),
@@ -452,6 +493,9 @@ impl Catalog {
                 secret: n.secret.as_bytes().to_vec(),
                 interim_interval_secs: n.interim_interval_secs,
                 max_sessions: n.max_sessions as usize,
+                coa_server,
+                require_message_authenticator: n.require_message_authenticator,
+                coa_port: n.coa_port,
             });
         }
 
@@ -537,6 +581,19 @@ impl Catalog {
                     },
                 )?),
             };
+            if !(1..=31 * 86_400).contains(&g.max_session_secs) {
+                return Err(invalid(
+                    &format!("{key}.max_session_secs"),
+                    format!("{} is outside 1..=2678400 (31 days)", g.max_session_secs),
+                ));
+            }
+            let mut reply = Vec::with_capacity(g.reply.len());
+            for (name, v) in &g.reply {
+                reply.push(
+                    crate::radius::auth::encode_reply_attribute(name, v)
+                        .map_err(|e| invalid(&format!("{key}.reply"), e))?,
+                );
+            }
             group_by_name.insert(g.name.clone(), groups.len());
             groups.push(Group {
                 id: i as u32 + 1,
@@ -545,6 +602,9 @@ impl Catalog {
                 tariff,
                 decimals: g.decimals,
                 rounding,
+                max_sessions: g.max_sessions,
+                max_session_secs: g.max_session_secs as u32,
+                reply,
             });
         }
 
@@ -552,6 +612,7 @@ impl Catalog {
             source_name: file.clone(),
             tz,
             radius_listen: c.radius.listen.clone(),
+            auth_listen: (!c.radius.auth_listen.is_empty()).then(|| c.radius.auth_listen.clone()),
             api_listen: c.api.listen.clone(),
             data_dir: lc.resolve(&c.storage.data_dir),
             spool_dir: lc.resolve(&c.cdr.spool),
@@ -865,6 +926,10 @@ mod tests {
             (nas.to_string() + "[[nas]]\nname='n'\nip='10.0.0.2'\nsecret='s'", "t.toml: nas[1] (n).name: \"n\" is configured twice"),
             (nas.to_string() + "[[nas]]\nname='m'\nip='10.0.0.1'\nsecret='s'", "t.toml: nas[1] (m).ip: 10.0.0.1 is configured twice"),
             (nas.to_string() + "max_sessions=0", "t.toml: nas[0] (n).max_sessions: 0 is outside 1..=10000000"),
+            (nas.to_string() + "coa_server='proxy:3799'", "t.toml: nas[0] (n).coa_server: \"proxy:3799\" is not an ip:port address (e.g. \"127.0.0.1:3799\")"),
+            (nas.to_string() + "coa_server='127.0.0.1'", "t.toml: nas[0] (n).coa_server: \"127.0.0.1\" is not an ip:port address (e.g. \"127.0.0.1:3799\")"),
+            (nas.to_string() + "coa_server='127.0.0.1:0'", "t.toml: nas[0] (n).coa_server: \"127.0.0.1:0\" is not an ip:port address (e.g. \"127.0.0.1:3799\")"),
+            ("[[nas]]\nname='a/b'\nip='10.0.0.1'\nsecret='s'".into(), "t.toml: nas[0] (a/b).name: \"a/b\" contains '/'"),
             ("[radius]\nmax_session_secs=4294967296".into(), "t.toml: radius.max_session_secs: 4294967296 is outside 1..=4294967295 (Acct-Session-Time is 32 bits)"),
             (rule.replace("0.5", "1000000000.01"), "t.toml: charge_rule[0] (d).price_per_gb: \"1000000000.01\" is more than 1000000000"),
             (rule.replace("0.01", "-0.01"), "t.toml: charge_rule[0] (d).price_per_minute: \"-0.01\" is negative"),
@@ -894,6 +959,12 @@ mod tests {
         ))
         .unwrap();
         assert_eq!((ok.nas[0].max_sessions, ok.max_session_secs), (3, 60));
+        let proxy = build(&format!("{nas}coa_server='127.0.0.1:3799'\n")).unwrap();
+        assert_eq!(
+            proxy.nas[0].coa_server,
+            Some("127.0.0.1:3799".parse().unwrap())
+        );
+        assert_eq!(build(nas).unwrap().nas[0].coa_server, None);
         assert_eq!(ok.charge_rules[0].price_per_gb, MAX_PRICE);
         let defaults = build(nas).unwrap();
         assert_eq!(

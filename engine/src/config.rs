@@ -105,6 +105,10 @@ pub struct RadiusConfig {
     /// update claiming more is a logged anomaly, acknowledged but not rated.
     #[serde(default = "default_max_session_secs")]
     pub max_session_secs: u64,
+    /// UDP address of the authorization listener (RFC 2865 Access-Request); empty or
+    /// absent = no authorization listener.
+    #[serde(default)]
+    pub auth_listen: String,
 }
 
 impl Default for RadiusConfig {
@@ -114,6 +118,7 @@ impl Default for RadiusConfig {
             stale_timeout_secs: 0,
             commit_wait_ms: default_commit_wait_ms(),
             max_session_secs: default_max_session_secs(),
+            auth_listen: String::new(),
         }
     }
 }
@@ -306,6 +311,27 @@ pub struct NasConfig {
     /// acknowledged but not tracked (nothing charged), counted and logged.
     #[serde(default = "default_nas_max_sessions")]
     pub max_sessions: u64,
+    /// `ip:port` where this client relays Disconnect/CoA-Requests (RFC 5176) to the NASes
+    /// behind it: set on a RADIUS proxy's entry (FreeRADIUS's `listen { type = coa }`), so a
+    /// Disconnect of a session of a NAS that is no `[[nas]]` of its own goes through the
+    /// proxy. See docs/freeradius-proxy.md.
+    #[serde(default)]
+    pub coa_server: Option<String>,
+    /// Access-Requests from this NAS must carry a Message-Authenticator (RFC 3579; the
+    /// BlastRADIUS mitigation). Default true.
+    #[serde(default = "default_true")]
+    pub require_message_authenticator: bool,
+    /// UDP port of the NAS's Dynamic Authorization server (RFC 5176), where
+    /// Disconnect-Requests go. Default 3799.
+    #[serde(default = "default_coa_port")]
+    pub coa_port: u16,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_coa_port() -> u16 {
+    3799
 }
 
 fn default_nas_max_sessions() -> u64 {
@@ -344,6 +370,31 @@ pub struct GroupConfig {
     /// up | down | half_up | half_even.
     #[serde(default = "default_rounding")]
     pub rounding: String,
+    /// Most open sessions of one subscriber of this group; an Access-Request beyond it is
+    /// rejected. Absent = unlimited.
+    #[serde(default)]
+    pub max_sessions: Option<u32>,
+    /// Largest Session-Timeout an Access-Accept gives (also the value when time is free),
+    /// in seconds. Default 86400.
+    #[serde(default = "default_group_max_session_secs")]
+    pub max_session_secs: u64,
+    /// RADIUS attributes added to every Access-Accept of this group, by dictionary name:
+    /// `reply = { "Framed-Pool" = "pool1", "Filter-Id" = "100M" }` (names from
+    /// `radius::auth::REPLY_DICTIONARY`; an unknown name is a config error).
+    #[serde(default)]
+    pub reply: std::collections::BTreeMap<String, ReplyValue>,
+}
+
+/// A `[[group]] reply` attribute value: text (string and ipaddr attributes) or a number.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ReplyValue {
+    Integer(i64),
+    Text(String),
+}
+
+fn default_group_max_session_secs() -> u64 {
+    86_400
 }
 
 fn default_decimals() -> u32 {

@@ -1160,3 +1160,74 @@ pub fn publish_files(files: &[PendingFile]) -> Result<(), LedgerError> {
     }
     Ok(())
 }
+
+/// What RADIUS authorization reads of a subscriber (see [`AuthReader`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    pub user_id: i64,
+    pub password: Option<String>,
+    pub group_name: String,
+    /// The committed credit.
+    pub credit: Decimal,
+}
+
+/// A read-only connection to the ledger for the authorization thread: it reads the
+/// committed state (WAL readers never block the core's commits, nor see a commit half
+/// done), so the credit an Access-Request is judged by includes every acknowledged update.
+pub struct AuthReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl AuthReader {
+    /// Opens the ledger of a data dir read-only (the serve core must have created it).
+    pub fn open(data_dir: &Path) -> Result<AuthReader, LedgerError> {
+        let path = data_dir.join("ledger.sqlite");
+        let sq = |source| LedgerError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))
+            .map_err(sq)?;
+        Ok(AuthReader { conn, path })
+    }
+
+    /// The subscriber whose radius account (its username) is `username`.
+    pub fn user(&self, username: &str) -> Result<Option<AuthUser>, LedgerError> {
+        let sq = |source| LedgerError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT user_id, password, group_name, credit FROM users WHERE username = ?1",
+            )
+            .map_err(sq)?;
+        let row = st
+            .query_row([username], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })
+            .optional()
+            .map_err(sq)?;
+        row.map(|(user_id, password, group_name, credit)| {
+            Ok(AuthUser {
+                user_id,
+                password,
+                group_name,
+                credit: parse_dec(&self.path, "users.credit", &credit)?,
+            })
+        })
+        .transpose()
+    }
+}

@@ -256,3 +256,196 @@ pub fn run(spec: &LoadSpec) -> std::io::Result<LoadReport> {
     report.latencies_us.sort_unstable();
     Ok(report)
 }
+
+/// What the authorization load (`ratel bench radius --auth`) sends: PAP Access-Requests
+/// with a Message-Authenticator for `user0..`, each answered before its identifier is
+/// reused.
+#[derive(Debug, Clone)]
+pub struct AuthLoadSpec {
+    pub server: SocketAddr,
+    pub secret: Vec<u8>,
+    /// Requests in flight at most (at most 256: one socket, one Identifier each).
+    pub in_flight: usize,
+    pub duration: Duration,
+    pub users: usize,
+    /// Every user's password.
+    pub password: Vec<u8>,
+    pub retransmit_after: Duration,
+}
+
+/// What the authorization load saw: `report.acknowledged` counts verified replies.
+#[derive(Debug, Clone, Default)]
+pub struct AuthLoadReport {
+    pub report: LoadReport,
+    pub accepted: u64,
+    pub rejected: u64,
+}
+
+/// A PAP Access-Request (RFC 2865 §5.2 hiding) with a Message-Authenticator (RFC 3579).
+pub fn access_request(
+    identifier: u8,
+    authenticator: &[u8; 16],
+    user: &[u8],
+    password: &[u8],
+    secret: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![1u8, identifier, 0, 0];
+    p.extend_from_slice(authenticator);
+    p.extend_from_slice(&[80, 18]);
+    p.extend_from_slice(&[0u8; 16]);
+    p.push(1);
+    p.push(user.len() as u8 + 2);
+    p.extend_from_slice(user);
+    let mut padded = password.to_vec();
+    padded.resize(password.len().div_ceil(16).clamp(1, 8) * 16, 0);
+    p.push(2);
+    p.push(padded.len() as u8 + 2);
+    let mut prev: Vec<u8> = authenticator.to_vec();
+    for chunk in padded.chunks(16) {
+        let b = md5::compute([secret, &prev[..]].concat()).0;
+        let c: Vec<u8> = chunk.iter().zip(b).map(|(x, k)| x ^ k).collect();
+        p.extend_from_slice(&c);
+        prev = c;
+    }
+    p.extend_from_slice(&[4, 6, 127, 0, 0, 1]);
+    let len = p.len() as u16;
+    p[2..4].copy_from_slice(&len.to_be_bytes());
+    let mac = codec::hmac_md5(secret, &[&p]);
+    p[22..38].copy_from_slice(&mac);
+    p
+}
+
+/// Whether `reply` is an authentic Access-Accept/Reject to `request`; Some(accepted).
+fn auth_reply(reply: &[u8], request: &[u8], secret: &[u8]) -> Option<bool> {
+    if reply.len() < 20 || reply[1] != request[1] || !matches!(reply[0], 2 | 3) {
+        return None;
+    }
+    let len = (u16::from_be_bytes([reply[2], reply[3]]) as usize).min(reply.len());
+    let mut ctx = md5::Context::new();
+    ctx.consume(&reply[..4]);
+    ctx.consume(&request[4..20]);
+    ctx.consume(&reply[20..len]);
+    ctx.consume(secret);
+    (ctx.compute().0 == reply[4..20]).then_some(reply[0] == 2)
+}
+
+/// Runs the authorization load for `spec.duration`, then waits (at most 5 s) for answers.
+pub fn run_auth(spec: &AuthLoadSpec) -> std::io::Result<AuthLoadReport> {
+    let sock = UdpSocket::bind(if spec.server.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })?;
+    sock.set_nonblocking(true)?;
+    sock.connect(spec.server)?;
+    let in_flight = spec.in_flight.clamp(1, 256);
+    let mut slots: Vec<Option<Slot>> = (0..256).map(|_| None).collect();
+    let mut out = AuthLoadReport::default();
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    let mut n: u64 = 0;
+    let mut busy = 0usize;
+    loop {
+        let now = Instant::now();
+        let draining = now - started >= spec.duration;
+        if draining && (busy == 0 || now - started > spec.duration + Duration::from_secs(5)) {
+            break;
+        }
+        if !draining {
+            for (id, slot) in slots.iter_mut().enumerate() {
+                if busy >= in_flight {
+                    break;
+                }
+                if slot.is_some() {
+                    continue;
+                }
+                // A fresh Request Authenticator per request (unpredictable enough for a
+                // benchmark: MD5 of a counter and the start time).
+                let auth = md5::compute(format!("{n}-{:?}", started).as_bytes()).0;
+                let user = format!("user{}", n as usize % spec.users.max(1));
+                let pkt = access_request(
+                    id as u8,
+                    &auth,
+                    user.as_bytes(),
+                    &spec.password,
+                    &spec.secret,
+                );
+                let _ = sock.send(&pkt);
+                out.report.sent += 1;
+                n += 1;
+                busy += 1;
+                *slot = Some(Slot {
+                    packet: pkt,
+                    first_sent: now,
+                    last_sent: now,
+                    session: 0,
+                });
+            }
+        }
+        let mut got = 0;
+        while let Ok(len) = sock.recv(&mut buf) {
+            let id = buf[1] as usize;
+            let Some(slot) = slots[id].as_ref() else {
+                continue;
+            };
+            let Some(accepted) = auth_reply(&buf[..len], &slot.packet, &spec.secret) else {
+                continue;
+            };
+            let slot = slots[id].take().expect("checked");
+            busy -= 1;
+            got += 1;
+            out.report.acknowledged += 1;
+            if accepted {
+                out.accepted += 1;
+            } else {
+                out.rejected += 1;
+            }
+            out.report
+                .latencies_us
+                .push(slot.first_sent.elapsed().as_micros() as u64);
+        }
+        let now = Instant::now();
+        for slot in slots.iter_mut().flatten() {
+            if now - slot.last_sent >= spec.retransmit_after {
+                let _ = sock.send(&slot.packet);
+                slot.last_sent = now;
+                out.report.sent += 1;
+                out.report.retransmissions += 1;
+            }
+        }
+        if got == 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    out.report.unanswered = busy as u64;
+    out.report.elapsed = started.elapsed();
+    out.report.latencies_us.sort_unstable();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod auth_load_tests {
+    use super::*;
+
+    /// The load generator's Access-Request decodes and verifies with ratel's decoder (the
+    /// password revealed, the Message-Authenticator checked).
+    #[test]
+    fn access_request_round_trips() {
+        let auth = [7u8; 16];
+        for pw in [
+            &b"pw"[..],
+            b"0123456789abcdef",
+            b"a-longer-password-of-34-characters",
+        ] {
+            let p = access_request(5, &auth, b"user1", pw, b"s");
+            let req = crate::radius::auth::decode_access_request(&p, b"s", true).unwrap();
+            assert_eq!(req.user_name, b"user1");
+            assert!(crate::radius::auth::credentials_match(
+                &req.credentials,
+                pw,
+                b"s",
+                req.authenticator
+            ));
+        }
+    }
+}

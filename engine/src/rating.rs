@@ -421,6 +421,63 @@ impl SessionCharge {
     }
 }
 
+/// The Session-Timeout of an Access-Accept: the largest whole `s <= cap_secs` such that the
+/// time charge of `[now, now + s)` under the group's charge rules (exact, split at window
+/// edges, no rounding) does not exceed `credit`. A group without charge rules, or free
+/// time, gives `cap_secs`; credit <= 0 gives 0.
+///
+/// Works on the exact numerator: the credit buys `credit × 60` of `Σ price_per_minute ×
+/// seconds`; in a piece at price `p` the budget `N` buys `floor(N / p)` seconds (the
+/// quotient is corrected to the exact integer by multiplying back, so Decimal's division
+/// rounding cannot lose or gain a second).
+pub fn session_timeout_secs(
+    group: &Group,
+    rules: &[ChargeRule],
+    tz: &Tz,
+    now: i64,
+    credit: Decimal,
+    cap_secs: u32,
+) -> u32 {
+    if credit <= Decimal::ZERO {
+        return 0;
+    }
+    let Some(schedule) = &group.rules else {
+        return cap_secs;
+    };
+    let Some(mut budget) = credit.checked_mul(SIXTY) else {
+        return cap_secs;
+    };
+    let mut secs: i64 = 0;
+    let mut done = false;
+    schedule.split(tz, now, now + cap_secs as i64, |a, b, r| {
+        if done {
+            return;
+        }
+        let price = rules[r as usize].price_per_minute;
+        let len = b - a;
+        let whole = Decimal::from(len).checked_mul(price);
+        match whole {
+            Some(cost) if cost <= budget => {
+                budget -= cost;
+                secs += len;
+            }
+            _ => {
+                // price > 0 here (a zero price costs 0 <= budget).
+                let mut k = (budget / price).floor();
+                while k > Decimal::ZERO && k * price > budget {
+                    k -= Decimal::ONE;
+                }
+                while (k + Decimal::ONE) * price <= budget {
+                    k += Decimal::ONE;
+                }
+                secs += i64::try_from(k).unwrap_or(0).min(len);
+                done = true;
+            }
+        }
+    });
+    secs.clamp(0, cap_secs as i64) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -996,6 +1053,99 @@ rounding = "up"
                     Err(_) => prop_assert_eq!(&s, &before),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod session_timeout_tests {
+    use super::*;
+    use crate::catalog::Catalog;
+    use crate::config::{ConfigSource, LoadedConfig};
+
+    const CFG: &str = r#"
+[[charge_rule]]
+name = "day"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "08:00"
+end = "24:00"
+price_per_minute = "0.0100"
+price_per_gb = "0.5"
+[[charge_rule]]
+name = "night"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "00:00"
+end = "08:00"
+price_per_minute = "0.0050"
+price_per_gb = "0.25"
+[[charge_rule]]
+name = "free"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "00:00"
+end = "00:00"
+price_per_minute = "0"
+price_per_gb = "0"
+[[group]]
+name = "g"
+charge_rules = ["night", "day"]
+[[group]]
+name = "free"
+charge_rules = ["free"]
+[[group]]
+name = "none"
+"#;
+
+    fn ts(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+    }
+
+    /// (group, now, credit, cap, want): every want computed by hand beside it. Night
+    /// (00:00-08:00) costs 0.005/min = 1/12000 per s, day 0.01/min = 1/6000 per s.
+    #[test]
+    fn session_timeout_table() {
+        let c = Catalog::build(
+            &LoadedConfig::from_str(CFG, ConfigSource::BuiltinDemo, ".".into()).unwrap(),
+        )
+        .unwrap();
+        let cases: Vec<(usize, &str, &str, u32, u32)> = vec![
+            // 07:50, 0.06: 600 s night = 0.05, the remaining 0.01 buys 60 s of day.
+            (0, "2026-11-02T07:50:00Z", "0.06", 86_400, 660),
+            // 07:50, 0.0505: 600 s night = 0.05, 0.0005 * 6000 = 3 s of day.
+            (0, "2026-11-02T07:50:00Z", "0.0505", 86_400, 603),
+            // 07:50, 0.0301: 0.0301 * 12000 = 361.2 -> 361 s, all night.
+            (0, "2026-11-02T07:50:00Z", "0.0301", 86_400, 361),
+            // 07:50, exactly 0.05: the whole 600 s of night, nothing after.
+            (0, "2026-11-02T07:50:00Z", "0.05", 86_400, 600),
+            // 23:59:30, 0.01: 30 s day = 0.005, then 0.005 * 12000 = 60 s night.
+            (0, "2026-11-02T23:59:30Z", "0.01", 86_400, 90),
+            // 10:00, 1.00: day until 24:00 = 14 h = 8.4 > 1 -> 6000 s.
+            (0, "2026-11-02T10:00:00Z", "1", 86_400, 6000),
+            // 10:00, 100: a whole day costs 9.6 (16 h * 0.6 + 8 h * 0.3): capped.
+            (0, "2026-11-02T10:00:00Z", "100", 86_400, 86_400),
+            // Cap below what the credit buys.
+            (0, "2026-11-02T07:50:00Z", "0.06", 300, 300),
+            // Less than one second of night (1/12000 = 0.0000833...).
+            (0, "2026-11-02T07:50:00Z", "0.00008", 86_400, 0),
+            // Exactly one second of day: 0.01 / 60 is not a finite decimal, so 0.0001667
+            // buys 1 s (0.0001666...) and 0.0001666 buys 0.
+            (0, "2026-11-02T10:00:00Z", "0.0001667", 86_400, 1),
+            (0, "2026-11-02T10:00:00Z", "0.0001666", 86_400, 0),
+            (0, "2026-11-02T10:00:00Z", "0", 86_400, 0),
+            (0, "2026-11-02T10:00:00Z", "-1", 86_400, 0),
+            // Free time, and a group without charge rules: the cap.
+            (1, "2026-11-02T10:00:00Z", "0.01", 7200, 7200),
+            (2, "2026-11-02T10:00:00Z", "0.01", 86_400, 86_400),
+        ];
+        for (i, (g, now, credit, cap, want)) in cases.into_iter().enumerate() {
+            let got = session_timeout_secs(
+                &c.groups[g],
+                &c.charge_rules,
+                &c.tz,
+                ts(now),
+                credit.parse().unwrap(),
+                cap,
+            );
+            assert_eq!(got, want, "case {i}: {now} credit {credit}");
         }
     }
 }

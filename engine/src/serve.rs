@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use crate::batch::{BatchError, BatchRater, NoProgress};
 use crate::catalog::Catalog;
 use crate::ledger::{DataDirLock, Ledger, LedgerError, PendingFile, RadiusCommit};
-use crate::radius::accounting::{Accounting, Effects, Session, CLOSED_MEMORY_SECS};
+use crate::radius::accounting::{Accounting, Effects, Session, SessionKey, CLOSED_MEMORY_SECS};
 use crate::radius::codec::{self, DecodeError};
 use crate::xdr::{self, XdrBuilder};
 
@@ -56,7 +56,11 @@ pub enum ServeError {
 /// An open session as the API shows it (IBSng's `internet_onlines`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlineSession {
+    /// The NAS as shown (`ras_description`): its configured name, or the NAS-Identifier or
+    /// IP of a NAS a proxy relays.
     pub nas: String,
+    /// The NAS part of the session's ledger key (tells sessions of one proxy apart).
+    pub nas_key: String,
     pub session_id: String,
     pub nas_ip: String,
     pub nas_port: Option<u32>,
@@ -73,7 +77,8 @@ pub struct OnlineSession {
 impl OnlineSession {
     fn of(s: &Session) -> Self {
         OnlineSession {
-            nas: s.nas.clone(),
+            nas: s.ras().to_string(),
+            nas_key: s.nas.clone(),
             session_id: s.session_id.clone(),
             nas_ip: s.nas_ip.clone(),
             nas_port: s.nas_port,
@@ -101,10 +106,12 @@ impl Live {
             return;
         }
         let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
-        // Every closed session has its xDR in the same effects: it names the user.
+        // Every closed session has its xDR in the same effects: it names the user, and its
+        // source (`radius:<key>`) the session's NAS key.
         for x in &fx.xdrs {
+            let key = x.source.strip_prefix("radius:").unwrap_or(&x.source);
             if let Some(v) = online.get_mut(&x.username) {
-                v.retain(|o| !(o.nas == x.ras_description && o.session_id == x.session_id));
+                v.retain(|o| !(o.nas_key == key && o.session_id == x.session_id));
                 if v.is_empty() {
                     online.remove(&x.username);
                 }
@@ -116,7 +123,7 @@ impl Live {
                 let o = OnlineSession::of(s);
                 match v
                     .iter_mut()
-                    .find(|x| x.nas == o.nas && x.session_id == o.session_id)
+                    .find(|x| x.nas_key == o.nas_key && x.session_id == o.session_id)
                 {
                     Some(x) => *x = o,
                     None => v.push(o),
@@ -195,7 +202,12 @@ fn ledger_err(e: LedgerError) -> CommandError {
 }
 
 /// Executes one API command on the core thread.
-fn execute(catalog: &Catalog, rater: &mut BatchRater<'_>, cmd: Command) {
+fn execute(
+    catalog: &Catalog,
+    rater: &mut BatchRater<'_>,
+    cmd: Command,
+    exhausted: &mut dyn FnMut(&str),
+) {
     let now = now_secs();
     match cmd {
         Command::AddUsers {
@@ -297,7 +309,11 @@ fn execute(catalog: &Catalog, rater: &mut BatchRater<'_>, cmd: Command) {
                     .map_err(ledger_err)?;
                 for (id, _, new) in changes {
                     if let Some(u) = rater.subscribers.get_mut(id) {
-                        u.credit = new;
+                        let before = std::mem::replace(&mut u.credit, new);
+                        // Prepaid control: the operator took the credit to zero or below.
+                        if before > rust_decimal::Decimal::ZERO && new <= rust_decimal::Decimal::ZERO {
+                            exhausted(&u.username.clone());
+                        }
                     }
                 }
                 Ok(ids)
@@ -356,7 +372,9 @@ pub fn bind_udp(addr: &str) -> Result<UdpSocket, ServeError> {
 
 /// Runs the server until `shutdown` is set. `on_ready` gets the bound RADIUS address.
 /// The caller takes the data dir's lock first (before it announces the server), so no
-/// other process can slip in between.
+/// other process can slip in between. `auth_socket` is the bound `[radius] auth_listen`
+/// (its thread is started here once the ledger exists).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     catalog: &Catalog,
     lock: DataDirLock,
@@ -364,12 +382,52 @@ pub fn run(
     shutdown: Arc<AtomicBool>,
     live: Arc<Live>,
     commands: crossbeam_channel::Receiver<Command>,
+    auth_socket: Option<UdpSocket>,
     on_ready: impl FnOnce() -> Result<(), ServeError>,
 ) -> Result<ServeSummary, ServeError> {
     let _lock = lock;
     let mut ledger = Ledger::open(&catalog.data_dir)?;
     // The ledger exists and is recovered: readers (the API) may open it now.
     on_ready()?;
+    // Prepaid control: the authorization listener and the Disconnect-Request sender, each
+    // a thread of its own (radius/auth_server.rs, radius/disconnect.rs).
+    let auth = match auth_socket {
+        Some(sock) => Some(crate::radius::auth_server::spawn(
+            catalog,
+            sock,
+            live.clone(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    let (disconnect, disconnect_rx) = crate::radius::disconnect::Disconnector::new();
+    let disconnect_sender = {
+        let any = if catalog.nas.iter().any(|n| n.ip.is_ipv6()) {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        };
+        let sock = UdpSocket::bind(any).map_err(|source| ServeError::Bind {
+            addr: format!("Disconnect-Request socket {any}"),
+            source,
+        })?;
+        let (counters, stop) = (disconnect.counters.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name("radius-disconnect".into())
+            .spawn(move || {
+                crate::radius::disconnect::run_sender(
+                    sock,
+                    disconnect_rx,
+                    counters,
+                    stop,
+                    Duration::from_secs(1),
+                )
+            })
+            .map_err(|source| ServeError::Bind {
+                addr: "Disconnect-Request thread".into(),
+                source,
+            })?
+    };
     let mut rater = BatchRater::new(catalog, &mut ledger)?;
     let mut acct = load_accounting(catalog, &rater)?;
     tracing::info!(
@@ -382,18 +440,23 @@ pub fn run(
         catalog,
         socket,
         buf: vec![0u8; 65_536],
+        resp: Vec::with_capacity(4096),
         pending: Vec::with_capacity(MAX_BATCH),
         arena: Vec::new(),
         drops: DropLog::default(),
         last_flush: Instant::now(),
         spool_files: 0,
+        disconnect,
     };
     // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
     let mut last_housekeeping = Instant::now() - Duration::from_secs(2);
     while !shutdown.load(Ordering::Relaxed) {
         core.receive_batch(&mut rater, &mut acct)?;
         while let Ok(cmd) = commands.try_recv() {
-            execute(catalog, &mut rater, cmd);
+            let (disconnect, live) = (&mut core.disconnect, &core.live);
+            execute(catalog, &mut rater, cmd, &mut |name| {
+                disconnect.user_exhausted(catalog, live, name, now_secs())
+            });
         }
         if last_housekeeping.elapsed() >= Duration::from_secs(1) {
             last_housekeeping = Instant::now();
@@ -404,6 +467,17 @@ pub fn run(
     // Graceful stop: every received packet has been committed and answered above; flush
     // the outbox so every xDR is in Parquet.
     while core.flush_outbox(&mut rater)? > 0 {}
+    drop(core.disconnect);
+    let _ = disconnect_sender.join();
+    if let Some((h, c)) = auth {
+        let _ = h.join();
+        tracing::info!(
+            accepted = c.accepted.load(Ordering::Relaxed),
+            rejected = c.rejected.load(Ordering::Relaxed),
+            dropped = c.dropped_bad.load(Ordering::Relaxed) + c.dropped_unknown_nas.load(Ordering::Relaxed),
+            "authorization listener stopped"
+        );
+    }
     tracing::info!(
         received = acct.counters.received,
         acknowledged = acct.counters.acknowledged,
@@ -420,11 +494,11 @@ pub fn run(
 /// Rebuilds the accounting state from the ledger.
 fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounting, ServeError> {
     let mut acct = Accounting::default();
-    let nas_idx = |name: &str| {
-        catalog
-            .nas
-            .iter()
-            .position(|n| n.name == name)
+    // A key is a `[[nas]]` name, or `<client name>/<NAS>` for a NAS a proxy relays.
+    let nas_idx = |key: &str| {
+        let name = |n: &str| catalog.nas.iter().position(|x| x.name == n);
+        name(key)
+            .or_else(|| name(key.split_once('/')?.0))
             .map(|i| i as u16)
     };
     for (nas, sid, state) in rater.ledger.load_sessions()? {
@@ -437,11 +511,11 @@ fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounti
             session: sid.clone(),
             message: e.to_string(),
         })?;
-        acct.sessions.insert((i, sid), s);
+        acct.sessions.insert(SessionKey::new(i, nas, sid), s);
     }
     for (nas, sid, at) in rater.ledger.load_closed()? {
         if let Some(i) = nas_idx(&nas) {
-            acct.closed.insert((i, sid), at);
+            acct.closed.insert(SessionKey::new(i, nas, sid), at);
         }
     }
     acct.recount();
@@ -489,6 +563,14 @@ struct Pending {
     auth: [u8; 16],
     to: SocketAddr,
     /// The datagram's bytes in [`Core::arena`] (to apply it again if the batch is isolated).
+    bytes: Range<usize>,
+}
+
+/// A retransmission of a packet committed in an earlier batch, answered after this batch.
+struct Retransmit {
+    nas: u16,
+    to: SocketAddr,
+    /// The datagram's bytes in [`Core::arena`] (its reply copies its Proxy-States).
     bytes: Range<usize>,
 }
 
@@ -574,12 +656,16 @@ struct Core<'c> {
     live: Arc<Live>,
     socket: UdpSocket,
     buf: Vec<u8>,
+    /// The reply being sent.
+    resp: Vec<u8>,
     pending: Vec<Pending>,
     /// The bytes of the batch's pending datagrams.
     arena: Vec<u8>,
     drops: DropLog,
     last_flush: Instant,
     spool_files: u64,
+    /// Hands Disconnect-Requests to the sender thread (never blocks).
+    disconnect: crate::radius::disconnect::Disconnector,
 }
 
 impl Core<'_> {
@@ -592,7 +678,7 @@ impl Core<'_> {
         acct: &mut Accounting,
     ) -> Result<(), ServeError> {
         let mut fx = Effects::default();
-        let mut retransmits: Vec<(u16, u8, [u8; 16], SocketAddr)> = Vec::new();
+        let mut retransmits: Vec<Retransmit> = Vec::new();
         self.pending.clear();
         self.arena.clear();
         let _ = self
@@ -661,10 +747,12 @@ impl Core<'_> {
         if committed {
             self.acknowledge(acct, 0..self.pending.len());
         }
-        // Retransmissions of packets committed earlier get the same answer again.
-        for (nas, ident, auth, to) in retransmits {
-            let resp = codec::response(ident, &auth, &self.catalog.nas[nas as usize].secret);
-            let _ = self.socket.send_to(&resp, to);
+        // Retransmissions of packets committed earlier get the same answer again (with
+        // their own Proxy-States).
+        for r in retransmits {
+            let secret = &self.catalog.nas[r.nas as usize].secret;
+            codec::write_response(&mut self.resp, &self.arena[r.bytes], secret);
+            let _ = self.socket.send_to(&self.resp, r.to);
         }
         Ok(())
     }
@@ -678,7 +766,7 @@ impl Core<'_> {
         src: SocketAddr,
         now: i64,
         fx: &mut Effects,
-        retransmits: &mut Vec<(u16, u8, [u8; 16], SocketAddr)>,
+        retransmits: &mut Vec<Retransmit>,
     ) {
         acct.counters.received += 1;
         let Some(nas) = self.catalog.nas_by_ip(src.ip()) else {
@@ -687,6 +775,10 @@ impl Core<'_> {
             return;
         };
         let secret = &self.catalog.nas[nas].secret;
+        if self.buf[..n].first() == Some(&codec::CODE_STATUS_SERVER) {
+            self.status_server(acct, n, src, nas);
+            return;
+        }
         let req = match codec::decode(&self.buf[..n], secret) {
             Ok(r) => r,
             Err(e) => {
@@ -715,7 +807,13 @@ impl Core<'_> {
                 .iter()
                 .any(|p| p.nas == nas && p.ident == req.identifier && p.auth == req.authenticator)
             {
-                retransmits.push((nas, req.identifier, req.authenticator, src));
+                let at = self.arena.len();
+                self.arena.extend_from_slice(&self.buf[..n]);
+                retransmits.push(Retransmit {
+                    nas,
+                    to: src,
+                    bytes: at..self.arena.len(),
+                });
             }
             return;
         }
@@ -741,11 +839,33 @@ impl Core<'_> {
         });
     }
 
-    /// Sends the Accounting-Responses of pending packets `range` (committed).
+    /// Answers a Status-Server (RFC 5997) from client `nas` at once: it asks whether we
+    /// are alive, so it needs no commit, creates no session and writes nothing. Without a
+    /// valid Message-Authenticator it is dropped and counted.
+    fn status_server(&mut self, acct: &mut Accounting, n: usize, src: SocketAddr, nas: usize) {
+        let secret = &self.catalog.nas[nas].secret;
+        if let Err(e) = codec::decode_status_server(&self.buf[..n], secret) {
+            match e {
+                DecodeError::BadMessageAuthenticator | DecodeError::MissingMessageAuthenticator => {
+                    acct.counters.dropped_bad_auth += 1
+                }
+                _ => acct.counters.dropped_malformed += 1,
+            }
+            self.drops.record(e.as_str(), src);
+            return;
+        }
+        codec::write_response(&mut self.resp, &self.buf[..n], secret);
+        let _ = self.socket.send_to(&self.resp, src);
+        acct.counters.status_server += 1;
+    }
+
+    /// Sends the Accounting-Responses of pending packets `range` (committed), each with the
+    /// Proxy-States of its request.
     fn acknowledge(&mut self, acct: &mut Accounting, range: Range<usize>) {
         for p in &self.pending[range.clone()] {
-            let resp = codec::response(p.ident, &p.auth, &self.catalog.nas[p.nas as usize].secret);
-            let _ = self.socket.send_to(&resp, p.to);
+            let secret = &self.catalog.nas[p.nas as usize].secret;
+            codec::write_response(&mut self.resp, &self.arena[p.bytes.clone()], secret);
+            let _ = self.socket.send_to(&self.resp, p.to);
         }
         acct.counters.acknowledged += range.len() as u64;
     }
@@ -864,10 +984,8 @@ impl Core<'_> {
             c.charges
                 .push((ch.user_id, ch.amount, ch.balance_after, ch.idem_key.clone()));
         }
-        let mut seen: std::collections::HashSet<
-            &crate::radius::accounting::SessionKey,
-            ahash::RandomState,
-        > = Default::default();
+        let mut seen: std::collections::HashSet<&SessionKey, ahash::RandomState> =
+            Default::default();
         for k in fx.upserts.iter().rev() {
             if !seen.insert(k) {
                 continue;
@@ -881,8 +999,7 @@ impl Core<'_> {
             }
         }
         for k in &fx.closed {
-            c.closed
-                .push((self.catalog.nas[k.0 as usize].name.clone(), k.1.clone()));
+            c.closed.push((k.nas.clone(), k.session_id.clone()));
         }
         for x in &fx.xdrs {
             c.xdrs
@@ -892,7 +1009,29 @@ impl Core<'_> {
         c.first_logins = fx.first_logins.clone();
         rater.ledger.commit_radius(&c)?;
         self.live.apply(acct, fx);
+        self.disconnect_exhausted(rater, fx, now);
         Ok(())
+    }
+
+    /// Prepaid control after a commit: each user whose credit these charges took from
+    /// above zero to zero or below gets a Disconnect-Request series for every session still
+    /// open (one series per session per crossing; the sender thread does the waiting).
+    fn disconnect_exhausted(&mut self, rater: &mut BatchRater<'_>, fx: &Effects, now: i64) {
+        let zero = rust_decimal::Decimal::ZERO;
+        let mut users: Vec<i64> = Vec::new();
+        for ch in &fx.charges {
+            let before = ch.balance_after.checked_add(ch.amount).unwrap_or(zero);
+            if before > zero && ch.balance_after <= zero && !users.contains(&ch.user_id) {
+                users.push(ch.user_id);
+            }
+        }
+        for id in users {
+            if let Some(u) = rater.subscribers.get_mut(id) {
+                let name = u.username.clone();
+                self.disconnect
+                    .user_exhausted(self.catalog, &self.live, &name, now);
+            }
+        }
     }
 
     /// After a failed commit: the ledger is the truth, rebuild memory from it.

@@ -7,6 +7,11 @@
 //! `[radius] max_session_secs`, a traffic jump no link carries, a cost that would overflow,
 //! or a Start beyond a NAS's `max_sessions` (or beyond the unknown-user caps) is
 //! acknowledged, counted, logged at most every 10 s, and charges nothing.
+//!
+//! A session belongs to the NAS the packet names, not to the client that sent it: behind a
+//! RADIUS proxy one client relays many NASes ([`nas_identity`]). Sessions stored before
+//! that rule (keyed by the client's name) keep rating: a lookup that misses under the new
+//! key falls back to the old one when the stored session is the same NAS's and user's.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -37,6 +42,7 @@ const ANOMALY_LOG_SECS: i64 = 10;
 /// An open internet session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
+    /// The NAS part of the session's ledger key ([`NasIdentity::key`]).
     pub nas: String,
     pub session_id: String,
     pub username: String,
@@ -55,10 +61,129 @@ pub struct Session {
     /// unknown-user caps until it closes).
     #[serde(default)]
     pub unknown_user: bool,
+    /// How xDRs and the API name the NAS ([`NasIdentity::ras_description`]); empty in
+    /// sessions stored before it existed, which are shown by `nas`.
+    #[serde(default)]
+    pub ras_description: String,
 }
 
-/// Key of a session: (NAS index, Acct-Session-Id).
-pub type SessionKey = (u16, String);
+impl Session {
+    /// The NAS as xDRs and the API show it.
+    pub fn ras(&self) -> &str {
+        if self.ras_description.is_empty() {
+            &self.nas
+        } else {
+            &self.ras_description
+        }
+    }
+}
+
+/// Key of a session: the NAS it belongs to and its Acct-Session-Id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// The `[[nas]]` entry whose settings (max_sessions, interim interval) apply: the NAS
+    /// the packet names when it is configured, else the client that sent it.
+    pub entry: u16,
+    /// The NAS part of the ledger key ([`NasIdentity::key`]).
+    pub nas: String,
+    pub session_id: String,
+}
+
+impl SessionKey {
+    pub fn new(entry: u16, nas: impl Into<String>, session_id: impl Into<String>) -> Self {
+        SessionKey {
+            entry,
+            nas: nas.into(),
+            session_id: session_id.into(),
+        }
+    }
+}
+
+/// The NAS a packet belongs to (DESIGN.md "Behind a RADIUS proxy"): the one it names by
+/// `NAS-IP-Address`, else `NAS-IPv6-Address`, else `NAS-Identifier`, else its source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NasIdentity {
+    /// See [`SessionKey::entry`].
+    pub entry: u16,
+    /// The ledger key: the client's `[[nas]]` name when the packet names no NAS or names
+    /// the client itself (the direct setup: the key sessions always had), a configured
+    /// `[[nas]]`'s name when it names one, else `<client name>/<NAS IP or identifier>`
+    /// (names cannot hold `/`, so keys of different NASes never meet).
+    pub key: String,
+    /// Shown as `ras_description`: the configured name, else the NAS-Identifier, else the IP.
+    pub ras_description: String,
+    /// The NAS's IP: the one the packet names, a configured NAS's, or the source when the
+    /// packet names no NAS; empty when a proxy relays an unconfigured NAS-Identifier only.
+    pub nas_ip: String,
+    /// The `[[nas]]` entry of the client that sent the packet (the NAS itself, or a proxy).
+    pub client: u16,
+    /// The client's name when it differs from `key`: sessions opened before the upgrade are
+    /// stored under it.
+    pub legacy_key: Option<String>,
+    /// The `nas_ip` the code before the upgrade stored for this packet (NAS-IP-Address, else
+    /// the source): how a session stored under `legacy_key` is told to be this NAS's.
+    pub legacy_nas_ip: String,
+}
+
+/// Which NAS `req`, sent by client `client` from `src_ip`, belongs to. Pure: the catalog's
+/// `[[nas]]` entries are the only lookup.
+pub fn nas_identity(
+    catalog: &Catalog,
+    client: u16,
+    src_ip: &str,
+    req: &AcctRequest<'_>,
+) -> NasIdentity {
+    let me = &catalog.nas[client as usize];
+    let legacy_nas_ip = req
+        .nas_ip
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| src_ip.to_string());
+    let named_ip: Option<std::net::IpAddr> =
+        req.nas_ip.map(Into::into).or(req.nas_ipv6.map(Into::into));
+    let ident = text(req.nas_identifier);
+    let configured = |entry: usize, nas_ip: String| NasIdentity {
+        entry: entry as u16,
+        key: catalog.nas[entry].name.clone(),
+        ras_description: catalog.nas[entry].name.clone(),
+        nas_ip,
+        client,
+        legacy_key: (entry != client as usize).then(|| me.name.clone()),
+        legacy_nas_ip: legacy_nas_ip.clone(),
+    };
+    let relayed = |id: String, nas_ip: String, ras: String| NasIdentity {
+        entry: client,
+        key: format!("{}/{id}", me.name),
+        ras_description: ras,
+        nas_ip,
+        client,
+        legacy_key: Some(me.name.clone()),
+        legacy_nas_ip: legacy_nas_ip.clone(),
+    };
+    match named_ip {
+        Some(ip) if ip == me.ip || ip.to_string() == src_ip => {
+            configured(client as usize, ip.to_string())
+        }
+        Some(ip) => match catalog.nas_by_ip(ip) {
+            Some(e) => configured(e, ip.to_string()),
+            None => relayed(
+                ip.to_string(),
+                ip.to_string(),
+                if ident.is_empty() {
+                    ip.to_string()
+                } else {
+                    ident.clone()
+                },
+            ),
+        },
+        None if ident.is_empty() || ident == me.name => {
+            configured(client as usize, src_ip.to_string())
+        }
+        None => match catalog.nas.iter().position(|n| n.name == ident) {
+            Some(e) => configured(e, catalog.nas[e].ip.to_string()),
+            None => relayed(ident.clone(), String::new(), ident.clone()),
+        },
+    }
+}
 
 /// One journal movement produced by an update.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +238,8 @@ pub struct Counters {
     pub sessions_capped: u64,
     /// Packets whose effects the ledger refused on their own: dropped, not acknowledged.
     pub poisoned: u64,
+    /// Status-Server requests (RFC 5997) answered.
+    pub status_server: u64,
 }
 
 /// Rate-limited reporting of anomalies (clocked by arrival times, not read from a clock).
@@ -259,7 +386,7 @@ impl Accounting {
         self.unknown_per_user.clear();
         self.unknown_total = 0;
         for (k, s) in &self.sessions {
-            *self.open_per_nas.entry(k.0).or_default() += 1;
+            *self.open_per_nas.entry(k.entry).or_default() += 1;
             if s.unknown_user {
                 *self.unknown_per_user.entry(s.username.clone()).or_default() += 1;
                 self.unknown_total += 1;
@@ -267,13 +394,13 @@ impl Accounting {
         }
     }
 
-    /// Open sessions of NAS `nas`.
+    /// Open sessions of `[[nas]]` entry `nas` (with the NASes relayed by it).
     pub fn open_sessions_of_nas(&self, nas: u16) -> usize {
         self.open_per_nas.get(&nas).copied().unwrap_or(0)
     }
 
     fn count_open(&mut self, key: &SessionKey, s: &Session) {
-        *self.open_per_nas.entry(key.0).or_default() += 1;
+        *self.open_per_nas.entry(key.entry).or_default() += 1;
         if s.unknown_user {
             *self.unknown_per_user.entry(s.username.clone()).or_default() += 1;
             self.unknown_total += 1;
@@ -281,7 +408,7 @@ impl Accounting {
     }
 
     fn count_closed(&mut self, key: &SessionKey, s: &Session) {
-        if let Some(n) = self.open_per_nas.get_mut(&key.0) {
+        if let Some(n) = self.open_per_nas.get_mut(&key.entry) {
             *n = n.saturating_sub(1);
         }
         if s.unknown_user {
@@ -317,7 +444,34 @@ impl Accounting {
         None
     }
 
-    /// Applies one verified request from NAS `nas_idx` arriving at `now` (unix seconds).
+    /// The key of `req`'s session: under `id`'s key, or under the old key (the client's
+    /// name) when the session was stored there before the upgrade and is this NAS's and
+    /// user's. A closed session is found under the old key only by a non-Start update (a
+    /// late Stop or Interim): a new session of another NAS must not be taken for it.
+    fn session_key(&self, id: &NasIdentity, req: &AcctRequest<'_>) -> SessionKey {
+        let key = SessionKey::new(id.entry, id.key.clone(), text(req.session_id));
+        let Some(old) = &id.legacy_key else {
+            return key;
+        };
+        if self.sessions.contains_key(&key) || self.closed.contains_key(&key) {
+            return key;
+        }
+        let old = SessionKey::new(id.client, old.clone(), key.session_id.clone());
+        let same_nas_and_user = |s: &Session| {
+            s.nas_ip == id.legacy_nas_ip
+                && (req.user_name.is_empty() || s.username.as_bytes() == req.user_name)
+        };
+        if self.sessions.get(&old).is_some_and(same_nas_and_user) {
+            return old;
+        }
+        if req.status_type() != StatusType::Start && self.closed.contains_key(&old) {
+            return old;
+        }
+        key
+    }
+
+    /// Applies one verified request from client `nas_idx` (the `[[nas]]` entry it came
+    /// from, a NAS or a proxy) arriving at `now` (unix seconds).
     #[allow(clippy::too_many_arguments)]
     pub fn apply(
         &mut self,
@@ -330,14 +484,25 @@ impl Accounting {
         now: i64,
         fx: &mut Effects,
     ) {
-        let nas_name = catalog.nas[nas_idx as usize].name.clone();
+        let id = nas_identity(catalog, nas_idx, src_ip, req);
+        let nas_name = id.ras_description.clone();
         match req.status_type() {
             StatusType::AccountingOn | StatusType::AccountingOff => {
+                // Only the sessions of the NAS the packet names: under its key, and those
+                // stored under the old key whose NAS the packet names by its IP.
+                let legacy = id
+                    .legacy_key
+                    .as_ref()
+                    .filter(|_| req.nas_ip.is_some() && !id.legacy_nas_ip.is_empty());
                 let keys: Vec<SessionKey> = self
                     .sessions
-                    .keys()
-                    .filter(|k| k.0 == nas_idx)
-                    .cloned()
+                    .iter()
+                    .filter(|(k, s)| {
+                        k.nas == id.key
+                            || legacy
+                                .is_some_and(|old| k.nas == *old && s.nas_ip == id.legacy_nas_ip)
+                    })
+                    .map(|(k, _)| k.clone())
                     .collect();
                 if !keys.is_empty() {
                     tracing::info!(nas = %nas_name, sessions = keys.len(), "Accounting-On/Off: closing every open session of the NAS");
@@ -353,7 +518,7 @@ impl Accounting {
             }
             _ => {}
         }
-        let key: SessionKey = (nas_idx, text(req.session_id));
+        let key = self.session_key(&id, req);
         if self.closed.contains_key(&key) {
             // A late Interim/Stop (or a replayed Start) of a session already closed.
             self.counters.late_updates_ignored += 1;
@@ -366,7 +531,7 @@ impl Accounting {
                 now,
                 "Acct-Session-Time beyond [radius] max_session_secs: not rated",
                 &nas_name,
-                &key.1,
+                &key.session_id,
             );
             return;
         }
@@ -385,9 +550,9 @@ impl Accounting {
         if !self.sessions.contains_key(&key) {
             let user = subs.by_name.get(username.as_str()).copied();
             let unknown = user.is_none().then_some(username.as_str());
-            if let Some(why) = self.cap_reached(catalog, nas_idx, unknown) {
+            if let Some(why) = self.cap_reached(catalog, key.entry, unknown) {
                 self.counters.sessions_capped += 1;
-                self.log.note(now, why, &nas_name, &key.1);
+                self.log.note(now, why, &nas_name, &key.session_id);
                 return;
             }
             let credit_at_start = user
@@ -400,15 +565,12 @@ impl Accounting {
                 ));
             }
             let s = Session {
-                nas: nas_name.clone(),
-                session_id: key.1.clone(),
+                nas: key.nas.clone(),
+                session_id: key.session_id.clone(),
                 username: username.clone(),
                 charge: SessionCharge::new(&usage),
                 credit_at_start,
-                nas_ip: req
-                    .nas_ip
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| src_ip.to_string()),
+                nas_ip: id.nas_ip.clone(),
                 framed_ip: String::new(),
                 calling_station: String::new(),
                 called_station: String::new(),
@@ -416,6 +578,7 @@ impl Accounting {
                 last_arrival: now,
                 interim_interval: None,
                 unknown_user: user.is_none(),
+                ras_description: id.ras_description.clone(),
             };
             self.count_open(&key, &s);
             self.sessions.insert(key.clone(), s);
@@ -629,7 +792,7 @@ impl Accounting {
             bytes_in: c.last_octets_in.min(i64::MAX as u64) as i64,
             bytes_out: c.last_octets_out.min(i64::MAX as u64) as i64,
             session_id: s.session_id.clone(),
-            ras_description: s.nas.clone(),
+            ras_description: s.ras().to_string(),
             nas_ip: s.nas_ip.clone(),
             unique_id_value: s.nas_port.map(|p| p.to_string()).unwrap_or_default(),
             remote_ip: s.framed_ip.clone(),
@@ -670,7 +833,7 @@ impl Accounting {
                     let interval = s
                         .interim_interval
                         .map(u64::from)
-                        .or(catalog.nas[k.0 as usize].interim_interval_secs)
+                        .or(catalog.nas[k.entry as usize].interim_interval_secs)
                         .map(|i| {
                             i.clamp(*INTERIM_INTERVAL_SECS.start(), *INTERIM_INTERVAL_SECS.end())
                         });
@@ -681,7 +844,7 @@ impl Accounting {
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {
-            tracing::info!(nas = %catalog.nas[k.0 as usize].name, session = %k.1, "closing a stale session at its last update");
+            tracing::info!(nas = %k.nas, session = %k.session_id, "closing a stale session at its last update");
             self.counters.stale_closed += 1;
             self.close(catalog, subs, next_xdr, &k, "Stale-Session", now, fx);
         }
@@ -843,7 +1006,7 @@ charge_rules = ["all"]
         assert_eq!(fx.charges.len(), 1);
         assert_eq!(fx.charges[0].amount, d("0.1"), "time only");
         assert_eq!(w.acct.counters.traffic_anomalies, 1);
-        let s = &w.acct.sessions[&(0, "s1".to_string())];
+        let s = &w.acct.sessions[&SessionKey::new(0, "ras1", "s1")];
         assert_eq!(s.charge.last_octets_in, 0);
     }
 
@@ -954,6 +1117,294 @@ charge_rules = ["all"]
             w.acct.sessions.len(),
             MAX_UNKNOWN_SESSIONS_PER_USER as usize + 1
         );
-        assert!(w.acct.sessions.contains_key(&(0, "m19".to_string())));
+        assert!(w
+            .acct
+            .sessions
+            .contains_key(&SessionKey::new(0, "ras1", "m19")));
+    }
+
+    /// A proxy (`ras1`, 127.0.0.1) and a NAS configured in its own right (`bras5`).
+    fn proxy_world() -> World {
+        let cfg = format!("{CFG}[[nas]]\nname = \"bras5\"\nip = \"10.0.0.5\"\nsecret = \"t\"\n")
+            .replace("max_sessions = 4", "max_sessions = 100");
+        let catalog = Catalog::build(
+            &LoadedConfig::from_str(&cfg, ConfigSource::BuiltinDemo, ".".into()).unwrap(),
+        )
+        .unwrap();
+        let user = |id: i64, name: &str| UserRow {
+            user_id: id,
+            username: Some(name.into()),
+            group_name: "g".into(),
+            credit: d("10"),
+        };
+        let subs = Subscribers::new(&catalog, vec![user(1, "alice"), user(2, "bob")]);
+        World {
+            catalog,
+            subs,
+            acct: Accounting::default(),
+            next_xdr: 1,
+        }
+    }
+
+    /// An update relayed by the proxy from the NAS at `nas_ip` (none: the packet names no
+    /// NAS), at T0 + `secs`.
+    fn relayed(
+        w: &mut World,
+        nas_ip: Option<&str>,
+        status: StatusType,
+        user: &str,
+        sid: &str,
+        secs: u32,
+    ) -> Effects {
+        let req = AcctRequest {
+            status: Some(status),
+            user_name: user.as_bytes(),
+            session_id: sid.as_bytes(),
+            session_time: Some(secs),
+            event_timestamp: Some((T0 + secs as i64) as u32),
+            nas_ip: nas_ip.map(|i| i.parse().unwrap()),
+            ..Default::default()
+        };
+        let mut fx = Effects::default();
+        w.acct.apply(
+            &w.catalog,
+            &mut w.subs,
+            &mut w.next_xdr,
+            0,
+            "127.0.0.1",
+            &req,
+            T0 + secs as i64,
+            &mut fx,
+        );
+        fx
+    }
+
+    fn credits(w: &World) -> (Decimal, Decimal) {
+        (w.subs.users[0].credit, w.subs.users[1].credit)
+    }
+
+    /// Issue 21 item 2: the NAS a packet belongs to, from what the packet names, in the
+    /// DESIGN order; keys of the direct setup stay the client's name.
+    #[test]
+    fn nas_identity_follows_what_the_packet_names() {
+        let w = proxy_world();
+        // (NAS-IP-Address, NAS-IPv6-Address, NAS-Identifier) →
+        // (entry, key, ras_description, nas_ip, legacy key, legacy nas_ip)
+        type Want = (
+            u16,
+            &'static str,
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            &'static str,
+        );
+        type Named = (Option<&'static str>, Option<&'static str>, &'static str);
+        let cases: &[(Named, Want)] = &[
+            (
+                (None, None, ""),
+                (0, "ras1", "ras1", "127.0.0.1", None, "127.0.0.1"),
+            ),
+            (
+                (Some("127.0.0.1"), None, "x"),
+                (0, "ras1", "ras1", "127.0.0.1", None, "127.0.0.1"),
+            ),
+            (
+                (None, None, "ras1"),
+                (0, "ras1", "ras1", "127.0.0.1", None, "127.0.0.1"),
+            ),
+            (
+                (Some("10.0.0.5"), None, ""),
+                (1, "bras5", "bras5", "10.0.0.5", Some("ras1"), "10.0.0.5"),
+            ),
+            (
+                (None, None, "bras5"),
+                (1, "bras5", "bras5", "10.0.0.5", Some("ras1"), "127.0.0.1"),
+            ),
+            (
+                (Some("10.9.9.9"), None, ""),
+                (
+                    0,
+                    "ras1/10.9.9.9",
+                    "10.9.9.9",
+                    "10.9.9.9",
+                    Some("ras1"),
+                    "10.9.9.9",
+                ),
+            ),
+            (
+                (Some("10.9.9.9"), Some("2001:db8::9"), "north"),
+                (
+                    0,
+                    "ras1/10.9.9.9",
+                    "north",
+                    "10.9.9.9",
+                    Some("ras1"),
+                    "10.9.9.9",
+                ),
+            ),
+            (
+                (None, Some("2001:db8::9"), "north"),
+                (
+                    0,
+                    "ras1/2001:db8::9",
+                    "north",
+                    "2001:db8::9",
+                    Some("ras1"),
+                    "127.0.0.1",
+                ),
+            ),
+            (
+                (None, Some("2001:db8::9"), ""),
+                (
+                    0,
+                    "ras1/2001:db8::9",
+                    "2001:db8::9",
+                    "2001:db8::9",
+                    Some("ras1"),
+                    "127.0.0.1",
+                ),
+            ),
+            (
+                (None, None, "south"),
+                (0, "ras1/south", "south", "", Some("ras1"), "127.0.0.1"),
+            ),
+        ];
+        for ((ip4, ip6, ident), want) in cases {
+            let req = AcctRequest {
+                nas_ip: ip4.map(|i| i.parse().unwrap()),
+                nas_ipv6: ip6.map(|i| i.parse().unwrap()),
+                nas_identifier: ident.as_bytes(),
+                ..Default::default()
+            };
+            let id = nas_identity(&w.catalog, 0, "127.0.0.1", &req);
+            let got = (
+                id.entry,
+                id.key.as_str(),
+                id.ras_description.as_str(),
+                id.nas_ip.as_str(),
+                id.legacy_key.as_deref(),
+                id.legacy_nas_ip.as_str(),
+            );
+            assert_eq!(got, *want, "{ip4:?} {ip6:?} {ident:?}");
+            assert_eq!(id.client, 0);
+        }
+    }
+
+    /// Issue 21 items 2, 3, 4: two NASes behind one proxy reuse an Acct-Session-Id: two
+    /// sessions, each charged; an Accounting-On from one closes only its sessions; the xDR
+    /// names the real NAS.
+    #[test]
+    fn nases_behind_one_proxy_keep_their_sessions_apart() {
+        use StatusType::*;
+        let mut w = proxy_world();
+        let (a, b) = (Some("10.0.0.1"), Some("10.0.0.2"));
+        relayed(&mut w, a, Start, "alice", "1", 0);
+        relayed(&mut w, b, Start, "bob", "1", 0);
+        relayed(&mut w, a, InterimUpdate, "alice", "1", 600);
+        let fx = relayed(&mut w, b, InterimUpdate, "bob", "1", 600);
+        assert_eq!(fx.charges[0].idem_key, "radius:ras1/10.0.0.2:1:600:0:0");
+        assert_eq!(credits(&w), (d("9.9"), d("9.9")));
+        assert_eq!(w.acct.sessions.len(), 2);
+        assert_eq!(
+            w.acct.open_sessions_of_nas(0),
+            2,
+            "both count toward the proxy's cap"
+        );
+        // The configured NAS behind the proxy: its own key and entry.
+        relayed(&mut w, Some("10.0.0.5"), Start, "alice", "1", 0);
+        assert!(w
+            .acct
+            .sessions
+            .contains_key(&SessionKey::new(1, "bras5", "1")));
+
+        let fx = relayed(&mut w, a, AccountingOn, "", "", 900);
+        assert_eq!(fx.closed, vec![SessionKey::new(0, "ras1/10.0.0.1", "1")]);
+        let x = &fx.xdrs[0];
+        assert_eq!(
+            (
+                x.username.as_str(),
+                x.ras_description.as_str(),
+                x.nas_ip.as_str()
+            ),
+            ("alice", "10.0.0.1", "10.0.0.1")
+        );
+        assert_eq!(
+            (x.terminate_cause.as_str(), x.credit_used),
+            ("NAS-Reboot", d("0.1"))
+        );
+        assert_eq!(x.source, "radius:ras1/10.0.0.1");
+        assert_eq!(
+            w.acct.sessions.len(),
+            2,
+            "bob's session and bras5's stay open"
+        );
+        relayed(&mut w, b, InterimUpdate, "bob", "1", 1200);
+        assert_eq!(credits(&w), (d("9.9"), d("9.8")));
+        // Accounting-Off from the proxy itself (naming no NAS) closes none of them.
+        let fx = relayed(&mut w, None, AccountingOff, "", "", 1300);
+        assert!(fx.closed.is_empty());
+    }
+
+    /// Issue 21 item 2, migration: sessions stored under the old key (the proxy's name,
+    /// with the old code's nas_ip) keep rating under that key after the upgrade, for their
+    /// own NAS and user only; a late Stop finds the old closed key; a Start of another NAS
+    /// with the same Acct-Session-Id does not; an Accounting-On closes the old sessions of
+    /// the NAS it names only.
+    #[test]
+    fn sessions_stored_under_the_old_key_keep_rating() {
+        use StatusType::*;
+        let mut w = proxy_world();
+        // What the code before issue 21 stored for a relayed packet: key = the client's
+        // name, nas_ip = the packet's NAS-IP-Address.
+        for (sid, user, nas_ip) in [
+            ("1", "alice", "10.0.0.1"),
+            ("2", "alice", "10.0.0.1"),
+            ("3", "bob", "10.0.0.4"),
+        ] {
+            relayed(&mut w, None, Start, user, sid, 0);
+            let s = w
+                .acct
+                .sessions
+                .get_mut(&SessionKey::new(0, "ras1", sid))
+                .unwrap();
+            s.nas_ip = nas_ip.into();
+            s.ras_description.clear();
+        }
+        let (a, b) = (Some("10.0.0.1"), Some("10.0.0.2"));
+        // Another NAS's session "1" is not the old session "1" of NAS A.
+        relayed(&mut w, b, InterimUpdate, "bob", "1", 600);
+        assert!(w
+            .acct
+            .sessions
+            .contains_key(&SessionKey::new(0, "ras1/10.0.0.2", "1")));
+        let fx = relayed(&mut w, a, InterimUpdate, "alice", "1", 600);
+        assert_eq!(
+            fx.charges[0].idem_key, "radius:ras1:1:600:0:0",
+            "the old key"
+        );
+        let fx = relayed(&mut w, a, Stop, "alice", "1", 1200);
+        assert_eq!(fx.closed, vec![SessionKey::new(0, "ras1", "1")]);
+        assert_eq!(
+            (fx.xdrs[0].credit_used, fx.xdrs[0].ras_description.as_str()),
+            (d("0.2"), "ras1")
+        );
+        assert_eq!(credits(&w), (d("9.8"), d("9.9")));
+        // A late Stop of it: the old closed key, nothing charged.
+        let fx = relayed(&mut w, a, Stop, "alice", "1", 1300);
+        assert!(fx.charges.is_empty() && fx.closed.is_empty());
+        assert_eq!(w.acct.counters.late_updates_ignored, 1);
+        // A Start of NAS C with session id "1" is a new session, not that closed one.
+        relayed(&mut w, Some("10.0.0.3"), Start, "bob", "1", 0);
+        assert!(w
+            .acct
+            .sessions
+            .contains_key(&SessionKey::new(0, "ras1/10.0.0.3", "1")));
+        // Accounting-On from NAS A closes its old session "2", not NAS D's old "3".
+        let fx = relayed(&mut w, a, AccountingOn, "", "", 1400);
+        assert_eq!(fx.closed, vec![SessionKey::new(0, "ras1", "2")]);
+        assert!(w
+            .acct
+            .sessions
+            .contains_key(&SessionKey::new(0, "ras1", "3")));
     }
 }
