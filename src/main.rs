@@ -251,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let catalog = load(config.as_deref())?;
             ops::refuse_demo_password(&catalog, allow_demo_password)?;
-            ratel_serve(catalog, config.is_none())
+            ratel_serve(catalog, config, allow_demo_password)
         }
         Command::CheckConfig { config } => Ok(ops::check_config(config.as_deref())),
         Command::Backup { config, dest } => ops::backup(&load(config.as_deref())?, &dest),
@@ -382,7 +382,16 @@ fn chrono_now() -> i64 {
         .unwrap_or(0)
 }
 
-fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
+fn ratel_serve(
+    catalog: Catalog,
+    config: Option<PathBuf>,
+    allow_demo_password: bool,
+) -> anyhow::Result<ExitCode> {
+    let demo = config.is_none();
+    // `kill -HUP`: the core reloads the config file between batches, all or nothing.
+    let reload_requested = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload_requested.clone())
+        .context("installing the SIGHUP handler")?;
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())
@@ -429,6 +438,20 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
         }
     }
     let catalog = Arc::new(catalog);
+    let cell = Arc::new(ratel_engine::reload::CatalogCell::new(catalog.clone()));
+    let reloader = ratel_engine::serve::Reloader {
+        requested: reload_requested,
+        load: Box::new(move || {
+            // The built-in demo config has no file to read again: it reloads as itself.
+            let c = load(config.as_deref()).map_err(|e| format!("{e:#}"))?;
+            ops::refuse_demo_password(&c, allow_demo_password).map_err(|e| format!("{e:#}"))?;
+            Ok(c)
+        }),
+        publish: {
+            let cell = cell.clone();
+            Box::new(move |c| cell.set(c))
+        },
+    };
     let live = Arc::new(ratel_engine::serve::Live::default());
     let (tx, rx) = crossbeam_channel::bounded(64);
     let mut api_thread = None;
@@ -440,10 +463,11 @@ fn ratel_serve(catalog: Catalog, demo: bool) -> anyhow::Result<ExitCode> {
         live.clone(),
         rx,
         auth_socket,
+        Some(reloader),
         || {
             let h = ratel_api::spawn(
                 api_listener,
-                catalog.clone(),
+                cell.clone(),
                 live.clone(),
                 tx,
                 shutdown.clone(),

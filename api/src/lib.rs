@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod http;
+mod metrics;
 pub mod report;
 
 use std::collections::HashMap;
@@ -23,9 +24,10 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::Router;
 use ratel_engine::catalog::Catalog;
+use ratel_engine::reload::CatalogCell;
 use ratel_engine::serve::{ChangeType, Command, CommandError, Live};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use rust_decimal::Decimal;
@@ -64,7 +66,8 @@ pub(crate) enum Caller {
 
 /// Shared state of the API.
 pub struct ApiState {
-    pub(crate) catalog: Arc<Catalog>,
+    /// The running config (a reload replaces it: take one snapshot per use).
+    pub(crate) catalog: Arc<CatalogCell>,
     live: Arc<Live>,
     commands: crossbeam_channel::Sender<Command>,
     pub(crate) db: Mutex<Connection>,
@@ -82,10 +85,11 @@ pub struct ApiState {
 impl ApiState {
     /// Opens a read-only connection to the ledger (the core must have created it).
     pub fn new(
-        catalog: Arc<Catalog>,
+        cell: Arc<CatalogCell>,
         live: Arc<Live>,
         commands: crossbeam_channel::Sender<Command>,
     ) -> Result<Self, rusqlite::Error> {
+        let catalog = cell.get();
         let path = catalog.data_dir.join("ledger.sqlite");
         let db = Connection::open_with_flags(
             &path,
@@ -105,7 +109,7 @@ impl ApiState {
             guard: Mutex::new(LoginGuard::default()),
             workers: Arc::new(tokio::sync::Semaphore::new(catalog.api_limits.max_requests)),
             meta_cache: Mutex::new(HashMap::new()),
-            catalog,
+            catalog: cell,
         })
     }
 }
@@ -117,9 +121,11 @@ pub async fn run(
     state: Arc<ApiState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = state.catalog.api_limits;
+    let limits = state.catalog.get().api_limits;
     let app = Router::new()
         .route("/", post(handle))
+        .route("/metrics", get(metrics::metrics))
+        .route("/health", get(metrics::health))
         .fallback(not_found)
         .with_state(state);
     http::serve(listener, app, limits, shutdown).await
@@ -153,6 +159,7 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Response {
+    let started = Instant::now();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -218,12 +225,14 @@ async fn handle(
         );
     };
     let st2 = st.clone();
+    let label = metrics::method_label(METHODS, &method);
     let r = tokio::task::spawn_blocking(move || {
         let _worker = worker;
         dispatch(&st2, peer.ip(), &method, &params)
     })
     .await
     .unwrap_or_else(|_| Err(RpcError::new("INTERNAL_ERROR", "the request failed")));
+    metrics::record_call(&st, "ibsng", label, &r, started);
     answer(id, r)
 }
 
@@ -405,7 +414,7 @@ fn verify_password(st: &ApiState, t: AuthType, name: &str, pass: &str) -> Result
     match t {
         AuthType::Admin => {
             let mut ok = false;
-            for a in &st.catalog.admins {
+            for a in &st.catalog.get().admins {
                 // Every admin compared, in constant time: no early exit to time.
                 ok |= constant_time_eq(a.name.as_bytes(), name.as_bytes())
                     & constant_time_eq(a.password.as_bytes(), pass.as_bytes());
@@ -779,7 +788,7 @@ fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResul
             ));
         }
     }
-    let cat = &st.catalog;
+    let cat = &*st.catalog.get();
     let credit: Decimal = credit.parse().unwrap_or_default();
     let group_id = cat
         .group_index(&group_name)
@@ -880,7 +889,7 @@ fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResul
 /// set. `listener` is bound by the caller (so it can print the address first).
 pub fn spawn(
     listener: std::net::TcpListener,
-    catalog: Arc<Catalog>,
+    catalog: Arc<CatalogCell>,
     live: Arc<Live>,
     commands: crossbeam_channel::Sender<Command>,
     shutdown: Arc<std::sync::atomic::AtomicBool>,

@@ -109,7 +109,7 @@ fn time_cond(
                 16 => format!("{s}:00"),
                 _ => s.to_string(),
             };
-            ratel_engine::cdr::parse_local(&full, &st.catalog.tz)
+            ratel_engine::cdr::parse_local(&full, &st.catalog.get().tz)
                 .map_err(|e| invalid(format!("{key}: {e}")))?
         }
         "minutes" => now - number()? * 60,
@@ -433,7 +433,7 @@ impl Page {
 }
 
 fn row_json(st: &ApiState, x: &OwnedXdr) -> Value {
-    let cat = &st.catalog;
+    let cat = &*st.catalog.get();
     let group_id = cat
         .group_index(&x.group_name)
         .map(|g| cat.groups[g].id)

@@ -170,6 +170,13 @@ impl Subscribers {
         }
     }
 
+    /// Looks every subscriber's group up again by name (after a config reload).
+    pub fn regroup(&mut self, catalog: &Catalog) {
+        for u in &mut self.users {
+            u.group = catalog.group_index(&u.group_name);
+        }
+    }
+
     /// A subscriber by id.
     pub fn get_mut(&mut self, user_id: i64) -> Option<&mut UserState> {
         self.by_id
@@ -607,6 +614,13 @@ fn build_chunk(
         .collect()
 }
 
+/// The in-memory state of a [`BatchRater`], between two catalogs.
+pub struct RaterState {
+    subscribers: Subscribers,
+    call_keys: HashSet<u128, ahash::RandomState>,
+    next_xdr: u64,
+}
+
 /// A batch rater over one ledger.
 pub struct BatchRater<'a> {
     pub(crate) catalog: &'a Catalog,
@@ -644,6 +658,33 @@ impl<'a> BatchRater<'a> {
 
     pub fn subscribers(&self) -> &Subscribers {
         &self.subscribers
+    }
+
+    /// What this rater holds in memory (balances, seen call ids, the xDR sequence), to go
+    /// on with another catalog (a config reload) without reading it all from the ledger.
+    pub fn into_state(self) -> RaterState {
+        RaterState {
+            subscribers: self.subscribers,
+            call_keys: self.call_keys,
+            next_xdr: self.next_xdr,
+        }
+    }
+
+    /// A rater over `catalog` that goes on from `state`: groups are looked up again by
+    /// name in the new catalog.
+    pub fn with_state(catalog: &'a Catalog, ledger: &'a mut Ledger, state: RaterState) -> Self {
+        let mut subscribers = state.subscribers;
+        subscribers.regroup(catalog);
+        BatchRater {
+            catalog,
+            ledger,
+            subscribers,
+            call_keys: state.call_keys,
+            next_xdr: state.next_xdr,
+            block_bytes: BLOCK_BYTES,
+            force: false,
+            crash_after_batches: None,
+        }
     }
 
     /// Rates one file with exactly-once semantics.

@@ -957,6 +957,29 @@ impl Ledger {
     }
 
     /// Open sessions: (nas, session id, state JSON).
+    /// Rewrites the stored state of open sessions (a config reload remapped them), in one
+    /// transaction.
+    pub fn save_session_states(
+        &mut self,
+        states: &[(String, String, String)],
+    ) -> Result<(), LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE sessions SET state = ?3 WHERE nas = ?1 AND session_id = ?2")
+                .map_err(sq)?;
+            for (nas, sid, state) in states {
+                st.execute(params![nas, sid, state]).map_err(sq)?;
+            }
+        }
+        tx.commit().map_err(sq)
+    }
+
     pub fn load_sessions(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
         let mut st = self
             .conn

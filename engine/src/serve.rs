@@ -98,6 +98,8 @@ impl OnlineSession {
 #[derive(Debug, Default)]
 pub struct Live {
     pub online: std::sync::RwLock<std::collections::HashMap<String, Vec<OnlineSession>>>,
+    /// Counters, histograms and the core's heartbeat (`/metrics`, `/health`; metrics.rs).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Live {
@@ -383,6 +385,7 @@ pub fn run(
     live: Arc<Live>,
     commands: crossbeam_channel::Receiver<Command>,
     auth_socket: Option<UdpSocket>,
+    reloader: Option<Reloader>,
     on_ready: impl FnOnce() -> Result<(), ServeError>,
 ) -> Result<ServeSummary, ServeError> {
     let _lock = lock;
@@ -401,6 +404,11 @@ pub fn run(
         None => None,
     };
     let (disconnect, disconnect_rx) = crate::radius::disconnect::Disconnector::new();
+    live.metrics.watch_disconnects(disconnect.counters.clone());
+    if let Some((_, c)) = &auth {
+        live.metrics.watch_auth(c.clone());
+    }
+    live.metrics.health().watch_socket(&socket);
     let disconnect_sender = {
         let any = if catalog.nas.iter().any(|n| n.ip.is_ipv6()) {
             "[::]:0"
@@ -428,47 +436,156 @@ pub fn run(
                 source,
             })?
     };
-    let mut rater = BatchRater::new(catalog, &mut ledger)?;
-    let mut acct = load_accounting(catalog, &rater)?;
-    tracing::info!(
-        open_sessions = acct.sessions.len(),
-        "recovered open sessions from the ledger"
-    );
-    live.rebuild(&acct);
-    let mut core = Core {
-        live,
-        catalog,
-        socket,
-        buf: vec![0u8; 65_536],
-        resp: Vec::with_capacity(4096),
-        pending: Vec::with_capacity(MAX_BATCH),
-        arena: Vec::new(),
-        drops: DropLog::default(),
-        last_flush: Instant::now(),
-        spool_files: 0,
-        disconnect,
-    };
-    // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
-    let mut last_housekeeping = Instant::now() - Duration::from_secs(2);
-    while !shutdown.load(Ordering::Relaxed) {
-        core.receive_batch(&mut rater, &mut acct)?;
-        while let Ok(cmd) = commands.try_recv() {
-            let (disconnect, live) = (&mut core.disconnect, &core.live);
-            execute(catalog, &mut rater, cmd, &mut |name| {
-                disconnect.user_exhausted(catalog, live, name, now_secs())
-            });
+    // The running config: the caller's until a reload (`kill -HUP`) replaces it; each
+    // generation rebuilds the core around the same socket, ledger and in-memory balances.
+    let mut generation: Option<Arc<Catalog>> = None;
+    let mut state: Option<crate::batch::RaterState> = None;
+    let mut carried_counters = None;
+    let (mut socket, mut drops, mut spool_files, mut disconnect) =
+        (socket, DropLog::default(), 0u64, disconnect);
+    loop {
+        let catalog: &Catalog = generation.as_deref().unwrap_or(catalog);
+        let mut rater = match state.take() {
+            Some(st) => BatchRater::with_state(catalog, &mut ledger, st),
+            None => BatchRater::new(catalog, &mut ledger)?,
+        };
+        let mut acct = load_accounting(catalog, &rater)?;
+        if let Some(c) = carried_counters.take() {
+            acct.counters = c;
         }
-        if last_housekeeping.elapsed() >= Duration::from_secs(1) {
-            last_housekeeping = Instant::now();
-            core.housekeeping(&mut rater, &mut acct)?;
+        tracing::info!(
+            open_sessions = acct.sessions.len(),
+            "recovered open sessions from the ledger"
+        );
+        live.rebuild(&acct);
+        let mut core = Core {
+            live: live.clone(),
+            catalog,
+            socket,
+            buf: vec![0u8; 65_536],
+            resp: Vec::with_capacity(4096),
+            pending: Vec::with_capacity(MAX_BATCH),
+            arena: Vec::new(),
+            drops,
+            last_flush: Instant::now(),
+            spool_files,
+            disconnect,
+        };
+        // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
+        let mut last_housekeeping = Instant::now() - Duration::from_secs(2);
+        let mut next: Option<Arc<Catalog>> = None;
+        while !shutdown.load(Ordering::Relaxed) {
+            core.receive_batch(&mut rater, &mut acct)?;
+            while let Ok(cmd) = commands.try_recv() {
+                let (disconnect, live) = (&mut core.disconnect, &core.live);
+                execute(catalog, &mut rater, cmd, &mut |name| {
+                    disconnect.user_exhausted(catalog, live, name, now_secs())
+                });
+            }
+            if last_housekeeping.elapsed() >= Duration::from_secs(1) {
+                last_housekeeping = Instant::now();
+                core.housekeeping(&mut rater, &mut acct)?;
+            }
+            core.drops.maybe_log();
+            core.live.metrics.core_loop(&acct.counters, acct.sessions.len());
+            if let Some(r) = &reloader {
+                if r.requested.swap(false, Ordering::SeqCst) {
+                    match try_reload(catalog, r, &mut rater, &acct) {
+                        Ok(c) => {
+                            next = Some(c);
+                            break;
+                        }
+                        Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
+                    }
+                }
+            }
         }
-        core.drops.maybe_log();
+        let Some(new) = next else {
+            return stop_gracefully(core, rater, acct, disconnect_sender, auth);
+        };
+        // Between batches: everything received is committed and answered. Carry the
+        // socket, balances and counters over to the new config.
+        carried_counters = Some(acct.counters.clone());
+        state = Some(rater.into_state());
+        Core {
+            socket,
+            drops,
+            spool_files,
+            disconnect,
+            ..
+        } = core;
+        if let Some(r) = &reloader {
+            (r.publish)(new.clone());
+        }
+        tracing::info!(config = %new.source_name, "config reloaded: new rates, rules, groups and NAS entries apply from now on");
+        generation = Some(new);
     }
+}
+
+/// Asks the core to reload its config between batches (`kill -HUP`).
+pub struct Reloader {
+    /// Set by the signal handler; the core clears it.
+    pub requested: Arc<AtomicBool>,
+    /// Reads and validates the config file again (`Err`: the one-line reason).
+    pub load: Box<dyn Fn() -> Result<Catalog, String> + Send>,
+    /// Hands the new config to the rest of the process (the API).
+    pub publish: Box<dyn Fn(Arc<Catalog>) + Send>,
+}
+
+/// Loads the new config, checks it can replace the running one with these open sessions,
+/// and rewrites the stored sessions' charge-rule indices for it (one transaction). Nothing
+/// changes when it fails.
+fn try_reload(
+    old: &Catalog,
+    r: &Reloader,
+    rater: &mut BatchRater<'_>,
+    acct: &Accounting,
+) -> Result<Arc<Catalog>, String> {
+    let new = (r.load)()?;
+    let sessions: Vec<&Session> = acct.sessions.values().collect();
+    crate::reload::check(old, &new, &sessions).map_err(|e| e.to_string())?;
+    let mut states = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        let mut s = s.clone();
+        crate::reload::remap(old, &new, &mut s);
+        let state = serde_json::to_string(&s).map_err(|e| e.to_string())?;
+        states.push((s.nas.clone(), s.session_id.clone(), state));
+    }
+    rater
+        .ledger
+        .save_session_states(&states)
+        .map_err(|e| e.to_string())?;
+    for key in crate::reload::restart_only_changes(old, &new) {
+        tracing::warn!(key, "changed in the config: takes effect at the next start");
+    }
+    Ok(Arc::new(new))
+}
+
+/// The end of `run`: flush, join the helper threads, report.
+fn stop_gracefully(
+    mut core: Core<'_>,
+    mut rater: BatchRater<'_>,
+    acct: Accounting,
+    disconnect_sender: std::thread::JoinHandle<()>,
+    auth: Option<(std::thread::JoinHandle<()>, Arc<crate::radius::auth_server::AuthCounters>)>,
+) -> Result<ServeSummary, ServeError> {
     // Graceful stop: every received packet has been committed and answered above; flush
     // the outbox so every xDR is in Parquet.
     while core.flush_outbox(&mut rater)? > 0 {}
+    let dc = core.disconnect.counters.clone();
     drop(core.disconnect);
     let _ = disconnect_sender.join();
+    if dc.requested.load(Ordering::Relaxed) > 0 {
+        tracing::info!(
+            requested = dc.requested.load(Ordering::Relaxed),
+            acked = dc.acked.load(Ordering::Relaxed),
+            naked = dc.naked.load(Ordering::Relaxed),
+            timed_out = dc.timed_out.load(Ordering::Relaxed),
+            unroutable = dc.unroutable.load(Ordering::Relaxed),
+            queue_full = dc.queue_full.load(Ordering::Relaxed),
+            "Disconnect-Requests (credit exhausted)"
+        );
+    }
     if let Some((h, c)) = auth {
         let _ = h.join();
         tracing::info!(
@@ -746,6 +863,7 @@ impl Core<'_> {
         }
         if committed {
             self.acknowledge(acct, 0..self.pending.len());
+            self.live.metrics.batch_committed(self.pending.len());
         }
         // Retransmissions of packets committed earlier get the same answer again (with
         // their own Proxy-States).
@@ -753,6 +871,7 @@ impl Core<'_> {
             let secret = &self.catalog.nas[r.nas as usize].secret;
             codec::write_response(&mut self.resp, &self.arena[r.bytes], secret);
             let _ = self.socket.send_to(&self.resp, r.to);
+            self.live.metrics.retransmit_answered();
         }
         Ok(())
     }
@@ -1007,7 +1126,10 @@ impl Core<'_> {
         }
         c.rule_usage = fx.rule_usage.clone();
         c.first_logins = fx.first_logins.clone();
-        rater.ledger.commit_radius(&c)?;
+        let started = self.live.metrics.commit_started();
+        let committed = rater.ledger.commit_radius(&c);
+        self.live.metrics.commit_finished(started);
+        committed?;
         self.live.apply(acct, fx);
         self.disconnect_exhausted(rater, fx, now);
         Ok(())
@@ -1136,6 +1258,7 @@ impl Core<'_> {
             files = files.len(),
             "xDR outbox flushed to Parquet"
         );
+        self.live.metrics.outbox_flushed(rows.len());
         Ok(rows.len())
     }
 
@@ -1183,11 +1306,13 @@ impl Core<'_> {
             match result {
                 Ok(s) => {
                     tracing::info!(file = %f.display(), records = s.records, xdrs = s.xdrs, charged = %s.charged, bad_lines = s.bad_lines, already_rated = s.already_rated, "spool file rated");
+                    self.live.metrics.cdr_file_rated(&s);
                     move_into(&f, &spool.join("done"), None);
                 }
                 Err(e) => {
                     tracing::error!(file = %f.display(), error = %e, "spool file failed");
                     move_into(&f, &spool.join("failed"), Some(&e.to_string()));
+                    self.live.metrics.cdr_file_failed();
                 }
             }
         }
