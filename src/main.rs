@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+mod admin;
 mod bench;
+mod logfmt;
 mod ops;
 
 /// mimalloc: the hot paths allocate per record and per block; glibc's malloc returned big
@@ -72,6 +74,13 @@ enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// One subscriber, through the running server's API (`show`, `credit`).
+    User {
+        #[command(subcommand)]
+        command: admin::UserCommand,
+    },
+    /// Open RADIUS sessions, through the running server's API.
+    Sessions(admin::SessionsArgs),
     /// Validate a config and print a summary; exit 2 with `FILE[:LINE]: key: reason` if bad.
     CheckConfig {
         /// Config file (default: the built-in demo config).
@@ -103,8 +112,13 @@ enum Command {
         #[arg(value_enum)]
         shell: ops::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page (roff), or write one page per command into a directory.
+    Man {
+        /// Write `ratel.1`, `ratel-serve.1`, ... (every subcommand) into this directory
+        /// instead of printing the top-level page.
+        #[arg(long, value_name = "DIR")]
+        all: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +267,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ops::refuse_demo_password(&catalog, allow_demo_password)?;
             ratel_serve(catalog, config, allow_demo_password)
         }
+        Command::User { command } => admin::user(command),
+        Command::Sessions(a) => admin::sessions(a),
         Command::CheckConfig { config } => Ok(ops::check_config(config.as_deref())),
         Command::Backup { config, dest } => ops::backup(&load(config.as_deref())?, &dest),
         Command::Restore { config, force, src } => {
@@ -262,8 +278,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ops::completions(Cli::command(), shell)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Man => {
-            ops::man(Cli::command())?;
+        Command::Man { all } => {
+            match all {
+                Some(dir) => ops::man_all(Cli::command(), &dir)?,
+                None => ops::man(Cli::command())?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Rate {

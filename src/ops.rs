@@ -18,8 +18,8 @@ const DEMO_PASSWORD: &str = "sys";
 
 static JSON_LOGS: AtomicBool = AtomicBool::new(false);
 
-/// Sets up tracing on stderr: JSON objects, one per line, when `RATEL_LOG_FORMAT=json`,
-/// text otherwise; the level from `RATEL_LOG` (else `default_level`).
+/// Sets up tracing on stderr: JSON objects, one per line, when `RATEL_LOG_FORMAT=json`
+/// (`time`, `level`, `target`, `message`, the fields: logfmt.rs), text otherwise; the level from `RATEL_LOG` (else `default_level`).
 pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RATEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -29,11 +29,7 @@ pub fn init_logging(default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        b.json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init();
+        b.event_format(crate::logfmt::JsonLine).init();
     } else {
         b.with_ansi(std::io::stderr().is_terminal()).init();
     }
@@ -211,13 +207,46 @@ pub fn completions(mut cmd: clap::Command, shell: Shell) -> anyhow::Result<()> {
     print_bytes(&buf)
 }
 
-/// `ratel man`: the man page (roff) on stdout, its `.TH` title line first (roff's
-/// apostrophe preamble follows it; `man` and `file` look for `.TH` at the top).
+/// `ratel man`: the top-level man page (roff) on stdout.
 pub fn man(cmd: clap::Command) -> anyhow::Result<()> {
+    print_bytes(man_page(clap_mangen::Man::new(cmd))?.as_bytes())
+}
+
+/// `ratel man --all DIR`: one page per command into `DIR` (created): `ratel.1`,
+/// `ratel-serve.1`, `ratel-bench-radius.1`, ... (hidden commands and `help` left out).
+/// Prints the files written.
+pub fn man_all(cmd: clap::Command, dir: &Path) -> anyhow::Result<()> {
+    fn walk(cmd: clap::Command, dir: &Path, written: &mut Vec<String>) -> anyhow::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            walk(sub, dir, written)?;
+        }
+        let man = clap_mangen::Man::new(cmd);
+        let name = man.get_filename();
+        let path = dir.join(&name);
+        std::fs::write(&path, man_page(man)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        written.push(name);
+        Ok(())
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Built, so subcommands carry their display names (`ratel-serve`).
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    let mut written = Vec::new();
+    walk(cmd, dir, &mut written)?;
+    written.sort();
+    let mut out = String::new();
+    for name in written {
+        out += &format!("{}\n", dir.join(name).display());
+    }
+    print_bytes(out.as_bytes())
+}
+
+/// One page (roff), its `.TH` title line first (roff's apostrophe preamble follows it;
+/// `man` and `file` look for `.TH` at the top).
+fn man_page(man: clap_mangen::Man) -> anyhow::Result<String> {
     let mut buf = Vec::new();
-    clap_mangen::Man::new(cmd)
-        .render(&mut buf)
-        .context("rendering the man page")?;
+    man.render(&mut buf).context("rendering the man page")?;
     let page = String::from_utf8_lossy(&buf);
     let (title, rest): (Vec<&str>, Vec<&str>) = page.lines().partition(|l| l.starts_with(".TH "));
     let mut out = String::new();
@@ -225,7 +254,7 @@ pub fn man(cmd: clap::Command) -> anyhow::Result<()> {
         out.push_str(l);
         out.push('\n');
     }
-    print_bytes(out.as_bytes())
+    Ok(out)
 }
 
 /// Writes to stdout; a closed pipe (`ratel man | head`) is not an error.

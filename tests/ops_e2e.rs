@@ -455,17 +455,26 @@ fn json_logs_are_one_object_per_line() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     let mut n = 0;
+    let mut rating_lines = 0;
     for line in err.lines() {
         let v: serde_json::Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v["level"].is_string() && v["target"].is_string(), "{line}");
+        assert!(v["time"].is_string() && v["message"].is_string(), "{line}");
+        chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap()).unwrap();
+        // The DESIGN keys (`time`, `level`, `target`, `message`), fields flattened.
         assert!(
-            v["timestamp"].is_string() && v["message"].is_string(),
+            v.get("timestamp").is_none() && v.get("fields").is_none(),
             "{line}"
         );
+        if v["message"] == "rating" && v.get("bytes").is_some() {
+            assert!(v["bytes"].is_u64() && v["file"].is_string(), "{line}");
+            rating_lines += 1;
+        }
         n += 1;
     }
     assert!(n >= 1, "no log line at all");
+    assert_eq!(rating_lines, 1, "{err}");
     // The summary is program output on stdout, not a log line.
     assert!(text(&out.stdout).contains("records read"));
     // A fatal error is a JSON log line too.

@@ -411,6 +411,24 @@ fn access_requests_accept_and_reject_for_each_reason() {
     // A request signed with ras1's secret from ras2's address fails its HMAC.
     let req = access_request(205, "alice", Cred::Pap("alice-pw"), Ma::Good, SECRET);
     assert_eq!(ask(&c2, auth, &req, s2), None);
+    // Status-Server (RFC 5997) on the authorization port: an Access-Accept, no attributes
+    // but the Message-Authenticator and the Proxy-State.
+    let mut p = Packet::new_with_identifier(Code::StatusServer, SECRET, 210);
+    rfc2865::add_proxy_state(&mut p, b"proxy-state-1");
+    rfc2869::add_message_authenticator(&mut p, &[0u8; 16]);
+    let mut b = p.encode().unwrap();
+    let at = attr_offset(&b, 80).unwrap();
+    let mac = hmac_md5(SECRET, &b);
+    b[at..at + 16].copy_from_slice(&mac);
+    let alive = Reply {
+        accept: true,
+        reply_message: None,
+        session_timeout: None,
+        interim: None,
+        framed_pool: None,
+        filter_id: None,
+    };
+    assert_eq!(ask(&c, auth, &b, SECRET), Some(alive));
     // An address that is no NAS gets nothing.
     let c3 = client_at("127.0.0.3");
     c3.set_read_timeout(Some(Duration::from_millis(1500)))

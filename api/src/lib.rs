@@ -10,6 +10,7 @@
 pub mod auth;
 mod http;
 mod metrics;
+mod online;
 pub mod report;
 
 use std::collections::HashMap;
@@ -163,7 +164,9 @@ async fn handle(
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
-            return answer(
+            return rejected(
+                &st,
+                started,
                 Value::Null,
                 Err(RpcError::new(
                     "INVALID_REQUEST",
@@ -175,14 +178,18 @@ async fn handle(
     let req: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
         Err(e) => {
-            return answer(
+            return rejected(
+                &st,
+                started,
                 Value::Null,
                 Err(RpcError::new("PARSE_ERROR", format!("malformed JSON: {e}"))),
             )
         }
     };
     let Value::Object(mut req) = req else {
-        return answer(
+        return rejected(
+            &st,
+            started,
             Value::Null,
             Err(RpcError::new(
                 "INVALID_REQUEST",
@@ -194,7 +201,9 @@ async fn handle(
     let method = match req.remove("method") {
         Some(Value::String(m)) => m,
         _ => {
-            return answer(
+            return rejected(
+                &st,
+                started,
                 id,
                 Err(RpcError::new(
                     "INVALID_REQUEST",
@@ -207,7 +216,9 @@ async fn handle(
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(p)) => p,
         Some(_) => {
-            return answer(
+            return rejected(
+                &st,
+                started,
                 id,
                 Err(RpcError::new(
                     "INVALID_PARAMS",
@@ -219,7 +230,9 @@ async fn handle(
     // A bounded number of requests execute at once; the rest wait here (within the
     // request deadline) instead of piling up blocking threads.
     let Ok(worker) = st.workers.clone().acquire_owned().await else {
-        return answer(
+        return rejected(
+            &st,
+            started,
             id,
             Err(RpcError::new("INTERNAL_ERROR", "the API is shutting down")),
         );
@@ -236,6 +249,13 @@ async fn handle(
     answer(id, r)
 }
 
+/// An answer to a request that never reached a method (malformed, or the API stopping):
+/// counted under the method label `invalid`.
+fn rejected(st: &ApiState, started: Instant, id: Value, r: RpcResult) -> Response {
+    metrics::record_call(st, "ibsng", "invalid", &r, started);
+    answer(id, r)
+}
+
 const METHODS: &[&str] = &[
     "login.login",
     "user.getUserInfo",
@@ -244,6 +264,7 @@ const METHODS: &[&str] = &[
     "user.changeCreditExtended",
     "user.renewUsers",
     "report.getConnections",
+    "report.getOnlineUsers",
 ];
 
 fn dispatch(st: &ApiState, peer: IpAddr, method: &str, p: &Map<String, Value>) -> RpcResult {
@@ -267,6 +288,7 @@ fn dispatch(st: &ApiState, peer: IpAddr, method: &str, p: &Map<String, Value>) -
     match method {
         "user.getUserInfo" => user_info(st, &caller, p),
         "report.getConnections" => report::get_connections(st, &caller, p),
+        "report.getOnlineUsers" => online::get_online_users(st, &caller, p),
         "user.addNewUsers" => {
             admin_only()?;
             add_new_users(st, p)

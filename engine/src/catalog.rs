@@ -594,6 +594,14 @@ impl Catalog {
                         .map_err(|e| invalid(&format!("{key}.reply"), e))?,
                 );
             }
+            // Room for ratel's own attributes and Proxy-States in a 4096-octet reply.
+            let reply_octets: usize = reply.iter().map(|(_, v)| v.len() + 2).sum();
+            if reply_octets > 2048 {
+                return Err(invalid(
+                    &format!("{key}.reply"),
+                    format!("{reply_octets} octets of attributes; at most 2048 fit a reply"),
+                ));
+            }
             group_by_name.insert(g.name.clone(), groups.len());
             groups.push(Group {
                 id: i as u32 + 1,

@@ -313,7 +313,9 @@ fn execute(
                     if let Some(u) = rater.subscribers.get_mut(id) {
                         let before = std::mem::replace(&mut u.credit, new);
                         // Prepaid control: the operator took the credit to zero or below.
-                        if before > rust_decimal::Decimal::ZERO && new <= rust_decimal::Decimal::ZERO {
+                        if before > rust_decimal::Decimal::ZERO
+                            && new <= rust_decimal::Decimal::ZERO
+                        {
                             exhausted(&u.username.clone());
                         }
                     }
@@ -394,9 +396,11 @@ pub fn run(
     on_ready()?;
     // Prepaid control: the authorization listener and the Disconnect-Request sender, each
     // a thread of its own (radius/auth_server.rs, radius/disconnect.rs).
+    let auth_config = crate::radius::auth_server::AuthConfig::new(catalog);
     let auth = match auth_socket {
         Some(sock) => Some(crate::radius::auth_server::spawn(
-            catalog,
+            auth_config.clone(),
+            &catalog.data_dir,
             sock,
             live.clone(),
             shutdown.clone(),
@@ -518,6 +522,7 @@ pub fn run(
             (r.publish)(new.clone());
         }
         tracing::info!(config = %new.source_name, "config reloaded: new rates, rules, groups and NAS entries apply from now on");
+        auth_config.set(&new);
         generation = Some(new);
     }
 }
@@ -591,7 +596,8 @@ fn stop_gracefully(
         tracing::info!(
             accepted = c.accepted.load(Ordering::Relaxed),
             rejected = c.rejected.load(Ordering::Relaxed),
-            dropped = c.dropped_bad.load(Ordering::Relaxed) + c.dropped_unknown_nas.load(Ordering::Relaxed),
+            dropped = c.dropped_bad.load(Ordering::Relaxed)
+                + c.dropped_unknown_nas.load(Ordering::Relaxed),
             "authorization listener stopped"
         );
     }

@@ -148,6 +148,16 @@ rounding = "up"
         start_serve(cmd)
     }
 
+    /// `serve_all` with extra environment variables for the server.
+    pub fn serve_all_env(&self, vars: &[(&str, &str)]) -> (Server, SocketAddr, SocketAddr) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratel"));
+        cmd.args(["serve", "--config", &self.config()]);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        start_serve(cmd)
+    }
+
     /// `serve_all` with the server's open-file limit set to `nofile` (`ulimit -n`).
     pub fn serve_all_nofile(&self, nofile: u32) -> (Server, SocketAddr, SocketAddr) {
         let mut cmd = Command::new("sh");

@@ -455,15 +455,11 @@ pub fn write_reply(
     decision: &Decision<'_>,
     secret: &[u8],
 ) {
-    out.clear();
     let code = match decision {
         Decision::Accept { .. } => CODE_ACCESS_ACCEPT,
         Decision::Reject(_) => CODE_ACCESS_REJECT,
     };
-    out.extend_from_slice(&[code, req.identifier, 0, 0]);
-    out.extend_from_slice(req.authenticator);
-    push_attr(out, ATTR_MESSAGE_AUTHENTICATOR, &[0u8; 16]);
-    match decision {
+    write_packet(out, req, code, secret, |out| match decision {
         Decision::Accept {
             session_timeout_secs,
             interim_interval_secs,
@@ -484,7 +480,41 @@ pub fn write_reply(
             }
         }
         Decision::Reject(r) => push_attr(out, ATTR_REPLY_MESSAGE, r.message().as_bytes()),
-    }
+    });
+}
+
+/// Writes into `out` the Access-Accept answering a Status-Server (RFC 5997 §3) received on
+/// the authorization port: Message-Authenticator and the request's Proxy-States. `request`
+/// must have passed `codec::decode_status_server` (framed, Message-Authenticator valid).
+pub fn write_status_reply(out: &mut Vec<u8>, request: &[u8], secret: &[u8]) {
+    let len = (u16::from_be_bytes([request[2], request[3]]) as usize).min(request.len());
+    let pkt = &request[..len];
+    let req = AccessRequest {
+        packet: pkt,
+        identifier: pkt[1],
+        authenticator: pkt[4..20].try_into().expect("16 bytes"),
+        user_name: &[],
+        credentials: Credentials::None,
+        nas_ip: None,
+        message_authenticator: true,
+    };
+    write_packet(out, &req, CODE_ACCESS_ACCEPT, secret, |_| {});
+}
+
+/// A reply to `req`: `code`, the Message-Authenticator first, `body`'s attributes, the
+/// request's Proxy-States; then both authenticators.
+fn write_packet(
+    out: &mut Vec<u8>,
+    req: &AccessRequest<'_>,
+    code: u8,
+    secret: &[u8],
+    body: impl FnOnce(&mut Vec<u8>),
+) {
+    out.clear();
+    out.extend_from_slice(&[code, req.identifier, 0, 0]);
+    out.extend_from_slice(req.authenticator);
+    push_attr(out, ATTR_MESSAGE_AUTHENTICATOR, &[0u8; 16]);
+    body(out);
     // A request that decoded has well-formed attributes.
     for (typ, v, _) in attributes(req.packet).map_while(Result::ok) {
         if typ == ATTR_PROXY_STATE && out.len() + v.len() + 2 <= 4096 {

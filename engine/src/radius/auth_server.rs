@@ -6,7 +6,8 @@
 //! dropped and counted) → [`auth::decode_access_request`] → the subscriber from the ledger
 //! through a read-only connection ([`AuthReader`]: the committed credit, password and
 //! group) and its open sessions from the core's published [`Live`] → [`auth::decide`] →
-//! [`auth::write_reply`]. The ledger is read rather than state the core publishes because
+//! [`auth::write_reply`]. A Status-Server (RFC 5997, Message-Authenticator required) is
+//! answered with an Access-Accept. The ledger is read rather than state the core publishes because
 //! the committed row is the truth (an acknowledged interim is in it) and the core then has
 //! nothing more to do per commit; the lookup is one indexed read.
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::catalog::{Catalog, ChargeRule, Group, Nas};
 use crate::ledger::{AuthReader, LedgerError};
 use crate::radius::auth::{self, ClientStatus, Decision, Subscriber};
+use crate::radius::codec::{self, DecodeError};
 use crate::serve::Live;
 
 /// Counts of the authorization listener.
@@ -26,6 +28,8 @@ pub struct AuthCounters {
     pub received: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    /// Status-Server (RFC 5997) answered.
+    pub status_server: AtomicU64,
     pub dropped_unknown_nas: AtomicU64,
     /// Malformed, wrong or missing Message-Authenticator: silently discarded.
     pub dropped_bad: AtomicU64,
@@ -68,20 +72,42 @@ pub fn bind(addr: &str) -> std::io::Result<UdpSocket> {
     Ok(sock.into())
 }
 
-/// Starts the authorization thread on `socket`; it stops at `shutdown`.
+/// The authorization thread's view of the config, replaced when the core reloads it
+/// (`kill -HUP`): each request reads the current one.
+pub struct AuthConfig(std::sync::RwLock<Arc<AuthCatalog>>);
+
+impl AuthConfig {
+    pub fn new(c: &Catalog) -> Arc<AuthConfig> {
+        Arc::new(AuthConfig(std::sync::RwLock::new(Arc::new(
+            AuthCatalog::of(c),
+        ))))
+    }
+
+    /// Takes the NASes, groups and charge rules of a reloaded config.
+    pub fn set(&self, c: &Catalog) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(AuthCatalog::of(c));
+    }
+
+    fn get(&self) -> Arc<AuthCatalog> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Starts the authorization thread on `socket` (the ledger of `data_dir` read-only); it
+/// stops at `shutdown`.
 pub fn spawn(
-    catalog: &Catalog,
+    config: Arc<AuthConfig>,
+    data_dir: &std::path::Path,
     socket: UdpSocket,
     live: Arc<Live>,
     shutdown: Arc<AtomicBool>,
 ) -> Result<(std::thread::JoinHandle<()>, Arc<AuthCounters>), LedgerError> {
-    let reader = AuthReader::open(&catalog.data_dir)?;
-    let cat = AuthCatalog::of(catalog);
+    let reader = AuthReader::open(data_dir)?;
     let counters = Arc::new(AuthCounters::default());
     let c2 = counters.clone();
     let h = std::thread::Builder::new()
         .name("radius-auth".into())
-        .spawn(move || serve_auth(&cat, &reader, &socket, &live, &c2, &shutdown))
+        .spawn(move || serve_auth(&config, &reader, &socket, &live, &c2, &shutdown))
         .map_err(|source| LedgerError::Io {
             path: "radius-auth thread".into(),
             source,
@@ -97,7 +123,7 @@ fn now_secs() -> i64 {
 }
 
 fn serve_auth(
-    cat: &AuthCatalog,
+    config: &AuthConfig,
     reader: &AuthReader,
     socket: &UdpSocket,
     live: &Live,
@@ -115,13 +141,14 @@ fn serve_auth(
             Err(_) => continue,
         };
         counters.received.fetch_add(1, Ordering::Relaxed);
-        match answer(cat, reader, live, &buf[..n], src, now_secs(), &mut out) {
-            Ok(Some(accepted)) => {
+        let cat = config.get();
+        match answer(&cat, reader, live, &buf[..n], src, now_secs(), &mut out) {
+            Ok(Some(answered)) => {
                 let _ = socket.send_to(&out, src);
-                let c = if accepted {
-                    &counters.accepted
-                } else {
-                    &counters.rejected
+                let c = match answered {
+                    Answered::Accept => &counters.accepted,
+                    Answered::Reject => &counters.rejected,
+                    Answered::Status => &counters.status_server,
                 };
                 c.fetch_add(1, Ordering::Relaxed);
             }
@@ -161,7 +188,14 @@ enum Dropped {
     Ledger(LedgerError),
 }
 
-/// Writes the reply to one datagram into `out`; Some(accepted) when there is one.
+/// What was answered.
+enum Answered {
+    Accept,
+    Reject,
+    Status,
+}
+
+/// Writes the reply to one datagram into `out`; what it is, when there is one.
 fn answer(
     cat: &AuthCatalog,
     reader: &AuthReader,
@@ -170,12 +204,30 @@ fn answer(
     src: SocketAddr,
     now: i64,
     out: &mut Vec<u8>,
-) -> Result<Option<bool>, Dropped> {
+) -> Result<Option<Answered>, Dropped> {
     let nas = cat
         .nas
         .iter()
         .find(|n| n.ip == src.ip())
         .ok_or(Dropped::UnknownNas)?;
+    if datagram.first() == Some(&codec::CODE_STATUS_SERVER) {
+        // RFC 5997 on the authorization port: "alive?", answered with an Access-Accept.
+        codec::decode_status_server(datagram, &nas.secret).map_err(|e| {
+            Dropped::Bad(match e {
+                DecodeError::MissingMessageAuthenticator => {
+                    auth::AuthDropReason::MissingMessageAuthenticator
+                }
+                DecodeError::BadMessageAuthenticator => {
+                    auth::AuthDropReason::BadMessageAuthenticator
+                }
+                DecodeError::Truncated => auth::AuthDropReason::Truncated,
+                DecodeError::BadLength => auth::AuthDropReason::BadLength,
+                _ => auth::AuthDropReason::BadAttribute,
+            })
+        })?;
+        auth::write_status_reply(out, datagram, &nas.secret);
+        return Ok(Some(Answered::Status));
+    }
     let req = auth::decode_access_request(datagram, &nas.secret, nas.require_message_authenticator)
         .map_err(Dropped::Bad)?;
     let username = String::from_utf8_lossy(req.user_name);
@@ -214,5 +266,8 @@ fn answer(
         tracing::debug!(user = %username, nas = %nas.name, reason = r.message(), "Access-Reject");
     }
     auth::write_reply(out, &req, &decision, &nas.secret);
-    Ok(Some(matches!(decision, Decision::Accept { .. })))
+    Ok(Some(match decision {
+        Decision::Accept { .. } => Answered::Accept,
+        Decision::Reject(_) => Answered::Reject,
+    }))
 }

@@ -402,6 +402,52 @@ mod tests {
         assert!(!encode_request(&no_ip, 1).windows(2).any(|w| w == [4, 6]));
     }
 
+    /// A configured NAS gets its requests at its coa_port; a NAS a proxy relays
+    /// (`<proxy>/<NAS>`) through the proxy's coa_server, with the proxy's secret; without
+    /// one, nowhere.
+    #[test]
+    fn routes() {
+        let cfg = r#"
+[[nas]]
+name = "ras1"
+ip = "10.0.0.1"
+secret = "s1"
+coa_port = 1700
+[[nas]]
+name = "proxy"
+ip = "10.0.0.2"
+secret = "s2"
+coa_server = "127.0.0.1:3799"
+[[nas]]
+name = "bare"
+ip = "10.0.0.3"
+secret = "s3"
+"#;
+        let c = Catalog::build(
+            &crate::config::LoadedConfig::from_str(
+                cfg,
+                crate::config::ConfigSource::BuiltinDemo,
+                ".".into(),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        type Want<'a> = Option<(&'a str, &'a [u8])>;
+        let cases: Vec<(&str, Want)> = vec![
+            ("ras1", Some(("10.0.0.1:1700", b"s1"))),
+            ("proxy", Some(("10.0.0.2:3799", b"s2"))),
+            ("bare", Some(("10.0.0.3:3799", b"s3"))),
+            ("proxy/10.9.9.9", Some(("127.0.0.1:3799", b"s2"))),
+            ("proxy/bras-7", Some(("127.0.0.1:3799", b"s2"))),
+            ("bare/10.9.9.9", None),
+            ("gone", None),
+        ];
+        for (key, want) in cases {
+            let want = want.map(|(a, s)| (a.parse::<SocketAddr>().unwrap(), s.to_vec()));
+            assert_eq!(route(&c, key), want, "{key}");
+        }
+    }
+
     #[test]
     fn answers_are_verified() {
         let sent = encode_request(&req(), 3);
