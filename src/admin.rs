@@ -62,6 +62,38 @@ pub struct SessionsArgs {
     user: Option<String>,
 }
 
+/// `ratel disconnect`.
+#[derive(clap::Args)]
+pub struct DisconnectArgs {
+    #[command(flatten)]
+    api: ApiArgs,
+    /// The open session's id (Acct-Session-Id), as `ratel sessions` lists it.
+    session_id: String,
+    /// Only the session of this subscriber (when NASes share session ids).
+    #[arg(long)]
+    user: Option<String>,
+}
+
+/// Asks the running server to send a Disconnect-Request (RFC 5176) for an open session.
+pub fn disconnect(a: DisconnectArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&a.api)?;
+    let mut params = json!({ "session_id": a.session_id });
+    if let Some(u) = &a.user {
+        params["username"] = json!(u);
+    }
+    let r = client.call("user.killUser", params)?;
+    for s in r.as_array().cloned().unwrap_or_default() {
+        println!(
+            "Disconnect-Request queued for {} session {} on {} (to {}); the NAS's answer is logged and counted",
+            s["username"].as_str().unwrap_or(""),
+            s["unique_id"].as_str().unwrap_or(""),
+            s["ras_description"].as_str().unwrap_or(""),
+            s["sent_to"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         UserCommand::Show { api, name } => {

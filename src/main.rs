@@ -81,6 +81,8 @@ enum Command {
     },
     /// Open RADIUS sessions, through the running server's API.
     Sessions(admin::SessionsArgs),
+    /// Disconnect an open session (RFC 5176 Disconnect-Request), through the running server.
+    Disconnect(admin::DisconnectArgs),
     /// Validate a config and print a summary; exit 2 with `FILE[:LINE]: key: reason` if bad.
     CheckConfig {
         /// Config file (default: the built-in demo config).
@@ -269,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::User { command } => admin::user(command),
         Command::Sessions(a) => admin::sessions(a),
+        Command::Disconnect(a) => admin::disconnect(a),
         Command::CheckConfig { config } => Ok(ops::check_config(config.as_deref())),
         Command::Backup { config, dest } => ops::backup(&load(config.as_deref())?, &dest),
         Command::Restore { config, force, src } => {

@@ -218,3 +218,65 @@ fn man_all_writes_one_page_per_subcommand() {
         &top[..top.len().min(200)]
     );
 }
+
+/// `ratel disconnect SESSION_ID`: the running server sends a Disconnect-Request (RFC 5176)
+/// for that open session to its NAS's `coa_port`; here a test NAS socket receives it, checks
+/// it with radius-rs and ACKs it. An unknown session is a one-line error.
+#[test]
+fn disconnect_sends_a_disconnect_request_for_an_open_session() {
+    use radius::core::{code::Code, packet::Packet, rfc2865, rfc2866};
+    let nas = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    nas.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let env = Env::new();
+    let base = std::fs::read_to_string(env.config()).unwrap();
+    let with_coa = base.replacen(
+        "secret = \"testing123\"\n",
+        &format!(
+            "secret = \"testing123\"\ncoa_port = {}\n",
+            nas.local_addr().unwrap().port()
+        ),
+        1,
+    );
+    assert_ne!(with_coa, base);
+    std::fs::write(env.config(), &with_coa).unwrap();
+    let (server, radius, api) = env.serve_all();
+    let c = client();
+    assert!(send(&c, radius, &acct(1, 1, "alice", "sa", 0, 0, 0, None)).is_some());
+    assert!(send(&c, radius, &acct(2, 1, "bob", "sb", 0, 0, 0, None)).is_some());
+    let url = format!("http://{api}/");
+    let cfg = env.config();
+
+    let s = ok(&ratel_env(
+        &["disconnect", "--config", &cfg, "--api", &url, "sa"],
+        &[],
+    ));
+    assert!(
+        s.starts_with("Disconnect-Request queued for alice session sa on ras1 (to 127.0.0.1:"),
+        "{s}"
+    );
+    let mut buf = [0u8; 4096];
+    let (n, from) = nas.recv_from(&mut buf).expect("a Disconnect-Request");
+    let r = &buf[..n];
+    assert_eq!(r[0], 40, "Disconnect-Request");
+    assert!(Packet::is_authentic_request(r, SECRET));
+    let p = Packet::decode(r, SECRET).unwrap();
+    assert_eq!(rfc2865::lookup_user_name(&p).unwrap().unwrap(), "alice");
+    assert_eq!(rfc2866::lookup_acct_session_id(&p).unwrap().unwrap(), "sa");
+    nas.send_to(
+        &p.make_response_packet(Code::DisconnectACK).encode().unwrap(),
+        from,
+    )
+    .unwrap();
+    // Only alice's session was asked for.
+    nas.set_read_timeout(Some(std::time::Duration::from_millis(1500)))
+        .unwrap();
+    assert!(nas.recv_from(&mut buf).is_err(), "no request for bob");
+
+    let e = one_line_error(&ratel_env(
+        &["disconnect", "--config", &cfg, "--api", &url, "nope"],
+        &[],
+    ));
+    assert!(e.contains("NO_SUCH_SESSION"), "{e}");
+    stop(server);
+}

@@ -265,6 +265,7 @@ const METHODS: &[&str] = &[
     "user.renewUsers",
     "report.getConnections",
     "report.getOnlineUsers",
+    "user.killUser",
 ];
 
 fn dispatch(st: &ApiState, peer: IpAddr, method: &str, p: &Map<String, Value>) -> RpcResult {
@@ -289,6 +290,10 @@ fn dispatch(st: &ApiState, peer: IpAddr, method: &str, p: &Map<String, Value>) -
         "user.getUserInfo" => user_info(st, &caller, p),
         "report.getConnections" => report::get_connections(st, &caller, p),
         "report.getOnlineUsers" => online::get_online_users(st, &caller, p),
+        "user.killUser" => {
+            admin_only()?;
+            online::kill_user(st, p)
+        }
         "user.addNewUsers" => {
             admin_only()?;
             add_new_users(st, p)
@@ -613,33 +618,108 @@ fn valid_username(u: &str) -> Result<(), RpcError> {
     Ok(())
 }
 
+/// Longest lock reason accepted (characters).
+const MAX_LOCK_REASON: usize = 255;
+
+/// What updateUserAttrs asks of the `lock` attribute.
+enum LockChange {
+    Keep,
+    Lock(String),
+    Unlock,
+}
+
+/// `attrs.lock` (a reason string; empty: "locked") and `to_del_attrs: ["lock"]`.
+fn lock_change(p: &Map<String, Value>) -> Result<LockChange, RpcError> {
+    let lock = match p.get("attrs").and_then(|a| a.get("lock")) {
+        None => None,
+        Some(Value::String(r)) if r.chars().count() > MAX_LOCK_REASON => {
+            return Err(invalid(format!(
+                "attrs.lock: a reason of at most {MAX_LOCK_REASON} characters"
+            )))
+        }
+        Some(Value::String(r)) if r.trim().is_empty() => Some("locked".to_string()),
+        Some(Value::String(r)) => Some(r.clone()),
+        Some(_) => return Err(invalid("attrs.lock: expected a reason string")),
+    };
+    let unlock = match p.get("to_del_attrs") {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(names)) => {
+            let mut unlock = false;
+            for n in names {
+                match n.as_str() {
+                    Some(name) => unlock |= name == "lock",
+                    None => return Err(invalid("to_del_attrs: expected attribute names")),
+                }
+            }
+            unlock
+        }
+        Some(_) => return Err(invalid("to_del_attrs: expected a list of attribute names")),
+    };
+    Ok(match (lock, unlock) {
+        (Some(_), true) => {
+            return Err(invalid(
+                "lock: in attrs and in to_del_attrs at once; lock or unlock",
+            ))
+        }
+        (Some(reason), false) => LockChange::Lock(reason),
+        (None, true) => LockChange::Unlock,
+        (None, false) => LockChange::Keep,
+    })
+}
+
+/// IBSng's updateUserAttrs: `attrs.normal_user_spec` sets the username and password,
+/// `attrs.lock` locks the user (its open sessions are disconnected), `to_del_attrs:
+/// ["lock"]` unlocks it. Everything is checked before anything changes.
 fn update_user_attrs(st: &ApiState, p: &Map<String, Value>) -> RpcResult {
     let ids = id_list(p, "user_id")?;
     let [user_id] = ids[..] else {
         return Err(invalid("user_id: exactly one user"));
     };
+    let lock = lock_change(p)?;
     let spec = p
         .get("attrs")
         .and_then(|a| a.get("normal_user_spec"))
-        .and_then(Value::as_object)
-        .ok_or_else(|| invalid("attrs.normal_user_spec: missing"))?;
-    let username = str_param(spec, "normal_username")?.to_string();
-    let password = str_param(spec, "normal_password")?.to_string();
-    valid_username(&username)?;
-    if password.is_empty() {
-        return Err(invalid("normal_password: must not be empty"));
+        .and_then(Value::as_object);
+    let credentials = match spec {
+        Some(spec) => {
+            let username = str_param(spec, "normal_username")?.to_string();
+            let password = str_param(spec, "normal_password")?.to_string();
+            valid_username(&username)?;
+            if password.is_empty() {
+                return Err(invalid("normal_password: must not be empty"));
+            }
+            Some((username, password))
+        }
+        None if matches!(lock, LockChange::Keep) => {
+            return Err(invalid(
+                "attrs.normal_user_spec: missing (or attrs.lock, to_del_attrs: [\"lock\"])",
+            ))
+        }
+        None => None,
+    };
+    if let Some((username, password)) = credentials {
+        command(st, |reply| Command::SetCredentials {
+            user_id,
+            username,
+            password,
+            reply,
+        })?;
+        // Sessions made with the old credentials end.
+        st.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .revoke_user(user_id);
     }
-    command(st, |reply| Command::SetCredentials {
+    let reason = match lock {
+        LockChange::Keep => return Ok(Value::String(String::new())),
+        LockChange::Lock(reason) => Some(reason),
+        LockChange::Unlock => None,
+    };
+    command(st, |reply| Command::SetLock {
         user_id,
-        username,
-        password,
+        reason,
         reply,
     })?;
-    // Sessions made with the old credentials end.
-    st.sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .revoke_user(user_id);
     Ok(Value::String(String::new()))
 }
 

@@ -100,6 +100,8 @@ pub struct Live {
     pub online: std::sync::RwLock<std::collections::HashMap<String, Vec<OnlineSession>>>,
     /// Counters, histograms and the core's heartbeat (`/metrics`, `/health`; metrics.rs).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Operator-asked disconnects (`user.killUser`); set once the sender thread runs.
+    pub disconnect: std::sync::OnceLock<crate::radius::disconnect::DisconnectHandle>,
 }
 
 impl Live {
@@ -191,6 +193,23 @@ pub enum Command {
         user_ids: Vec<i64>,
         reply: crossbeam_channel::Sender<Result<(), CommandError>>,
     },
+    /// Locks a client with a reason (`Some`), or unlocks it (`None`). A client that
+    /// becomes locked has each of its open sessions disconnected; its usage is still
+    /// charged.
+    SetLock {
+        user_id: i64,
+        reason: Option<String>,
+        reply: crossbeam_channel::Sender<Result<(), CommandError>>,
+    },
+}
+
+/// Why the core asks for a client's open sessions to end (Disconnect-Requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndSessions {
+    /// The credit went from above zero to zero or below.
+    CreditExhausted,
+    /// The client was locked.
+    Locked,
 }
 
 /// Most users one addNewUsers call may create.
@@ -203,12 +222,13 @@ fn ledger_err(e: LedgerError) -> CommandError {
     }
 }
 
-/// Executes one API command on the core thread.
+/// Executes one API command on the core thread; `end_sessions` asks for Disconnect-Requests
+/// for every open session of a username.
 fn execute(
     catalog: &Catalog,
     rater: &mut BatchRater<'_>,
     cmd: Command,
-    exhausted: &mut dyn FnMut(&str),
+    end_sessions: &mut dyn FnMut(&str, EndSessions),
 ) {
     let now = now_secs();
     match cmd {
@@ -316,7 +336,7 @@ fn execute(
                         if before > rust_decimal::Decimal::ZERO
                             && new <= rust_decimal::Decimal::ZERO
                         {
-                            exhausted(&u.username.clone());
+                            end_sessions(&u.username.clone(), EndSessions::CreditExhausted);
                         }
                     }
                 }
@@ -332,6 +352,31 @@ fn execute(
                     }
                 }
                 rater.ledger.renew(&user_ids, now).map_err(ledger_err)
+            })();
+            let _ = reply.send(r);
+        }
+        Command::SetLock {
+            user_id,
+            reason,
+            reply,
+        } => {
+            let r = (|| {
+                let username = rater
+                    .subscribers
+                    .get_mut(user_id)
+                    .ok_or(CommandError::UserNotFound(user_id))?
+                    .username
+                    .clone();
+                let before = rater
+                    .ledger
+                    .set_lock(user_id, reason.as_deref())
+                    .map_err(ledger_err)?;
+                // Prepaid control: a client that just became locked loses its open
+                // sessions (a new reason for a locked client sends nothing again).
+                if before.is_none() && reason.is_some() && !username.is_empty() {
+                    end_sessions(&username, EndSessions::Locked);
+                }
+                Ok(())
             })();
             let _ = reply.send(r);
         }
@@ -408,6 +453,7 @@ pub fn run(
         None => None,
     };
     let (disconnect, disconnect_rx) = crate::radius::disconnect::Disconnector::new();
+    let _ = live.disconnect.set(disconnect.handle());
     live.metrics.watch_disconnects(disconnect.counters.clone());
     if let Some((_, c)) = &auth {
         live.metrics.watch_auth(c.clone());
@@ -482,8 +528,11 @@ pub fn run(
             core.receive_batch(&mut rater, &mut acct)?;
             while let Ok(cmd) = commands.try_recv() {
                 let (disconnect, live) = (&mut core.disconnect, &core.live);
-                execute(catalog, &mut rater, cmd, &mut |name| {
-                    disconnect.user_exhausted(catalog, live, name, now_secs())
+                execute(catalog, &mut rater, cmd, &mut |name, why| match why {
+                    EndSessions::CreditExhausted => {
+                        disconnect.user_exhausted(catalog, live, name, now_secs())
+                    }
+                    EndSessions::Locked => disconnect.user_locked(catalog, live, name, now_secs()),
                 });
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {

@@ -160,6 +160,70 @@ pub fn route(catalog: &Catalog, nas_key: &str) -> Option<(SocketAddr, Vec<u8>)> 
     Some((n.coa_server?, n.secret.clone()))
 }
 
+/// The request for one open session of `username`, routed by [`route`] (`None`: no NAS to
+/// send it to).
+fn request(
+    catalog: &Catalog,
+    username: &str,
+    nas_key: String,
+    session_id: String,
+    nas_ip: &str,
+    now: i64,
+) -> Option<DisconnectRequest> {
+    let (to, secret) = route(catalog, &nas_key)?;
+    Some(DisconnectRequest {
+        to,
+        secret,
+        user_name: username.to_string(),
+        session_id,
+        nas_ip: nas_ip.parse().ok(),
+        nas: nas_key,
+        event_timestamp: now.clamp(0, u32::MAX as i64) as u32,
+    })
+}
+
+/// A handle for operator-asked disconnects (`user.killUser`, `ratel disconnect`): the same
+/// queue and sender thread as the core's, reachable from the API through `Live`.
+#[derive(Debug, Clone)]
+pub struct DisconnectHandle {
+    tx: crossbeam_channel::Sender<DisconnectRequest>,
+    counters: Arc<DisconnectCounters>,
+}
+
+impl DisconnectHandle {
+    /// Queues a Disconnect-Request for one open session (never blocks). `Err` says why it
+    /// cannot be sent: no route to its NAS, or the queue is full.
+    pub fn session(
+        &self,
+        catalog: &Catalog,
+        username: &str,
+        o: &crate::serve::OnlineSession,
+        now: i64,
+    ) -> Result<std::net::SocketAddr, String> {
+        let Some(r) = request(
+            catalog,
+            username,
+            o.nas_key.clone(),
+            o.session_id.clone(),
+            &o.nas_ip,
+            now,
+        ) else {
+            self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+            return Err(format!(
+                "no NAS to send it to: {} is behind a proxy without coa_server",
+                o.nas
+            ));
+        };
+        let to = r.to;
+        self.counters.requested.fetch_add(1, Ordering::Relaxed);
+        if self.tx.try_send(r).is_err() {
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            return Err("the Disconnect-Request queue is full: try again".into());
+        }
+        Ok(to)
+    }
+}
+
 /// The core's handle: builds requests for a user's open sessions and hands them to the
 /// sender thread without blocking.
 pub struct Disconnector {
@@ -182,6 +246,14 @@ impl Disconnector {
         )
     }
 
+    /// A handle for operator-asked disconnects on the same queue.
+    pub fn handle(&self) -> DisconnectHandle {
+        DisconnectHandle {
+            tx: self.tx.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
     /// One series for each open session of `username` (as the core published them in
     /// `live`): the user's credit just went from above zero to zero or below.
     pub fn user_exhausted(
@@ -190,6 +262,30 @@ impl Disconnector {
         live: &crate::serve::Live,
         username: &str,
         now: i64,
+    ) {
+        self.user_sessions(catalog, live, username, now, "credit exhausted");
+    }
+
+    /// One series for each open session of `username`: an operator just locked the
+    /// client (whatever its credit).
+    pub fn user_locked(
+        &mut self,
+        catalog: &Catalog,
+        live: &crate::serve::Live,
+        username: &str,
+        now: i64,
+    ) {
+        self.user_sessions(catalog, live, username, now, "client locked");
+    }
+
+    /// A series for each open session of `username` in `live`; `why` is for the logs.
+    fn user_sessions(
+        &mut self,
+        catalog: &Catalog,
+        live: &crate::serve::Live,
+        username: &str,
+        now: i64,
+        why: &str,
     ) {
         let sessions: Vec<(String, String, String)> = {
             let online = live.online.read().unwrap_or_else(|e| e.into_inner());
@@ -203,19 +299,10 @@ impl Disconnector {
                 .unwrap_or_default()
         };
         for (nas_key, session_id, nas_ip) in sessions {
-            let Some((to, secret)) = route(catalog, &nas_key) else {
+            let Some(r) = request(catalog, username, nas_key, session_id, &nas_ip, now) else {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(user = %username, nas = %nas_key, session = %session_id, "credit exhausted, but no NAS to send a Disconnect-Request to (a NAS behind a proxy without coa_server)");
+                tracing::warn!(user = %username, reason = why, "no NAS to send a Disconnect-Request to (a NAS behind a proxy without coa_server)");
                 continue;
-            };
-            let r = DisconnectRequest {
-                to,
-                secret,
-                user_name: username.to_string(),
-                session_id,
-                nas_ip: nas_ip.parse().ok(),
-                nas: nas_key,
-                event_timestamp: now.clamp(0, u32::MAX as i64) as u32,
             };
             self.counters.requested.fetch_add(1, Ordering::Relaxed);
             if self.tx.try_send(r).is_err() {
