@@ -172,7 +172,11 @@ fn the_spool_picks_the_format_by_subdirectory_and_glob() {
     }
     std::fs::copy(fixture("pbx2.csv"), spool.join("pbx2-day1.csv")).unwrap();
     std::fs::copy(fixture("fs_custom.csv"), spool.join("fs_custom/a.csv")).unwrap();
-    std::fs::copy(fixture("Master.csv.1.gz"), spool.join("asterisk/Master.csv.1.gz")).unwrap();
+    std::fs::copy(
+        fixture("Master.csv.1.gz"),
+        spool.join("asterisk/Master.csv.1.gz"),
+    )
+    .unwrap();
     let (server, _) = env.serve();
     let done = spool.join("done");
     let t = Instant::now();

@@ -281,11 +281,11 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
         assert!(plan[i].acked, "packet {i} never acknowledged");
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    while std::fs::read_dir(&spool)
-        .unwrap()
-        .flatten()
-        .any(|e| e.path().extension().is_some_and(|x| x == "csv" || x == "gz"))
-    {
+    while std::fs::read_dir(&spool).unwrap().flatten().any(|e| {
+        e.path()
+            .extension()
+            .is_some_and(|x| x == "csv" || x == "gz")
+    }) {
         assert!(Instant::now() < deadline, "spool not drained");
         std::thread::sleep(Duration::from_millis(100));
     }

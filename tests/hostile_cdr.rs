@@ -103,7 +103,10 @@ fn bom_crlf_nul_bytes_and_absurd_durations() {
 fn over_long_lines_are_one_bad_line_each() {
     let env = Env::new_with_users(3, "10");
     let call = |i: usize, caller: &str| {
-        format!("c{i},{caller},1555{i:04},2026-11-02T10:00:00Z,60,ANSWERED,user{}\n", i % 3)
+        format!(
+            "c{i},{caller},1555{i:04},2026-11-02T10:00:00Z,60,ANSWERED,user{}\n",
+            i % 3
+        )
     };
     let mut f = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
     f.push_str(&call(0, "1"));
@@ -142,7 +145,12 @@ fn a_growing_master_csv_is_charged_once() {
     assert!(err.contains("differs inside that rated part"), "{err}");
     assert_eq!(env.sorted_credits(), users(["9.98", "9.98", "9.99"]));
     // ...unless forced: then only the edited record (61 s, 0.0200) is new.
-    let (ok, out, err) = rate(&env, "asterisk", &corpus("Master.csv.changed"), &["--force"]);
+    let (ok, out, err) = rate(
+        &env,
+        "asterisk",
+        &corpus("Master.csv.changed"),
+        &["--force"],
+    );
     assert!(ok, "{err}");
     assert_eq!(counts(&out), [1, 0, 0, 0, 4, 0], "{out}");
     assert_eq!(env.sorted_credits(), users(["9.98", "9.96", "9.99"]));

@@ -1,7 +1,7 @@
 //! Issue 13 end to end, over real UDP against the real `ratel serve`: RADIUS authorization
 //! (PAP and CHAP, every Reject reason, Session-Timeout across a charge-rule edge,
 //! Message-Authenticator required / absent / wrong) and the Disconnect-Request a test NAS
-//! receives when an Interim takes a subscriber's credit to zero.
+//! receives when an Interim takes a subscriber's credit to zero or an operator locks it.
 //!
 //! Requests are built with radius-rs; every reply is checked independently of ratel's code:
 //! the Response Authenticator with radius-rs, the Message-Authenticator with an HMAC-MD5
@@ -543,4 +543,228 @@ fn env_credit(env: &Env, user: &str) -> rust_decimal::Decimal {
         )
         .unwrap();
     s.parse().unwrap()
+}
+
+/// The price per minute in thousandths at unix time `t` under [`Env`]'s rules: "pre"
+/// (6) for the 12 h before the time of day of `edge`, "post" (12) for the 12 h after.
+fn milli_per_minute(edge: i64, t: i64) -> i64 {
+    if (t - (edge - 12 * 3600)).rem_euclid(86_400) < 43_200 {
+        6
+    } else {
+        12
+    }
+}
+
+/// A counter sample of `GET /metrics`, e.g. `ratel_radius_disconnects_total{result="acked"}`.
+fn metric(api: SocketAddr, sample: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{sample} missing from /metrics: {resp}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// An operator locks alice with `user.updateUserAttrs` (`attrs.lock`): the test NAS gets a
+/// Disconnect-Request for her open session and ACKs it; a new Access-Request is rejected
+/// as not active; her session's Interim and Stop are still charged, to the digit;
+/// `user.getUserInfo` shows `attrs.lock` with the reason while she is locked; a new reason
+/// for a locked client sends nothing again; `to_del_attrs: ["lock"]` unlocks her and the
+/// next Access-Request is accepted, its Session-Timeout bought by the credit left.
+#[test]
+fn a_locked_client_is_rejected_and_disconnected() {
+    use serde_json::{json, Value};
+    let nas = UdpSocket::bind("127.0.0.1:0").unwrap();
+    nas.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let edge = (now() / 60 + 11) * 60;
+    let env = Env::new(edge, nas.local_addr().unwrap().port());
+    let (_server, acct_addr, auth, api) = env.serve();
+    let c = client_at("127.0.0.1");
+    let pap = |id| access_request(id, "alice", Cred::Pap("alice-pw"), Ma::Good, SECRET);
+    let r = ask(&c, auth, &pap(1), SECRET).expect("a reply");
+    assert!(r.accept && r.reply_message.is_none(), "{r:?}");
+
+    // alice (user 1, credit 1) opens a-1 at t0 = 10:00:00 UTC.
+    let a = common::client();
+    assert!(send(&a, acct_addr, &acct(1, 1, "alice", "a-1", 0, 0, 0, None)).is_some());
+
+    let rpc = |method: &str, extra: Value| {
+        let mut p = json!({"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys",
+            "auth_remoteaddr": "127.0.0.1"});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        common::rpc(api, method, p)
+    };
+    let update = |extra: Value| {
+        let mut p = json!({"user_id": "1", "to_del_attrs": []});
+        p.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        rpc("user.updateUserAttrs", p)
+    };
+    let info = || {
+        let (res, err) = rpc("user.getUserInfo", json!({"normal_username": "alice"}));
+        assert!(err.is_null(), "{err}");
+        res["1"].clone()
+    };
+    let requested = || metric(api, "ratel_radius_disconnects_total{result=\"requested\"}");
+    let before = info();
+    assert!(before["attrs"].get("lock").is_none(), "{before}");
+    assert_eq!(requested(), 0);
+
+    // Lock with an empty reason: shown as "locked".
+    assert_eq!(
+        update(json!({"attrs": {"lock": ""}})),
+        (json!(""), Value::Null)
+    );
+    let (request, from) = {
+        let mut buf = [0u8; 4096];
+        let (n, from) = nas.recv_from(&mut buf).expect("a Disconnect-Request");
+        let r = buf[..n].to_vec();
+        assert_eq!(r[0], 40, "Disconnect-Request");
+        assert!(
+            Packet::is_authentic_request(&r, SECRET),
+            "Request Authenticator (RFC 5176 §2.3)"
+        );
+        let at = attr_offset(&r, 80).expect("Message-Authenticator");
+        let mut z = r.clone();
+        z[4..20].fill(0);
+        z[at..at + 16].fill(0);
+        assert_eq!(
+            r[at..at + 16],
+            hmac_md5(SECRET, &z),
+            "Message-Authenticator"
+        );
+        (r, from)
+    };
+    let p = Packet::decode(&request, SECRET).unwrap();
+    assert_eq!(rfc2865::lookup_user_name(&p).unwrap().unwrap(), "alice");
+    assert_eq!(rfc2866::lookup_acct_session_id(&p).unwrap().unwrap(), "a-1");
+    assert_eq!(
+        rfc2865::lookup_nas_ip_address(&p).unwrap().unwrap(),
+        "127.0.0.1".parse::<std::net::Ipv4Addr>().unwrap()
+    );
+    let answer = p.make_response_packet(Code::DisconnectACK);
+    nas.send_to(&answer.encode().unwrap(), from).unwrap();
+    // The sender matches the ACK (bounded wait for its thread).
+    let acked = || metric(api, "ratel_radius_disconnects_total{result=\"acked\"}");
+    for _ in 0..100 {
+        if acked() > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(acked(), 1, "the ACK is matched to its request");
+    assert_eq!(requested(), 1);
+
+    let locked = info();
+    assert_eq!(locked["attrs"]["lock"], "locked", "{locked}");
+    // Everything else as before.
+    let mut without = locked.clone();
+    without["attrs"].as_object_mut().unwrap().remove("lock");
+    assert_eq!(without["basic_info"], before["basic_info"]);
+    assert_eq!(without["attrs"], before["attrs"]);
+
+    // A new reason for a locked client: shown, and no second series.
+    assert_eq!(
+        update(json!({"attrs": {"lock": "unpaid invoice"}})),
+        (json!(""), Value::Null)
+    );
+    assert_eq!(info()["attrs"]["lock"], "unpaid invoice");
+    assert_eq!(requested(), 1, "one series per lock");
+
+    // Refused while locked, whatever the credentials' form.
+    let not_active = Some(reject("client not active"));
+    assert_eq!(ask(&c, auth, &pap(2), SECRET), not_active);
+    let chap = access_request(3, "alice", Cred::Chap("alice-pw", None), Ma::Good, SECRET);
+    assert_eq!(ask(&c, auth, &chap, SECRET), not_active);
+    // A wrong password is still a wrong password.
+    let wrong = access_request(4, "alice", Cred::Pap("nope"), Ma::Good, SECRET);
+    assert_eq!(
+        ask(&c, auth, &wrong, SECRET),
+        Some(reject("wrong password"))
+    );
+
+    // Usage of a locked client is charged: the Interim (minute 10:00), then the Stop the
+    // NAS sends after the disconnect (Admin-Reset; minute 10:01).
+    let t0 = common::t0().timestamp();
+    let (m1, m2) = (milli_per_minute(edge, t0), milli_per_minute(edge, t0 + 60));
+    assert!(send(&a, acct_addr, &acct(2, 3, "alice", "a-1", 60, 0, 0, None)).is_some());
+    let credit = |milli: i64| rust_decimal::Decimal::new(milli, 3);
+    assert_eq!(env_credit(&env, "alice"), credit(1000 - m1));
+    assert!(send(
+        &a,
+        acct_addr,
+        &acct(3, 2, "alice", "a-1", 120, 0, 0, Some(6))
+    )
+    .is_some());
+    let left = 1000 - m1 - m2;
+    assert_eq!(env_credit(&env, "alice"), credit(left));
+    assert_eq!(
+        info()["basic_info"]["credit"],
+        serde_json::from_str::<Value>(&credit(left).normalize().to_string()).unwrap()
+    );
+
+    // Wrong uses of the attribute are refused and change nothing.
+    let cases = [
+        (
+            json!({"attrs": {"lock": "x"}, "to_del_attrs": ["lock"]}),
+            "INVALID_PARAMS|lock: in attrs and in to_del_attrs at once; lock or unlock",
+        ),
+        (
+            json!({"attrs": {"lock": 5}}),
+            "INVALID_PARAMS|attrs.lock: expected a reason string",
+        ),
+        (
+            json!({"attrs": {"lock": "x".repeat(256)}}),
+            "INVALID_PARAMS|attrs.lock: a reason of at most 255 characters",
+        ),
+        (
+            json!({"user_id": "99", "attrs": {"lock": "x"}}),
+            "USER_ID_NOT_FOUND|User with id 99 does not exist",
+        ),
+    ];
+    for (params, want) in cases {
+        let (res, err) = update(params.clone());
+        assert_eq!((res, err), (Value::Null, json!(want)), "{params}");
+    }
+    assert_eq!(info()["attrs"]["lock"], "unpaid invoice");
+
+    // Unlock: the attribute is gone and alice is accepted again, for what her credit buys
+    // from now to the price edge (0.006/min) and after it (0.012/min).
+    assert_eq!(
+        update(json!({"attrs": {}, "to_del_attrs": ["lock"]})),
+        (json!(""), Value::Null)
+    );
+    let unlocked = info();
+    assert_eq!(unlocked["attrs"].get("lock"), None, "{unlocked}");
+    let budget = left * 60;
+    let before_ask = now();
+    let r = ask(&c, auth, &pap(5), SECRET).expect("a reply");
+    let after_ask = now();
+    assert!(r.accept && r.reply_message.is_none(), "{r:?}");
+    let want: Vec<u32> = (before_ask..=after_ask)
+        .map(|t| {
+            let d = edge - t;
+            assert!(d > 0 && 6 * d <= budget);
+            (d + (budget - 6 * d) / 12) as u32
+        })
+        .collect();
+    let st = r.session_timeout.unwrap();
+    assert!(
+        want.contains(&st),
+        "Session-Timeout {st}, want one of {want:?}"
+    );
+    assert_eq!(requested(), 1, "an unlock sends nothing");
 }

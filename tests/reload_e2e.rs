@@ -16,7 +16,14 @@ use common::*;
 use serde_json::json;
 
 /// `ratel serve` with its log lines (stderr, info level) delivered to a channel.
-fn serve_logged(env: &Env) -> (std::process::Child, SocketAddr, SocketAddr, mpsc::Receiver<String>) {
+fn serve_logged(
+    env: &Env,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    SocketAddr,
+    mpsc::Receiver<String>,
+) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ratel"))
         .args(["serve", "--config", &env.config()])
         .env("RATEL_LOG", "info")
@@ -107,18 +114,26 @@ fn sighup_reloads_prices_and_groups_and_refuses_a_config_that_cannot_replace_it(
 
     // A config without the `day` rule the open session used is refused; the running one
     // (0.0200/min) stays.
-    let without_day = doubled.replace("name = \"day\"", "name = \"daytime\"").replace(
-        "charge_rules = [\"night\", \"day\"]",
-        "charge_rules = [\"night\", \"daytime\"]",
-    );
+    let without_day = doubled
+        .replace("name = \"day\"", "name = \"daytime\"")
+        .replace(
+            "charge_rules = [\"night\", \"day\"]",
+            "charge_rules = [\"night\", \"daytime\"]",
+        );
     std::fs::write(&cfg_path, &without_day).unwrap();
     hup(&child);
     let line = wait_log(&log, "config reload refused");
     assert!(
-        line.contains("charge_rule: \\\"day\\\" is used by open session") || line.contains("charge_rule: \"day\" is used by open session"),
+        line.contains("charge_rule: \\\"day\\\" is used by open session")
+            || line.contains("charge_rule: \"day\" is used by open session"),
         "{line}"
     );
-    assert!(send(&sock, radius, &acct(4, 2, "alice", "s1", 180, 0, 0, Some(1))).is_some());
+    assert!(send(
+        &sock,
+        radius,
+        &acct(4, 2, "alice", "s1", 180, 0, 0, Some(1))
+    )
+    .is_some());
 
     unsafe_kill(child.id() as i32, 15);
     let _ = child.wait();
@@ -131,7 +146,10 @@ fn sighup_reloads_prices_and_groups_and_refuses_a_config_that_cannot_replace_it(
         .find(|u| u.username.as_deref() == Some("alice"))
         .unwrap();
     assert_eq!(alice.credit, d("9.95"));
-    let x: Vec<_> = xdrs(&env.data()).into_iter().filter(|x| x.0 == "alice").collect();
+    let x: Vec<_> = xdrs(&env.data())
+        .into_iter()
+        .filter(|x| x.0 == "alice")
+        .collect();
     assert_eq!(x.len(), 1);
     assert_eq!(x[0].5, d("0.05"));
 }

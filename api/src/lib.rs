@@ -783,8 +783,9 @@ fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResul
         Option<i64>,
         Option<i64>,
         String,
+        Option<String>,
     );
-    let cols = "user_id, username, password, group_name, isp_name, credit, created_at, first_login, real_first_login, status";
+    let cols = "user_id, username, password, group_name, isp_name, credit, created_at, first_login, real_first_login, status, lock_reason";
     let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<Row> {
         Ok((
             r.get(0)?,
@@ -797,6 +798,7 @@ fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResul
             r.get(7)?,
             r.get(8)?,
             r.get(9)?,
+            r.get(10)?,
         ))
     };
     // A NORMAL_USER asking for anyone else gets the same answer whether that user exists
@@ -881,6 +883,7 @@ fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResul
         first_login,
         real_first_login,
         status,
+        lock_reason,
     ) = row;
     if let Caller::User { user_id: me, .. } = caller {
         if *me != user_id {
@@ -962,6 +965,10 @@ fn user_info(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResul
         attrs.insert("first_login".into(), json!(fmt_time(cat, t)));
     }
     attrs.insert("charge_rule_usage".into(), Value::Array(charge_rule_usage));
+    // As IBSng shows it: the `lock` attribute, with its reason, only while locked.
+    if let Some(reason) = lock_reason {
+        attrs.insert("lock".into(), json!(reason));
+    }
     let info = json!({
         "online_status": !online.is_empty(),
         "basic_info": {

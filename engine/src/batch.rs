@@ -750,7 +750,9 @@ impl<'a> BatchRater<'a> {
             let end = memchr::memchr(b'\n', &head)
                 .map(|i| i + 1)
                 .unwrap_or(head.len());
-            let line = head[bom..end].strip_suffix(b"\n").unwrap_or(&head[bom..end]);
+            let line = head[bom..end]
+                .strip_suffix(b"\n")
+                .unwrap_or(&head[bom..end]);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             header_line = Some(line.to_vec());
             (template.reader(Some(line)).map_err(header_err)?, end as u64)
@@ -768,7 +770,11 @@ impl<'a> BatchRater<'a> {
         let grown_from = if prior.is_none() {
             id.prefixes
                 .iter()
-                .filter_map(|(n, h)| candidates.iter().find(|c| c.size == *n && c.file_hash == *h))
+                .filter_map(|(n, h)| {
+                    candidates
+                        .iter()
+                        .find(|c| c.size == *n && c.file_hash == *h)
+                })
                 .max_by_key(|c| c.size)
         } else {
             None
@@ -837,7 +843,14 @@ impl<'a> BatchRater<'a> {
             let block_bytes = self.block_bytes.max(1);
             let crash_after = self.crash_after_batches;
             scope.spawn(move || {
-                read_blocks(file, dialect, start_offset, start_line, block_bytes, block_tx)
+                read_blocks(
+                    file,
+                    dialect,
+                    start_offset,
+                    start_line,
+                    block_bytes,
+                    block_tx,
+                )
             });
             // Stage 3: Parquet + ledger.
             let fhash = file_hash.clone();
@@ -1107,7 +1120,10 @@ fn continuation_point(
     header_end: u64,
     first_line: u64,
 ) -> std::io::Result<(u64, u64)> {
-    let from = c.size.saturating_sub(crate::csv::MAX_RECORD_BYTES as u64).max(header_end);
+    let from = c
+        .size
+        .saturating_sub(crate::csv::MAX_RECORD_BYTES as u64)
+        .max(header_end);
     let mut tail = Vec::new();
     open_cdr(path, from)?
         .take(c.size - from)

@@ -229,7 +229,9 @@ impl Reader {
         let start =
             parse_time(&t.time, &start_v, tz).map_err(|e| format!("{}: {e}", start_field.label))?;
         let duration_secs = match &t.billable {
-            Billable::Billsec(_) | Billable::Duration(_) => int(&billable_s.0, &billable_s.1.label)?,
+            Billable::Billsec(_) | Billable::Duration(_) => {
+                int(&billable_s.0, &billable_s.1.label)?
+            }
             Billable::End(fl) => {
                 let end = parse_time(&t.time, &billable_s.0, tz)
                     .map_err(|e| format!("{}: {e}", fl.label))?;
@@ -264,7 +266,11 @@ impl Reader {
 /// legs of one Asterisk call (sharing a uniqueid) are separate records, and only a repeat
 /// of the same record — in any copy of the file — gets the same id. The hash is XXH3 over the record's bytes (a fixed
 /// algorithm: ids stay stable across versions).
-fn call_id<'a>(t: &Template, ids: &mut [Cow<'a, str>; 4], rec: &[u8]) -> Result<Cow<'a, str>, String> {
+fn call_id<'a>(
+    t: &Template,
+    ids: &mut [Cow<'a, str>; 4],
+    rec: &[u8],
+) -> Result<Cow<'a, str>, String> {
     let n = t.call_id.len().min(ids.len());
     let hash128 = || Cow::Owned(format!("h:{:032x}", xxhash_rust::xxh3::xxh3_128(rec)));
     if n == 1 {
@@ -381,7 +387,10 @@ mod tests {
     fn asterisk_record() {
         let tz: Tz = "UTC".parse().unwrap();
         let rec = br#""1001","5551000","4420712345","from-internal","""Alice"" <5551000>","SIP/100-1","SIP/trunk-2","Dial","SIP/trunk/4420712345","2026-11-02 17:29:50","2026-11-02 17:30:00","2026-11-02 17:31:05",75,65,"ANSWERED","DOCUMENTATION","1762104590.1","""#;
-        let c = Reader::builtin("asterisk").unwrap().parse(rec, 3, &tz).unwrap();
+        let c = Reader::builtin("asterisk")
+            .unwrap()
+            .parse(rec, 3, &tz)
+            .unwrap();
         assert_eq!(c.account, "1001");
         assert_eq!(c.callee, "4420712345");
         assert_eq!(c.start, utc("2026-11-02T17:30:00Z"));
@@ -390,7 +399,10 @@ mod tests {
         assert!(c.call_id.starts_with("1762104590.1:"), "{}", c.call_id);
         let bad = br#""1001","1","2","c","x","a","b","Dial","d","2026-11-02 17:29:50","","2026-11-02 17:31:05",75,-3,"NO ANSWER","DOCUMENTATION""#;
         assert_eq!(
-            Reader::builtin("asterisk").unwrap().parse(bad, 4, &tz).unwrap_err(),
+            Reader::builtin("asterisk")
+                .unwrap()
+                .parse(bad, 4, &tz)
+                .unwrap_err(),
             "billsec: \"-3\" is not a non-negative whole number of seconds"
         );
     }
@@ -399,7 +411,10 @@ mod tests {
     fn freeswitch_record() {
         let tz: Tz = "UTC".parse().unwrap();
         let rec = br#""Bob","5552000","0049301234567","default","2026-11-02 08:00:00","2026-11-02 08:00:05","2026-11-02 08:01:05","65","60","NORMAL_CLEARING","a1b2","","1002","PCMU","PCMU""#;
-        let c = Reader::builtin("freeswitch").unwrap().parse(rec, 1, &tz).unwrap();
+        let c = Reader::builtin("freeswitch")
+            .unwrap()
+            .parse(rec, 1, &tz)
+            .unwrap();
         assert_eq!(c.account, "1002");
         assert_eq!(c.start, utc("2026-11-02T08:00:05Z"));
         assert_eq!(c.duration_secs, 60);

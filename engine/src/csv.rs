@@ -67,7 +67,9 @@ impl RecordError {
     /// The reason given in a bad-line report.
     pub fn reason(self) -> &'static str {
         match self {
-            RecordError::UnterminatedQuote => "unterminated quoted field (no closing quote on this line)",
+            RecordError::UnterminatedQuote => {
+                "unterminated quoted field (no closing quote on this line)"
+            }
             RecordError::TooLong => "line longer than 1 MiB: not read",
         }
     }
@@ -406,7 +408,11 @@ mod tests {
             (
                 Dialect::CDR,
                 "c1,\"555,x\nc2,\"b\",y\nc3,c,z",
-                &[("c1,\"555,x", 1, Some(U)), ("c2,\"b\",y", 2, None), ("c3,c,z", 3, None)],
+                &[
+                    ("c1,\"555,x", 1, Some(U)),
+                    ("c2,\"b\",y", 2, None),
+                    ("c3,c,z", 3, None),
+                ],
             ),
             // CDRs hold one record per line, even when a quote spans the newline.
             (
@@ -424,7 +430,11 @@ mod tests {
             (
                 Dialect::DOC,
                 "p,\"Mobile,1\nq,\"x\",2\nr,y,3\n",
-                &[("p,\"Mobile,1", 1, Some(U)), ("q,\"x\",2", 2, None), ("r,y,3", 3, None)],
+                &[
+                    ("p,\"Mobile,1", 1, Some(U)),
+                    ("q,\"x\",2", 2, None),
+                    ("r,y,3", 3, None),
+                ],
             ),
             (
                 Dialect::DOC,
@@ -432,13 +442,20 @@ mod tests {
                 &[("p,\"open,1", 1, Some(U)), ("q,x,2", 2, None)],
             ),
             // Junk after a closing quote on the same line is tolerated.
-            (Dialect::CDR, "\"a\"b,c\nd", &[("\"a\"b,c", 1, None), ("d", 2, None)]),
+            (
+                Dialect::CDR,
+                "\"a\"b,c\nd",
+                &[("\"a\"b,c", 1, None), ("d", 2, None)],
+            ),
             (Dialect::CDR, "a,\"\"\"\"\n", &[("a,\"\"\"\"", 1, None)]),
             (Dialect::CDR, "\r\n", &[("", 1, None)]),
         ];
         for (d, input, want) in cases {
             let got = records(*d, input);
-            let want: Vec<_> = want.iter().map(|(s, l, e)| (s.to_string(), *l, *e)).collect();
+            let want: Vec<_> = want
+                .iter()
+                .map(|(s, l, e)| (s.to_string(), *l, *e))
+                .collect();
             assert_eq!(got, want, "input {input:?}");
         }
     }

@@ -205,7 +205,15 @@ pub fn prepare_cdr_bench(
     write_users(&users, accounts, "bench")?;
     let cdrs = dir.join("cdrs.csv");
     // 2026-11-02 00:00:00 UTC, a Monday.
-    write_cdrs(&cdrs, rows, accounts, &prefix_list, 1_793_577_600, days, &mut rng)?;
+    write_cdrs(
+        &cdrs,
+        rows,
+        accounts,
+        &prefix_list,
+        1_793_577_600,
+        days,
+        &mut rng,
+    )?;
     Ok(CdrBench {
         config,
         users,

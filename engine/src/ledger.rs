@@ -295,6 +295,11 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
              CREATE INDEX IF NOT EXISTS cdr_files_head ON cdr_files(head_hash);",
         )?;
     }
+    if !has_column("users", "lock_reason")? {
+        // The client status (DESIGN.md Part 2 "The domain model"): NULL is active, a
+        // reason string is locked. Every client of an older ledger is active.
+        conn.execute_batch("ALTER TABLE users ADD COLUMN lock_reason TEXT;")?;
+    }
     Ok(())
 }
 
@@ -563,6 +568,39 @@ impl Ledger {
             return Err(LedgerError::Rejected(format!("no user with id {user_id}")));
         }
         Ok(())
+    }
+
+    /// Locks a subscriber with `reason`, or unlocks it (`None`), in one transaction.
+    /// Returns the lock reason it had before (`None`: it was active).
+    pub fn set_lock(
+        &mut self,
+        user_id: i64,
+        reason: Option<&str>,
+    ) -> Result<Option<String>, LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sq)?;
+        let before: Option<Option<String>> = tx
+            .query_row(
+                "SELECT lock_reason FROM users WHERE user_id = ?1",
+                [user_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(sq)?;
+        let Some(before) = before else {
+            return Err(LedgerError::Rejected(format!("no user with id {user_id}")));
+        };
+        tx.execute(
+            "UPDATE users SET lock_reason = ?2 WHERE user_id = ?1",
+            params![user_id, reason],
+        )
+        .map_err(sq)?;
+        tx.commit().map_err(sq)?;
+        Ok(before)
     }
 
     /// Records credit changes made by an operator: one journal row per user (with the
@@ -1192,6 +1230,8 @@ pub struct AuthUser {
     pub group_name: String,
     /// The committed credit.
     pub credit: Decimal,
+    /// Why the client is locked (`None`: it is active).
+    pub lock_reason: Option<String>,
 }
 
 /// A read-only connection to the ledger for the authorization thread: it reads the
@@ -1229,7 +1269,7 @@ impl AuthReader {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT user_id, password, group_name, credit FROM users WHERE username = ?1",
+                "SELECT user_id, password, group_name, credit, lock_reason FROM users WHERE username = ?1",
             )
             .map_err(sq)?;
         let row = st
@@ -1239,18 +1279,82 @@ impl AuthReader {
                     r.get::<_, Option<String>>(1)?,
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
+                    r.get::<_, Option<String>>(4)?,
                 ))
             })
             .optional()
             .map_err(sq)?;
-        row.map(|(user_id, password, group_name, credit)| {
+        row.map(|(user_id, password, group_name, credit, lock_reason)| {
             Ok(AuthUser {
                 user_id,
                 password,
                 group_name,
                 credit: parse_dec(&self.path, "users.credit", &credit)?,
+                lock_reason,
             })
         })
         .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ledger written before the client status existed (its `users` table has no
+    /// `lock_reason`) opens: the column is added, every client is active, and locking,
+    /// unlocking and the authorization reader work on it.
+    #[test]
+    fn a_ledger_from_before_lock_reason_opens_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join("ledger.sqlite")).unwrap();
+            old.execute_batch(
+                "CREATE TABLE users(
+                   user_id INTEGER PRIMARY KEY,
+                   username TEXT UNIQUE,
+                   password TEXT,
+                   group_name TEXT NOT NULL,
+                   isp_name TEXT NOT NULL DEFAULT 'Main',
+                   credit TEXT NOT NULL,
+                   created_at INTEGER NOT NULL,
+                   first_login INTEGER,
+                   period_start INTEGER,
+                   real_first_login INTEGER,
+                   status TEXT NOT NULL DEFAULT 'Package');
+                 INSERT INTO users(user_id, username, password, group_name, credit, created_at)
+                   VALUES (7, 'alice', 'pw', 'g', '1.5', 1700000000);",
+            )
+            .unwrap();
+        }
+        let mut l = Ledger::open(dir.path()).unwrap();
+        let users = l.load_users().unwrap();
+        assert_eq!(
+            users,
+            vec![UserRow {
+                user_id: 7,
+                username: Some("alice".into()),
+                group_name: "g".into(),
+                credit: "1.5".parse().unwrap(),
+            }]
+        );
+        let reader = AuthReader::open(dir.path()).unwrap();
+        let auth = |r: &AuthReader| r.user("alice").unwrap().unwrap().lock_reason;
+        assert_eq!(auth(&reader), None);
+        assert_eq!(l.set_lock(7, Some("unpaid")).unwrap(), None);
+        assert_eq!(auth(&reader), Some("unpaid".into()));
+        assert_eq!(l.set_lock(7, Some("fraud")).unwrap(), Some("unpaid".into()));
+        assert_eq!(l.set_lock(7, None).unwrap(), Some("fraud".into()));
+        assert_eq!(auth(&reader), None);
+        assert!(matches!(
+            l.set_lock(8, Some("x")),
+            Err(LedgerError::Rejected(_))
+        ));
+        // A second open finds the column there and leaves the data alone.
+        l.set_lock(7, Some("again")).unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.load_users().unwrap().len(), 1);
+        assert_eq!(auth(&reader), Some("again".into()));
     }
 }

@@ -93,8 +93,8 @@ pub fn check(old: &Catalog, new: &Catalog, sessions: &[&Session]) -> Result<(), 
 /// [`check`] passed.
 pub fn remap(old: &Catalog, new: &Catalog, s: &mut Session) {
     for r in &mut s.charge.rules {
-        if let Some(i) = rule_name(old, r.rule)
-            .and_then(|n| new.charge_rules.iter().position(|c| c.name == n))
+        if let Some(i) =
+            rule_name(old, r.rule).and_then(|n| new.charge_rules.iter().position(|c| c.name == n))
         {
             r.rule = i as u32;
         }
@@ -123,15 +123,22 @@ mod tests {
     fn catalog(rules: &[(&str, &str, &str)], nas: &[&str], data: &str) -> Catalog {
         let mut t = format!("[storage]\ndata_dir = \"{data}\"\n");
         for (i, n) in nas.iter().enumerate() {
-            t += &format!("[[nas]]\nname = \"{n}\"\nip = \"127.0.0.{}\"\nsecret = \"s\"\n", i + 1);
+            t += &format!(
+                "[[nas]]\nname = \"{n}\"\nip = \"127.0.0.{}\"\nsecret = \"s\"\n",
+                i + 1
+            );
         }
         let mut names = Vec::new();
         for (n, start, end) in rules {
             t += &format!("[[charge_rule]]\nname = \"{n}\"\ndays = [\"mon\",\"tue\",\"wed\",\"thu\",\"fri\",\"sat\",\"sun\"]\nstart = \"{start}\"\nend = \"{end}\"\nprice_per_minute = \"0.01\"\nprice_per_gb = \"0\"\n");
             names.push(format!("\"{n}\""));
         }
-        t += &format!("[[group]]\nname = \"g\"\ncharge_rules = [{}]\n", names.join(","));
-        let lc = LoadedConfig::from_str(&t, ConfigSource::File("t.toml".into()), ".".into()).unwrap();
+        t += &format!(
+            "[[group]]\nname = \"g\"\ncharge_rules = [{}]\n",
+            names.join(",")
+        );
+        let lc =
+            LoadedConfig::from_str(&t, ConfigSource::File("t.toml".into()), ".".into()).unwrap();
         Catalog::build(&lc).unwrap()
     }
 
@@ -177,7 +184,11 @@ mod tests {
 
     #[test]
     fn rules_are_remapped_by_name_and_removals_refused() {
-        let old = catalog(&[("night", "00:00", "08:00"), ("day", "08:00", "24:00")], &["ras1"], "d");
+        let old = catalog(
+            &[("night", "00:00", "08:00"), ("day", "08:00", "24:00")],
+            &["ras1"],
+            "d",
+        );
         // Reordered, and a new split of the day.
         let new = catalog(
             &[("day", "08:00", "24:00"), ("night", "00:00", "08:00")],
@@ -187,17 +198,34 @@ mod tests {
         let mut s = session("ras1", &[0, 1]);
         check(&old, &new, &[&s]).unwrap();
         remap(&old, &new, &mut s);
-        assert_eq!(s.charge.rules.iter().map(|r| r.rule).collect::<Vec<_>>(), [1, 0]);
+        assert_eq!(
+            s.charge.rules.iter().map(|r| r.rule).collect::<Vec<_>>(),
+            [1, 0]
+        );
         // A proxied NAS resolves through its client's entry.
         check(&old, &new, &[&session("ras1/10.0.0.5", &[0])]).unwrap();
 
         let without_day = catalog(&[("all", "00:00", "24:00")], &["ras1"], "d");
         let e = check(&old, &without_day, &[&session("ras1", &[1])]).unwrap_err();
-        assert!(e.0.starts_with("charge_rule: \"day\" is used by open session"), "{e}");
-        let without_nas = catalog(&[("night", "00:00", "08:00"), ("day", "08:00", "24:00")], &["ras9"], "d");
+        assert!(
+            e.0.starts_with("charge_rule: \"day\" is used by open session"),
+            "{e}"
+        );
+        let without_nas = catalog(
+            &[("night", "00:00", "08:00"), ("day", "08:00", "24:00")],
+            &["ras9"],
+            "d",
+        );
         let e = check(&old, &without_nas, &[&session("ras1", &[0])]).unwrap_err();
         assert!(e.0.starts_with("nas: \"ras1\" has open sessions"), "{e}");
-        let moved = catalog(&[("night", "00:00", "08:00"), ("day", "08:00", "24:00")], &["ras1"], "elsewhere");
-        assert!(check(&old, &moved, &[]).unwrap_err().0.starts_with("storage.data_dir changed"));
+        let moved = catalog(
+            &[("night", "00:00", "08:00"), ("day", "08:00", "24:00")],
+            &["ras1"],
+            "elsewhere",
+        );
+        assert!(check(&old, &moved, &[])
+            .unwrap_err()
+            .0
+            .starts_with("storage.data_dir changed"));
     }
 }

@@ -841,9 +841,9 @@ struct Core<'c> {
 }
 
 impl Core<'_> {
-    /// Receives up to [`MAX_BATCH`] datagrams (the first waits up to 100 ms, the rest only
-    /// while they keep arriving within `commit_wait_ms`), applies them, commits once and
-    /// answers them.
+    /// Receives up to [`MAX_BATCH`] datagrams (the first waits up to 100 ms, the rest are
+    /// what is already queued, for at most `commit_wait_ms`), applies them, commits once
+    /// and answers them.
     fn receive_batch(
         &mut self,
         rater: &mut BatchRater<'_>,
@@ -880,9 +880,12 @@ impl Core<'_> {
                 }
             };
             if deadline.is_none() {
+                // From the second datagram on, drain what is queued and commit as soon as
+                // the socket is empty (or `commit_wait_ms` passed): waiting for more only
+                // delays every acknowledgement of the batch.
                 let wait = Duration::from_millis(self.catalog.commit_wait_ms);
                 deadline = Some(Instant::now() + wait);
-                let _ = self.socket.set_read_timeout(Some(wait));
+                let _ = self.socket.set_nonblocking(true);
             } else if let Some(d) = deadline {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
@@ -892,6 +895,9 @@ impl Core<'_> {
                 }
             }
             self.accept(rater, acct, n, src, now, &mut fx, &mut retransmits);
+        }
+        if deadline.is_some() {
+            let _ = self.socket.set_nonblocking(false);
         }
         if self.pending.is_empty() && retransmits.is_empty() && fx.xdrs.is_empty() {
             return Ok(());

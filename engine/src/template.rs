@@ -274,7 +274,10 @@ impl Template {
             _ => {
                 return Err(err(
                     "delimiter",
-                    format!("{:?} is not one ASCII character other than a quote or newline", c.delimiter),
+                    format!(
+                        "{:?} is not one ASCII character other than a quote or newline",
+                        c.delimiter
+                    ),
                 ))
             }
         };
@@ -287,14 +290,21 @@ impl Template {
                         None => key.to_string(),
                     },
                 }),
-                ColumnRef::Index(i) => Err(err(key, format!("{i} is not a column index (0..=4096)"))),
+                ColumnRef::Index(i) => {
+                    Err(err(key, format!("{i} is not a column index (0..=4096)")))
+                }
                 ColumnRef::Name(n) => {
                     if let Some(i) = c.columns.iter().position(|x| x.eq_ignore_ascii_case(n)) {
                         Ok(Field::at(i, n))
                     } else if c.header {
                         Ok(Field::named(n))
                     } else if c.columns.is_empty() {
-                        Err(err(key, format!("{n:?}: a column name needs `header = true` or a `columns` list")))
+                        Err(err(
+                            key,
+                            format!(
+                                "{n:?}: a column name needs `header = true` or a `columns` list"
+                            ),
+                        ))
                     } else {
                         Err(err(key, format!("no column named {n:?} in `columns`")))
                     }
@@ -312,7 +322,12 @@ impl Template {
             (Some(r), None, None) => Billable::Billsec(col("billsec", r)?),
             (None, Some(r), None) => Billable::Duration(col("duration", r)?),
             (None, None, Some(r)) => Billable::End(col("end", r)?),
-            _ => return Err(err("billsec", "give exactly one of billsec, duration, end".into())),
+            _ => {
+                return Err(err(
+                    "billsec",
+                    "give exactly one of billsec, duration, end".into(),
+                ))
+            }
         };
         let (answered, disposition) = match &c.answered {
             None => (Answered::BillablePositive, None),
@@ -349,7 +364,10 @@ impl Template {
             Some(p) => {
                 use chrono::format::{Item, StrftimeItems};
                 if StrftimeItems::new(p).any(|i| matches!(i, Item::Error)) {
-                    return Err(err("time_format", format!("{p:?} is not a strftime pattern")));
+                    return Err(err(
+                        "time_format",
+                        format!("{p:?} is not a strftime pattern"),
+                    ));
                 }
                 TimeFormat::Strftime {
                     pattern: p.to_string(),
@@ -409,9 +427,10 @@ impl Template {
     pub fn reader(&self, header: Option<&[u8]>) -> Result<crate::cdr::Reader, String> {
         let mut t = self.clone();
         if t.header {
-            let names: Vec<String> = crate::csv::split_fields_with(header.unwrap_or(b""), t.delimiter)
-                .map(|f| String::from_utf8_lossy(&f).trim().to_ascii_lowercase())
-                .collect();
+            let names: Vec<String> =
+                crate::csv::split_fields_with(header.unwrap_or(b""), t.delimiter)
+                    .map(|f| String::from_utf8_lossy(&f).trim().to_ascii_lowercase())
+                    .collect();
             let builtin = BUILTIN.contains(&t.name.as_str());
             let resolve = |f: &mut Field| -> Result<(), String> {
                 if let Col::Named(n) = &f.col {
@@ -497,13 +516,33 @@ mod tests {
     fn compile_errors_name_the_key() {
         let base = "name = \"x\"\naccount = 0\ncallee = 1\nstart = 2\nbillsec = 3\n";
         let cases: &[(&str, &str, &str)] = &[
-            ("delimiter = \";;\"\n", "delimiter", "not one ASCII character"),
-            ("caller = \"src\"\n", "caller", "needs `header = true` or a `columns` list"),
-            ("columns = [\"a\"]\ncaller = \"src\"\n", "caller", "no column named \"src\""),
+            (
+                "delimiter = \";;\"\n",
+                "delimiter",
+                "not one ASCII character",
+            ),
+            (
+                "caller = \"src\"\n",
+                "caller",
+                "needs `header = true` or a `columns` list",
+            ),
+            (
+                "columns = [\"a\"]\ncaller = \"src\"\n",
+                "caller",
+                "no column named \"src\"",
+            ),
             ("caller = -1\n", "caller", "not a column index"),
             ("duration = 4\n", "billsec", "exactly one of"),
-            ("answered = \"yes\"\n", "answered", "expected \"billsec > 0\""),
-            ("time_format = \"%Y-%Q\"\n", "time_format", "not a strftime pattern"),
+            (
+                "answered = \"yes\"\n",
+                "answered",
+                "expected \"billsec > 0\"",
+            ),
+            (
+                "time_format = \"%Y-%Q\"\n",
+                "time_format",
+                "not a strftime pattern",
+            ),
         ];
         for (extra, key, reason) in cases {
             let e = Template::compile(&cfg(&format!("{base}{extra}"))).unwrap_err();

@@ -308,9 +308,9 @@ pub fn credentials_match(
     }
 }
 
-/// A client's status. Only `Active` exists in the model today: `locked` and `archived`
-/// (DESIGN.md Part 2 "The domain model") come with another issue, and are refused here
-/// as [`RejectReason::NotActive`] once the ledger knows them.
+/// A client's status (DESIGN.md Part 2 "The domain model"): `Locked` is read from the
+/// ledger's `users.lock_reason`; `Archived` comes with another issue. Both are refused
+/// as [`RejectReason::NotActive`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientStatus {
     Active,

@@ -244,9 +244,13 @@ fn answer(
         password: u.password.as_deref(),
         credit: u.credit,
         group: cat.groups.iter().find(|g| g.name == u.group_name),
-        // Seam: `locked` / `archived` come with the client status of another issue; read
-        // them here from the ledger row when it has them.
-        status: ClientStatus::Active,
+        // A locked client is refused (DESIGN.md "RADIUS authorization"); `archived` comes
+        // with the client status of another issue.
+        status: if u.lock_reason.is_some() {
+            ClientStatus::Locked
+        } else {
+            ClientStatus::Active
+        },
         open_sessions,
     });
     let interim = nas
