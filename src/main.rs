@@ -297,8 +297,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let catalog = load(config.as_deref())?;
             let format = match format {
                 Some(f) => catalog.cdr_format(&f).with_context(|| {
-                    let names: Vec<&str> =
-                        catalog.cdr_formats.iter().map(|t| t.name.as_str()).collect();
+                    let names: Vec<&str> = catalog
+                        .cdr_formats
+                        .iter()
+                        .map(|t| t.name.as_str())
+                        .collect();
                     format!("--format {f:?}: expected one of {}", names.join(", "))
                 })?,
                 None => catalog.spool_format,
@@ -667,9 +670,15 @@ fn bench_cdr(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
-    let files =
-        ratel_engine::gen::prepare_cdr_bench(dir, rows, accounts.max(1), prefixes.max(20), days, seed)
-            .with_context(|| format!("generating into {}", dir.display()))?;
+    let files = ratel_engine::gen::prepare_cdr_bench(
+        dir,
+        rows,
+        accounts.max(1),
+        prefixes.max(20),
+        days,
+        seed,
+    )
+    .with_context(|| format!("generating into {}", dir.display()))?;
     let gen_secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&files.data_dir);
     let t = Instant::now();

@@ -264,7 +264,9 @@ fn disconnect_sends_a_disconnect_request_for_an_open_session() {
     assert_eq!(rfc2865::lookup_user_name(&p).unwrap().unwrap(), "alice");
     assert_eq!(rfc2866::lookup_acct_session_id(&p).unwrap().unwrap(), "sa");
     nas.send_to(
-        &p.make_response_packet(Code::DisconnectACK).encode().unwrap(),
+        &p.make_response_packet(Code::DisconnectACK)
+            .encode()
+            .unwrap(),
         from,
     )
     .unwrap();

@@ -712,7 +712,13 @@ pub fn load_rate_deck(tariff: &str, file: &str, text: &str) -> Result<Tariff, Co
     // One CSV reader for every input: BOM dropped, CRLF accepted, quoted newlines kept.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut spans = Vec::new();
-    crate::csv::scan_records_with(crate::csv::Dialect::DOC, text.as_bytes(), 1, true, &mut spans);
+    crate::csv::scan_records_with(
+        crate::csv::Dialect::DOC,
+        text.as_bytes(),
+        1,
+        true,
+        &mut spans,
+    );
     if let Some(sp) = spans.iter().find(|sp| sp.error.is_some()) {
         let reason = sp.error.map(|e| e.reason()).unwrap_or_default();
         return Err(invalid(sp.line as usize, "row", reason.into()));

@@ -540,7 +540,9 @@ pub fn run(
                 core.housekeeping(&mut rater, &mut acct)?;
             }
             core.drops.maybe_log();
-            core.live.metrics.core_loop(&acct.counters, acct.sessions.len());
+            core.live
+                .metrics
+                .core_loop(&acct.counters, acct.sessions.len());
             if let Some(r) = &reloader {
                 if r.requested.swap(false, Ordering::SeqCst) {
                     match try_reload(catalog, r, &mut rater, &acct) {
@@ -548,7 +550,9 @@ pub fn run(
                             next = Some(c);
                             break;
                         }
-                        Err(e) => tracing::error!("config reload refused, the running config stays: {e}"),
+                        Err(e) => {
+                            tracing::error!("config reload refused, the running config stays: {e}")
+                        }
                     }
                 }
             }
@@ -621,7 +625,10 @@ fn stop_gracefully(
     mut rater: BatchRater<'_>,
     acct: Accounting,
     disconnect_sender: std::thread::JoinHandle<()>,
-    auth: Option<(std::thread::JoinHandle<()>, Arc<crate::radius::auth_server::AuthCounters>)>,
+    auth: Option<(
+        std::thread::JoinHandle<()>,
+        Arc<crate::radius::auth_server::AuthCounters>,
+    )>,
 ) -> Result<ServeSummary, ServeError> {
     // Graceful stop: every received packet has been committed and answered above; flush
     // the outbox so every xDR is in Parquet.
