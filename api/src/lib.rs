@@ -1038,3 +1038,27 @@ pub fn spawn(
             });
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Money crosses the API as JSON numbers with every digit: this needs serde_json's
+    /// `arbitrary_precision` (docs/dependencies.md); without it these go through f64
+    /// (`1000000000000000.0`, `123456789012345.02`, `1e-10`).
+    #[test]
+    fn money_keeps_every_digit() {
+        for t in [
+            "999999999999999.9999999999",
+            "123456789012345.0123456789",
+            "0.0000000001",
+            "100.1",
+        ] {
+            let d: Decimal = t.parse().unwrap();
+            assert_eq!(money(d).to_string(), t);
+            let mut p = Map::new();
+            p.insert("credit".into(), serde_json::from_str(t).unwrap());
+            assert_eq!(decimal_param(&p, "credit").unwrap(), d);
+        }
+    }
+}

@@ -22,8 +22,8 @@ use parquet::arrow::arrow_reader::{
     RowFilter, RowSelection,
 };
 use parquet::arrow::ProjectionMask;
-use parquet::file::metadata::ParquetMetaData;
-use parquet::file::page_index::index::Index;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData};
+use parquet::file::page_index::column_index::ColumnIndexMetaData;
 use parquet::file::statistics::Statistics;
 use parquet::schema::types::SchemaDescriptor;
 use ratel_engine::xdr::{money_from_i128, OwnedDetail, OwnedXdr};
@@ -512,7 +512,10 @@ fn file_metadata(
     {
         return Ok(m.clone());
     }
-    let m = ArrowReaderMetadata::load(file, ArrowReaderOptions::new().with_page_index(true))?;
+    let m = ArrowReaderMetadata::load(
+        file,
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+    )?;
     let mut cache = st.meta_cache.lock().unwrap_or_else(|e| e.into_inner());
     if cache.len() >= META_CACHE_FILES {
         cache.clear();
@@ -576,17 +579,19 @@ fn candidate_row_groups(meta: &ParquetMetaData, f: &Filter) -> Vec<usize> {
 /// username order, so this is usually one or two pages per row group).
 fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Option<RowSelection> {
     let col = leaf(meta.file_metadata().schema_descr(), "username")?;
-    let (ci, oi) = (meta.column_index()?, meta.offset_index()?);
+    let pi = meta.page_index()?;
     let mut ranges = Vec::new();
     let mut base = 0usize;
     for &g in groups {
         let rows = meta.row_group(g).num_rows() as usize;
-        match (ci.get(g)?.get(col)?, oi.get(g)?.get(col)?) {
-            (Index::BYTE_ARRAY(idx), off) if idx.indexes.len() == off.page_locations().len() => {
+        match (pi.column_index(g, col)?, pi.offset_index(g, col)?) {
+            (ColumnIndexMetaData::BYTE_ARRAY(idx), off)
+                if idx.num_pages() as usize == off.page_locations().len() =>
+            {
                 let locs = off.page_locations();
                 let mut last_end = 0usize;
-                for (i, page) in idx.indexes.iter().enumerate() {
-                    if let (Some(min), Some(max)) = (page.min_bytes(), page.max_bytes()) {
+                for (i, loc) in locs.iter().enumerate() {
+                    if let (Some(min), Some(max)) = (idx.min_value(i), idx.max_value(i)) {
                         if user.as_bytes() < min || user.as_bytes() > max {
                             continue;
                         }
@@ -594,7 +599,7 @@ fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Optio
                     // Clamped and in order, so a damaged offset index cannot select rows
                     // outside the group or out of order.
                     let row = |r: i64| (r.max(0) as usize).min(rows);
-                    let start = row(locs[i].first_row_index).max(last_end);
+                    let start = row(loc.first_row_index).max(last_end);
                     let end = locs.get(i + 1).map_or(rows, |l| row(l.first_row_index));
                     if start < end {
                         ranges.push(base + start..base + end);
@@ -1002,5 +1007,45 @@ mod tests {
         };
         page.push(big.clone()).unwrap();
         assert!(page.push(big).is_err());
+    }
+
+    /// The page index written with the xDR writer's settings prunes a one-user read to the
+    /// pages that can hold the user (guards the parquet page-index API across upgrades).
+    #[test]
+    fn username_page_index_prunes() {
+        use parquet::arrow::ArrowWriter;
+        use ratel_engine::xdr::{writer_properties, PAGE_ROWS};
+        let rows = 5 * PAGE_ROWS;
+        let names: Vec<String> = (0..rows).map(|i| format!("user{:05}", i / 10)).collect();
+        let col: arrow_array::ArrayRef = std::sync::Arc::new(StringArray::from(names));
+        let batch = RecordBatch::try_from_iter([("username", col)]).unwrap();
+        let path = std::env::temp_dir().join(format!(
+            "ratel-page-index-{}-{:?}.parquet",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = std::fs::File::create(&path).unwrap();
+        let mut w =
+            ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(rows))).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let meta = ArrowReaderMetadata::load(
+            &std::fs::File::open(&path).unwrap(),
+            ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+        )
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let meta = meta.metadata();
+        let groups: Vec<usize> = (0..meta.num_row_groups()).collect();
+        // One user's 10 rows: at most the two pages around them, never the whole file.
+        let sel = username_pages(meta, &groups, "user01000").expect("page index present");
+        let selected = sel.row_count();
+        assert!(
+            (10..=2 * PAGE_ROWS).contains(&selected) && selected < rows,
+            "{selected} of {rows}"
+        );
+        // Beyond every page's max: nothing to read.
+        let sel = username_pages(meta, &groups, "zzz").expect("page index present");
+        assert!(!sel.selects_any());
     }
 }

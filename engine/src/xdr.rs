@@ -436,7 +436,7 @@ pub fn writer_properties(expected_rows: usize) -> WriterProperties {
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("zstd level 1"),
         ))
-        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         // Rows are in username order: small pages let a one-user read skip the rest.
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Chunk)
@@ -455,7 +455,7 @@ pub fn writer_properties(expected_rows: usize) -> WriterProperties {
         .set_column_statistics_enabled(ColumnPath::from("username"), EnabledStatistics::Page)
         .set_column_bloom_filter_enabled(ColumnPath::from("username"), true)
         .set_column_bloom_filter_fpp(ColumnPath::from("username"), 0.01)
-        .set_column_bloom_filter_ndv(
+        .set_column_bloom_filter_max_ndv(
             ColumnPath::from("username"),
             expected_rows.clamp(1024, ROW_GROUP_ROWS) as u64,
         )
