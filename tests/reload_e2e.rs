@@ -6,52 +6,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::json;
-
-/// `ratel serve` with its log lines (stderr, info level) delivered to a channel.
-fn serve_logged(
-    env: &Env,
-) -> (
-    std::process::Child,
-    SocketAddr,
-    SocketAddr,
-    mpsc::Receiver<String>,
-) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ratel"))
-        .args(["serve", "--config", &env.config()])
-        .env("RATEL_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let err = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut radius = None;
-    let api = loop {
-        let line = lines.next().expect("serve printed its addresses").unwrap();
-        if let Some(rest) = line.trim().strip_prefix("RADIUS accounting on udp://") {
-            radius = Some(rest.split_whitespace().next().unwrap().parse().unwrap());
-        }
-        if let Some(rest) = line.trim().strip_prefix("JSON-RPC API on http://") {
-            break rest.trim_end_matches('/').parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, radius.unwrap(), api, rx)
-}
 
 /// Waits (at most 20 s) for a log line containing `needle`.
 fn wait_log(rx: &mpsc::Receiver<String>, needle: &str) -> String {
@@ -66,9 +26,9 @@ fn wait_log(rx: &mpsc::Receiver<String>, needle: &str) -> String {
     panic!("no log line with {needle:?} within 20 s");
 }
 
-fn hup(child: &std::process::Child) {
+fn hup(server: &Server) {
     let st = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
+        .args(["-HUP", &server.pid().to_string()])
         .status()
         .unwrap();
     assert!(st.success());
@@ -79,7 +39,7 @@ fn sighup_reloads_prices_and_groups_and_refuses_a_config_that_cannot_replace_it(
     let env = Env::new();
     let cfg_path = env.dir.path().join("ratel.toml");
     let original = std::fs::read_to_string(&cfg_path).unwrap();
-    let (mut child, radius, api, log) = serve_logged(&env);
+    let (server, radius, api, log) = env.serve_logged();
     let sock = client();
     // 60 s in the day rule at 0.0100/min.
     assert!(send(&sock, radius, &acct(1, 1, "alice", "s1", 0, 0, 0, None)).is_some());
@@ -93,7 +53,7 @@ fn sighup_reloads_prices_and_groups_and_refuses_a_config_that_cannot_replace_it(
     ) + "[[group]]\nname = \"g2\"\ncharge_rules = [\"night\", \"day\"]\n";
     assert_ne!(doubled, original);
     std::fs::write(&cfg_path, &doubled).unwrap();
-    hup(&child);
+    hup(&server);
     wait_log(&log, "config reloaded");
     let (s, e) = rpc(
         api,
@@ -121,7 +81,7 @@ fn sighup_reloads_prices_and_groups_and_refuses_a_config_that_cannot_replace_it(
             "charge_rules = [\"night\", \"daytime\"]",
         );
     std::fs::write(&cfg_path, &without_day).unwrap();
-    hup(&child);
+    hup(&server);
     let line = wait_log(&log, "config reload refused");
     assert!(
         line.contains("charge_rule: \\\"day\\\" is used by open session")
@@ -135,8 +95,7 @@ fn sighup_reloads_prices_and_groups_and_refuses_a_config_that_cannot_replace_it(
     )
     .is_some());
 
-    unsafe_kill(child.id() as i32, 15);
-    let _ = child.wait();
+    stop(server);
     // 0.0100 + 0.0200 + 0.0200, exact.
     let ledger = ratel_engine::ledger::Ledger::open(&env.data()).unwrap();
     let alice = ledger

@@ -231,6 +231,8 @@ pub struct FileIdentity {
     pub head_hash: String,
     /// `(n, blake3 of the first n bytes)` for each asked `n` below `size`.
     pub prefixes: Vec<(u64, String)>,
+    /// The first 64 KiB of the content (the header, the BOM).
+    pub head: Vec<u8>,
 }
 
 /// Hashes a file once, snapshotting the hash at each of `boundaries` (any order).
@@ -296,6 +298,7 @@ pub fn identify_file(
         size: total,
         head_hash: blake3::hash(&head[..end]).to_hex().to_string(),
         prefixes,
+        head,
     })
 }
 
@@ -310,6 +313,11 @@ pub enum Compression {
 impl Compression {
     /// By extension (`.gz`, `.zst`), else by the file's magic bytes.
     pub fn of(path: &Path) -> std::io::Result<Compression> {
+        Compression::of_file(path, &mut std::fs::File::open(path)?)
+    }
+
+    /// [`Compression::of`] reading the magic bytes from `file` (left at its start).
+    fn of_file(path: &Path, file: &mut std::fs::File) -> std::io::Result<Compression> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if name.ends_with(".gz") {
             return Ok(Compression::Gzip);
@@ -318,7 +326,8 @@ impl Compression {
             return Ok(Compression::Zstd);
         }
         let mut magic = [0u8; 4];
-        let n = std::fs::File::open(path)?.read(&mut magic)?;
+        let n = file.read(&mut magic)?;
+        file.seek(SeekFrom::Start(0))?;
         Ok(match &magic[..n] {
             [0x1f, 0x8b, ..] => Compression::Gzip,
             [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
@@ -331,8 +340,8 @@ impl Compression {
 /// hash of a CDR file is of its decompressed content, so a file and its `.gz` are the same
 /// file to the exactly-once handshake.
 pub fn open_cdr(path: &Path, offset: u64) -> std::io::Result<Box<dyn Read + Send>> {
-    let file = std::fs::File::open(path)?;
-    let mut r: Box<dyn Read + Send> = match Compression::of(path)? {
+    let mut file = std::fs::File::open(path)?;
+    let mut r: Box<dyn Read + Send> = match Compression::of_file(path, &mut file)? {
         Compression::None => {
             let mut f = file;
             f.seek(SeekFrom::Start(offset))?;
@@ -729,12 +738,7 @@ impl<'a> BatchRater<'a> {
                 return Ok(summary);
             }
         }
-        let mut head = Vec::new();
-        open_cdr(path, 0)
-            .map_err(io)?
-            .take(1 << 16)
-            .read_to_end(&mut head)
-            .map_err(io)?;
+        let head = &id.head;
         let bom = if head.starts_with(crate::csv::BOM) {
             crate::csv::BOM.len()
         } else {
@@ -747,7 +751,7 @@ impl<'a> BatchRater<'a> {
             reason,
         };
         let (reader, header_end) = if template.header {
-            let end = memchr::memchr(b'\n', &head)
+            let end = memchr::memchr(b'\n', head)
                 .map(|i| i + 1)
                 .unwrap_or(head.len());
             let line = head[bom..end]

@@ -211,18 +211,6 @@ pub enum CdrFormat {
     Template(u16),
 }
 
-impl CdrFormat {
-    /// A built-in format by name (templates: [`Catalog::cdr_format`]).
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "generic" => Some(CdrFormat::Generic),
-            "asterisk" => Some(CdrFormat::Asterisk),
-            "freeswitch" => Some(CdrFormat::Freeswitch),
-            _ => None,
-        }
-    }
-}
-
 /// The format of the template at index `i` of [`Catalog::cdr_formats`].
 fn format_at(i: usize) -> CdrFormat {
     match i {
@@ -686,6 +674,15 @@ impl Catalog {
     /// Index of a group by name.
     pub fn group_index(&self, name: &str) -> Option<usize> {
         self.group_by_name.get(name).copied()
+    }
+
+    /// The `[[nas]]` entry of a session's NAS key: a NAS name, or `<client>/<NAS>` for a
+    /// NAS a proxy relays (its client's entry).
+    pub fn nas_entry_of_key(&self, key: &str) -> Option<u16> {
+        let name = |n: &str| self.nas.iter().position(|x| x.name == n);
+        name(key)
+            .or_else(|| name(key.split_once('/')?.0))
+            .map(|i| i as u16)
     }
 
     /// The NAS configured for a source IP.

@@ -692,19 +692,26 @@ impl Ledger {
     /// Files rated to the end that are shorter than `size` bytes: the candidates a file of
     /// that size may be a grown copy of.
     pub fn rated_files_shorter_than(&self, size: u64) -> Result<Vec<RatedFile>, LedgerError> {
-        self.rated_files("size < ?1 AND size > 0", &size.to_string())
+        self.rated_files(
+            "size < ?1 AND size > 0",
+            &(size.min(i64::MAX as u64) as i64),
+        )
     }
 
     /// A file rated to the end whose head hash is `head_hash`, if any (the longest).
     pub fn rated_file_with_head(&self, head_hash: &str) -> Result<Option<RatedFile>, LedgerError> {
         Ok(self
-            .rated_files("head_hash = ?1", head_hash)?
+            .rated_files("head_hash = ?1", &head_hash)?
             .into_iter()
             .max_by_key(|f| f.size))
     }
 
     /// Files rated to the end that satisfy `cond` (one `?1` parameter).
-    fn rated_files(&self, cond: &str, arg: &str) -> Result<Vec<RatedFile>, LedgerError> {
+    fn rated_files(
+        &self,
+        cond: &str,
+        arg: &dyn rusqlite::ToSql,
+    ) -> Result<Vec<RatedFile>, LedgerError> {
         let mut st = self
             .conn
             .prepare(&format!(

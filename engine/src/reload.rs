@@ -68,7 +68,7 @@ pub fn check(old: &Catalog, new: &Catalog, sessions: &[&Session]) -> Result<(), 
         )));
     }
     for s in sessions {
-        if nas_entry(new, &s.nas).is_none() {
+        if new.nas_entry_of_key(&s.nas).is_none() {
             return Err(Refused(format!(
                 "nas: {:?} has open sessions (session {:?} of {:?}) and is not in the new config",
                 s.nas, s.session_id, s.username
@@ -99,14 +99,6 @@ pub fn remap(old: &Catalog, new: &Catalog, s: &mut Session) {
             r.rule = i as u32;
         }
     }
-}
-
-/// The `[[nas]]` entry of a session key: a NAS name, or `<client>/<NAS>` behind a proxy.
-pub fn nas_entry(c: &Catalog, key: &str) -> Option<u16> {
-    let name = |n: &str| c.nas.iter().position(|x| x.name == n);
-    name(key)
-        .or_else(|| name(key.split_once('/')?.0))
-        .map(|i| i as u16)
 }
 
 fn rule_name(c: &Catalog, i: u32) -> Option<&str> {

@@ -673,13 +673,7 @@ fn stop_gracefully(
 /// Rebuilds the accounting state from the ledger.
 fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounting, ServeError> {
     let mut acct = Accounting::default();
-    // A key is a `[[nas]]` name, or `<client name>/<NAS>` for a NAS a proxy relays.
-    let nas_idx = |key: &str| {
-        let name = |n: &str| catalog.nas.iter().position(|x| x.name == n);
-        name(key)
-            .or_else(|| name(key.split_once('/')?.0))
-            .map(|i| i as u16)
-    };
+    let nas_idx = |key: &str| catalog.nas_entry_of_key(key);
     for (nas, sid, state) in rater.ledger.load_sessions()? {
         let Some(i) = nas_idx(&nas) else {
             tracing::warn!(nas = %nas, session = %sid, "open session of a NAS no longer configured: left in the ledger");

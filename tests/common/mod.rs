@@ -158,6 +158,22 @@ rounding = "up"
         start_serve(cmd)
     }
 
+    /// `serve_all` with the server's log lines (info level) delivered to the receiver.
+    pub fn serve_logged(
+        &self,
+    ) -> (
+        Server,
+        SocketAddr,
+        SocketAddr,
+        std::sync::mpsc::Receiver<String>,
+    ) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ratel"));
+        cmd.args(["serve", "--config", &self.config()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (server, radius, api) = start_serve_logging(cmd, Some(tx));
+        (server, radius, api, rx)
+    }
+
     /// `serve_all` with the server's open-file limit set to `nofile` (`ulimit -n`).
     pub fn serve_all_nofile(&self, nofile: u32) -> (Server, SocketAddr, SocketAddr) {
         let mut cmd = Command::new("sh");
@@ -195,13 +211,33 @@ pub fn serve_config(config: &str) -> (Server, SocketAddr, SocketAddr) {
 }
 
 /// Runs a prepared `ratel serve` command; returns the child, the RADIUS and API addresses.
-fn start_serve(mut cmd: Command) -> (Server, SocketAddr, SocketAddr) {
+fn start_serve(cmd: Command) -> (Server, SocketAddr, SocketAddr) {
+    start_serve_logging(cmd, None)
+}
+
+/// Starts `cmd` (a `ratel serve`): at `warn` with its log on our stderr, or at `info` with
+/// every log line sent to `log`.
+fn start_serve_logging(
+    mut cmd: Command,
+    log: Option<std::sync::mpsc::Sender<String>>,
+) -> (Server, SocketAddr, SocketAddr) {
+    let (level, stderr) = match log {
+        Some(_) => ("info", Stdio::piped()),
+        None => ("warn", Stdio::inherit()),
+    };
     let mut child = cmd
-        .env("RATEL_LOG", "warn")
+        .env("RATEL_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
+    if let (Some(tx), Some(err)) = (log, child.stderr.take()) {
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+    }
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut radius = None;
     let api = loop {
