@@ -670,7 +670,7 @@ fn bench_cdr(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
-    let files = ratel_engine::gen::prepare_cdr_bench(
+    let files = bench::gen::prepare_cdr_bench(
         dir,
         rows,
         accounts.max(1),

@@ -9,8 +9,11 @@ use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::Duration;
 
+pub mod gen;
+pub mod loadgen;
+
 use anyhow::{bail, Context};
-use ratel_engine::loadgen::{self, LoadSpec};
+use loadgen::LoadSpec;
 use rust_decimal::Decimal;
 
 pub struct RadiusArgs {
@@ -460,7 +463,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
     if !(a.reuse && std::fs::read_to_string(&marker).ok().as_deref() == Some(&want_marker)) {
         let _ = std::fs::remove_file(&marker);
         let files =
-            ratel_engine::gen::prepare_cdr_bench(&a.dir, a.xdrs, a.users.max(1), 5_000, 30, 7)?;
+            gen::prepare_cdr_bench(&a.dir, a.xdrs, a.users.max(1), 5_000, 30, 7)?;
         let mut cfg = std::fs::read_to_string(&files.config)?;
         cfg.push_str("[[admin]]\nname = \"bench\"\npassword = \"bench\"\n");
         cfg = cfg.replacen(
@@ -500,7 +503,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
                     let auth = r#""auth_type": "ADMIN", "auth_name": "bench", "auth_pass": "bench""#;
                     let mut client = KeepAlive::new(api);
                     let mut out = ClientLatencies::default();
-                    let mut rng = ratel_engine::gen::Rng::new(11 + k as u64);
+                    let mut rng = gen::Rng::new(11 + k as u64);
                     while started.elapsed() < duration {
                         let u = rng.below(users);
                         if mix != Mix::Report {

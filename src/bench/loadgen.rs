@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::radius::codec;
+use ratel_engine::radius::codec;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -438,9 +438,9 @@ mod auth_load_tests {
             b"a-longer-password-of-34-characters",
         ] {
             let p = access_request(5, &auth, b"user1", pw, b"s");
-            let req = crate::radius::auth::decode_access_request(&p, b"s", true).unwrap();
+            let req = ratel_engine::radius::auth::decode_access_request(&p, b"s", true).unwrap();
             assert_eq!(req.user_name, b"user1");
-            assert!(crate::radius::auth::credentials_match(
+            assert!(ratel_engine::radius::auth::credentials_match(
                 &req.credentials,
                 pw,
                 b"s",
