@@ -22,6 +22,7 @@ use rust_decimal::Decimal;
 use crate::catalog::{Catalog, CdrFormat};
 use crate::cdr::Cdr;
 use crate::csv::{scan_records_with, Dialect, RecordSpan};
+use crate::domain::AccountKind;
 use crate::ledger::{CdrBatchCommit, Ledger, LedgerError, Movement, PendingFile, UserRow};
 use crate::rating::{rate_call, CallRating, Status};
 use crate::xdr::{self, RuleDetail, XdrBuilder, XdrRow};
@@ -117,10 +118,26 @@ pub struct UserState {
     pub credit: Decimal,
 }
 
-/// Subscribers by account name and id, with their running credit. The single in-memory
+/// Which identifier of a CDR found its subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchedBy {
+    /// The account field (a voip or radius account).
+    Account,
+    /// The caller number (a DN).
+    Dn,
+}
+
+/// Subscribers by account and id, with their running credit. The single in-memory
 /// authority for balances while a process owns the data dir.
+///
+/// Accounts (DESIGN.md Part 2, "The domain model"): `by_name` holds the radius accounts
+/// (RADIUS User-Names; a client's username is its first), `by_voip` the CDR accountcodes,
+/// `by_dn` phone numbers (digits only). A deleted client keeps its id entry (sessions it
+/// had open are still charged) but none of its accounts.
 pub struct Subscribers {
     pub(crate) by_name: HashMap<String, u32, ahash::RandomState>,
+    by_voip: HashMap<String, u32, ahash::RandomState>,
+    by_dn: HashMap<String, u32, ahash::RandomState>,
     by_id: HashMap<i64, u32, ahash::RandomState>,
     pub(crate) users: Vec<UserState>,
     /// Position of each user's name in username order (xDR files are written in that
@@ -129,9 +146,12 @@ pub struct Subscribers {
 }
 
 impl Subscribers {
+    /// Subscribers from the ledger's rows; each username is a radius account.
     pub fn new(catalog: &Catalog, rows: Vec<UserRow>) -> Self {
         let mut s = Subscribers {
             by_name: HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new()),
+            by_voip: HashMap::with_hasher(ahash::RandomState::new()),
+            by_dn: HashMap::with_hasher(ahash::RandomState::new()),
             by_id: HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new()),
             users: Vec::with_capacity(rows.len()),
             name_rank: Vec::new(),
@@ -142,7 +162,16 @@ impl Subscribers {
         s
     }
 
-    /// Adds (or replaces) a subscriber.
+    /// Subscribers and every account the ledger holds.
+    pub fn load(catalog: &Catalog, ledger: &Ledger) -> Result<Self, crate::ledger::LedgerError> {
+        let mut s = Subscribers::new(catalog, ledger.load_users()?);
+        for (kind, ident, id) in ledger.load_accounts()? {
+            s.add_account(id, kind, &ident);
+        }
+        Ok(s)
+    }
+
+    /// Adds (or replaces) a subscriber; its username becomes a radius account.
     pub fn add(&mut self, catalog: &Catalog, r: UserRow) {
         self.name_rank.clear();
         let state = UserState {
@@ -155,7 +184,9 @@ impl Subscribers {
         let idx = match self.by_id.get(&r.user_id) {
             Some(&i) => {
                 let old = std::mem::replace(&mut self.users[i as usize], state);
-                self.by_name.remove(&old.username);
+                if self.by_name.get(&old.username) == Some(&i) {
+                    self.by_name.remove(&old.username);
+                }
                 i
             }
             None => {
@@ -170,10 +201,55 @@ impl Subscribers {
         }
     }
 
+    fn map_of(&mut self, kind: AccountKind) -> &mut HashMap<String, u32, ahash::RandomState> {
+        match kind {
+            AccountKind::Radius => &mut self.by_name,
+            AccountKind::Voip => &mut self.by_voip,
+            AccountKind::Dn => &mut self.by_dn,
+        }
+    }
+
+    /// Makes `ident` an account of the subscriber `user_id`.
+    pub fn add_account(&mut self, user_id: i64, kind: AccountKind, ident: &str) {
+        if let Some(&i) = self.by_id.get(&user_id) {
+            self.map_of(kind).insert(ident.to_string(), i);
+        }
+    }
+
+    /// Removes an account (only if it is `user_id`'s).
+    pub fn remove_account(&mut self, user_id: i64, kind: AccountKind, ident: &str) {
+        let Some(&i) = self.by_id.get(&user_id) else {
+            return;
+        };
+        let map = self.map_of(kind);
+        if map.get(ident) == Some(&i) {
+            map.remove(ident);
+        }
+    }
+
+    /// A deleted client: every account of it leaves the lookups; its id stays (open
+    /// sessions are still charged).
+    pub fn remove_all_accounts(&mut self, user_id: i64) {
+        let Some(&i) = self.by_id.get(&user_id) else {
+            return;
+        };
+        for map in [&mut self.by_name, &mut self.by_voip, &mut self.by_dn] {
+            map.retain(|_, v| *v != i);
+        }
+    }
+
     /// Looks every subscriber's group up again by name (after a config reload).
     pub fn regroup(&mut self, catalog: &Catalog) {
         for u in &mut self.users {
             u.group = catalog.group_index(&u.group_name);
+        }
+    }
+
+    /// Moves a subscriber to another group.
+    pub fn set_group(&mut self, catalog: &Catalog, user_id: i64, group: &str) {
+        if let Some(u) = self.get_mut(user_id) {
+            u.group_name = group.to_string();
+            u.group = catalog.group_index(group);
         }
     }
 
@@ -184,12 +260,46 @@ impl Subscribers {
             .map(|&i| &mut self.users[i as usize])
     }
 
-    /// Gives a subscriber a (new) username.
+    /// The client owning an account, if any.
+    pub fn owner_of(&self, kind: AccountKind, ident: &str) -> Option<i64> {
+        let map = match kind {
+            AccountKind::Radius => &self.by_name,
+            AccountKind::Voip => &self.by_voip,
+            AccountKind::Dn => &self.by_dn,
+        };
+        map.get(ident).map(|&i| self.users[i as usize].user_id)
+    }
+
+    /// The index of a subscriber by id.
+    pub fn index_of(&self, user_id: i64) -> Option<u32> {
+        self.by_id.get(&user_id).copied()
+    }
+
+    /// The subscriber a CDR bills to (DESIGN.md Part 2): its account field among voip,
+    /// then radius accounts; else its caller number among DNs. With the identifier that
+    /// matched.
+    pub fn of_cdr(&self, account: &str, caller: &str) -> Option<(u32, MatchedBy)> {
+        let a = account.trim();
+        if !a.is_empty() {
+            if let Some(&i) = self.by_voip.get(a).or_else(|| self.by_name.get(a)) {
+                return Some((i, MatchedBy::Account));
+            }
+        }
+        if self.by_dn.is_empty() {
+            return None;
+        }
+        let dn = crate::domain::dn_key(caller)?;
+        self.by_dn.get(dn.as_ref()).map(|&i| (i, MatchedBy::Dn))
+    }
+
+    /// Gives a subscriber a (new) username: the old one stops being a radius account of it.
     pub fn rename(&mut self, user_id: i64, username: &str) {
         if let Some(&i) = self.by_id.get(&user_id) {
             self.name_rank.clear();
             let old = std::mem::replace(&mut self.users[i as usize].username, username.to_string());
-            self.by_name.remove(&old);
+            if self.by_name.get(&old) == Some(&i) {
+                self.by_name.remove(&old);
+            }
             self.by_name.insert(username.to_string(), i);
         }
     }
@@ -465,6 +575,7 @@ enum Outcome<'a> {
 struct RatedCdr<'a> {
     cdr: Cdr<'a>,
     user: Option<u32>,
+    matched: MatchedBy,
     key: u128,
     rating: CallRating,
     cost: Decimal,
@@ -579,6 +690,11 @@ fn build_chunk(
         let _ = write!(source, "cdr:{}:{}", file_name, r.cdr.line);
         let call_id: &str = r.cdr.call_id.as_ref();
         let logout = r.cdr.start + r.cdr.duration_secs;
+        let account = match (user, r.matched) {
+            (None, _) => None,
+            (Some(_), MatchedBy::Account) => Some(std::borrow::Cow::Borrowed(r.cdr.account.trim())),
+            (Some(_), MatchedBy::Dn) => crate::domain::dn_key(&r.cdr.caller),
+        };
         let row = XdrRow {
             xdr_id: r.xdr_id,
             service_type: "VoIP",
@@ -608,6 +724,8 @@ fn build_chunk(
             before_credit: r.before,
             after_credit: r.after,
             source: &source,
+            account: account.as_deref(),
+            refund_of: None,
         };
         let day = xdr::day_of(logout);
         let Some(b) = builders.iter_mut().find(|b| b.0 == day) else {
@@ -650,7 +768,7 @@ pub struct BatchRater<'a> {
 impl<'a> BatchRater<'a> {
     /// Loads subscribers, seen call ids and the xDR sequence from the ledger.
     pub fn new(catalog: &'a Catalog, ledger: &'a mut Ledger) -> Result<Self, BatchError> {
-        let subscribers = Subscribers::new(catalog, ledger.load_users()?);
+        let subscribers = Subscribers::load(catalog, ledger)?;
         let call_keys = ledger.load_call_keys()?;
         let next_xdr = ledger.next_xdr_id()?;
         Ok(BatchRater {
@@ -1108,7 +1226,7 @@ impl<'a> BatchRater<'a> {
     pub(crate) fn reload(&mut self) -> Result<(), BatchError> {
         // Batches committed before the failure hold movements not yet folded.
         self.ledger.fold_pending(chrono::Utc::now().timestamp())?;
-        self.subscribers = Subscribers::new(self.catalog, self.ledger.load_users()?);
+        self.subscribers = Subscribers::load(self.catalog, self.ledger)?;
         self.call_keys = self.ledger.load_call_keys()?;
         self.next_xdr = self.ledger.next_xdr_id()?;
         Ok(())
@@ -1150,7 +1268,10 @@ fn rate_one<'a>(
     scratch: &mut Vec<u8>,
 ) -> RatedCdr<'a> {
     let key = call_key(cdr.call_id.as_bytes());
-    let user = subs.by_name.get(cdr.account.trim()).copied();
+    let (user, matched) = match subs.of_cdr(&cdr.account, &cdr.caller) {
+        Some((u, m)) => (Some(u), m),
+        None => (None, MatchedBy::Account),
+    };
     let zero = |status| CallRating {
         status,
         prefix: None,
@@ -1197,6 +1318,7 @@ fn rate_one<'a>(
     RatedCdr {
         cdr,
         user,
+        matched,
         key,
         rating,
         cost,

@@ -160,6 +160,7 @@ mod tests {
             nas: nas.into(),
             session_id: "s1".into(),
             username: "alice".into(),
+            user_id: None,
             charge,
             credit_at_start: Decimal::TEN,
             nas_ip: String::new(),

@@ -56,6 +56,10 @@ pub enum ServeError {
 /// An open session as the API shows it (IBSng's `internet_onlines`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnlineSession {
+    /// The session's User-Name.
+    pub username: String,
+    /// The client it bills to (`None`: no subscriber had that User-Name).
+    pub user_id: Option<i64>,
     /// The NAS as shown (`ras_description`): its configured name, or the NAS-Identifier or
     /// IP of a NAS a proxy relays.
     pub nas: String,
@@ -77,6 +81,8 @@ pub struct OnlineSession {
 impl OnlineSession {
     fn of(s: &Session) -> Self {
         OnlineSession {
+            username: s.username.clone(),
+            user_id: s.user_id,
             nas: s.ras().to_string(),
             nas_key: s.nas.clone(),
             session_id: s.session_id.clone(),
@@ -93,11 +99,14 @@ impl OnlineSession {
     }
 }
 
-/// State the core publishes for readers (the API): open sessions by username, refreshed
-/// after every commit.
+/// Key of [`Live::online`] for sessions of User-Names that are no subscriber.
+pub const UNKNOWN_USER: i64 = 0;
+
+/// State the core publishes for readers (the API): open sessions by the client they bill
+/// to ([`UNKNOWN_USER`] for the others), refreshed after every commit.
 #[derive(Debug, Default)]
 pub struct Live {
-    pub online: std::sync::RwLock<std::collections::HashMap<String, Vec<OnlineSession>>>,
+    pub online: std::sync::RwLock<std::collections::HashMap<i64, Vec<OnlineSession>>>,
     /// Counters, histograms and the core's heartbeat (`/metrics`, `/health`; metrics.rs).
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Operator-asked disconnects (`user.killUser`); set once the sender thread runs.
@@ -114,16 +123,17 @@ impl Live {
         // source (`radius:<key>`) the session's NAS key.
         for x in &fx.xdrs {
             let key = x.source.strip_prefix("radius:").unwrap_or(&x.source);
-            if let Some(v) = online.get_mut(&x.username) {
+            let uid = x.user_id.unwrap_or(UNKNOWN_USER);
+            if let Some(v) = online.get_mut(&uid) {
                 v.retain(|o| !(o.nas_key == key && o.session_id == x.session_id));
                 if v.is_empty() {
-                    online.remove(&x.username);
+                    online.remove(&uid);
                 }
             }
         }
         for k in &fx.upserts {
             if let Some(s) = acct.sessions.get(k) {
-                let v = online.entry(s.username.clone()).or_default();
+                let v = online.entry(s.user_id.unwrap_or(UNKNOWN_USER)).or_default();
                 let o = OnlineSession::of(s);
                 match v
                     .iter_mut()
@@ -141,247 +151,15 @@ impl Live {
         online.clear();
         for s in acct.sessions.values() {
             online
-                .entry(s.username.clone())
+                .entry(s.user_id.unwrap_or(UNKNOWN_USER))
                 .or_default()
                 .push(OnlineSession::of(s));
         }
     }
 }
 
-/// How a credit change applies (IBSng's changeCreditExtended).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeType {
-    Add,
-    Set,
-    Multiply,
-}
-
-/// Why a command was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandError {
-    GroupNotFound(String),
-    UsernameExists(String),
-    UserNotFound(i64),
-    Invalid(String),
-    Ledger(String),
-}
-
-/// Writes asked of the core by the API: the core owns the ledger and the balances, so every
-/// credit movement, from RADIUS, CDRs or an operator, is ordered in one place.
-pub enum Command {
-    AddUsers {
-        count: u32,
-        group: String,
-        credit: rust_decimal::Decimal,
-        comment: String,
-        reply: crossbeam_channel::Sender<Result<Vec<i64>, CommandError>>,
-    },
-    SetCredentials {
-        user_id: i64,
-        username: String,
-        password: String,
-        reply: crossbeam_channel::Sender<Result<(), CommandError>>,
-    },
-    ChangeCredit {
-        user_ids: Vec<i64>,
-        credit: rust_decimal::Decimal,
-        change_type: ChangeType,
-        comment: String,
-        reply: crossbeam_channel::Sender<Result<Vec<i64>, CommandError>>,
-    },
-    Renew {
-        user_ids: Vec<i64>,
-        reply: crossbeam_channel::Sender<Result<(), CommandError>>,
-    },
-    /// Locks a client with a reason (`Some`), or unlocks it (`None`). A client that
-    /// becomes locked has each of its open sessions disconnected; its usage is still
-    /// charged.
-    SetLock {
-        user_id: i64,
-        reason: Option<String>,
-        reply: crossbeam_channel::Sender<Result<(), CommandError>>,
-    },
-}
-
-/// Why the core asks for a client's open sessions to end (Disconnect-Requests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum EndSessions {
-    /// The credit went from above zero to zero or below.
-    CreditExhausted,
-    /// The client was locked.
-    Locked,
-}
-
-/// Most users one addNewUsers call may create.
-pub const MAX_NEW_USERS: u32 = 10_000;
-
-fn ledger_err(e: LedgerError) -> CommandError {
-    match e {
-        LedgerError::Rejected(m) if m.contains("exists already") => CommandError::UsernameExists(m),
-        other => CommandError::Ledger(other.to_string()),
-    }
-}
-
-/// Executes one API command on the core thread; `end_sessions` asks for Disconnect-Requests
-/// for every open session of a username.
-fn execute(
-    catalog: &Catalog,
-    rater: &mut BatchRater<'_>,
-    cmd: Command,
-    end_sessions: &mut dyn FnMut(&str, EndSessions),
-) {
-    let now = now_secs();
-    match cmd {
-        Command::AddUsers {
-            count,
-            group,
-            credit,
-            comment,
-            reply,
-        } => {
-            let r = (|| {
-                if catalog.group_index(&group).is_none() {
-                    return Err(CommandError::GroupNotFound(group.clone()));
-                }
-                if count == 0 || count > MAX_NEW_USERS {
-                    return Err(CommandError::Invalid(format!(
-                        "count must be 1..={MAX_NEW_USERS}"
-                    )));
-                }
-                let users: Vec<crate::ledger::NewUser> = (0..count)
-                    .map(|_| crate::ledger::NewUser {
-                        username: None,
-                        password: None,
-                        group_name: group.clone(),
-                        credit,
-                        comment: comment.clone(),
-                    })
-                    .collect();
-                let ids = rater.ledger.add_users(&users, now).map_err(ledger_err)?;
-                for id in &ids {
-                    rater.subscribers.add(
-                        catalog,
-                        crate::ledger::UserRow {
-                            user_id: *id,
-                            username: None,
-                            group_name: group.clone(),
-                            credit,
-                        },
-                    );
-                }
-                Ok(ids)
-            })();
-            let _ = reply.send(r);
-        }
-        Command::SetCredentials {
-            user_id,
-            username,
-            password,
-            reply,
-        } => {
-            let r = (|| {
-                if rater.subscribers.get_mut(user_id).is_none() {
-                    return Err(CommandError::UserNotFound(user_id));
-                }
-                rater
-                    .ledger
-                    .set_credentials(user_id, &username, &password)
-                    .map_err(ledger_err)?;
-                rater.subscribers.rename(user_id, &username);
-                Ok(())
-            })();
-            let _ = reply.send(r);
-        }
-        Command::ChangeCredit {
-            user_ids,
-            credit,
-            change_type,
-            comment,
-            reply,
-        } => {
-            let r = (|| {
-                let mut changes = Vec::with_capacity(user_ids.len());
-                for id in &user_ids {
-                    let u = rater
-                        .subscribers
-                        .get_mut(*id)
-                        .ok_or(CommandError::UserNotFound(*id))?;
-                    let new = match change_type {
-                        ChangeType::Add => u.credit.checked_add(credit),
-                        ChangeType::Set => Some(credit),
-                        ChangeType::Multiply => {
-                            u.credit.checked_mul(credit).map(|v| v.round_dp(10))
-                        }
-                    }
-                    // The balance stays in the credit range, and the movement is checked too
-                    // (an old balance may predate the range): a bad amount is an error.
-                    .filter(|v| crate::users::check_credit(*v).is_ok())
-                    .and_then(|new| Some((new.checked_sub(u.credit)?, new)))
-                    .ok_or_else(|| {
-                        CommandError::Invalid(format!(
-                            "credit: the balance of user {id} would leave the credit range \
-                             (|credit| <= 10^15, at most 10 decimal places)"
-                        ))
-                    })?;
-                    changes.push((*id, new.0, new.1));
-                }
-                let ids = rater
-                    .ledger
-                    .change_credit(&changes, "api", &comment, now)
-                    .map_err(ledger_err)?;
-                for (id, _, new) in changes {
-                    if let Some(u) = rater.subscribers.get_mut(id) {
-                        let before = std::mem::replace(&mut u.credit, new);
-                        // Prepaid control: the operator took the credit to zero or below.
-                        if before > rust_decimal::Decimal::ZERO
-                            && new <= rust_decimal::Decimal::ZERO
-                        {
-                            end_sessions(&u.username.clone(), EndSessions::CreditExhausted);
-                        }
-                    }
-                }
-                Ok(ids)
-            })();
-            let _ = reply.send(r);
-        }
-        Command::Renew { user_ids, reply } => {
-            let r = (|| {
-                for id in &user_ids {
-                    if rater.subscribers.get_mut(*id).is_none() {
-                        return Err(CommandError::UserNotFound(*id));
-                    }
-                }
-                rater.ledger.renew(&user_ids, now).map_err(ledger_err)
-            })();
-            let _ = reply.send(r);
-        }
-        Command::SetLock {
-            user_id,
-            reason,
-            reply,
-        } => {
-            let r = (|| {
-                let username = rater
-                    .subscribers
-                    .get_mut(user_id)
-                    .ok_or(CommandError::UserNotFound(user_id))?
-                    .username
-                    .clone();
-                let before = rater
-                    .ledger
-                    .set_lock(user_id, reason.as_deref())
-                    .map_err(ledger_err)?;
-                // Prepaid control: a client that just became locked loses its open
-                // sessions (a new reason for a locked client sends nothing again).
-                if before.is_none() && reason.is_some() && !username.is_empty() {
-                    end_sessions(&username, EndSessions::Locked);
-                }
-                Ok(())
-            })();
-            let _ = reply.send(r);
-        }
-    }
-}
+pub use crate::commands::{ChangeType, Command, CommandError};
+use crate::commands::{execute, EndSessions};
 
 /// What a server run did (returned at shutdown).
 #[derive(Debug, Default, Clone)]
@@ -528,11 +306,11 @@ pub fn run(
             core.receive_batch(&mut rater, &mut acct)?;
             while let Ok(cmd) = commands.try_recv() {
                 let (disconnect, live) = (&mut core.disconnect, &core.live);
-                execute(catalog, &mut rater, cmd, &mut |name, why| match why {
+                execute(catalog, &mut rater, cmd, &mut |id, why| match why {
                     EndSessions::CreditExhausted => {
-                        disconnect.user_exhausted(catalog, live, name, now_secs())
+                        disconnect.user_exhausted(catalog, live, id, now_secs())
                     }
-                    EndSessions::Locked => disconnect.user_locked(catalog, live, name, now_secs()),
+                    EndSessions::Locked => disconnect.user_locked(catalog, live, id, now_secs()),
                 });
             }
             if last_housekeeping.elapsed() >= Duration::from_secs(1) {
@@ -679,11 +457,19 @@ fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounti
             tracing::warn!(nas = %nas, session = %sid, "open session of a NAS no longer configured: left in the ledger");
             continue;
         };
-        let s: Session = serde_json::from_str(&state).map_err(|e| ServeError::Session {
+        let mut s: Session = serde_json::from_str(&state).map_err(|e| ServeError::Session {
             nas: nas.clone(),
             session: sid.clone(),
             message: e.to_string(),
         })?;
+        if s.user_id.is_none() && !s.unknown_user {
+            // Stored before sessions kept their client: the User-Name's client now.
+            s.user_id = rater
+                .subscribers
+                .by_name
+                .get(s.username.as_str())
+                .map(|&i| rater.subscribers.users[i as usize].user_id);
+        }
         acct.sessions.insert(SessionKey::new(i, nas, sid), s);
     }
     for (nas, sid, at) in rater.ledger.load_closed()? {
@@ -1193,14 +979,14 @@ impl Core<'_> {
         self.live.metrics.commit_finished(started);
         committed?;
         self.live.apply(acct, fx);
-        self.disconnect_exhausted(rater, fx, now);
+        self.disconnect_exhausted(fx, now);
         Ok(())
     }
 
     /// Prepaid control after a commit: each user whose credit these charges took from
     /// above zero to zero or below gets a Disconnect-Request series for every session still
     /// open (one series per session per crossing; the sender thread does the waiting).
-    fn disconnect_exhausted(&mut self, rater: &mut BatchRater<'_>, fx: &Effects, now: i64) {
+    fn disconnect_exhausted(&mut self, fx: &Effects, now: i64) {
         let zero = rust_decimal::Decimal::ZERO;
         let mut users: Vec<i64> = Vec::new();
         for ch in &fx.charges {
@@ -1210,11 +996,8 @@ impl Core<'_> {
             }
         }
         for id in users {
-            if let Some(u) = rater.subscribers.get_mut(id) {
-                let name = u.username.clone();
-                self.disconnect
-                    .user_exhausted(self.catalog, &self.live, &name, now);
-            }
+            self.disconnect
+                .user_exhausted(self.catalog, &self.live, id, now);
         }
     }
 

@@ -89,6 +89,11 @@ pub struct XdrRow<'a> {
     pub before_credit: Decimal,
     pub after_credit: Decimal,
     pub source: &'a str,
+    /// The account identifier that matched the subscriber (a radius or voip account, or a
+    /// DN); `None` when no subscriber matched.
+    pub account: Option<&'a str>,
+    /// For a `REFUND` xDR, the xDR it cancels.
+    pub refund_of: Option<u64>,
 }
 
 fn detail_fields() -> Fields {
@@ -156,6 +161,8 @@ pub fn schema() -> SchemaRef {
             false,
         ),
         s("source"),
+        Field::new("account", DataType::Utf8, true),
+        Field::new("refund_of", DataType::UInt64, true),
     ]))
 }
 
@@ -216,6 +223,8 @@ pub struct XdrBuilder {
     money: [Decimal128Builder; 3],
     details: DetailColumns,
     source: StringBuilder,
+    account: StringBuilder,
+    refund_of: UInt64Builder,
     rows: usize,
     /// The first money value that did not fit Decimal128(38, 10); `finish` refuses the batch.
     out_of_range: Option<Decimal>,
@@ -250,6 +259,8 @@ impl XdrBuilder {
             money: std::array::from_fn(|_| money()),
             details: DetailColumns::with_capacity(rows),
             source: StringBuilder::with_capacity(rows, rows * 32),
+            account: StringBuilder::with_capacity(rows, rows * 8),
+            refund_of: UInt64Builder::with_capacity(rows),
             rows: 0,
             out_of_range: None,
         }
@@ -306,6 +317,8 @@ impl XdrBuilder {
         }
         self.details.offsets.push(self.details.len() as i32);
         self.source.append_value(r.source);
+        self.account.append_option(r.account);
+        self.refund_of.append_option(r.refund_of);
         self.rows += 1;
     }
 
@@ -350,6 +363,8 @@ impl XdrBuilder {
         }
         cols.push(self.details.finish()?);
         cols.push(Arc::new(self.source.finish()));
+        cols.push(Arc::new(self.account.finish()));
+        cols.push(Arc::new(self.refund_of.finish()));
         RecordBatch::try_new(schema(), cols).map_err(|e| SinkError::Arrow(e.to_string()))
     }
 }
@@ -696,6 +711,12 @@ pub struct OwnedXdr {
     pub after_credit: Decimal,
     pub details: Vec<OwnedDetail>,
     pub source: String,
+    /// See [`XdrRow::account`] (absent in rows written before it existed).
+    #[serde(default)]
+    pub account: Option<String>,
+    /// See [`XdrRow::refund_of`].
+    #[serde(default)]
+    pub refund_of: Option<u64>,
 }
 
 impl OwnedXdr {
@@ -742,6 +763,8 @@ impl OwnedXdr {
                 before_credit: self.before_credit,
                 after_credit: self.after_credit,
                 source: &self.source,
+                account: self.account.as_deref(),
+                refund_of: self.refund_of,
             },
             &details,
         );

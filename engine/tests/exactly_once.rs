@@ -11,7 +11,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use ratel_engine::batch::{BatchRater, NoProgress};
 use ratel_engine::catalog::{Catalog, CdrFormat};
 use ratel_engine::config::{ConfigSource, LoadedConfig};
-use ratel_engine::ledger::{Ledger, NewUser};
+use ratel_engine::domain::NewClient;
+use ratel_engine::ledger::Ledger;
 use rust_decimal::Decimal;
 
 fn catalog(data: &Path) -> Catalog {
@@ -111,16 +112,15 @@ fn interrupted_run_resumes_and_charges_each_record_once() {
     let cdrs = dir.path().join("cdrs.csv");
     let (rows, per_user) = write_cdrs(&cdrs);
     let mut ledger = Ledger::open(&data).unwrap();
-    let users: Vec<NewUser> = (0..7)
-        .map(|u| NewUser {
+    let users: Vec<NewClient> = (0..7)
+        .map(|u| NewClient {
             username: Some(format!("u{u}")),
-            password: None,
-            group_name: "g".into(),
+            group: "g".into(),
             credit: Decimal::from(100),
-            comment: String::new(),
+            ..Default::default()
         })
         .collect();
-    ledger.add_users(&users, 0).unwrap();
+    ledger.add_clients(&users, "test", 0).unwrap();
 
     {
         let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
@@ -179,14 +179,13 @@ fn recovery_finishes_renames_and_removes_orphans() {
     write_cdrs(&cdrs);
     let mut ledger = Ledger::open(&data).unwrap();
     ledger
-        .add_users(
-            &[NewUser {
+        .add_clients(
+            &[NewClient {
                 username: Some("u0".into()),
-                password: None,
-                group_name: "g".into(),
-                credit: Decimal::ZERO,
-                comment: String::new(),
+                group: "g".into(),
+                ..Default::default()
             }],
+            "test",
             0,
         )
         .unwrap();

@@ -46,6 +46,11 @@ pub struct Session {
     pub nas: String,
     pub session_id: String,
     pub username: String,
+    /// The client the session bills to, fixed when it opened (a rename, or another client
+    /// taking the User-Name later, never moves it). `None` in sessions stored before it
+    /// existed until the core resolves them at load.
+    #[serde(default)]
+    pub user_id: Option<i64>,
     pub charge: SessionCharge,
     /// The user's credit when the session was first seen (the xDR's before_credit).
     pub credit_at_start: Decimal,
@@ -568,6 +573,7 @@ impl Accounting {
                 nas: key.nas.clone(),
                 session_id: key.session_id.clone(),
                 username: username.clone(),
+                user_id: user.map(|u| subs.users[u as usize].user_id),
                 charge: SessionCharge::new(&usage),
                 credit_at_start,
                 nas_ip: id.nas_ip.clone(),
@@ -605,7 +611,7 @@ impl Accounting {
         // An update whose charge the ledger holds already, on a session this very update
         // opened: a replay of a session closed and forgotten. Not tracked at all.
         let mut replay_of_forgotten = false;
-        if let Some(ui) = subs.by_name.get(s.username.as_str()).copied() {
+        if let Some(ui) = s.user_id.and_then(|id| subs.index_of(id)) {
             let u = &mut subs.users[ui as usize];
             if let Some(group) = u.group.map(|g| &catalog.groups[g]) {
                 match s
@@ -739,10 +745,10 @@ impl Accounting {
         self.count_closed(key, &s);
         self.closed.insert(key.clone(), now);
         self.counters.sessions_closed += 1;
-        let user = subs
-            .by_name
-            .get(s.username.as_str())
-            .map(|&u| &subs.users[u as usize]);
+        let user = s
+            .user_id
+            .and_then(|id| subs.index_of(id))
+            .map(|u| &subs.users[u as usize]);
         let c = &s.charge;
         let details = c
             .rules
@@ -810,6 +816,8 @@ impl Accounting {
             after_credit: user.map(|u| u.credit).unwrap_or_default(),
             details,
             source: format!("radius:{}", s.nas),
+            account: user.map(|_| s.username.clone()),
+            refund_of: None,
         });
         fx.closed.push(key.clone());
     }

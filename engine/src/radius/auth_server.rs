@@ -236,17 +236,19 @@ fn answer(
     } else {
         reader.user(&username).map_err(Dropped::Ledger)?
     };
-    let open_sessions = {
+    // Sessions of the client, whichever of its radius accounts opened them.
+    let open_sessions = row.as_ref().map_or(0, |u| {
         let online = live.online.read().unwrap_or_else(|e| e.into_inner());
-        online.get(username.as_ref()).map_or(0, Vec::len)
-    };
+        online.get(&u.user_id).map_or(0, Vec::len)
+    });
     let sub = row.as_ref().map(|u| Subscriber {
         password: u.password.as_deref(),
         credit: u.credit,
         group: cat.groups.iter().find(|g| g.name == u.group_name),
-        // A locked client is refused (DESIGN.md "RADIUS authorization"); `archived` comes
-        // with the client status of another issue.
-        status: if u.lock_reason.is_some() {
+        // Locked and archived clients are refused (DESIGN.md "RADIUS authorization").
+        status: if u.archived {
+            ClientStatus::Archived
+        } else if u.lock_reason.is_some() {
             ClientStatus::Locked
         } else {
             ClientStatus::Active

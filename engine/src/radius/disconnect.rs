@@ -254,52 +254,60 @@ impl Disconnector {
         }
     }
 
-    /// One series for each open session of `username` (as the core published them in
-    /// `live`): the user's credit just went from above zero to zero or below.
+    /// One series for each open session of client `user_id` (as the core published them
+    /// in `live`): its credit just went from above zero to zero or below.
     pub fn user_exhausted(
         &mut self,
         catalog: &Catalog,
         live: &crate::serve::Live,
-        username: &str,
+        user_id: i64,
         now: i64,
     ) {
-        self.user_sessions(catalog, live, username, now, "credit exhausted");
+        self.user_sessions(catalog, live, user_id, now, "credit exhausted");
     }
 
-    /// One series for each open session of `username`: an operator just locked the
-    /// client (whatever its credit).
+    /// One series for each open session of client `user_id`: an operator just locked,
+    /// archived or deleted it (whatever its credit).
     pub fn user_locked(
         &mut self,
         catalog: &Catalog,
         live: &crate::serve::Live,
-        username: &str,
+        user_id: i64,
         now: i64,
     ) {
-        self.user_sessions(catalog, live, username, now, "client locked");
+        self.user_sessions(catalog, live, user_id, now, "client locked");
     }
 
-    /// A series for each open session of `username` in `live`; `why` is for the logs.
+    /// A series for each open session of client `user_id` in `live` (whichever of its
+    /// radius accounts opened it); `why` is for the logs.
     fn user_sessions(
         &mut self,
         catalog: &Catalog,
         live: &crate::serve::Live,
-        username: &str,
+        user_id: i64,
         now: i64,
         why: &str,
     ) {
-        let sessions: Vec<(String, String, String)> = {
+        let sessions: Vec<(String, String, String, String)> = {
             let online = live.online.read().unwrap_or_else(|e| e.into_inner());
             online
-                .get(username)
+                .get(&user_id)
                 .map(|v| {
                     v.iter()
-                        .map(|o| (o.nas_key.clone(), o.session_id.clone(), o.nas_ip.clone()))
+                        .map(|o| {
+                            (
+                                o.username.clone(),
+                                o.nas_key.clone(),
+                                o.session_id.clone(),
+                                o.nas_ip.clone(),
+                            )
+                        })
                         .collect()
                 })
                 .unwrap_or_default()
         };
-        for (nas_key, session_id, nas_ip) in sessions {
-            let Some(r) = request(catalog, username, nas_key, session_id, &nas_ip, now) else {
+        for (username, nas_key, session_id, nas_ip) in sessions {
+            let Some(r) = request(catalog, &username, nas_key, session_id, &nas_ip, now) else {
                 self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(user = %username, reason = why, "no NAS to send a Disconnect-Request to (a NAS behind a proxy without coa_server)");
                 continue;

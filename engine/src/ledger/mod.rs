@@ -17,6 +17,9 @@ use rust_decimal::Decimal;
 
 use crate::xdr;
 
+mod clients;
+pub use clients::{ClientBefore, RefundCommit};
+
 /// Errors of the ledger boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
@@ -42,6 +45,8 @@ pub enum LedgerError {
     },
     #[error("{0}")]
     Rejected(String),
+    #[error("no user with id {0}")]
+    NoSuchClient(i64),
 }
 
 /// Creates `dir` and missing parents readable by the owner only (0700 on Unix): the ledger
@@ -119,16 +124,6 @@ pub struct UserRow {
     pub username: Option<String>,
     pub group_name: String,
     pub credit: Decimal,
-}
-
-/// A subscriber to create.
-#[derive(Debug, Clone)]
-pub struct NewUser {
-    pub username: Option<String>,
-    pub password: Option<String>,
-    pub group_name: String,
-    pub credit: Decimal,
-    pub comment: String,
 }
 
 /// A CDR file rated to the end: what a later, grown copy of it is matched against.
@@ -275,10 +270,72 @@ CREATE TABLE IF NOT EXISTS rule_usage(
 INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 ";
 
-/// Brings a ledger written by an earlier version up to the current schema.
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// The ledger schema version this build writes (`PRAGMA user_version`). Each step of
+/// [`migrate`] brings a ledger one version forward, in one transaction with the rest.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Version 2 (issue 11, DESIGN.md Part 2 "The domain model"): companies, accounts, profile
+/// fields, the client log, refunds; journal rows typed `payment` / `usage` / `package_fee` /
+/// `refund` with the actor who made them; clients archived or deleted.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS companies(
+  company_id INTEGER PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  type INTEGER NOT NULL DEFAULT 10,
+  prepaid INTEGER NOT NULL DEFAULT 1,
+  credit TEXT NOT NULL DEFAULT '0',
+  created_at INTEGER NOT NULL DEFAULT 0);
+INSERT OR IGNORE INTO companies(company_id, name) VALUES (1, 'Main');
+INSERT OR IGNORE INTO companies(name) SELECT DISTINCT isp_name FROM users WHERE isp_name <> 'Main';
+ALTER TABLE users ADD COLUMN company_id INTEGER NOT NULL DEFAULT 1;
+UPDATE users SET company_id = coalesce((SELECT company_id FROM companies c WHERE c.name = users.isp_name), 1);
+ALTER TABLE users ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE users ADD COLUMN deleted_at INTEGER;
+ALTER TABLE users ADD COLUMN deleted_username TEXT;
+CREATE TABLE IF NOT EXISTS accounts(
+  kind TEXT NOT NULL,
+  ident TEXT NOT NULL,
+  user_id INTEGER NOT NULL,
+  created_at INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY(kind, ident)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS accounts_user ON accounts(user_id);
+INSERT OR IGNORE INTO accounts(kind, ident, user_id, created_at)
+  SELECT 'radius', username, user_id, created_at FROM users WHERE username IS NOT NULL;
+CREATE TABLE IF NOT EXISTS profile(
+  user_id INTEGER NOT NULL,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY(user_id, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS client_log(
+  id INTEGER PRIMARY KEY,
+  user_id INTEGER NOT NULL,
+  at INTEGER NOT NULL,
+  actor TEXT NOT NULL,
+  action TEXT NOT NULL,
+  comment TEXT NOT NULL DEFAULT '');
+CREATE INDEX IF NOT EXISTS client_log_user ON client_log(user_id);
+ALTER TABLE journal ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+UPDATE journal SET kind = 'payment' WHERE kind IN ('initial', 'api');
+UPDATE journal SET kind = 'usage' WHERE kind IN ('cdr', 'radius');
+CREATE INDEX IF NOT EXISTS journal_user_time ON journal(user_id, created_at);
+CREATE TABLE IF NOT EXISTS refunds(
+  xdr_id INTEGER PRIMARY KEY,
+  refund_xdr_id INTEGER NOT NULL,
+  user_id INTEGER NOT NULL,
+  journal_id INTEGER NOT NULL);
+";
+
+/// Brings a ledger written by an earlier version up to [`SCHEMA_VERSION`], one version at a
+/// time, in one transaction; a ledger from a newer ratel is refused (it may hold what this
+/// build does not know how to keep).
+fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(MigrateError::Newer(version));
+    }
     let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
-        let mut st = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let mut st = tx.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
         let names = st.query_map([], |r| r.get::<_, String>(0))?;
         for n in names {
             if n? == column {
@@ -287,20 +344,39 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         }
         Ok(false)
     };
-    if !has_column("cdr_files", "head_hash")? {
-        // Files rated before have no head hash: a changed copy of one is rated as a new
-        // file (its call ids still stop repeats of the records themselves).
-        conn.execute_batch(
-            "ALTER TABLE cdr_files ADD COLUMN head_hash TEXT;
-             CREATE INDEX IF NOT EXISTS cdr_files_head ON cdr_files(head_hash);",
-        )?;
+    if version < 1 {
+        // Version 1: the ledger of issue 10/13 (before user_version was kept). Columns added
+        // then are checked by name: a ledger may have either, both or none.
+        if !has_column("cdr_files", "head_hash")? {
+            // Files rated before have no head hash: a changed copy of one is rated as a new
+            // file (its call ids still stop repeats of the records themselves).
+            tx.execute_batch(
+                "ALTER TABLE cdr_files ADD COLUMN head_hash TEXT;
+                 CREATE INDEX IF NOT EXISTS cdr_files_head ON cdr_files(head_hash);",
+            )?;
+        }
+        if !has_column("users", "lock_reason")? {
+            // NULL is active, a reason string is locked.
+            tx.execute_batch("ALTER TABLE users ADD COLUMN lock_reason TEXT;")?;
+        }
     }
-    if !has_column("users", "lock_reason")? {
-        // The client status (DESIGN.md Part 2 "The domain model"): NULL is active, a
-        // reason string is locked. Every client of an older ledger is active.
-        conn.execute_batch("ALTER TABLE users ADD COLUMN lock_reason TEXT;")?;
+    if version < 2 {
+        tx.execute_batch(SCHEMA_V2)?;
     }
+    if version < SCHEMA_VERSION {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tracing::info!(from = version, to = SCHEMA_VERSION, "ledger schema migrated");
+    }
+    tx.commit()?;
     Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum MigrateError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("schema version {0} was written by a newer ratel (this one knows up to {SCHEMA_VERSION}); run that version, or restore a backup")]
+    Newer(i64),
 }
 
 fn parse_dec(path: &Path, what: &str, s: &str) -> Result<Decimal, LedgerError> {
@@ -331,7 +407,7 @@ impl Ledger {
             path: path.display().to_string(),
             source,
         };
-        let conn = Connection::open(&path).map_err(sq)?;
+        let mut conn = Connection::open(&path).map_err(sq)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sq)?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -346,7 +422,17 @@ impl Ledger {
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sq)?;
         conn.execute_batch(SCHEMA).map_err(sq)?;
-        migrate(&conn).map_err(sq)?;
+        migrate(&mut conn).map_err(|e| match e {
+            MigrateError::Sqlite(source) => LedgerError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            },
+            MigrateError::Newer(_) => LedgerError::Corrupt {
+                path: path.display().to_string(),
+                what: "PRAGMA user_version".into(),
+                value: e.to_string(),
+            },
+        })?;
         let mut ledger = Ledger {
             conn,
             path,
@@ -476,196 +562,6 @@ impl Ledger {
                 })
             })
             .transpose()
-    }
-
-    /// Creates subscribers in one transaction, each with an initial-credit journal row.
-    /// Returns their ids. A username that exists already fails the whole call.
-    pub fn add_users(&mut self, users: &[NewUser], now: i64) -> Result<Vec<i64>, LedgerError> {
-        let path = self.path.display().to_string();
-        let sq = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(sq)?;
-        let mut ids = Vec::with_capacity(users.len());
-        {
-            let mut ins = tx
-                .prepare("INSERT INTO users(username, password, group_name, credit, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
-                .map_err(sq)?;
-            let mut jr = tx
-                .prepare("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, comment, created_at) VALUES (?1, ?2, ?2, 'initial', ?3, ?4, ?5)")
-                .map_err(sq)?;
-            for u in users {
-                if let Some(name) = &u.username {
-                    let exists: bool = tx
-                        .query_row(
-                            "SELECT 1 FROM users WHERE username = ?1",
-                            [name],
-                            |_| Ok(()),
-                        )
-                        .optional()
-                        .map_err(sq)?
-                        .is_some();
-                    if exists {
-                        return Err(LedgerError::Rejected(format!(
-                            "username {name:?} exists already"
-                        )));
-                    }
-                }
-                ins.execute(params![
-                    u.username,
-                    u.password,
-                    u.group_name,
-                    u.credit.to_string(),
-                    now
-                ])
-                .map_err(sq)?;
-                let id = tx.last_insert_rowid();
-                jr.execute(params![
-                    id,
-                    u.credit.to_string(),
-                    format!("initial:{id}"),
-                    u.comment,
-                    now
-                ])
-                .map_err(sq)?;
-                ids.push(id);
-            }
-        }
-        tx.commit().map_err(sq)?;
-        Ok(ids)
-    }
-
-    /// Sets a subscriber's username and password (IBSng's updateUserAttrs).
-    pub fn set_credentials(
-        &mut self,
-        user_id: i64,
-        username: &str,
-        password: &str,
-    ) -> Result<(), LedgerError> {
-        let taken: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT user_id FROM users WHERE username = ?1",
-                [username],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.sq())?;
-        if taken.is_some_and(|id| id != user_id) {
-            return Err(LedgerError::Rejected(format!(
-                "username {username:?} exists already"
-            )));
-        }
-        let n = self
-            .conn
-            .execute(
-                "UPDATE users SET username = ?2, password = ?3 WHERE user_id = ?1",
-                params![user_id, username, password],
-            )
-            .map_err(self.sq())?;
-        if n == 0 {
-            return Err(LedgerError::Rejected(format!("no user with id {user_id}")));
-        }
-        Ok(())
-    }
-
-    /// Locks a subscriber with `reason`, or unlocks it (`None`), in one transaction.
-    /// Returns the lock reason it had before (`None`: it was active).
-    pub fn set_lock(
-        &mut self,
-        user_id: i64,
-        reason: Option<&str>,
-    ) -> Result<Option<String>, LedgerError> {
-        let path = self.path.display().to_string();
-        let sq = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(sq)?;
-        let before: Option<Option<String>> = tx
-            .query_row(
-                "SELECT lock_reason FROM users WHERE user_id = ?1",
-                [user_id],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(sq)?;
-        let Some(before) = before else {
-            return Err(LedgerError::Rejected(format!("no user with id {user_id}")));
-        };
-        tx.execute(
-            "UPDATE users SET lock_reason = ?2 WHERE user_id = ?1",
-            params![user_id, reason],
-        )
-        .map_err(sq)?;
-        tx.commit().map_err(sq)?;
-        Ok(before)
-    }
-
-    /// Records credit changes made by an operator: one journal row per user (with the
-    /// balance after) and the new balances, in one transaction. Returns the journal ids.
-    pub fn change_credit(
-        &mut self,
-        changes: &[(i64, Decimal, Decimal)],
-        kind: &str,
-        comment: &str,
-        now: i64,
-    ) -> Result<Vec<i64>, LedgerError> {
-        let path = self.path.display().to_string();
-        let sq = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(sq)?;
-        let mut ids = Vec::with_capacity(changes.len());
-        {
-            let next: i64 = tx
-                .query_row("SELECT coalesce(max(id), 0) + 1 FROM journal", [], |r| {
-                    r.get(0)
-                })
-                .map_err(sq)?;
-            let mut jr = tx
-                .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, comment, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")
-                .map_err(sq)?;
-            let mut up = tx
-                .prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")
-                .map_err(sq)?;
-            for (i, (user_id, amount, after)) in changes.iter().enumerate() {
-                jr.execute(params![
-                    user_id,
-                    amount.to_string(),
-                    after.to_string(),
-                    kind,
-                    format!("{kind}:{}:{user_id}", next + i as i64),
-                    comment,
-                    now
-                ])
-                .map_err(sq)?;
-                ids.push(tx.last_insert_rowid());
-                up.execute(params![user_id, after.to_string()])
-                    .map_err(sq)?;
-            }
-        }
-        tx.commit().map_err(sq)?;
-        Ok(ids)
-    }
-
-    /// Starts a new service period for users (IBSng's renewUsers): first login and
-    /// charge-rule usage are reset.
-    pub fn renew(&mut self, user_ids: &[i64], now: i64) -> Result<(), LedgerError> {
-        let path = self.path.display().to_string();
-        let sq = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(sq)?;
-        for id in user_ids {
-            tx.execute("UPDATE users SET first_login = NULL, period_start = ?2, status = 'Package' WHERE user_id = ?1", params![id, now]).map_err(sq)?;
-            tx.execute("DELETE FROM rule_usage WHERE user_id = ?1", [id])
-                .map_err(sq)?;
-        }
-        tx.commit().map_err(sq)
     }
 
     /// The progress record of a CDR file, by content hash.
@@ -874,7 +770,7 @@ impl Ledger {
         let tx = self.conn.transaction().map_err(sq)?;
         {
             let mut jr = tx
-                .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'radius', ?4, ?5)")
+                .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'usage', ?4, ?5)")
                 .map_err(sq)?;
             let mut up = tx
                 .prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")
@@ -1157,7 +1053,7 @@ fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite
         }
     }
     let mut jr = tx.prepare_cached(
-        "INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'cdr', ?4, ?5)",
+        "INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'usage', ?4, ?5)",
     )?;
     let mut up = tx.prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")?;
     for (id, (amount, after)) in per_user {
@@ -1237,8 +1133,10 @@ pub struct AuthUser {
     pub group_name: String,
     /// The committed credit.
     pub credit: Decimal,
-    /// Why the client is locked (`None`: it is active).
+    /// Why the client is locked (`None`: it is not).
     pub lock_reason: Option<String>,
+    /// The client is archived (refused like a locked one).
+    pub archived: bool,
 }
 
 /// A read-only connection to the ledger for the authorization thread: it reads the
@@ -1267,7 +1165,7 @@ impl AuthReader {
         Ok(AuthReader { conn, path })
     }
 
-    /// The subscriber whose radius account (its username) is `username`.
+    /// The client one of whose radius accounts is `username` (deleted clients have none).
     pub fn user(&self, username: &str) -> Result<Option<AuthUser>, LedgerError> {
         let sq = |source| LedgerError::Sqlite {
             path: self.path.display().to_string(),
@@ -1276,7 +1174,9 @@ impl AuthReader {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT user_id, password, group_name, credit, lock_reason FROM users WHERE username = ?1",
+                "SELECT u.user_id, u.password, u.group_name, u.credit, u.lock_reason, u.archived
+                 FROM accounts a JOIN users u ON u.user_id = a.user_id
+                 WHERE a.kind = 'radius' AND a.ident = ?1 AND u.deleted_at IS NULL",
             )
             .map_err(sq)?;
         let row = st
@@ -1287,17 +1187,19 @@ impl AuthReader {
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, Option<String>>(4)?,
+                    r.get::<_, i64>(5)? != 0,
                 ))
             })
             .optional()
             .map_err(sq)?;
-        row.map(|(user_id, password, group_name, credit, lock_reason)| {
+        row.map(|(user_id, password, group_name, credit, lock_reason, archived)| {
             Ok(AuthUser {
                 user_id,
                 password,
                 group_name,
                 credit: parse_dec(&self.path, "users.credit", &credit)?,
                 lock_reason,
+                archived,
             })
         })
         .transpose()
