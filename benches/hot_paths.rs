@@ -183,19 +183,19 @@ fn parquet_encode(c: &mut Criterion) {
 }
 
 fn ledger_commit(c: &mut Criterion) {
-    use ratel_engine::ledger::{Ledger, NewUser, RadiusCommit};
+    use ratel_engine::domain::NewClient;
+    use ratel_engine::ledger::{Ledger, RadiusCommit};
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = Ledger::open(dir.path()).unwrap();
-    let users: Vec<NewUser> = (0..1000)
-        .map(|i| NewUser {
+    let users: Vec<NewClient> = (0..1000)
+        .map(|i| NewClient {
             username: Some(format!("u{i}")),
-            password: None,
-            group_name: "g".into(),
+            group: "g".into(),
             credit: Decimal::from(100),
-            comment: String::new(),
+            ..Default::default()
         })
         .collect();
-    ledger.add_users(&users, 0).unwrap();
+    ledger.add_clients(&users, "bench", 0).unwrap();
     let mut g = c.benchmark_group("ledger");
     g.throughput(Throughput::Elements(512));
     g.sample_size(20);

@@ -241,6 +241,59 @@ fn session_line(
     )
 }
 
+/// Bytes of a users file sent in one `user.importUsers` call (well under the API's body
+/// limit once JSON-escaped).
+const IMPORT_PART_BYTES: usize = 256 << 10;
+
+/// `ratel users import` while `serve` holds the data dir: the file goes to the running
+/// server in parts of whole records (header first, each with the file line it starts at),
+/// and the server's core creates the clients in order with every other write.
+pub fn import_via_api(
+    config: Option<&std::path::Path>,
+    file: &std::path::Path,
+) -> anyhow::Result<ratel_engine::users::ImportSummary> {
+    use ratel_engine::csv::{scan_records_with, strip_bom, Dialect};
+    let client = Client::new(&ApiArgs {
+        config: config.map(|p| p.to_path_buf()),
+        api: None,
+    })?;
+    let name = file.display().to_string();
+    let raw = std::fs::read(file).with_context(|| name.clone())?;
+    let buf = strip_bom(&raw);
+    let mut spans = Vec::new();
+    scan_records_with(Dialect::DOC, buf, 1, true, &mut spans);
+    let mut spans = spans.into_iter().filter(|s| s.end > s.start).peekable();
+    let header = spans
+        .next()
+        .with_context(|| format!("{name}:1: header: empty file"))?;
+    let head = String::from_utf8_lossy(&buf[header.start..header.end]).into_owned();
+    let mut summary = ratel_engine::users::ImportSummary::default();
+    while let Some(first) = spans.next() {
+        let (start, first_line) = (first.start, first.line);
+        let mut end = first.end;
+        let mut n = 1;
+        while let Some(s) = spans.peek() {
+            if s.end - start > IMPORT_PART_BYTES || n >= ratel_engine::commands::MAX_IMPORT_ROWS {
+                break;
+            }
+            end = s.end;
+            n += 1;
+            spans.next();
+        }
+        let csv = format!("{head}\n{}", String::from_utf8_lossy(&buf[start..end]));
+        let r = client.call(
+            "user.importUsers",
+            json!({"file": name, "first_line": first_line - 1, "csv": csv}),
+        )?;
+        summary.created += r["created"].as_array().map_or(0, |a| a.len()) as u64;
+        summary.existing += r["existing"].as_array().map_or(0, |a| a.len()) as u64;
+        for b in r["bad"].as_array().into_iter().flatten() {
+            summary.bad.push(b.as_str().unwrap_or_default().to_string());
+        }
+    }
+    Ok(summary)
+}
+
 /// A blocking JSON-RPC client logged in as an admin (name and password in every call).
 struct Client {
     addr: SocketAddr,

@@ -374,9 +374,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: UsersCommand::Import { config, file },
         } => {
             let catalog = load(config.as_deref())?;
-            let _lock = DataDirLock::acquire(&catalog.data_dir)?;
-            let mut ledger = Ledger::open(&catalog.data_dir)?;
-            let s = ratel_engine::users::import_users(&catalog, &mut ledger, &file, chrono_now())?;
+            let s = match DataDirLock::acquire(&catalog.data_dir) {
+                Ok(_lock) => {
+                    let mut ledger = Ledger::open(&catalog.data_dir)?;
+                    ratel_engine::users::import_users(&catalog, &mut ledger, &file, chrono_now())?
+                }
+                // `serve` holds the data dir: import through its core, without downtime.
+                Err(ratel_engine::ledger::LedgerError::Locked { .. }) => {
+                    tracing::info!("the data dir is in use by `ratel serve`: importing through its API");
+                    admin::import_via_api(config.as_deref(), &file)?
+                }
+                Err(e) => return Err(e.into()),
+            };
             for b in &s.bad {
                 if ops::json_logs() {
                     tracing::warn!("bad line: {b}");

@@ -94,9 +94,9 @@ async fn connection(
         async move {
             match tokio::time::timeout(limits.request_timeout, router.call(req)).await {
                 Ok(r) => r,
-                Err(_) => Ok::<_, Infallible>(crate::answer(
+                Err(_) => Ok::<_, Infallible>(crate::ibsng::answer(
                     serde_json::Value::Null,
-                    Err(crate::RpcError::new(
+                    Err(crate::ibsng::RpcError::new(
                         "REQUEST_TIMEOUT",
                         format!(
                             "the request was not complete and answered within {} ms",

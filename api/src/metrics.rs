@@ -10,27 +10,16 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::{ApiState, RpcResult};
+use crate::ApiState;
 
 /// `GET /metrics`. The xDR outbox depth and the xDR file count are read from the ledger
 /// (read-only connection) at scrape time; everything else is the engine's atomics.
 pub(crate) async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     let st2 = st.clone();
     let body = tokio::task::spawn_blocking(move || {
-        let (outbox, files) = {
-            let db = st2.db.lock().unwrap_or_else(|e| e.into_inner());
-            let count = |sql: &str| db.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap_or(0);
-            (
-                count("SELECT COUNT(*) FROM xdr_outbox"),
-                count("SELECT COUNT(*) FROM xdr_files"),
-            )
-        };
-        let m = &st2.live.metrics;
-        m.set_scrape_values(
-            outbox.max(0) as u64,
-            files.max(0) as u64,
-            st2.commands.len(),
-        );
+        let (outbox, files) = st2.service.read(|l| l.counts()).unwrap_or((0, 0));
+        let m = &st2.service.live.metrics;
+        m.set_scrape_values(outbox, files, st2.service.commands_waiting());
         m.encode()
     })
     .await
@@ -45,7 +34,13 @@ pub(crate) async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
 
 /// `GET /health`: `200 ok`, or `503 <reason>`.
 pub(crate) async fn health(State(st): State<Arc<ApiState>>) -> Response {
-    let (code, text) = match st.live.metrics.health().check(st.commands.len()) {
+    let (code, text) = match st
+        .service
+        .live
+        .metrics
+        .health()
+        .check(st.service.commands_waiting())
+    {
         Ok(()) => (StatusCode::OK, "ok\n".to_string()),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     };
@@ -67,19 +62,17 @@ pub(crate) fn method_label(known: &[&'static str], method: &str) -> &'static str
         .unwrap_or("unknown")
 }
 
-/// Counts one API call and its latency: result `ok` or the error code.
+/// Counts one API call and its latency: result `ok` or the dialect's error code.
 pub(crate) fn record_call(
     st: &ApiState,
     dialect: &'static str,
     method: &'static str,
-    r: &RpcResult,
+    error: Option<&'static str>,
     started: Instant,
 ) {
-    let result = match r {
-        Ok(_) => "ok",
-        Err(e) => e.code,
-    };
-    st.live
+    let result = error.unwrap_or("ok");
+    st.service
+        .live
         .metrics
         .api_call(dialect, method, result, started.elapsed());
 }

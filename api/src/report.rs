@@ -1,5 +1,7 @@
-//! `report.getConnections`: xDRs from the Parquet tree plus those still in the ledger's
-//! outbox, filtered, sorted and paginated in the IBSng shape.
+//! Connection reports (the service layer's `connections`, IBSng `report.getConnections`,
+//! and the refund search): xDRs from the Parquet tree plus those still in the ledger's
+//! outbox, filtered, sorted and paginated. Dialects translate their parameters into a
+//! [`Query`] and shape the rows themselves.
 //!
 //! Files are pruned by the time range the ledger recorded for each (`xdr_files`), row groups
 //! by their `login_time`/`logout_time`/`username` statistics, and pages by the `username`
@@ -28,33 +30,102 @@ use parquet::file::statistics::Statistics;
 use parquet::schema::types::SchemaDescriptor;
 use ratel_engine::xdr::{money_from_i128, OwnedDetail, OwnedXdr};
 use rust_decimal::Decimal;
-use serde_json::{json, Map, Value};
 
-use crate::{
-    db_err, fmt_time, id_list, invalid, money, str_param, ApiState, Caller, RpcError, RpcResult,
-};
+use crate::service::{Caller, Service, ServiceError, ServiceResult};
 
 /// Most rows one page may return.
 pub const MAX_PAGE: usize = 10_000;
 
 /// The filter of one report.
 #[derive(Debug, Default, Clone)]
-struct Filter {
-    username: Option<String>,
-    user_ids: Option<Vec<i64>>,
-    login_from: Option<i64>,
-    login_to: Option<i64>,
-    logout_from: Option<i64>,
-    logout_to: Option<i64>,
-    service: Option<String>,
-    successful: Option<bool>,
-    ras_ip: Option<String>,
-    remote_ip: Option<String>,
-    caller_id: Option<String>,
+pub struct Filter {
+    pub username: Option<String>,
+    pub user_ids: Option<Vec<i64>>,
+    /// Inclusive bounds, in seconds.
+    pub login_from: Option<i64>,
+    pub login_to: Option<i64>,
+    pub logout_from: Option<i64>,
+    pub logout_to: Option<i64>,
+    pub service: Option<String>,
+    pub successful: Option<bool>,
+    pub ras_ip: Option<String>,
+    pub remote_ip: Option<String>,
+    pub caller_id: Option<String>,
+}
+
+/// One report request: which rows, in which order, which page `[from, to)`.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub filter: Filter,
+    pub order: Order,
+    pub from: usize,
+    pub to: usize,
+}
+
+impl Service {
+    /// A report page: totals over every matching row, and rows `from..to` in order. A
+    /// client sees only its own rows (by user id, whatever name they were made under).
+    pub fn connections(&self, caller: &Caller, q: &Query) -> ServiceResult<(Totals, Vec<OwnedXdr>)> {
+        if q.to < q.from || q.to - q.from > MAX_PAGE {
+            return Err(ServiceError::invalid(format!(
+                "from/to: a page of at most {MAX_PAGE} rows"
+            )));
+        }
+        let mut filter = q.filter.clone();
+        if let Caller::User { user_id, .. } = caller {
+            if filter
+                .user_ids
+                .as_ref()
+                .is_some_and(|ids| ids.iter().any(|i| i != user_id))
+            {
+                return Err(ServiceError::denied(
+                    "a user may only read its own connections",
+                ));
+            }
+            filter.user_ids = Some(vec![*user_id]);
+        }
+        let page = self.collect(&filter, q.order, q.to)?;
+        Ok(page.finish(q.from))
+    }
+
+    /// Every matching row (up to `limit`; the caller checks whether there were more by
+    /// asking one more than it accepts), in xDR id order.
+    pub(crate) fn xdrs_matching(&self, filter: &Filter, limit: usize) -> ServiceResult<Vec<OwnedXdr>> {
+        let order = Order {
+            sort_by: SortBy::ConnectionLogId,
+            desc: false,
+        };
+        let page = self.collect(filter, order, limit)?;
+        Ok(page.finish(0).1)
+    }
+
+    /// Files whose time range can hold a match, then the outbox, into one page.
+    fn collect(&self, filter: &Filter, order: Order, keep: usize) -> ServiceResult<Page> {
+        let lo = filter
+            .login_from
+            .max(filter.logout_from)
+            .unwrap_or(i64::MIN);
+        let hi = filter
+            .login_to
+            .min(filter.logout_to)
+            .or(filter.login_to)
+            .or(filter.logout_to)
+            .unwrap_or(i64::MAX);
+        let files = self.read(|l| l.xdr_files_between(lo, hi))?;
+        let overflow = |e: String| {
+            tracing::error!(error = %e, "report totals");
+            ServiceError::Internal("report totals out of range".into())
+        };
+        let mut page = read_files(self, &files, filter, order, keep)?;
+        for x in self.outbox_matching(filter)? {
+            page.push(x).map_err(overflow)?;
+        }
+        Ok(page)
+    }
 }
 
 impl Filter {
-    fn matches(&self, x: &OwnedXdr) -> bool {
+    pub fn matches(&self, x: &OwnedXdr) -> bool {
         self.username.as_ref().is_none_or(|u| &x.username == u)
             && self
                 .user_ids
@@ -75,197 +146,9 @@ impl Filter {
     }
 }
 
-/// A time condition: a gregorian date-time in the rating zone, or N units before now.
-fn time_cond(
-    st: &ApiState,
-    conds: &Map<String, Value>,
-    key: &str,
-    now: i64,
-) -> Result<Option<i64>, RpcError> {
-    let Some(v) = conds.get(key) else {
-        return Ok(None);
-    };
-    if v.is_null() || v.as_str() == Some("") {
-        return Ok(None);
-    }
-    let unit = conds
-        .get(&format!("{key}_unit"))
-        .and_then(Value::as_str)
-        .unwrap_or("gregorian");
-    let number = || -> Result<i64, RpcError> {
-        v.as_i64()
-            .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
-            .filter(|n| (0..=100_000_000).contains(n))
-            .ok_or_else(|| invalid(format!("{key}: expected a number of {unit}")))
-    };
-    let secs = match unit {
-        "gregorian" => {
-            let s = v
-                .as_str()
-                .ok_or_else(|| invalid(format!("{key}: expected \"YYYY-MM-DD HH:MM:SS\"")))?
-                .trim();
-            let full = match s.len() {
-                10 => format!("{s} 00:00:00"),
-                16 => format!("{s}:00"),
-                _ => s.to_string(),
-            };
-            ratel_engine::cdr::parse_local(&full, &st.catalog.get().tz)
-                .map_err(|e| invalid(format!("{key}: {e}")))?
-        }
-        "minutes" => now - number()? * 60,
-        "hours" => now - number()? * 3600,
-        "days" => now - number()? * 86_400,
-        "months" => now - number()? * 30 * 86_400,
-        "years" => now - number()? * 365 * 86_400,
-        "jalali" => {
-            return Err(invalid(format!(
-                "{key}_unit: jalali dates are not supported; use gregorian"
-            )))
-        }
-        other => {
-            return Err(invalid(format!(
-                "{key}_unit: {other:?}: expected gregorian, years, months, days, hours or minutes"
-            )))
-        }
-    };
-    Ok(Some(secs))
-}
-
-fn opt_string(conds: &Map<String, Value>, key: &str) -> Result<Option<String>, RpcError> {
-    match conds.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(format!("conds.{key}: expected a string"))),
-    }
-}
-
-fn build_filter(
-    st: &ApiState,
-    caller: &Caller,
-    conds: &Map<String, Value>,
-) -> Result<Filter, RpcError> {
-    let now = chrono::Utc::now().timestamp();
-    let mut f = Filter {
-        username: opt_string(conds, "username")?,
-        user_ids: if conds.contains_key("user_ids") {
-            Some(id_list(conds, "user_ids")?)
-        } else {
-            None
-        },
-        login_from: time_cond(st, conds, "login_time_from", now)?,
-        login_to: time_cond(st, conds, "login_time_to", now)?,
-        logout_from: time_cond(st, conds, "logout_time_from", now)?,
-        logout_to: time_cond(st, conds, "logout_time_to", now)?,
-        service: opt_string(conds, "service")?,
-        successful: match conds.get("successful") {
-            None | Some(Value::Null) => None,
-            Some(Value::Bool(b)) => Some(*b),
-            Some(Value::String(s)) if s == "t" || s == "true" => Some(true),
-            Some(Value::String(s)) if s == "f" || s == "false" => Some(false),
-            Some(Value::String(s)) if s.is_empty() => None,
-            Some(_) => return Err(invalid("conds.successful: expected t or f")),
-        },
-        ras_ip: opt_string(conds, "ras_ip")?,
-        remote_ip: opt_string(conds, "remote_ip")?,
-        caller_id: opt_string(conds, "caller_id")?,
-    };
-    if let Caller::User { username, .. } = caller {
-        if f.username.as_ref().is_some_and(|u| u != username) {
-            return Err(RpcError::new(
-                "ACCESS_DENIED",
-                "a user may only read its own connections",
-            ));
-        }
-        f.username = Some(username.clone());
-    }
-    Ok(f)
-}
-
-pub(crate) fn get_connections(st: &ApiState, caller: &Caller, p: &Map<String, Value>) -> RpcResult {
-    let empty = Map::new();
-    let conds = match p.get("conds") {
-        None | Some(Value::Null) => &empty,
-        Some(Value::Object(c)) => c,
-        Some(_) => return Err(invalid("conds: expected an object")),
-    };
-    let filter = build_filter(st, caller, conds)?;
-    let from = p.get("from").and_then(Value::as_u64).unwrap_or(0) as usize;
-    let to = p
-        .get("to")
-        .and_then(Value::as_u64)
-        .map(|t| t as usize)
-        .unwrap_or(from + 50);
-    if to < from || to - from > MAX_PAGE {
-        return Err(invalid(format!(
-            "from/to: a page of at most {MAX_PAGE} rows"
-        )));
-    }
-    let sort_by = match p.get("sort_by") {
-        None | Some(Value::Null) => SortBy::LoginTime,
-        Some(_) => SortBy::parse(str_param(p, "sort_by")?).ok_or_else(|| {
-            invalid("sort_by: expected login_time, logout_time, credit_used, duration_seconds or connection_log_id")
-        })?,
-    };
-    let desc = p.get("desc").and_then(Value::as_bool).unwrap_or(false);
-    let order = Order { sort_by, desc };
-
-    // Files whose time range can hold a match, then the outbox.
-    let (files, outbox) = {
-        let db = st.db.lock().unwrap_or_else(|e| e.into_inner());
-        let lo = filter
-            .login_from
-            .max(filter.logout_from)
-            .unwrap_or(i64::MIN);
-        let hi = filter
-            .login_to
-            .min(filter.logout_to)
-            .or(filter.login_to)
-            .or(filter.logout_to)
-            .unwrap_or(i64::MAX);
-        let mut q = db.prepare("SELECT path FROM xdr_files WHERE max_logout >= ?1 AND min_login <= ?2 ORDER BY path").map_err(db_err)?;
-        let files: Vec<String> = q
-            .query_map([lo, hi], |r| r.get(0))
-            .map_err(db_err)?
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?;
-        let mut q = db
-            .prepare("SELECT row FROM xdr_outbox ORDER BY xdr_id")
-            .map_err(db_err)?;
-        let outbox: Vec<String> = q
-            .query_map([], |r| r.get(0))
-            .map_err(db_err)?
-            .collect::<Result<_, _>>()
-            .map_err(db_err)?;
-        (files, outbox)
-    };
-    let overflow = |e: String| {
-        tracing::error!(error = %e, "report totals");
-        RpcError::new("INTERNAL_ERROR", "report totals out of range")
-    };
-    let mut page = read_files(st, &files, &filter, order, to)?;
-    for o in outbox {
-        if let Ok(x) = serde_json::from_str::<OwnedXdr>(&o) {
-            if filter.matches(&x) {
-                page.push(x).map_err(overflow)?;
-            }
-        }
-    }
-    let (totals, rows) = page.finish(from);
-    let rows: Vec<Value> = rows.iter().map(|x| row_json(st, x)).collect();
-    Ok(json!({
-        "total_rows": totals.rows,
-        "total_credit": money(totals.credit),
-        "total_duration": totals.duration,
-        "total_in_bytes": totals.bytes_in,
-        "total_out_bytes": totals.bytes_out,
-        "report": rows,
-    }))
-}
-
 /// The column a report is sorted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum SortBy {
+pub enum SortBy {
     LoginTime,
     LogoutTime,
     CreditUsed,
@@ -274,7 +157,7 @@ enum SortBy {
 }
 
 impl SortBy {
-    fn parse(s: &str) -> Option<SortBy> {
+    pub fn parse(s: &str) -> Option<SortBy> {
         Some(match s {
             "login_time" => SortBy::LoginTime,
             "logout_time" => SortBy::LogoutTime,
@@ -298,9 +181,9 @@ impl SortBy {
 
 /// The order of a report's rows: by (key, xdr_id), ascending or descending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Order {
-    sort_by: SortBy,
-    desc: bool,
+pub struct Order {
+    pub sort_by: SortBy,
+    pub desc: bool,
 }
 
 /// A row with its sort key; `Ord` is the report's order (the first row is the least).
@@ -338,12 +221,12 @@ impl Eq for Ranked {}
 
 /// Totals over every matching row.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct Totals {
-    rows: u64,
-    credit: Decimal,
-    duration: i64,
-    bytes_in: i64,
-    bytes_out: i64,
+pub struct Totals {
+    pub rows: u64,
+    pub credit: Decimal,
+    pub duration: i64,
+    pub bytes_in: i64,
+    pub bytes_out: i64,
 }
 
 /// One report page being collected: totals of all rows, and the `keep` first rows in the
@@ -432,75 +315,12 @@ impl Page {
     }
 }
 
-fn row_json(st: &ApiState, x: &OwnedXdr) -> Value {
-    let cat = &*st.catalog.get();
-    let group_id = cat
-        .group_index(&x.group_name)
-        .map(|g| cat.groups[g].id)
-        .unwrap_or(0);
-    let details: Vec<Value> = x
-        .details
-        .iter()
-        .map(|d| {
-            json!([
-                d.rule,
-                fmt_time(cat, d.start),
-                fmt_time(cat, d.end),
-                d.seconds.to_string(),
-                d.bytes_in.to_string(),
-                d.bytes_out.to_string(),
-                d.credit.normalize().to_string()
-            ])
-        })
-        .collect();
-    let internet = x.service_type == "Internet";
-    let mut kv = vec![json!(["terminate_cause", x.terminate_cause])];
-    if internet {
-        kv.push(json!(["nas_port", x.unique_id_value]));
-        kv.push(json!(["station_ip", x.caller_id]));
-        kv.push(json!(["ippool_assigned_ip", x.remote_ip]));
-    } else {
-        kv.push(json!(["called_number", x.called_number]));
-        kv.push(json!(["prefix", x.destination]));
-        kv.push(json!(["destination", x.destination_name]));
-        kv.push(json!(["status", x.status]));
-    }
-    kv.push(json!(["session_id", x.session_id]));
-    json!({
-        "connection_log_id": x.xdr_id,
-        "user_id": x.user_id,
-        "username": x.username,
-        "group_name": x.group_name,
-        "group_id": group_id,
-        "service_type": x.service_type,
-        "sub_service_name": "Master",
-        "sub_service_charging": "",
-        "sub_service_qos": "",
-        "login_time_formatted": fmt_time(cat, x.login_time),
-        "logout_time_formatted": fmt_time(cat, x.logout_time),
-        "duration_seconds": x.duration_seconds,
-        "bytes_in": x.bytes_in.to_string(),
-        "bytes_out": x.bytes_out.to_string(),
-        "credit_used": money(x.credit_used),
-        "before_credit": money(x.before_credit),
-        "successful": if x.status == "OK" { "t" } else { "f" },
-        "ras_description": x.ras_description,
-        "remote_ip": x.remote_ip,
-        "caller_id": x.caller_id,
-        "unique_id": if internet { "nas_port" } else { "call_id" },
-        "unique_id_value": x.unique_id_value,
-        "retry_count": 0,
-        "charge_rule_details": details,
-        "details": kv,
-    })
-}
-
 /// Most files whose footers (with page index) stay cached; files never change once visible.
 const META_CACHE_FILES: usize = 16_384;
 
 /// Footer and page index of a visible xDR file, cached.
 fn file_metadata(
-    st: &ApiState,
+    st: &Service,
     path: &Path,
     file: &std::fs::File,
 ) -> parquet::errors::Result<ArrowReaderMetadata> {
@@ -621,23 +441,23 @@ fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Optio
 /// files at a time in parallel (one reader per core; files are independent and each read
 /// is mostly decompression), each reader with its own page, merged at the end.
 fn read_files(
-    st: &ApiState,
+    st: &Service,
     files: &[String],
     filter: &Filter,
     order: Order,
     keep: usize,
-) -> Result<Page, RpcError> {
+) -> Result<Page, ServiceError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len());
     let read = |f: &String, out: &mut Page| {
         read_matching(st, &st.xdr_root.join(f), filter, out).map_err(|e| {
             tracing::error!(file = %f, error = %e, "report: cannot read xDR file");
-            RpcError::new("INTERNAL_ERROR", "an xDR file could not be read")
+            ServiceError::Internal("an xDR file could not be read".into())
         })
     };
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let parts: Vec<Result<Page, RpcError>> = std::thread::scope(|scope| {
+    let parts: Vec<Result<Page, ServiceError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
@@ -655,7 +475,7 @@ fn read_files(
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(RpcError::new("INTERNAL_ERROR", "an xDR reader failed"))
+                    Err(ServiceError::Internal("an xDR reader failed".into()))
                 })
             })
             .collect()
@@ -664,14 +484,14 @@ fn read_files(
     for p in parts {
         page.merge(p?).map_err(|e| {
             tracing::error!(error = %e, "report totals");
-            RpcError::new("INTERNAL_ERROR", "report totals out of range")
+            ServiceError::Internal("report totals out of range".into())
         })?;
     }
     Ok(page)
 }
 
 fn read_matching(
-    st: &ApiState,
+    st: &Service,
     path: &Path,
     f: &Filter,
     out: &mut Page,
@@ -746,6 +566,12 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
     };
     let ids = b
         .column_by_name("xdr_id")
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .cloned();
+    // Columns added later (absent in older files: null).
+    let account = s("account");
+    let refund_of = b
+        .column_by_name("refund_of")
         .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
         .cloned();
     let details = b
@@ -835,6 +661,12 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
             after_credit: gm(2, r)?,
             details: Vec::new(),
             source: gs(13, r),
+            account: account
+                .as_ref()
+                .and_then(|a| (!a.is_null(r)).then(|| a.value(r).to_string())),
+            refund_of: refund_of
+                .as_ref()
+                .and_then(|a| (!a.is_null(r)).then(|| a.value(r))),
         };
         if !f.matches(&x) {
             continue;

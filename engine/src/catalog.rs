@@ -200,6 +200,21 @@ pub struct Nas {
 pub struct Admin {
     pub name: String,
     pub password: String,
+    /// Method patterns this admin may call (`*`, `module.*` or a method name).
+    pub allow: Vec<String>,
+}
+
+impl Admin {
+    /// Whether `method` (as the calling dialect names it) is within `allow`.
+    pub fn may_call(&self, method: &str) -> bool {
+        self.allow.iter().any(|p| {
+            p == "*"
+                || p == method
+                || p.strip_suffix(".*").is_some_and(|m| {
+                    method.strip_prefix(m).is_some_and(|rest| rest.starts_with('.'))
+                })
+        })
+    }
 }
 
 /// A CDR file format: a built-in one, or the `[[cdr_format]]` template at this index.
@@ -412,9 +427,23 @@ impl Catalog {
                     "name and password must not be empty".into(),
                 ));
             }
+            let allow = a.allow.clone().unwrap_or_else(|| vec!["*".into()]);
+            for p in &allow {
+                let body = p.strip_suffix(".*").unwrap_or(p);
+                if p.is_empty()
+                    || (p != "*" && (body.is_empty() || body.contains('*')))
+                    || p.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(invalid(
+                        &format!("admin[{i}].allow"),
+                        format!("{p:?}: expected \"*\", a method name or \"module.*\""),
+                    ));
+                }
+            }
             admins.push(Admin {
                 name: a.name.clone(),
                 password: a.password.clone(),
+                allow,
             });
         }
 

@@ -293,6 +293,10 @@ fn default_format() -> String {
 pub struct AdminConfig {
     pub name: String,
     pub password: String,
+    /// Methods this admin may call, as the calling dialect names them (`user.getUserInfo`,
+    /// `clients.list`, `subscriber.get`), or `module.*`; default everything (`["*"]`).
+    #[serde(default)]
+    pub allow: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -18,7 +18,9 @@ use rust_decimal::Decimal;
 use crate::xdr;
 
 mod clients;
+mod read;
 pub use clients::{ClientBefore, RefundCommit};
+pub use read::{ClientRecord, JournalEntry, LedgerRead, Reader, RuleUsage};
 
 /// Errors of the ledger boundary.
 #[derive(Debug, thiserror::Error)]
@@ -334,6 +336,8 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     if version > SCHEMA_VERSION {
         return Err(MigrateError::Newer(version));
     }
+    // The base tables (version 1's); nothing is written before the version is checked.
+    tx.execute_batch(SCHEMA)?;
     let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
         let mut st = tx.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
         let names = st.query_map([], |r| r.get::<_, String>(0))?;
@@ -421,7 +425,6 @@ impl Ledger {
             .map_err(sq)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sq)?;
-        conn.execute_batch(SCHEMA).map_err(sq)?;
         migrate(&mut conn).map_err(|e| match e {
             MigrateError::Sqlite(source) => LedgerError::Sqlite {
                 path: path.display().to_string(),

@@ -789,7 +789,13 @@ impl Accounting {
             service_type: "Internet".into(),
             status: if user.is_some() { "OK" } else { "UNKNOWN_USER" }.into(),
             user_id: user.map(|u| u.user_id),
-            username: s.username.clone(),
+            // The client's name (reports key on it, and on user_id); the User-Name that
+            // opened the session is the xDR's `account`.
+            username: user
+                .map(|u| u.username.as_str())
+                .filter(|n| !n.is_empty())
+                .unwrap_or(&s.username)
+                .to_string(),
             group_name: user.map(|u| u.group_name.clone()).unwrap_or_default(),
             login_time: c.login_time,
             logout_time: c.login_time.saturating_add(c.last_session_time),

@@ -1,0 +1,672 @@
+//! The service layer every API dialect calls (DESIGN.md Part 2, "API architecture"): typed
+//! requests and results, one error enum, authentication and the `allow` checks, reads
+//! through the ledger's read trait and the core's published live state, and writes as
+//! commands to the serve core (so every credit movement is ordered in one place). A
+//! dialect translates its wire shapes into these calls and their results and errors back;
+//! rules live here, once.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ratel_engine::commands::{
+    ChangeType, Command, CommandError, ImportOutcome, ImportRow, RefundOutcome,
+};
+use ratel_engine::domain::{Account, ClientChange, Company, JournalKind, NewClient};
+use ratel_engine::ledger::{ClientRecord, JournalEntry, LedgerError, LedgerRead, Reader, RuleUsage};
+use ratel_engine::reload::CatalogCell;
+use ratel_engine::serve::{Live, OnlineSession};
+use ratel_engine::xdr::OwnedXdr;
+use rust_decimal::Decimal;
+
+use crate::auth::{self, constant_time_eq, AuthType, LoginGuard, SessionError, Sessions};
+use crate::report::Filter;
+
+/// Why a call failed; each dialect writes it in its own error form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceError {
+    /// Not logged in, wrong credentials, or not allowed to call this.
+    AccessDenied(String),
+    /// Too many failed logins from this address or for this name.
+    AuthLocked { retry_secs: u64 },
+    /// A user (by id), a username, a group, a company or a session that does not exist.
+    NotFound { what: NotFound, message: String },
+    /// A username, account or company name that is taken.
+    Exists(String),
+    /// A request the rules refuse (bad value, nothing to change, out of range).
+    Invalid(String),
+    /// A part of the engine that is not running (the Disconnect-Request sender).
+    NotReady(String),
+    /// Something failed inside (logged); the caller may retry.
+    Internal(String),
+}
+
+/// What was not found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotFound {
+    UserId,
+    Username,
+    Group,
+    Company,
+    Session,
+    Other,
+}
+
+impl ServiceError {
+    pub fn invalid(m: impl Into<String>) -> Self {
+        ServiceError::Invalid(m.into())
+    }
+    pub fn denied(m: impl Into<String>) -> Self {
+        ServiceError::AccessDenied(m.into())
+    }
+    pub fn user_not_found(id: i64) -> Self {
+        ServiceError::NotFound {
+            what: NotFound::UserId,
+            message: format!("User with id {id} does not exist"),
+        }
+    }
+    /// The human message, without a code.
+    pub fn message(&self) -> String {
+        match self {
+            ServiceError::AccessDenied(m)
+            | ServiceError::Exists(m)
+            | ServiceError::Invalid(m)
+            | ServiceError::NotReady(m)
+            | ServiceError::Internal(m) => m.clone(),
+            ServiceError::NotFound { message, .. } => message.clone(),
+            ServiceError::AuthLocked { retry_secs } => format!(
+                "too many failed logins from this address or for this name; try again in {retry_secs} s"
+            ),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin { name: String },
+    User { user_id: i64, username: String },
+}
+
+impl Caller {
+    /// The name journal rows and the client log record.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Admin { name } => name.clone(),
+            Caller::User { username, .. } => format!("user:{username}"),
+        }
+    }
+}
+
+/// A client with everything the dialects show of it.
+#[derive(Debug, Clone)]
+pub struct ClientView {
+    pub record: ClientRecord,
+    pub accounts: Vec<Account>,
+    pub profile: Vec<(String, String)>,
+    pub rule_usage: Vec<RuleUsage>,
+    pub online: Vec<OnlineSession>,
+}
+
+/// How a call names a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRef {
+    Id(i64),
+    Username(String),
+}
+
+/// Most xDRs one cancellation may refund (a larger range is cancelled in parts).
+pub const MAX_REFUND_ROWS: usize = 1_000_000;
+/// Most journal rows one history call returns.
+pub const MAX_JOURNAL_ROWS: usize = 100_000;
+
+/// The shared state of every dialect.
+pub struct Service {
+    /// The running config (a reload replaces it: take one snapshot per use).
+    pub catalog: Arc<CatalogCell>,
+    pub live: Arc<Live>,
+    commands: crossbeam_channel::Sender<Command>,
+    ledger: Mutex<Box<dyn LedgerRead>>,
+    pub(crate) xdr_root: PathBuf,
+    sessions: Mutex<Sessions>,
+    /// Lockout of failed logins per IP and per name.
+    guard: Mutex<LoginGuard>,
+    /// Footers (with page index) of xDR files already read by reports.
+    pub(crate) meta_cache:
+        Mutex<HashMap<PathBuf, parquet::arrow::arrow_reader::ArrowReaderMetadata>>,
+}
+
+fn ledger_failed(e: LedgerError) -> ServiceError {
+    tracing::error!(error = %e, "API ledger read failed");
+    ServiceError::Internal("ledger read failed".into())
+}
+
+fn command_error(e: CommandError) -> ServiceError {
+    match e {
+        CommandError::GroupNotFound(g) => ServiceError::NotFound {
+            what: NotFound::Group,
+            message: format!("Group {} not found", g.chars().take(64).collect::<String>()),
+        },
+        CommandError::Exists(m) => ServiceError::Exists(m),
+        CommandError::UserNotFound(id) => ServiceError::user_not_found(id),
+        CommandError::NotFound(m) if m.starts_with("no company") => ServiceError::NotFound {
+            what: NotFound::Company,
+            message: m,
+        },
+        CommandError::NotFound(m) => ServiceError::NotFound {
+            what: NotFound::Other,
+            message: m,
+        },
+        CommandError::Invalid(m) => ServiceError::Invalid(m),
+        CommandError::Ledger(m) => {
+            tracing::error!(error = %m, "API command failed");
+            ServiceError::Internal("the ledger refused the change".into())
+        }
+    }
+}
+
+impl Service {
+    /// Opens a read-only ledger reader (the core must have created the ledger).
+    pub fn new(
+        cell: Arc<CatalogCell>,
+        live: Arc<Live>,
+        commands: crossbeam_channel::Sender<Command>,
+    ) -> Result<Self, LedgerError> {
+        let catalog = cell.get();
+        let reader = Reader::open(&catalog.data_dir)?;
+        Ok(Service {
+            xdr_root: catalog.data_dir.join("xdr"),
+            live,
+            commands,
+            ledger: Mutex::new(Box::new(reader)),
+            sessions: Mutex::new(Sessions::new(
+                Duration::from_secs(catalog.session_idle_secs),
+                auth::SESSION_MAX_AGE,
+                auth::MAX_SESSIONS,
+            )),
+            guard: Mutex::new(LoginGuard::default()),
+            meta_cache: Mutex::new(HashMap::new()),
+            catalog: cell,
+        })
+    }
+
+    /// Runs `f` on the ledger reader.
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&dyn LedgerRead) -> Result<T, LedgerError>,
+    ) -> ServiceResult<T> {
+        let l = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        f(l.as_ref()).map_err(ledger_failed)
+    }
+
+    /// Depth of the command queue (for `/metrics`).
+    pub fn commands_waiting(&self) -> usize {
+        self.commands.len()
+    }
+
+    /// Sends a command to the core and waits for its answer.
+    fn command<T>(
+        &self,
+        make: impl FnOnce(crossbeam_channel::Sender<Result<T, CommandError>>) -> Command,
+    ) -> ServiceResult<T> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.commands
+            .send_timeout(make(tx), Duration::from_secs(10))
+            .map_err(|_| ServiceError::Internal("the engine is not accepting commands".into()))?;
+        rx.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| ServiceError::Internal("the engine did not answer".into()))?
+            .map_err(command_error)
+    }
+
+    // ---- authentication and permissions -------------------------------------------------
+
+    /// Checks a name and password from `peer`, under the login guard: a locked-out IP or
+    /// name is refused before any compare, and a wrong password counts against both.
+    pub fn login(&self, peer: IpAddr, t: AuthType, name: &str, pass: &str) -> ServiceResult<Caller> {
+        let now = Instant::now();
+        if let Err(left) = self
+            .guard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(peer, t, name, now)
+        {
+            return Err(ServiceError::AuthLocked {
+                retry_secs: left.as_secs().max(1),
+            });
+        }
+        let r = self.verify_password(t, name, pass);
+        let mut guard = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        match &r {
+            Ok(_) => guard.succeeded(t, name),
+            Err(ServiceError::AccessDenied(_)) => guard.failed(peer, t, name, now),
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Checks a name and password; an empty password never matches. A client logs in with
+    /// its username; locked, archived and deleted clients cannot.
+    fn verify_password(&self, t: AuthType, name: &str, pass: &str) -> ServiceResult<Caller> {
+        let denied = || ServiceError::denied("wrong username or password");
+        if pass.is_empty() {
+            return Err(denied());
+        }
+        match t {
+            AuthType::Admin => {
+                let mut ok = false;
+                for a in &self.catalog.get().admins {
+                    // Every admin compared, in constant time: no early exit to time.
+                    ok |= constant_time_eq(a.name.as_bytes(), name.as_bytes())
+                        & constant_time_eq(a.password.as_bytes(), pass.as_bytes());
+                }
+                if ok {
+                    Ok(Caller::Admin {
+                        name: name.to_string(),
+                    })
+                } else {
+                    Err(denied())
+                }
+            }
+            AuthType::NormalUser => {
+                let c = self.read(|l| l.client_by_username(name))?;
+                match c {
+                    Some(c)
+                        if c.password.as_deref().is_some_and(|pw| {
+                            constant_time_eq(pw.as_bytes(), pass.as_bytes())
+                        }) =>
+                    {
+                        Ok(Caller::User {
+                            user_id: c.user_id,
+                            username: name.to_string(),
+                        })
+                    }
+                    _ => Err(denied()),
+                }
+            }
+        }
+    }
+
+    /// A new API session for a caller that just logged in: its token.
+    pub fn open_session(&self, caller: &Caller, t: AuthType, name: &str, peer: IpAddr) -> ServiceResult<String> {
+        let token = auth::new_token().map_err(|e| {
+            tracing::error!(error = %e, "the OS random source failed");
+            ServiceError::Internal("no session token could be made; try again".into())
+        })?;
+        let user_id = match caller {
+            Caller::User { user_id, .. } => Some(*user_id),
+            Caller::Admin { .. } => None,
+        };
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token.clone(), t, name, user_id, peer, Instant::now());
+        tracing::info!(user = %name, "API login");
+        Ok(token)
+    }
+
+    /// The caller of a session token. A client's session is bound to its user id: a
+    /// rename (or another client taking the name) ends it.
+    pub fn session_caller(&self, token: &str, t: AuthType, name: &str, peer: IpAddr) -> ServiceResult<Caller> {
+        let checked = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).check(
+            token,
+            t,
+            name,
+            peer,
+            Instant::now(),
+        );
+        let session = match checked {
+            Ok(s) => s,
+            Err(SessionError::Expired) => {
+                return Err(ServiceError::denied("session expired; log in again"))
+            }
+            Err(SessionError::Invalid) => return Err(ServiceError::denied("invalid session")),
+        };
+        match t {
+            AuthType::Admin => Ok(Caller::Admin {
+                name: name.to_string(),
+            }),
+            AuthType::NormalUser => {
+                let c = self.read(|l| l.client_by_username(name))?;
+                c.filter(|c| session.user_id == Some(c.user_id))
+                    .map(|c| Caller::User {
+                        user_id: c.user_id,
+                        username: name.to_string(),
+                    })
+                    .ok_or_else(|| ServiceError::denied("invalid session"))
+            }
+        }
+    }
+
+    /// Whether `caller` may call `method` (named as the calling dialect names it): an
+    /// admin within its `allow` patterns, a client only where the dialect lets clients in
+    /// (`client_may`).
+    pub fn allow(&self, caller: &Caller, method: &str, client_may: bool) -> ServiceResult<()> {
+        match caller {
+            Caller::Admin { name } => {
+                let cat = self.catalog.get();
+                let ok = cat
+                    .admins
+                    .iter()
+                    .find(|a| &a.name == name)
+                    .is_some_and(|a| a.may_call(method));
+                if ok {
+                    Ok(())
+                } else {
+                    Err(ServiceError::denied(format!(
+                        "{method} is not in this admin's allow list"
+                    )))
+                }
+            }
+            Caller::User { .. } if client_may => Ok(()),
+            Caller::User { .. } => Err(ServiceError::denied("this method needs an ADMIN login")),
+        }
+    }
+
+    // ---- clients ------------------------------------------------------------------------
+
+    /// One client as its owner or an admin sees it. A client asking for anyone else is
+    /// refused the same way whether that one exists or not.
+    pub fn client(&self, caller: &Caller, r: &ClientRef) -> ServiceResult<ClientView> {
+        if let Caller::User { user_id, username } = caller {
+            let mine = match r {
+                ClientRef::Id(id) => id == user_id,
+                ClientRef::Username(n) => n == username,
+            };
+            if !mine {
+                return Err(ServiceError::denied(
+                    "a user may only read its own information",
+                ));
+            }
+        }
+        let record = match r {
+            ClientRef::Id(id) => self
+                .read(|l| l.client(*id))?
+                .ok_or_else(|| ServiceError::user_not_found(*id))?,
+            ClientRef::Username(n) => self
+                .read(|l| l.client_by_username(n))?
+                .ok_or_else(|| ServiceError::NotFound {
+                    what: NotFound::Username,
+                    message: format!(
+                        "User with Internet username {} does not exists",
+                        n.chars().take(64).collect::<String>()
+                    ),
+                })?,
+        };
+        if let Caller::User { user_id, .. } = caller {
+            if *user_id != record.user_id {
+                return Err(ServiceError::denied(
+                    "a user may only read its own information",
+                ));
+            }
+        }
+        let id = record.user_id;
+        let (accounts, profile, rule_usage) =
+            self.read(|l| Ok((l.accounts_of(id)?, l.profile_of(id)?, l.rule_usage(id)?)))?;
+        let online = self
+            .live
+            .online
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+            .unwrap_or_default();
+        Ok(ClientView {
+            record,
+            accounts,
+            profile,
+            rule_usage,
+            online,
+        })
+    }
+
+    /// The client an account belongs to.
+    pub fn client_of_account(&self, a: &Account) -> ServiceResult<Option<i64>> {
+        self.read(|l| l.client_of_account(a))
+    }
+
+    pub fn create_clients(&self, caller: &Caller, clients: Vec<NewClient>) -> ServiceResult<Vec<i64>> {
+        let actor = caller.actor();
+        self.command(|reply| Command::AddClients {
+            clients,
+            actor,
+            reply,
+        })
+    }
+
+    /// Changes one client as a whole. New credentials end the client's API sessions.
+    pub fn update_client(&self, caller: &Caller, user_id: i64, change: ClientChange) -> ServiceResult<()> {
+        let new_credentials = change.credentials.is_some();
+        let actor = caller.actor();
+        self.command(|reply| Command::UpdateClient {
+            user_id,
+            change,
+            actor,
+            reply,
+        })?;
+        if new_credentials {
+            self.sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .revoke_user(user_id);
+        }
+        Ok(())
+    }
+
+    /// Deletes clients: they vanish from every lookup; their history stays.
+    pub fn delete_clients(&self, caller: &Caller, user_ids: Vec<i64>, comment: String) -> ServiceResult<()> {
+        let actor = caller.actor();
+        let ids = user_ids.clone();
+        self.command(|reply| Command::DeleteClients {
+            user_ids,
+            comment,
+            actor,
+            reply,
+        })?;
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            s.revoke_user(id);
+        }
+        Ok(())
+    }
+
+    /// Changes credits (`payment` journal rows); returns the journal ids.
+    pub fn change_credit(
+        &self,
+        caller: &Caller,
+        user_ids: Vec<i64>,
+        credit: Decimal,
+        change_type: ChangeType,
+        comment: String,
+    ) -> ServiceResult<Vec<i64>> {
+        ratel_engine::users::check_credit(credit)
+            .map_err(|r| ServiceError::invalid(format!("credit: {r}")))?;
+        let actor = caller.actor();
+        self.command(|reply| Command::ChangeCredit {
+            user_ids,
+            credit,
+            change_type,
+            comment,
+            actor,
+            reply,
+        })
+    }
+
+    pub fn renew(&self, caller: &Caller, user_ids: Vec<i64>, comment: String) -> ServiceResult<()> {
+        let actor = caller.actor();
+        self.command(|reply| Command::Renew {
+            user_ids,
+            comment,
+            actor,
+            reply,
+        })
+    }
+
+    /// A part of a bulk import (see `ratel_engine::users::parse_import`).
+    pub fn import(&self, caller: &Caller, rows: Vec<ImportRow>) -> ServiceResult<ImportOutcome> {
+        let actor = caller.actor();
+        self.command(|reply| Command::ImportClients { rows, actor, reply })
+    }
+
+    // ---- companies ----------------------------------------------------------------------
+
+    pub fn companies(&self) -> ServiceResult<Vec<Company>> {
+        self.read(|l| l.companies())
+    }
+
+    pub fn add_company(&self, name: String, kind: i64, prepaid: bool, credit: Decimal) -> ServiceResult<i64> {
+        if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+            return Err(ServiceError::invalid(
+                "company name: 1 to 128 characters, no control characters",
+            ));
+        }
+        self.command(|reply| Command::AddCompany {
+            name,
+            kind,
+            prepaid,
+            credit,
+            reply,
+        })
+    }
+
+    pub fn update_company(
+        &self,
+        id: i64,
+        name: Option<String>,
+        kind: Option<i64>,
+        prepaid: Option<bool>,
+        credit: Option<Decimal>,
+    ) -> ServiceResult<()> {
+        self.command(|reply| Command::UpdateCompany {
+            id,
+            name,
+            kind,
+            prepaid,
+            credit,
+            reply,
+        })
+    }
+
+    // ---- money history and refunds ------------------------------------------------------
+
+    /// A client's journal rows over `[from, to)` of the given kinds (all when empty).
+    pub fn journal(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        from: Option<i64>,
+        to: Option<i64>,
+        kinds: &[JournalKind],
+    ) -> ServiceResult<Vec<JournalEntry>> {
+        if let Caller::User { user_id: me, .. } = caller {
+            if *me != user_id {
+                return Err(ServiceError::denied("a user may only read its own history"));
+            }
+        }
+        if self.read(|l| l.client(user_id))?.is_none() {
+            return Err(ServiceError::user_not_found(user_id));
+        }
+        self.read(|l| l.journal(user_id, from, to, kinds, MAX_JOURNAL_ROWS))
+    }
+
+    /// Cancels a client's usage charges whose xDR logout time is in `[from, to)` and that
+    /// were not refunded before (DESIGN.md "Charge cancellation"); idempotent.
+    pub fn cancel_charges(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        from: i64,
+        to: i64,
+        comment: String,
+    ) -> ServiceResult<RefundOutcome> {
+        if to <= from {
+            return Err(ServiceError::invalid("the range is empty: to must be after from"));
+        }
+        if self.read(|l| l.client(user_id))?.is_none() {
+            return Err(ServiceError::user_not_found(user_id));
+        }
+        let filter = Filter {
+            user_ids: Some(vec![user_id]),
+            logout_from: Some(from),
+            logout_to: Some(to - 1),
+            ..Default::default()
+        };
+        let mut candidates = self.xdrs_matching(&filter, MAX_REFUND_ROWS + 1)?;
+        candidates.retain(|x| {
+            x.refund_of.is_none() && x.status != "REFUND" && x.credit_used > Decimal::ZERO
+        });
+        if candidates.len() > MAX_REFUND_ROWS {
+            return Err(ServiceError::invalid(format!(
+                "more than {MAX_REFUND_ROWS} charges in that range; cancel it in parts"
+            )));
+        }
+        let actor = caller.actor();
+        let out = self.command(|reply| Command::CancelCharges {
+            user_id,
+            candidates,
+            comment,
+            actor,
+            reply,
+        })?;
+        if out.refunded > 0 {
+            tracing::info!(user_id, refunded = out.refunded, amount = %out.amount, "charges cancelled");
+        }
+        Ok(out)
+    }
+
+    // ---- online sessions ----------------------------------------------------------------
+
+    /// Every open RADIUS session (each carries its User-Name and client).
+    pub fn online(&self) -> Vec<OnlineSession> {
+        let online = self.live.online.read().unwrap_or_else(|e| e.into_inner());
+        online.values().flatten().cloned().collect()
+    }
+
+    /// Disconnect-Requests for the open session(s) `session_id` (optionally of one
+    /// User-Name): where each was sent.
+    pub fn disconnect(
+        &self,
+        session_id: &str,
+        username: Option<&str>,
+    ) -> ServiceResult<Vec<(OnlineSession, std::net::SocketAddr)>> {
+        let Some(handle) = self.live.disconnect.get() else {
+            return Err(ServiceError::NotReady(
+                "the Disconnect-Request sender is not running".into(),
+            ));
+        };
+        let targets: Vec<OnlineSession> = self
+            .online()
+            .into_iter()
+            .filter(|o| o.session_id == session_id && username.is_none_or(|u| u == o.username))
+            .collect();
+        if targets.is_empty() {
+            return Err(ServiceError::NotFound {
+                what: NotFound::Session,
+                message: format!("no open session {session_id:?}"),
+            });
+        }
+        let cat = self.catalog.get();
+        let now = chrono::Utc::now().timestamp();
+        let mut sent = Vec::new();
+        for o in targets {
+            let to = handle
+                .session(&cat, &o.username, &o, now)
+                .map_err(ServiceError::NotReady)?;
+            sent.push((o, to));
+        }
+        Ok(sent)
+    }
+
+    /// xDRs still in the outbox that match `filter`.
+    pub(crate) fn outbox_matching(&self, filter: &Filter) -> ServiceResult<Vec<OwnedXdr>> {
+        let rows = self.read(|l| l.outbox_rows())?;
+        Ok(rows
+            .iter()
+            .filter_map(|o| serde_json::from_str::<OwnedXdr>(o).ok())
+            .filter(|x| filter.matches(x))
+            .collect())
+    }
+}

@@ -1,0 +1,397 @@
+//! The read side of the ledger for the API's service layer: one trait ([`LedgerRead`]) with
+//! typed answers, and its SQLite implementation over a read-only connection ([`Reader`]).
+//! WAL readers see committed state only and never block the core's commits. No SQL lives
+//! outside the ledger module: a ledger on another store implements this trait.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rust_decimal::Decimal;
+
+use super::LedgerError;
+use crate::domain::{Account, AccountKind, ClientStatus, Company, JournalKind};
+
+/// A client as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    pub user_id: i64,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub group: String,
+    pub company_id: i64,
+    pub company_name: String,
+    pub credit: Decimal,
+    pub created_at: i64,
+    pub first_login: Option<i64>,
+    pub real_first_login: Option<i64>,
+    /// IBSng's `basic_info.status` (`Package`, `Recharged`).
+    pub service_status: String,
+    pub lock_reason: Option<String>,
+    pub archived: bool,
+}
+
+impl ClientRecord {
+    pub fn status(&self) -> ClientStatus {
+        ClientStatus::of(self.lock_reason.as_deref(), self.archived)
+    }
+}
+
+/// One journal row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEntry {
+    pub id: i64,
+    pub user_id: i64,
+    pub kind: JournalKind,
+    /// Signed: a charge is negative.
+    pub amount: Decimal,
+    pub balance_after: Decimal,
+    pub comment: String,
+    /// Who made it: the admin's name for payments, empty for usage.
+    pub actor: String,
+    pub at: i64,
+}
+
+/// Charge-rule usage of a client in its current period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleUsage {
+    pub rule: String,
+    pub credit: Decimal,
+    pub seconds: i64,
+    pub bytes: i64,
+}
+
+/// Reads the service layer makes of the ledger. Deleted clients are never returned.
+pub trait LedgerRead: Send {
+    fn client(&self, user_id: i64) -> Result<Option<ClientRecord>, LedgerError>;
+    fn client_by_username(&self, username: &str) -> Result<Option<ClientRecord>, LedgerError>;
+    /// The client owning an account.
+    fn client_of_account(&self, account: &Account) -> Result<Option<i64>, LedgerError>;
+    fn accounts_of(&self, user_id: i64) -> Result<Vec<Account>, LedgerError>;
+    fn profile_of(&self, user_id: i64) -> Result<Vec<(String, String)>, LedgerError>;
+    fn rule_usage(&self, user_id: i64) -> Result<Vec<RuleUsage>, LedgerError>;
+    /// Journal rows of a client with `from <= at < to`, of the given kinds (all when
+    /// empty), oldest first, at most `limit`.
+    fn journal(
+        &self,
+        user_id: i64,
+        from: Option<i64>,
+        to: Option<i64>,
+        kinds: &[JournalKind],
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, LedgerError>;
+    fn companies(&self) -> Result<Vec<Company>, LedgerError>;
+    /// xDR files (relative paths) whose rows may fall in `[lo, hi]` (login or logout).
+    fn xdr_files_between(&self, lo: i64, hi: i64) -> Result<Vec<String>, LedgerError>;
+    /// xDRs still in the outbox (JSON), oldest first.
+    fn outbox_rows(&self) -> Result<Vec<String>, LedgerError>;
+    /// (xDRs in the outbox, xDR files) for `/metrics`.
+    fn counts(&self) -> Result<(u64, u64), LedgerError>;
+}
+
+/// The SQLite [`LedgerRead`]: a read-only connection.
+pub struct Reader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Reader {
+    /// Opens the ledger of a data dir read-only (the core must have created it).
+    pub fn open(data_dir: &Path) -> Result<Reader, LedgerError> {
+        let path = data_dir.join("ledger.sqlite");
+        let sq = |source| LedgerError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sq)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sq)?;
+        Ok(Reader { conn, path })
+    }
+
+    fn sq(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
+        move |source| LedgerError::Sqlite {
+            path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    fn dec(&self, what: &str, s: &str) -> Result<Decimal, LedgerError> {
+        super::parse_dec(&self.path, what, s)
+    }
+
+    fn client_where(
+        &self,
+        cond: &str,
+        arg: &dyn rusqlite::ToSql,
+    ) -> Result<Option<ClientRecord>, LedgerError> {
+        type Row = (
+            i64,
+            Option<String>,
+            Option<String>,
+            String,
+            i64,
+            Option<String>,
+            String,
+            i64,
+            Option<i64>,
+            Option<i64>,
+            String,
+            Option<String>,
+            i64,
+        );
+        let row: Option<Row> = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT u.user_id, u.username, u.password, u.group_name, u.company_id, c.name,
+                        u.credit, u.created_at, u.first_login, u.real_first_login, u.status,
+                        u.lock_reason, u.archived
+                 FROM users u LEFT JOIN companies c ON c.company_id = u.company_id
+                 WHERE u.deleted_at IS NULL AND {cond}"
+            ))
+            .map_err(self.sq())?
+            .query_row([arg], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                    r.get(11)?,
+                    r.get(12)?,
+                ))
+            })
+            .optional()
+            .map_err(self.sq())?;
+        let Some(r) = row else { return Ok(None) };
+        Ok(Some(ClientRecord {
+            user_id: r.0,
+            username: r.1,
+            password: r.2,
+            group: r.3,
+            company_id: r.4,
+            company_name: r.5.unwrap_or_default(),
+            credit: self.dec("users.credit", &r.6)?,
+            created_at: r.7,
+            first_login: r.8,
+            real_first_login: r.9,
+            service_status: r.10,
+            lock_reason: r.11,
+            archived: r.12 != 0,
+        }))
+    }
+}
+
+impl LedgerRead for Reader {
+    fn client(&self, user_id: i64) -> Result<Option<ClientRecord>, LedgerError> {
+        self.client_where("u.user_id = ?1", &user_id)
+    }
+
+    fn client_by_username(&self, username: &str) -> Result<Option<ClientRecord>, LedgerError> {
+        self.client_where("u.username = ?1", &username)
+    }
+
+    fn client_of_account(&self, a: &Account) -> Result<Option<i64>, LedgerError> {
+        self.conn
+            .prepare_cached("SELECT user_id FROM accounts WHERE kind = ?1 AND ident = ?2")
+            .map_err(self.sq())?
+            .query_row(params![a.kind.as_str(), a.ident], |r| r.get(0))
+            .optional()
+            .map_err(self.sq())
+    }
+
+    fn accounts_of(&self, user_id: i64) -> Result<Vec<Account>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT kind, ident FROM accounts WHERE user_id = ?1 ORDER BY created_at, kind, ident",
+            )
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.sq())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, ident) = row.map_err(self.sq())?;
+            if let Some(kind) = AccountKind::parse(&kind) {
+                out.push(Account { kind, ident });
+            }
+        }
+        Ok(out)
+    }
+
+    fn profile_of(&self, user_id: i64) -> Result<Vec<(String, String)>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT key, value FROM profile WHERE user_id = ?1 ORDER BY key")
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    fn rule_usage(&self, user_id: i64) -> Result<Vec<RuleUsage>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT rule, credit, seconds, bytes FROM rule_usage WHERE user_id = ?1 ORDER BY rule",
+            )
+            .map_err(self.sq())?;
+        let rows: Vec<(String, String, i64, i64)> = st
+            .query_map([user_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(self.sq())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sq())?;
+        rows.into_iter()
+            .map(|(rule, credit, seconds, bytes)| {
+                Ok(RuleUsage {
+                    rule,
+                    credit: self.dec("rule_usage.credit", &credit)?,
+                    seconds,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    fn journal(
+        &self,
+        user_id: i64,
+        from: Option<i64>,
+        to: Option<i64>,
+        kinds: &[JournalKind],
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, kind, amount, balance_after, comment, actor, created_at FROM journal
+                 WHERE user_id = ?1 AND created_at >= ?2 AND created_at < ?3
+                 ORDER BY id LIMIT ?4",
+            )
+            .map_err(self.sq())?;
+        let rows: Vec<(i64, String, String, String, String, String, i64)> = st
+            .query_map(
+                params![
+                    user_id,
+                    from.unwrap_or(i64::MIN),
+                    to.unwrap_or(i64::MAX),
+                    // Filtered by kind below: read enough rows for the limit.
+                    if kinds.is_empty() { limit as i64 } else { i64::MAX }
+                ],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
+            )
+            .map_err(self.sq())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sq())?;
+        let mut out = Vec::new();
+        for (id, kind, amount, after, comment, actor, at) in rows {
+            let kind = JournalKind::parse(&kind).ok_or_else(|| LedgerError::Corrupt {
+                path: self.path.display().to_string(),
+                what: "journal.kind".into(),
+                value: kind.clone(),
+            })?;
+            if !kinds.is_empty() && !kinds.contains(&kind) {
+                continue;
+            }
+            out.push(JournalEntry {
+                id,
+                user_id,
+                kind,
+                amount: self.dec("journal.amount", &amount)?,
+                balance_after: self.dec("journal.balance_after", &after)?,
+                comment,
+                actor,
+                at,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn companies(&self) -> Result<Vec<Company>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT company_id, name, type, prepaid, credit FROM companies ORDER BY company_id",
+            )
+            .map_err(self.sq())?;
+        let rows: Vec<(i64, String, i64, i64, String)> = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(self.sq())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sq())?;
+        rows.into_iter()
+            .map(|(id, name, kind, prepaid, credit)| {
+                Ok(Company {
+                    id,
+                    name,
+                    kind,
+                    prepaid: prepaid != 0,
+                    credit: self.dec("companies.credit", &credit)?,
+                })
+            })
+            .collect()
+    }
+
+    fn xdr_files_between(&self, lo: i64, hi: i64) -> Result<Vec<String>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT path FROM xdr_files WHERE max_logout >= ?1 AND min_login <= ?2 ORDER BY path",
+            )
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([lo, hi], |r| r.get(0))
+            .map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    fn outbox_rows(&self) -> Result<Vec<String>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT row FROM xdr_outbox ORDER BY xdr_id")
+            .map_err(self.sq())?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    fn counts(&self) -> Result<(u64, u64), LedgerError> {
+        let count = |sql: &str| -> Result<u64, LedgerError> {
+            self.conn
+                .query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+                .map_err(self.sq())
+        };
+        Ok((
+            count("SELECT COUNT(*) FROM xdr_outbox")?,
+            count("SELECT COUNT(*) FROM xdr_files")?,
+        ))
+    }
+}
