@@ -381,7 +381,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 // `serve` holds the data dir: import through its core, without downtime.
                 Err(ratel_engine::ledger::LedgerError::Locked { .. }) => {
-                    tracing::info!("the data dir is in use by `ratel serve`: importing through its API");
+                    tracing::info!(
+                        "the data dir is in use by `ratel serve`: importing through its API"
+                    );
                     admin::import_via_api(config.as_deref(), &file)?
                 }
                 Err(e) => return Err(e.into()),
@@ -679,15 +681,9 @@ fn bench_cdr(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let t = Instant::now();
-    let files = bench::gen::prepare_cdr_bench(
-        dir,
-        rows,
-        accounts.max(1),
-        prefixes.max(20),
-        days,
-        seed,
-    )
-    .with_context(|| format!("generating into {}", dir.display()))?;
+    let files =
+        bench::gen::prepare_cdr_bench(dir, rows, accounts.max(1), prefixes.max(20), days, seed)
+            .with_context(|| format!("generating into {}", dir.display()))?;
     let gen_secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_dir_all(&files.data_dir);
     let t = Instant::now();

@@ -671,8 +671,11 @@ fn a_locked_client_is_rejected_and_disconnected() {
     let locked = info();
     assert_eq!(locked["attrs"]["lock"], "locked", "{locked}");
     // Everything else as before.
+    assert_eq!(locked["basic_info"]["client_status"], "locked");
+    assert_eq!(before["basic_info"]["client_status"], "active");
     let mut without = locked.clone();
     without["attrs"].as_object_mut().unwrap().remove("lock");
+    without["basic_info"]["client_status"] = json!("active");
     assert_eq!(without["basic_info"], before["basic_info"]);
     assert_eq!(without["attrs"], before["attrs"]);
 

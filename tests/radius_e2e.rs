@@ -246,7 +246,7 @@ fn radius_journal(env: &Env) -> Vec<(String, Decimal)> {
         .map(|u| {
             (
                 u.username.unwrap(),
-                l.journal_sum(u.user_id, Some("radius")).unwrap(),
+                l.journal_sum(u.user_id, Some("usage")).unwrap(),
             )
         })
         .collect()

@@ -65,7 +65,11 @@ pub struct Query {
 impl Service {
     /// A report page: totals over every matching row, and rows `from..to` in order. A
     /// client sees only its own rows (by user id, whatever name they were made under).
-    pub fn connections(&self, caller: &Caller, q: &Query) -> ServiceResult<(Totals, Vec<OwnedXdr>)> {
+    pub fn connections(
+        &self,
+        caller: &Caller,
+        q: &Query,
+    ) -> ServiceResult<(Totals, Vec<OwnedXdr>)> {
         if q.to < q.from || q.to - q.from > MAX_PAGE {
             return Err(ServiceError::invalid(format!(
                 "from/to: a page of at most {MAX_PAGE} rows"
@@ -90,7 +94,11 @@ impl Service {
 
     /// Every matching row (up to `limit`; the caller checks whether there were more by
     /// asking one more than it accepts), in xDR id order.
-    pub(crate) fn xdrs_matching(&self, filter: &Filter, limit: usize) -> ServiceResult<Vec<OwnedXdr>> {
+    pub(crate) fn xdrs_matching(
+        &self,
+        filter: &Filter,
+        limit: usize,
+    ) -> ServiceResult<Vec<OwnedXdr>> {
         let order = Order {
             sort_by: SortBy::ConnectionLogId,
             desc: false,
@@ -474,9 +482,8 @@ fn read_files(
         handles
             .into_iter()
             .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(ServiceError::Internal("an xDR reader failed".into()))
-                })
+                h.join()
+                    .unwrap_or_else(|_| Err(ServiceError::Internal("an xDR reader failed".into())))
             })
             .collect()
     });

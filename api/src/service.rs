@@ -15,7 +15,9 @@ use ratel_engine::commands::{
     ChangeType, Command, CommandError, ImportOutcome, ImportRow, RefundOutcome,
 };
 use ratel_engine::domain::{Account, ClientChange, Company, JournalKind, NewClient};
-use ratel_engine::ledger::{ClientRecord, JournalEntry, LedgerError, LedgerRead, Reader, RuleUsage};
+use ratel_engine::ledger::{
+    ClientRecord, JournalEntry, LedgerError, LedgerRead, Reader, RuleUsage,
+};
 use ratel_engine::reload::CatalogCell;
 use ratel_engine::serve::{Live, OnlineSession};
 use ratel_engine::xdr::OwnedXdr;
@@ -226,7 +228,13 @@ impl Service {
 
     /// Checks a name and password from `peer`, under the login guard: a locked-out IP or
     /// name is refused before any compare, and a wrong password counts against both.
-    pub fn login(&self, peer: IpAddr, t: AuthType, name: &str, pass: &str) -> ServiceResult<Caller> {
+    pub fn login(
+        &self,
+        peer: IpAddr,
+        t: AuthType,
+        name: &str,
+        pass: &str,
+    ) -> ServiceResult<Caller> {
         let now = Instant::now();
         if let Err(left) = self
             .guard
@@ -275,9 +283,9 @@ impl Service {
                 let c = self.read(|l| l.client_by_username(name))?;
                 match c {
                     Some(c)
-                        if c.password.as_deref().is_some_and(|pw| {
-                            constant_time_eq(pw.as_bytes(), pass.as_bytes())
-                        }) =>
+                        if c.password
+                            .as_deref()
+                            .is_some_and(|pw| constant_time_eq(pw.as_bytes(), pass.as_bytes())) =>
                     {
                         Ok(Caller::User {
                             user_id: c.user_id,
@@ -291,7 +299,13 @@ impl Service {
     }
 
     /// A new API session for a caller that just logged in: its token.
-    pub fn open_session(&self, caller: &Caller, t: AuthType, name: &str, peer: IpAddr) -> ServiceResult<String> {
+    pub fn open_session(
+        &self,
+        caller: &Caller,
+        t: AuthType,
+        name: &str,
+        peer: IpAddr,
+    ) -> ServiceResult<String> {
         let token = auth::new_token().map_err(|e| {
             tracing::error!(error = %e, "the OS random source failed");
             ServiceError::Internal("no session token could be made; try again".into())
@@ -310,14 +324,18 @@ impl Service {
 
     /// The caller of a session token. A client's session is bound to its user id: a
     /// rename (or another client taking the name) ends it.
-    pub fn session_caller(&self, token: &str, t: AuthType, name: &str, peer: IpAddr) -> ServiceResult<Caller> {
-        let checked = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).check(
-            token,
-            t,
-            name,
-            peer,
-            Instant::now(),
-        );
+    pub fn session_caller(
+        &self,
+        token: &str,
+        t: AuthType,
+        name: &str,
+        peer: IpAddr,
+    ) -> ServiceResult<Caller> {
+        let checked = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(token, t, name, peer, Instant::now());
         let session = match checked {
             Ok(s) => s,
             Err(SessionError::Expired) => {
@@ -386,15 +404,16 @@ impl Service {
             ClientRef::Id(id) => self
                 .read(|l| l.client(*id))?
                 .ok_or_else(|| ServiceError::user_not_found(*id))?,
-            ClientRef::Username(n) => self
-                .read(|l| l.client_by_username(n))?
-                .ok_or_else(|| ServiceError::NotFound {
-                    what: NotFound::Username,
-                    message: format!(
-                        "User with Internet username {} does not exists",
-                        n.chars().take(64).collect::<String>()
-                    ),
-                })?,
+            ClientRef::Username(n) => {
+                self.read(|l| l.client_by_username(n))?
+                    .ok_or_else(|| ServiceError::NotFound {
+                        what: NotFound::Username,
+                        message: format!(
+                            "User with Internet username {} does not exists",
+                            n.chars().take(64).collect::<String>()
+                        ),
+                    })?
+            }
         };
         if let Caller::User { user_id, .. } = caller {
             if *user_id != record.user_id {
@@ -428,7 +447,11 @@ impl Service {
         self.read(|l| l.client_of_account(a))
     }
 
-    pub fn create_clients(&self, caller: &Caller, clients: Vec<NewClient>) -> ServiceResult<Vec<i64>> {
+    pub fn create_clients(
+        &self,
+        caller: &Caller,
+        clients: Vec<NewClient>,
+    ) -> ServiceResult<Vec<i64>> {
         let actor = caller.actor();
         self.command(|reply| Command::AddClients {
             clients,
@@ -438,7 +461,12 @@ impl Service {
     }
 
     /// Changes one client as a whole. New credentials end the client's API sessions.
-    pub fn update_client(&self, caller: &Caller, user_id: i64, change: ClientChange) -> ServiceResult<()> {
+    pub fn update_client(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        change: ClientChange,
+    ) -> ServiceResult<()> {
         let new_credentials = change.credentials.is_some();
         let actor = caller.actor();
         self.command(|reply| Command::UpdateClient {
@@ -457,7 +485,12 @@ impl Service {
     }
 
     /// Deletes clients: they vanish from every lookup; their history stays.
-    pub fn delete_clients(&self, caller: &Caller, user_ids: Vec<i64>, comment: String) -> ServiceResult<()> {
+    pub fn delete_clients(
+        &self,
+        caller: &Caller,
+        user_ids: Vec<i64>,
+        comment: String,
+    ) -> ServiceResult<()> {
         let actor = caller.actor();
         let ids = user_ids.clone();
         self.command(|reply| Command::DeleteClients {
@@ -517,8 +550,17 @@ impl Service {
         self.read(|l| l.companies())
     }
 
-    pub fn add_company(&self, name: String, kind: i64, prepaid: bool, credit: Decimal) -> ServiceResult<i64> {
-        if name.trim().is_empty() || name.chars().count() > 128 || name.chars().any(char::is_control) {
+    pub fn add_company(
+        &self,
+        name: String,
+        kind: i64,
+        prepaid: bool,
+        credit: Decimal,
+    ) -> ServiceResult<i64> {
+        if name.trim().is_empty()
+            || name.chars().count() > 128
+            || name.chars().any(char::is_control)
+        {
             return Err(ServiceError::invalid(
                 "company name: 1 to 128 characters, no control characters",
             ));
@@ -583,7 +625,9 @@ impl Service {
         comment: String,
     ) -> ServiceResult<RefundOutcome> {
         if to <= from {
-            return Err(ServiceError::invalid("the range is empty: to must be after from"));
+            return Err(ServiceError::invalid(
+                "the range is empty: to must be after from",
+            ));
         }
         if self.read(|l| l.client(user_id))?.is_none() {
             return Err(ServiceError::user_not_found(user_id));

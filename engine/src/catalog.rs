@@ -211,7 +211,9 @@ impl Admin {
             p == "*"
                 || p == method
                 || p.strip_suffix(".*").is_some_and(|m| {
-                    method.strip_prefix(m).is_some_and(|rest| rest.starts_with('.'))
+                    method
+                        .strip_prefix(m)
+                        .is_some_and(|rest| rest.starts_with('.'))
                 })
         })
     }

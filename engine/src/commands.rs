@@ -166,7 +166,9 @@ fn ledger_err(e: LedgerError) -> CommandError {
         LedgerError::Rejected(m) if m.contains("exists already") || m.contains("given twice") => {
             CommandError::Exists(m)
         }
-        LedgerError::Rejected(m) if m.starts_with("no company") || m.contains("is not an account") => {
+        LedgerError::Rejected(m)
+            if m.starts_with("no company") || m.contains("is not an account") =>
+        {
             CommandError::NotFound(m)
         }
         LedgerError::Rejected(m) => CommandError::Invalid(m),
@@ -539,7 +541,13 @@ fn change_credit(
     }
     let ids = rater
         .ledger
-        .change_credit(&changes, comment, actor, change_type == ChangeType::Add, now)
+        .change_credit(
+            &changes,
+            comment,
+            actor,
+            change_type == ChangeType::Add,
+            now,
+        )
         .map_err(ledger_err)?;
     for (id, _, new) in changes {
         if let Some(u) = rater.subscribers.get_mut(id) {
@@ -607,9 +615,8 @@ fn cancel_charges(
         running = after;
         next += 1;
     }
-    crate::users::check_credit(running).map_err(|_| {
-        CommandError::Invalid("the refund would leave the credit range".into())
-    })?;
+    crate::users::check_credit(running)
+        .map_err(|_| CommandError::Invalid("the refund would leave the credit range".into()))?;
     let amount = running - balance;
     let journal_id = rater
         .ledger

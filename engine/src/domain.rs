@@ -107,7 +107,10 @@ pub fn normalize_dn(s: &str) -> Option<String> {
     let digits = if s.trim().starts_with('+') {
         digits
     } else {
-        digits.strip_prefix("00").map(str::to_string).unwrap_or(digits)
+        digits
+            .strip_prefix("00")
+            .map(str::to_string)
+            .unwrap_or(digits)
     };
     (!digits.is_empty() && digits.len() <= 32).then_some(digits)
 }
@@ -261,7 +264,9 @@ pub fn check_profile(key: &str, value: &str) -> Result<(), String> {
 
 /// Checks a username (the IBSng `normal_username`, the client's first radius account).
 pub fn check_username(u: &str) -> Result<(), String> {
-    if u.is_empty() || u.len() > MAX_IDENT_BYTES || u.chars().any(|c| c.is_control() || c.is_whitespace())
+    if u.is_empty()
+        || u.len() > MAX_IDENT_BYTES
+        || u.chars().any(|c| c.is_control() || c.is_whitespace())
     {
         return Err(format!(
             "username {:?}: 1 to {MAX_IDENT_BYTES} bytes, no spaces or control characters",

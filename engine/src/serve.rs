@@ -158,8 +158,8 @@ impl Live {
     }
 }
 
-pub use crate::commands::{ChangeType, Command, CommandError};
 use crate::commands::{execute, EndSessions};
+pub use crate::commands::{ChangeType, Command, CommandError};
 
 /// What a server run did (returned at shutdown).
 #[derive(Debug, Default, Clone)]

@@ -13,8 +13,8 @@ use std::path::Path;
 use rust_decimal::Decimal;
 
 use crate::catalog::Catalog;
-use crate::csv::{scan_records_with, split_fields, strip_bom, Dialect};
 use crate::commands::{Command, ImportOutcome, ImportRow};
+use crate::csv::{scan_records_with, split_fields, strip_bom, Dialect};
 use crate::domain::{check_profile, check_username, Account, NewClient};
 use crate::ledger::{Ledger, LedgerError};
 
@@ -101,7 +101,10 @@ pub fn parse_import(
         reason,
     };
     let header = spans.next().ok_or_else(|| {
-        header_err(format!("empty file; expected {}", REQUIRED_COLUMNS.join(",")))
+        header_err(format!(
+            "empty file; expected {}",
+            REQUIRED_COLUMNS.join(",")
+        ))
     })?;
     let cols: Vec<String> = split_fields(&buf[header.start..header.end])
         .map(|f| {
@@ -151,7 +154,8 @@ pub fn parse_import(
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
     for s in spans {
-        let line_bad = |field: &str, reason: String| format!("{name}:{}: {field}: {reason}", s.line);
+        let line_bad =
+            |field: &str, reason: String| format!("{name}:{}: {field}: {reason}", s.line);
         if let Some(e) = s.error {
             bad.push(line_bad("line", e.reason().to_string()));
             continue;
@@ -160,7 +164,10 @@ pub fn parse_import(
             .map(|f| String::from_utf8_lossy(&f).trim().to_string())
             .collect();
         if f.len() < 4 {
-            bad.push(line_bad("line", format!("expected at least 4 fields, found {}", f.len())));
+            bad.push(line_bad(
+                "line",
+                format!("expected at least 4 fields, found {}", f.len()),
+            ));
             continue;
         }
         if f.len() > cols.len() {
@@ -176,7 +183,10 @@ pub fn parse_import(
             continue;
         }
         if password.is_empty() {
-            bad.push(line_bad("password", "empty (a subscriber needs a password)".into()));
+            bad.push(line_bad(
+                "password",
+                "empty (a subscriber needs a password)".into(),
+            ));
             continue;
         }
         let credit: Decimal = match credit.parse::<Decimal>().map(check_credit) {
@@ -186,7 +196,10 @@ pub fn parse_import(
                 continue;
             }
             Err(_) => {
-                bad.push(line_bad("credit", format!("{credit:?} is not a decimal number")));
+                bad.push(line_bad(
+                    "credit",
+                    format!("{credit:?} is not a decimal number"),
+                ));
                 continue;
             }
         };
@@ -252,12 +265,14 @@ pub fn import_users(
         bad,
         ..Default::default()
     };
-    let mut rater = crate::batch::BatchRater::new(catalog, ledger).map_err(|e| {
-        ImportError::Command(e.to_string())
-    })?;
+    let mut rater = crate::batch::BatchRater::new(catalog, ledger)
+        .map_err(|e| ImportError::Command(e.to_string()))?;
     let mut rows = rows.into_iter().peekable();
     while rows.peek().is_some() {
-        let part: Vec<ImportRow> = rows.by_ref().take(crate::commands::MAX_IMPORT_ROWS).collect();
+        let part: Vec<ImportRow> = rows
+            .by_ref()
+            .take(crate::commands::MAX_IMPORT_ROWS)
+            .collect();
         let (tx, rx) = crossbeam_channel::bounded(1);
         crate::commands::execute(
             catalog,

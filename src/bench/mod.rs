@@ -462,8 +462,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
     let mut rate_secs = None;
     if !(a.reuse && std::fs::read_to_string(&marker).ok().as_deref() == Some(&want_marker)) {
         let _ = std::fs::remove_file(&marker);
-        let files =
-            gen::prepare_cdr_bench(&a.dir, a.xdrs, a.users.max(1), 5_000, 30, 7)?;
+        let files = gen::prepare_cdr_bench(&a.dir, a.xdrs, a.users.max(1), 5_000, 30, 7)?;
         let mut cfg = std::fs::read_to_string(&files.config)?;
         cfg.push_str("[[admin]]\nname = \"bench\"\npassword = \"bench\"\n");
         cfg = cfg.replacen(

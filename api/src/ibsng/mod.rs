@@ -182,14 +182,26 @@ pub(crate) async fn handle(
     })
     .await
     .unwrap_or_else(|_| Err(RpcError::new("INTERNAL_ERROR", "the request failed")));
-    metrics::record_call(&st, "ibsng", label, r.as_ref().err().map(|e| e.code), started);
+    metrics::record_call(
+        &st,
+        "ibsng",
+        label,
+        r.as_ref().err().map(|e| e.code),
+        started,
+    );
     answer(id, r)
 }
 
 /// An answer to a request that never reached a method (malformed, or the API stopping):
 /// counted under the method label `invalid`.
 fn rejected(st: &ApiState, started: Instant, id: Value, r: RpcResult) -> Response {
-    metrics::record_call(st, "ibsng", "invalid", r.as_ref().err().map(|e| e.code), started);
+    metrics::record_call(
+        st,
+        "ibsng",
+        "invalid",
+        r.as_ref().err().map(|e| e.code),
+        started,
+    );
     answer(id, r)
 }
 
@@ -567,10 +579,14 @@ fn update_user_attrs(st: &Service, caller: &Caller, p: &Map<String, Value>) -> R
                     _ => {
                         if let Some(rest) = name.strip_prefix("account:") {
                             let (kind, ident) = rest.split_once(':').ok_or_else(|| {
-                                invalid(format!("to_del_attrs: {name:?}: expected account:<kind>:<id>"))
+                                invalid(format!(
+                                    "to_del_attrs: {name:?}: expected account:<kind>:<id>"
+                                ))
                             })?;
                             let kind = AccountKind::parse(kind).ok_or_else(|| {
-                                invalid(format!("to_del_attrs: {name:?}: kind is radius, voip or dn"))
+                                invalid(format!(
+                                    "to_del_attrs: {name:?}: kind is radius, voip or dn"
+                                ))
                             })?;
                             change.remove_accounts.push(
                                 Account::new(kind, ident)
@@ -596,7 +612,8 @@ fn update_user_attrs(st: &Service, caller: &Caller, p: &Map<String, Value>) -> R
             "attrs: nothing to change (normal_user_spec, lock, group_name, isp_name, archived, accounts, profile fields; or to_del_attrs)",
         ));
     }
-    st.update_client(caller, user_id, change).map_err(rpc_error)?;
+    st.update_client(caller, user_id, change)
+        .map_err(rpc_error)?;
     Ok(Value::String(String::new()))
 }
 
@@ -673,9 +690,9 @@ fn credit_changes(st: &Service, caller: &Caller, p: &Map<String, Value>) -> RpcR
         Some(Value::Array(a)) => a
             .iter()
             .map(|k| {
-                k.as_str().and_then(JournalKind::parse).ok_or_else(|| {
-                    invalid("kinds: expected payment, usage, package_fee or refund")
-                })
+                k.as_str()
+                    .and_then(JournalKind::parse)
+                    .ok_or_else(|| invalid("kinds: expected payment, usage, package_fee or refund"))
             })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(invalid("kinds: expected a list")),
@@ -748,14 +765,19 @@ fn add_isp(st: &Service, p: &Map<String, Value>) -> RpcResult {
     } else {
         Decimal::ZERO
     };
-    let id = st.add_company(name, kind, prepaid, credit).map_err(rpc_error)?;
+    let id = st
+        .add_company(name, kind, prepaid, credit)
+        .map_err(rpc_error)?;
     Ok(json!(id))
 }
 
 fn update_isp(st: &Service, p: &Map<String, Value>) -> RpcResult {
     let id = p
         .get("isp_id")
-        .and_then(|v| v.as_i64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+        .and_then(|v| {
+            v.as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+        })
         .ok_or_else(|| invalid("isp_id: expected a company id"))?;
     let name = opt_str(p, "isp_name").map(|s| s.trim().to_string());
     let kind = p.get("isp_type").and_then(Value::as_i64);

@@ -242,4 +242,3 @@ fn row_json(st: &Service, x: &OwnedXdr) -> Value {
         "details": kv,
     })
 }
-

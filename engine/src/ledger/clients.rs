@@ -52,7 +52,10 @@ impl Ledger {
     /// Runs `f` in one write transaction; commits when it returns `Ok`.
     fn write<T>(
         &mut self,
-        f: impl FnOnce(&Transaction<'_>, &dyn Fn(rusqlite::Error) -> LedgerError) -> Result<T, LedgerError>,
+        f: impl FnOnce(
+            &Transaction<'_>,
+            &dyn Fn(rusqlite::Error) -> LedgerError,
+        ) -> Result<T, LedgerError>,
     ) -> Result<T, LedgerError> {
         let path = self.path.display().to_string();
         let sq = move |source| LedgerError::Sqlite {
@@ -493,7 +496,11 @@ impl Ledger {
     ) -> Result<(), LedgerError> {
         self.write(|tx, sq| {
             let exists = tx
-                .query_row("SELECT 1 FROM companies WHERE company_id = ?1", [id], |_| Ok(()))
+                .query_row(
+                    "SELECT 1 FROM companies WHERE company_id = ?1",
+                    [id],
+                    |_| Ok(()),
+                )
                 .optional()
                 .map_err(sq)?
                 .is_some();
@@ -502,23 +509,47 @@ impl Ledger {
             }
             if let Some(name) = name {
                 let other: Option<i64> = tx
-                    .query_row("SELECT company_id FROM companies WHERE name = ?1", [name], |r| r.get(0))
+                    .query_row(
+                        "SELECT company_id FROM companies WHERE name = ?1",
+                        [name],
+                        |r| r.get(0),
+                    )
                     .optional()
                     .map_err(sq)?;
                 if other.is_some_and(|o| o != id) {
                     return Err(rejected(format!("company {name:?} exists already")));
                 }
-                tx.execute("UPDATE companies SET name = ?2 WHERE company_id = ?1", params![id, name]).map_err(sq)?;
-                tx.execute("UPDATE users SET isp_name = ?2 WHERE company_id = ?1", params![id, name]).map_err(sq)?;
+                tx.execute(
+                    "UPDATE companies SET name = ?2 WHERE company_id = ?1",
+                    params![id, name],
+                )
+                .map_err(sq)?;
+                tx.execute(
+                    "UPDATE users SET isp_name = ?2 WHERE company_id = ?1",
+                    params![id, name],
+                )
+                .map_err(sq)?;
             }
             if let Some(k) = kind {
-                tx.execute("UPDATE companies SET type = ?2 WHERE company_id = ?1", params![id, k]).map_err(sq)?;
+                tx.execute(
+                    "UPDATE companies SET type = ?2 WHERE company_id = ?1",
+                    params![id, k],
+                )
+                .map_err(sq)?;
             }
             if let Some(p) = prepaid {
-                tx.execute("UPDATE companies SET prepaid = ?2 WHERE company_id = ?1", params![id, p as i64]).map_err(sq)?;
+                tx.execute(
+                    "UPDATE companies SET prepaid = ?2 WHERE company_id = ?1",
+                    params![id, p as i64],
+                )
+                .map_err(sq)?;
             }
             if let Some(c) = credit {
-                tx.execute("UPDATE companies SET credit = ?2 WHERE company_id = ?1", params![id, c.to_string()]).map_err(sq)?;
+                tx.execute(
+                    "UPDATE companies SET credit = ?2 WHERE company_id = ?1",
+                    params![id, c.to_string()],
+                )
+                .map_err(sq)?;
             }
             Ok(())
         })

@@ -369,7 +369,11 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tracing::info!(from = version, to = SCHEMA_VERSION, "ledger schema migrated");
+        tracing::info!(
+            from = version,
+            to = SCHEMA_VERSION,
+            "ledger schema migrated"
+        );
     }
     tx.commit()?;
     Ok(())
@@ -1195,16 +1199,18 @@ impl AuthReader {
             })
             .optional()
             .map_err(sq)?;
-        row.map(|(user_id, password, group_name, credit, lock_reason, archived)| {
-            Ok(AuthUser {
-                user_id,
-                password,
-                group_name,
-                credit: parse_dec(&self.path, "users.credit", &credit)?,
-                lock_reason,
-                archived,
-            })
-        })
+        row.map(
+            |(user_id, password, group_name, credit, lock_reason, archived)| {
+                Ok(AuthUser {
+                    user_id,
+                    password,
+                    group_name,
+                    credit: parse_dec(&self.path, "users.credit", &credit)?,
+                    lock_reason,
+                    archived,
+                })
+            },
+        )
         .transpose()
     }
 }
@@ -1260,7 +1266,7 @@ mod tests {
         assert_eq!(auth(&reader), None);
         assert!(matches!(
             l.set_lock(8, Some("x")),
-            Err(LedgerError::Rejected(_))
+            Err(LedgerError::NoSuchClient(8))
         ));
         // A second open finds the column there and leaves the data alone.
         l.set_lock(7, Some("again")).unwrap();

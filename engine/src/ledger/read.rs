@@ -217,7 +217,9 @@ impl LedgerRead for Reader {
             )
             .map_err(self.sq())?;
         let rows = st
-            .query_map([user_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .query_map([user_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .map_err(self.sq())?;
         let mut out = Vec::new();
         for row in rows {
@@ -289,7 +291,11 @@ impl LedgerRead for Reader {
                     from.unwrap_or(i64::MIN),
                     to.unwrap_or(i64::MAX),
                     // Filtered by kind below: read enough rows for the limit.
-                    if kinds.is_empty() { limit as i64 } else { i64::MAX }
+                    if kinds.is_empty() {
+                        limit as i64
+                    } else {
+                        i64::MAX
+                    }
                 ],
                 |r| {
                     Ok((
@@ -367,9 +373,7 @@ impl LedgerRead for Reader {
                 "SELECT path FROM xdr_files WHERE max_logout >= ?1 AND min_login <= ?2 ORDER BY path",
             )
             .map_err(self.sq())?;
-        let rows = st
-            .query_map([lo, hi], |r| r.get(0))
-            .map_err(self.sq())?;
+        let rows = st.query_map([lo, hi], |r| r.get(0)).map_err(self.sq())?;
         rows.collect::<Result<_, _>>().map_err(self.sq())
     }
 
