@@ -396,3 +396,45 @@ fn unknown_user_sessions_are_capped_per_username() {
         .iter()
         .all(|x| x.1 == "UNKNOWN_USER" && x.2.as_str() < "m16"));
 }
+
+/// A NAS that counts Acct-Session-Ids from 1 again after a reboot (within the 24 h
+/// closed-session memory, across a restart of ratel): the new session with an old id is
+/// charged in full, even where its counters equal the old session's; a late Stop of the old
+/// session still charges nothing.
+#[test]
+fn a_session_id_reused_after_a_nas_reboot_is_charged() {
+    use radius::core::{rfc2865, rfc2869};
+    let at = |id: u8, status: u32, begins: chrono::DateTime<chrono::Utc>, secs: u32| {
+        let mut p = Packet::new_with_identifier(Code::AccountingRequest, SECRET, id);
+        rfc2866::add_acct_status_type(&mut p, status);
+        rfc2865::add_user_name(&mut p, "alice");
+        rfc2866::add_acct_session_id(&mut p, "1");
+        rfc2866::add_acct_session_time(&mut p, secs);
+        rfc2869::add_event_timestamp(&mut p, &(begins + chrono::Duration::seconds(secs as i64)));
+        p.encode().unwrap()
+    };
+    let env = Env::new();
+    let (child, addr) = env.serve();
+    let c = client();
+    let first = t0();
+    assert!(send(&c, addr, &at(1, 1, first, 0)).is_some());
+    assert!(send(&c, addr, &at(2, 3, first, 600)).is_some());
+    assert!(send(&c, addr, &at(3, 2, first, 1200)).is_some());
+    stop(child);
+    // ratel restarts; the NAS reboots and numbers its sessions from 1 again.
+    let (child, addr) = env.serve();
+    let second = t0() + chrono::Duration::hours(2);
+    assert!(send(&c, addr, &at(10, 1, second, 0)).is_some());
+    // The same Acct-Session-Time as a charged update of the old session.
+    assert!(send(&c, addr, &at(11, 3, second, 600)).is_some());
+    assert!(send(&c, addr, &at(12, 2, second, 1800)).is_some());
+    // A late Stop of the first session (new Identifier): nothing.
+    assert!(send(&c, addr, &at(13, 2, first, 1200)).is_some());
+    stop(child);
+    // Day rule 0.01/min: 20 min + 30 min = 0.5 from 10.
+    assert_eq!(env.credits()[0], ("alice".to_string(), d("9.5")));
+    let x = xdrs(&env.data());
+    let mut charged: Vec<Decimal> = x.iter().filter(|r| r.0 == "alice").map(|r| r.5).collect();
+    charged.sort();
+    assert_eq!(charged, vec![d("0.2"), d("0.3")], "{x:?}");
+}

@@ -290,7 +290,7 @@ fn open_sessions_under_the_old_key_keep_rating_after_the_upgrade() {
         .unwrap();
         let n = db
             .execute(
-                "UPDATE journal SET idem_key = 'radius:ras1:m1:600:0:0' WHERE idem_key = 'radius:ras1/10.0.0.1:m1:600:0:0'",
+                "UPDATE journal SET idem_key = 'radius:ras1:m1:600:0:0' WHERE idem_key LIKE 'radius:ras1/10.0.0.1:m1@%:600:0:0'",
                 [],
             )
             .unwrap();

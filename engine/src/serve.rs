@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use crate::batch::{BatchError, BatchRater, NoProgress};
 use crate::catalog::Catalog;
 use crate::ledger::{DataDirLock, Ledger, LedgerError, PendingFile, RadiusCommit};
-use crate::radius::accounting::{Accounting, Effects, Session, SessionKey, CLOSED_MEMORY_SECS};
+use crate::radius::accounting::{
+    Accounting, Closed, Effects, Session, SessionKey, CLOSED_MEMORY_SECS,
+};
 use crate::radius::codec::{self, DecodeError};
 use crate::xdr::{self, XdrBuilder};
 
@@ -472,9 +474,10 @@ fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounti
         }
         acct.sessions.insert(SessionKey::new(i, nas, sid), s);
     }
-    for (nas, sid, at) in rater.ledger.load_closed()? {
+    for (nas, sid, at, ended) in rater.ledger.load_closed()? {
         if let Some(i) = nas_idx(&nas) {
-            acct.closed.insert(SessionKey::new(i, nas, sid), at);
+            acct.closed
+                .insert(SessionKey::new(i, nas, sid), Closed { at, ended });
         }
     }
     acct.recount();
@@ -849,9 +852,12 @@ impl Core<'_> {
         first: &Effects,
         now: i64,
     ) -> Result<(), ServeError> {
-        let mut known = rater
-            .ledger
-            .existing_journal_keys(first.charges.iter().map(|c| c.idem_key.as_str()))?;
+        let mut known = rater.ledger.existing_journal_keys(
+            first
+                .charges
+                .iter()
+                .map(|c| (c.idem_key.as_str(), c.legacy_key.as_deref())),
+        )?;
         self.reload(rater, acct)?;
         let mut fatal: Option<ServeError> = None;
         let result = bisect(self.pending.len(), |range| {
@@ -864,9 +870,11 @@ impl Core<'_> {
             let Err(e) = self.commit(rater, acct, &fx, now) else {
                 return Attempt::Committed;
             };
-            let existing = rater
-                .ledger
-                .existing_journal_keys(fx.charges.iter().map(|c| c.idem_key.as_str()));
+            let existing = rater.ledger.existing_journal_keys(
+                fx.charges
+                    .iter()
+                    .map(|c| (c.idem_key.as_str(), c.legacy_key.as_deref())),
+            );
             if let Err(e) = self.reload(rater, acct) {
                 fatal = Some(e);
                 return Attempt::Fatal;
@@ -948,8 +956,13 @@ impl Core<'_> {
             ..Default::default()
         };
         for ch in &fx.charges {
-            c.charges
-                .push((ch.user_id, ch.amount, ch.balance_after, ch.idem_key.clone()));
+            c.charges.push((
+                ch.user_id,
+                ch.amount,
+                ch.balance_after,
+                ch.idem_key.clone(),
+                ch.legacy_key.clone(),
+            ));
         }
         let mut seen: std::collections::HashSet<&SessionKey, ahash::RandomState> =
             Default::default();
@@ -966,7 +979,8 @@ impl Core<'_> {
             }
         }
         for k in &fx.closed {
-            c.closed.push((k.nas.clone(), k.session_id.clone()));
+            let ended = acct.closed.get(k).and_then(|c| c.ended).unwrap_or(now);
+            c.closed.push((k.nas.clone(), k.session_id.clone(), ended));
         }
         for x in &fx.xdrs {
             c.xdrs

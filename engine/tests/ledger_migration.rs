@@ -1,6 +1,6 @@
 //! A ledger written by the previous release ("schema version 1": the tables of issue 10/13
 //! plus `cdr_files.head_hash` and `users.lock_reason`, `PRAGMA user_version` never set, so
-//! 0) opens with this build and is migrated to schema version 2: companies and accounts
+//! 0) opens with this build and is migrated to schema version 3 (2: the domain; 3: closed-session ends): companies and accounts
 //! derived from the users, journal kinds rewritten, balances and journal untouched, and the
 //! new client writes work on it. A second open changes nothing; a ledger from a newer ratel
 //! is refused.
@@ -333,7 +333,16 @@ fn old_users() -> Vec<UserRow> {
 fn check_migrated(data: &Path) {
     let c = reader(data);
     assert_eq!(version(&c), ratel_engine::ledger::SCHEMA_VERSION);
-    assert_eq!(version(&c), 2);
+    assert_eq!(version(&c), 3);
+    // Version 3: closed sessions remember when they ended (unknown for older rows).
+    let ended: Vec<Option<i64>> = c
+        .prepare("SELECT ended FROM radius_closed")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(ended.iter().all(Option::is_none), "{ended:?}");
 
     // Companies: Main is 1, ResellerA was created from bob's isp_name.
     let mut st = c
@@ -534,10 +543,31 @@ fn a_version_1_ledger_is_migrated_to_version_2() {
     }
     // A replayed RADIUS update still finds its charge by idempotency key.
     let found = ledger
-        .existing_journal_keys(["radius:nas1:s1:600:10:20", "radius:nas1:s1:660:10:20"])
+        .existing_journal_keys([
+            ("radius:nas1:s1:600:10:20", None),
+            ("radius:nas1:s1:660:10:20", None),
+        ])
         .unwrap();
     assert_eq!(found.len(), 1);
     assert!(found.contains("radius:nas1:s1:600:10:20"));
+    // A key of the newer form (with the session's start) whose charge the old ledger holds
+    // under the older form is found through it.
+    let found = ledger
+        .existing_journal_keys([
+            (
+                "radius:nas1:s1@1700000000:600:10:20",
+                Some("radius:nas1:s1:600:10:20"),
+            ),
+            (
+                "radius:nas1:s1@1700000000:660:10:20",
+                Some("radius:nas1:s1:660:10:20"),
+            ),
+        ])
+        .unwrap();
+    assert_eq!(
+        found.into_iter().collect::<Vec<_>>(),
+        vec!["radius:nas1:s1@1700000000:600:10:20".to_string()]
+    );
     assert_eq!(
         ledger.load_sessions().unwrap(),
         vec![(
@@ -835,12 +865,12 @@ fn a_version_1_ledger_is_migrated_to_version_2() {
     );
     drop(c);
 
-    // Still version 2 after the writes and another open.
+    // Still version 3 after the writes and another open.
     drop(ledger);
     drop(lock);
     let _lock = DataDirLock::acquire(&data).unwrap();
     let ledger = Ledger::open(&data).unwrap();
-    assert_eq!(version(&reader(&data)), 2);
+    assert_eq!(version(&reader(&data)), 3);
     assert_eq!(ledger.load_users().unwrap().len(), 6);
 }
 

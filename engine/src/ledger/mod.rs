@@ -274,7 +274,7 @@ INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 
 /// The ledger schema version this build writes (`PRAGMA user_version`). Each step of
 /// [`migrate`] brings a ledger one version forward, in one transaction with the rest.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Version 2 (issue 11, DESIGN.md Part 2 "The domain model"): companies, accounts, profile
 /// fields, the client log, refunds; journal rows typed `payment` / `usage` / `package_fee` /
@@ -366,6 +366,11 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if version < 2 {
         tx.execute_batch(SCHEMA_V2)?;
+    }
+    if version < 3 {
+        // When each remembered closed session ended by the NAS's clock: a Start after it
+        // with the same Acct-Session-Id is a new session (NULL for older rows: unknown).
+        tx.execute_batch("ALTER TABLE radius_closed ADD COLUMN ended INTEGER;")?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -748,12 +753,13 @@ impl Ledger {
 /// Everything one RADIUS batch commits at once.
 #[derive(Debug, Default)]
 pub struct RadiusCommit {
-    /// (user_id, amount taken, balance after, idempotency key).
-    pub charges: Vec<(i64, Decimal, Decimal, String)>,
+    /// (user_id, amount taken, balance after, idempotency key, the key's legacy form to
+    /// check for too).
+    pub charges: Vec<(i64, Decimal, Decimal, String, Option<String>)>,
     /// (nas, session id, state JSON) of sessions still open.
     pub upserts: Vec<(String, String, String)>,
-    /// (nas, session id) of sessions closed.
-    pub closed: Vec<(String, String)>,
+    /// (nas, session id, when it ended by the NAS's clock) of sessions closed.
+    pub closed: Vec<(String, String, i64)>,
     /// (xdr id, xDR JSON) of closed sessions.
     pub xdrs: Vec<(u64, String)>,
     pub next_xdr: u64,
@@ -785,7 +791,19 @@ impl Ledger {
             // A journal row per charge; one balance write per user per batch (the last).
             let mut last: std::collections::HashMap<i64, Decimal> =
                 std::collections::HashMap::new();
-            for (user_id, amount, after, key) in &b.charges {
+            let mut legacy = tx
+                .prepare_cached("SELECT 1 FROM journal WHERE idem_key = ?1")
+                .map_err(sq)?;
+            for (user_id, amount, after, key, legacy_key) in &b.charges {
+                // A replay of an update charged under the key's older form: refused like a
+                // key that exists (the core marks it charged and applies the batch again).
+                if let Some(old) = legacy_key {
+                    if legacy.exists([old]).map_err(sq)? {
+                        return Err(LedgerError::Rejected(format!(
+                            "charge {key} was taken before as {old}"
+                        )));
+                    }
+                }
                 jr.execute(params![
                     user_id,
                     (-*amount).to_string(),
@@ -810,11 +828,11 @@ impl Ledger {
                 .prepare_cached("DELETE FROM sessions WHERE nas = ?1 AND session_id = ?2")
                 .map_err(sq)?;
             let mut cl = tx
-                .prepare_cached("INSERT OR REPLACE INTO radius_closed(nas, session_id, closed_at) VALUES (?1, ?2, ?3)")
+                .prepare_cached("INSERT OR REPLACE INTO radius_closed(nas, session_id, closed_at, ended) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(sq)?;
-            for (nas, sid) in &b.closed {
+            for (nas, sid, ended) in &b.closed {
                 del.execute(params![nas, sid]).map_err(sq)?;
-                cl.execute(params![nas, sid, b.now]).map_err(sq)?;
+                cl.execute(params![nas, sid, b.now, ended]).map_err(sq)?;
             }
             let mut ob = tx
                 .prepare_cached("INSERT INTO xdr_outbox(xdr_id, row) VALUES (?1, ?2)")
@@ -885,19 +903,24 @@ impl Ledger {
         tx.commit().map_err(sq)
     }
 
-    /// Which of `keys` have a journal row already (a replayed RADIUS update rebuilds the
-    /// idempotency key of a charge taken before: it must charge nothing).
+    /// Which of `keys` have a journal row already, under the key or under its legacy form
+    /// (a replayed RADIUS update rebuilds the idempotency key of a charge taken before: it
+    /// must charge nothing). Returns the keys (not their legacy forms) found.
     pub fn existing_journal_keys<'k>(
         &self,
-        keys: impl IntoIterator<Item = &'k str>,
+        keys: impl IntoIterator<Item = (&'k str, Option<&'k str>)>,
     ) -> Result<HashSet<String>, LedgerError> {
         let mut st = self
             .conn
             .prepare_cached("SELECT 1 FROM journal WHERE idem_key = ?1")
             .map_err(self.sq())?;
         let mut found = HashSet::new();
-        for k in keys {
-            if st.exists([k]).map_err(self.sq())? {
+        for (k, legacy) in keys {
+            let mut exists = st.exists([k]).map_err(self.sq())?;
+            if let (false, Some(old)) = (exists, legacy) {
+                exists = st.exists([old]).map_err(self.sq())?;
+            }
+            if exists {
                 found.insert(k.to_string());
             }
         }
@@ -939,14 +962,15 @@ impl Ledger {
         rows.collect::<Result<_, _>>().map_err(self.sq())
     }
 
-    /// Recently closed sessions: (nas, session id, closed at).
-    pub fn load_closed(&self) -> Result<Vec<(String, String, i64)>, LedgerError> {
+    /// Recently closed sessions: (nas, session id, closed at, ended by the NAS's clock).
+    #[allow(clippy::type_complexity)]
+    pub fn load_closed(&self) -> Result<Vec<(String, String, i64, Option<i64>)>, LedgerError> {
         let mut st = self
             .conn
-            .prepare("SELECT nas, session_id, closed_at FROM radius_closed")
+            .prepare("SELECT nas, session_id, closed_at, ended FROM radius_closed")
             .map_err(self.sq())?;
         let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .map_err(self.sq())?;
         rows.collect::<Result<_, _>>().map_err(self.sq())
     }

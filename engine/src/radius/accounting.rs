@@ -198,7 +198,27 @@ pub struct Charge {
     pub amount: Decimal,
     pub balance_after: Decimal,
     pub idem_key: String,
+    /// The key this charge had before keys carried the session's start
+    /// (`radius:<nas>:<session>:<time>:<in>:<out>`), set on the first charge of a session
+    /// the charging packet itself opened: a replay of an update charged under that form must
+    /// still be recognised (the ledger refuses the batch when it exists).
+    pub legacy_key: Option<String>,
 }
+
+/// A session the closed-session memory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    /// When it was closed (arrival clock): it is forgotten [`CLOSED_MEMORY_SECS`] later.
+    pub at: i64,
+    /// When it ended by the NAS's clock (login + last Acct-Session-Time); `None` for
+    /// sessions closed before this was kept.
+    pub ended: Option<i64>,
+}
+
+/// Seconds after a closed session's end before a Start with its Acct-Session-Id is taken
+/// for a new session (a NAS that counts session ids from 1 again after a reboot), not a
+/// late packet of the old one.
+pub const SESSION_ID_REUSE_MARGIN_SECS: i64 = 2;
 
 /// What one request (or a stale/NAS-wide close) changes, to be committed atomically.
 #[derive(Debug, Default)]
@@ -279,7 +299,7 @@ impl AnomalyLog {
 #[derive(Debug, Default)]
 pub struct Accounting {
     pub sessions: HashMap<SessionKey, Session>,
-    pub closed: HashMap<SessionKey, i64>,
+    pub closed: HashMap<SessionKey, Closed>,
     /// Recently seen requests; `true` marks one the ledger refused (poisoned).
     seen: HashMap<(u16, u8, [u8; 16]), bool>,
     seen_order: VecDeque<(u16, u8, [u8; 16])>,
@@ -524,12 +544,29 @@ impl Accounting {
             _ => {}
         }
         let key = self.session_key(&id, req);
-        if self.closed.contains_key(&key) {
-            // A late Interim/Stop (or a replayed Start) of a session already closed.
-            self.counters.late_updates_ignored += 1;
-            return;
-        }
         let session_time = req.session_time.unwrap_or(0) as i64;
+        if let Some(c) = self.closed.get(&key) {
+            // A session that began after the closed one ended is a new one: the NAS reuses
+            // the Acct-Session-Id (counting from 1 again after a reboot). Only a Start, or
+            // an update the NAS timestamped, can say so: an untimestamped late Stop of the
+            // old session must never be charged again.
+            let begins = match (req.status_type(), req.event_timestamp) {
+                (_, Some(t)) => Some(t as i64 - session_time),
+                (StatusType::Start, None) => Some(now - req.delay_time as i64),
+                _ => None,
+            };
+            let reused = c
+                .ended
+                .zip(begins)
+                .is_some_and(|(end, begins)| begins > end + SESSION_ID_REUSE_MARGIN_SECS);
+            if !reused {
+                // A late Interim/Stop (or a replayed Start) of a session already closed.
+                self.counters.late_updates_ignored += 1;
+                return;
+            }
+            tracing::info!(nas = %nas_name, session = %key.session_id, "a session id used again after its session ended: a new session");
+            self.closed.remove(&key);
+        }
         if session_time > catalog.max_session_secs {
             self.counters.session_time_anomalies += 1;
             self.log.note(
@@ -646,7 +683,11 @@ impl Accounting {
                         if out.delta.is_zero() {
                             s.charge = next;
                         } else {
-                            let idem_key = format!(
+                            // The key names the update: its session (by NAS, id and,
+                            // when the NAS timestamps its packets, when it began: a
+                            // reused session id is another session) and its counters.
+                            // The same packet rebuilds the same key.
+                            let legacy = format!(
                                 "radius:{}:{}:{}:{}:{}",
                                 s.nas,
                                 s.session_id,
@@ -654,6 +695,21 @@ impl Accounting {
                                 usage.octets_in,
                                 usage.octets_out
                             );
+                            let (idem_key, legacy_key) = match req.event_timestamp {
+                                Some(_) => (
+                                    format!(
+                                        "radius:{}:{}@{}:{}:{}:{}",
+                                        s.nas,
+                                        s.session_id,
+                                        usage.moment - usage.session_time,
+                                        usage.session_time,
+                                        usage.octets_in,
+                                        usage.octets_out
+                                    ),
+                                    created.then_some(legacy),
+                                ),
+                                None => (legacy, None),
+                            };
                             // Always charged, even into negative credit: the service was used.
                             // Exact or not at all: Decimal rounds a result beyond 28
                             // digits, which would lose money silently.
@@ -677,6 +733,7 @@ impl Accounting {
                                     amount: out.delta,
                                     balance_after: after,
                                     idem_key,
+                                    legacy_key,
                                 });
                             } else {
                                 self.counters.overflow_anomalies += 1;
@@ -743,7 +800,17 @@ impl Accounting {
             return;
         };
         self.count_closed(key, &s);
-        self.closed.insert(key.clone(), now);
+        self.closed.insert(
+            key.clone(),
+            Closed {
+                at: now,
+                ended: Some(
+                    s.charge
+                        .login_time
+                        .saturating_add(s.charge.last_session_time),
+                ),
+            },
+        );
         self.counters.sessions_closed += 1;
         let user = s
             .user_id
@@ -862,7 +929,7 @@ impl Accounting {
             self.counters.stale_closed += 1;
             self.close(catalog, subs, next_xdr, &k, "Stale-Session", now, fx);
         }
-        self.closed.retain(|_, at| now - *at < CLOSED_MEMORY_SECS);
+        self.closed.retain(|_, c| now - c.at < CLOSED_MEMORY_SECS);
     }
 
     /// Live (not yet closed) charge of a user's open sessions, and their count.
@@ -1075,11 +1142,14 @@ charge_rules = ["all"]
     #[test]
     fn already_charged_updates_charge_nothing() {
         let mut w = World::new(d("10"));
+        // The keys as the ledger reports them (found as such or under their legacy form).
         w.acct.charged_keys = Some(
-            ["radius:ras1:old:600:0:0", "radius:ras1:s1:1200:0:0"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            [
+                format!("radius:ras1:old@{T0}:600:0:0"),
+                format!("radius:ras1:s1@{T0}:1200:0:0"),
+            ]
+            .into_iter()
+            .collect(),
         );
         let fx = w.update(3, "alice", "old", 600, 0);
         assert!(fx.charges.is_empty() && fx.upserts.is_empty() && fx.first_logins.is_empty());
@@ -1316,7 +1386,10 @@ charge_rules = ["all"]
         relayed(&mut w, b, Start, "bob", "1", 0);
         relayed(&mut w, a, InterimUpdate, "alice", "1", 600);
         let fx = relayed(&mut w, b, InterimUpdate, "bob", "1", 600);
-        assert_eq!(fx.charges[0].idem_key, "radius:ras1/10.0.0.2:1:600:0:0");
+        assert_eq!(
+            fx.charges[0].idem_key,
+            format!("radius:ras1/10.0.0.2:1@{T0}:600:0:0")
+        );
         assert_eq!(credits(&w), (d("9.9"), d("9.9")));
         assert_eq!(w.acct.sessions.len(), 2);
         assert_eq!(
@@ -1393,8 +1466,9 @@ charge_rules = ["all"]
             .contains_key(&SessionKey::new(0, "ras1/10.0.0.2", "1")));
         let fx = relayed(&mut w, a, InterimUpdate, "alice", "1", 600);
         assert_eq!(
-            fx.charges[0].idem_key, "radius:ras1:1:600:0:0",
-            "the old key"
+            fx.charges[0].idem_key,
+            format!("radius:ras1:1@{T0}:600:0:0"),
+            "the old NAS key"
         );
         let fx = relayed(&mut w, a, Stop, "alice", "1", 1200);
         assert_eq!(fx.closed, vec![SessionKey::new(0, "ras1", "1")]);
@@ -1420,5 +1494,88 @@ charge_rules = ["all"]
             .acct
             .sessions
             .contains_key(&SessionKey::new(0, "ras1", "3")));
+    }
+
+    /// A NAS that counts Acct-Session-Ids from 1 again (after a reboot) within the
+    /// closed-session memory: the new session with an old id is charged, with keys of its
+    /// own; late packets of the old session still charge nothing, timestamped or not.
+    #[test]
+    fn a_reused_session_id_is_a_new_session() {
+        let mut w = World::new(d("10"));
+        let at = |w: &mut World, status: u32, secs: u32, begins: i64, ts: bool, now: i64| {
+            let req = AcctRequest {
+                status: Some(match status {
+                    1 => StatusType::Start,
+                    2 => StatusType::Stop,
+                    _ => StatusType::InterimUpdate,
+                }),
+                user_name: b"alice",
+                session_id: b"1",
+                session_time: Some(secs),
+                event_timestamp: ts.then_some((begins + secs as i64) as u32),
+                ..Default::default()
+            };
+            let mut fx = Effects::default();
+            w.acct.apply(
+                &w.catalog,
+                &mut w.subs,
+                &mut w.next_xdr,
+                0,
+                "127.0.0.1",
+                &req,
+                now,
+                &mut fx,
+            );
+            fx
+        };
+        // Session "1" from T0, 10 minutes: 0.1.
+        at(&mut w, 1, 0, T0, true, T0);
+        let fx = at(&mut w, 2, 600, T0, true, T0 + 600);
+        assert_eq!(fx.charges.len(), 1);
+        let old_key = fx.charges[0].idem_key.clone();
+        assert_eq!(old_key, format!("radius:ras1:1@{T0}:600:0:0"));
+        assert_eq!(w.credit(), d("9.9"));
+        // The NAS reboots and starts session "1" again an hour later: a new session.
+        let t1 = T0 + 3600;
+        at(&mut w, 1, 0, t1, true, t1);
+        assert!(w
+            .acct
+            .sessions
+            .contains_key(&SessionKey::new(0, "ras1", "1")));
+        // Same counters as the old session's charge: another key, charged.
+        let fx = at(&mut w, 3, 600, t1, true, t1 + 600);
+        assert_eq!(fx.charges.len(), 1);
+        assert_eq!(
+            fx.charges[0].idem_key,
+            format!("radius:ras1:1@{t1}:600:0:0")
+        );
+        assert_ne!(fx.charges[0].idem_key, old_key);
+        assert_eq!(
+            fx.charges[0].legacy_key, None,
+            "the session was opened by its Start"
+        );
+        let fx = at(&mut w, 2, 1200, t1, true, t1 + 1200);
+        assert_eq!(fx.closed.len(), 1);
+        assert_eq!(w.credit(), d("9.7"));
+        // Late packets of the first session: a timestamped Stop, an untimestamped Stop
+        // (its arrival says nothing of when it began), a replayed Start: nothing.
+        let late = w.acct.counters.late_updates_ignored;
+        assert!(at(&mut w, 2, 600, T0, true, t1 + 2000).charges.is_empty());
+        assert!(at(&mut w, 2, 600, T0, false, t1 + 2000).charges.is_empty());
+        assert!(at(&mut w, 1, 0, t1, true, t1 + 2000).charges.is_empty());
+        assert_eq!(w.acct.counters.late_updates_ignored, late + 3);
+        assert!(w.acct.sessions.is_empty());
+        assert_eq!(w.credit(), d("9.7"));
+        // A session opened by an update (its Start lost) carries the legacy key too.
+        let t2 = T0 + 7200;
+        let fx = at(&mut w, 3, 300, t2, true, t2 + 300);
+        assert_eq!(
+            fx.charges[0].idem_key,
+            format!("radius:ras1:1@{t2}:300:0:0")
+        );
+        assert_eq!(
+            fx.charges[0].legacy_key.as_deref(),
+            Some("radius:ras1:1:300:0:0")
+        );
     }
 }
