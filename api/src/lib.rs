@@ -1,6 +1,7 @@
 //! ratel's HTTP API (axum on tokio), started by `ratel serve`: one listener, every dialect
 //! by path (DESIGN.md Part 2, "API architecture"). The dialects are thin adapters over one
-//! typed service layer ([`service`]): IBSng JSON-RPC at `POST /` ([`ibsng`]). Reads go to the
+//! typed service layer ([`service`]): IBSng JSON-RPC at `POST /` ([`ibsng`]), Tariscope
+//! REST at `/api/...` ([`tariscope`]). Reads go to the
 //! ledger through its read trait and to the core's published live state; writes are
 //! commands executed by the serve core, which owns the ledger and every balance.
 
@@ -10,11 +11,12 @@ pub mod ibsng;
 mod metrics;
 pub mod report;
 pub mod service;
+pub mod tariscope;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::Router;
 use ratel_engine::reload::CatalogCell;
 use ratel_engine::serve::{Command, Live};
@@ -58,6 +60,9 @@ pub async fn run(
     let limits = state.service.catalog.get().api_limits;
     let app = Router::new()
         .route("/", post(ibsng::handle))
+        .route("/api", any(tariscope::handle))
+        .route("/api/", any(tariscope::handle))
+        .route("/api/{*rest}", any(tariscope::handle))
         .route("/metrics", get(metrics::metrics))
         .route("/health", get(metrics::health))
         .fallback(ibsng::not_found)

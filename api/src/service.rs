@@ -121,6 +121,30 @@ pub enum ClientRef {
     Username(String),
 }
 
+/// Usage of one service over a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub count: u64,
+    pub seconds: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub cost: Decimal,
+}
+
+/// A client's account over a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub opening_balance: Decimal,
+    pub closing_balance: Decimal,
+    pub payments: Decimal,
+    /// Usage charges (positive).
+    pub charges: Decimal,
+    pub package_fees: Decimal,
+    pub refunds: Decimal,
+    pub calls: Usage,
+    pub internet: Usage,
+}
+
 /// Most xDRs one cancellation may refund (a larger range is cancelled in parts).
 pub const MAX_REFUND_ROWS: usize = 1_000_000;
 /// Most journal rows one history call returns.
@@ -702,6 +726,140 @@ impl Service {
             sent.push((o, to));
         }
         Ok(sent)
+    }
+
+    // ---- lookups, summaries, operator SQL ----------------------------------------------
+
+    /// The client whose profile `email` is `email`.
+    pub fn client_by_email(&self, caller: &Caller, email: &str) -> ServiceResult<ClientView> {
+        let c = self
+            .read(|l| l.client_by_profile("email", email))?
+            .ok_or_else(|| ServiceError::NotFound {
+                what: NotFound::Other,
+                message: format!(
+                    "no subscriber with email {:?}",
+                    email.chars().take(64).collect::<String>()
+                ),
+            })?;
+        self.client(caller, &ClientRef::Id(c.user_id))
+    }
+
+    /// Clients of a group (a tariff plan), at most `limit`, with their profiles.
+    pub fn clients_in_group(&self, group: &str, limit: usize) -> ServiceResult<Vec<ClientView>> {
+        let cat = self.catalog.get();
+        if cat.group_index(group).is_none() {
+            return Err(ServiceError::NotFound {
+                what: NotFound::Group,
+                message: format!(
+                    "Group {} not found",
+                    group.chars().take(64).collect::<String>()
+                ),
+            });
+        }
+        let records = self.read(|l| l.clients_in_group(group, limit))?;
+        let admin = Caller::Admin {
+            name: String::new(),
+        };
+        records
+            .into_iter()
+            .map(|r| self.client(&admin, &ClientRef::Id(r.user_id)))
+            .collect()
+    }
+
+    /// Clients with a session open on the NAS `nas` (its configured name, or the
+    /// NAS-Identifier / IP of a NAS behind a proxy), by id.
+    pub fn clients_on_nas(&self, nas: &str) -> ServiceResult<Vec<ClientView>> {
+        let mut ids: Vec<i64> = self
+            .online()
+            .into_iter()
+            .filter(|o| o.nas == nas || o.nas_key == nas)
+            .filter_map(|o| o.user_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let admin = Caller::Admin {
+            name: String::new(),
+        };
+        ids.into_iter()
+            .map(|id| self.client(&admin, &ClientRef::Id(id)))
+            .collect()
+    }
+
+    /// A client's account over `[from, to)`: balances, journal sums, usage.
+    pub fn summary(
+        &self,
+        caller: &Caller,
+        user_id: i64,
+        from: i64,
+        to: i64,
+    ) -> ServiceResult<Summary> {
+        if to <= from {
+            return Err(ServiceError::invalid(
+                "the period is empty: to must be after from",
+            ));
+        }
+        let rows = self.journal(caller, user_id, Some(from), Some(to), &[])?;
+        let opening = self
+            .read(|l| l.journal_before(user_id, from))?
+            .map(|j| j.balance_after)
+            .unwrap_or(Decimal::ZERO);
+        let mut s = Summary {
+            opening_balance: opening,
+            closing_balance: rows.last().map(|j| j.balance_after).unwrap_or(opening),
+            ..Default::default()
+        };
+        for j in &rows {
+            match j.kind {
+                JournalKind::Payment => s.payments += j.amount,
+                JournalKind::Usage => s.charges -= j.amount,
+                JournalKind::PackageFee => s.package_fees -= j.amount,
+                JournalKind::Refund => s.refunds += j.amount,
+            }
+        }
+        let filter = Filter {
+            user_ids: Some(vec![user_id]),
+            logout_from: Some(from),
+            logout_to: Some(to - 1),
+            ..Default::default()
+        };
+        for x in self.xdrs_matching(&filter, MAX_REFUND_ROWS)? {
+            if x.status == "REFUND" {
+                continue;
+            }
+            let u = if x.service_type == "VoIP" {
+                &mut s.calls
+            } else {
+                &mut s.internet
+            };
+            u.count += 1;
+            u.seconds += x.billed_seconds.max(0) as u64;
+            u.bytes_in += x.bytes_in.max(0) as u64;
+            u.bytes_out += x.bytes_out.max(0) as u64;
+            u.cost += x.credit_used;
+        }
+        Ok(s)
+    }
+
+    /// One read-only statement over the ledger (10,000 rows, 5 s).
+    pub fn sql(&self, query: &str) -> ServiceResult<ratel_engine::ledger::SqlAnswer> {
+        let limits = ratel_engine::ledger::SqlLimits {
+            max_rows: 10_000,
+            timeout: Duration::from_secs(5),
+        };
+        let l = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        l.sql(query, limits).map_err(|e| match e {
+            ratel_engine::ledger::SqlError::Ledger(e) => ledger_failed(e),
+            other => ServiceError::Invalid(other.to_string()),
+        })
+    }
+
+    /// A value of the ledger's `meta` table (the token key, the installation id).
+    pub fn meta(&self, key: &str) -> ServiceResult<Option<String>> {
+        self.read(|l| l.meta(key))
+    }
+
+    pub fn schema_version(&self) -> ServiceResult<i64> {
+        self.read(|l| l.schema_version())
     }
 
     /// xDRs still in the outbox that match `filter`.

@@ -20,7 +20,9 @@ use crate::xdr;
 mod clients;
 mod read;
 pub use clients::{ClientBefore, RefundCommit};
-pub use read::{ClientRecord, JournalEntry, LedgerRead, Reader, RuleUsage};
+pub use read::{
+    ClientRecord, JournalEntry, LedgerRead, Reader, RuleUsage, SqlAnswer, SqlError, SqlLimits,
+};
 
 /// Errors of the ledger boundary.
 #[derive(Debug, thiserror::Error)]
@@ -392,6 +394,46 @@ enum MigrateError {
     Newer(i64),
 }
 
+/// The ledger `meta` key of the API token signing key (Tariscope JWTs): 32 random bytes,
+/// hex, made once, so tokens survive a restart.
+pub const TOKEN_KEY: &str = "api_token_key";
+/// The ledger `meta` key of this installation's public id (16 hex digits, made once).
+pub const INSTALLATION_ID: &str = "installation_id";
+
+enum TokenKeyError {
+    Sqlite(rusqlite::Error),
+    Random(String),
+}
+
+fn ensure_token_key(conn: &Connection) -> Result<(), TokenKeyError> {
+    let have: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [TOKEN_KEY], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(TokenKeyError::Sqlite)?;
+    if have.is_none() {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b).map_err(|e| TokenKeyError::Random(e.to_string()))?;
+        let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES (?1, ?2)",
+            params![TOKEN_KEY, hex],
+        )
+        .map_err(TokenKeyError::Sqlite)?;
+    }
+    // A stable, public id of this installation (Tariscope's `serial`).
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| TokenKeyError::Random(e.to_string()))?;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    conn.execute(
+        "INSERT OR IGNORE INTO meta(key, value) VALUES (?1, ?2)",
+        params![INSTALLATION_ID, hex],
+    )
+    .map_err(TokenKeyError::Sqlite)?;
+    Ok(())
+}
+
 fn parse_dec(path: &Path, what: &str, s: &str) -> Result<Decimal, LedgerError> {
     s.parse().map_err(|_| LedgerError::Corrupt {
         path: path.display().to_string(),
@@ -443,6 +485,16 @@ impl Ledger {
                 path: path.display().to_string(),
                 what: "PRAGMA user_version".into(),
                 value: e.to_string(),
+            },
+        })?;
+        ensure_token_key(&conn).map_err(|e| match e {
+            TokenKeyError::Sqlite(source) => LedgerError::Sqlite {
+                path: path.display().to_string(),
+                source,
+            },
+            TokenKeyError::Random(m) => LedgerError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other(m),
             },
         })?;
         let mut ledger = Ledger {

@@ -86,6 +86,51 @@ pub trait LedgerRead: Send {
     fn outbox_rows(&self) -> Result<Vec<String>, LedgerError>;
     /// (xDRs in the outbox, xDR files) for `/metrics`.
     fn counts(&self) -> Result<(u64, u64), LedgerError>;
+    /// The client whose profile field `key` is `value` (the lowest id when several).
+    fn client_by_profile(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<ClientRecord>, LedgerError>;
+    /// Clients of a group, by id, at most `limit`.
+    fn clients_in_group(&self, group: &str, limit: usize)
+        -> Result<Vec<ClientRecord>, LedgerError>;
+    /// The last journal row of a client before `t` (its balance then).
+    fn journal_before(&self, user_id: i64, t: i64) -> Result<Option<JournalEntry>, LedgerError>;
+    /// A value of the ledger's `meta` table.
+    fn meta(&self, key: &str) -> Result<Option<String>, LedgerError>;
+    /// The ledger's schema version.
+    fn schema_version(&self) -> Result<i64, LedgerError>;
+    /// Runs one read-only statement (see [`SqlLimits`]): column names and rows.
+    fn sql(&self, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError>;
+}
+
+/// Bounds of an operator's SQL statement.
+#[derive(Debug, Clone, Copy)]
+pub struct SqlLimits {
+    pub max_rows: usize,
+    pub timeout: std::time::Duration,
+}
+
+/// What a statement answered: column names and rows (JSON values: integers, reals as
+/// their text, text, blobs as hex, null).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlAnswer {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<serde_json::Value>>,
+    /// More rows matched than `max_rows`.
+    pub truncated: bool,
+}
+
+/// Why a statement was refused or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("the statement ran longer than {0} s and was stopped")]
+    Timeout(u64),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// The SQLite [`LedgerRead`]: a read-only connection.
@@ -386,6 +431,87 @@ impl LedgerRead for Reader {
         rows.collect::<Result<_, _>>().map_err(self.sq())
     }
 
+    fn client_by_profile(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<ClientRecord>, LedgerError> {
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT p.user_id FROM profile p JOIN users u ON u.user_id = p.user_id
+                 WHERE p.key = ?1 AND p.value = ?2 AND u.deleted_at IS NULL
+                 ORDER BY p.user_id LIMIT 1",
+            )
+            .map_err(self.sq())?
+            .query_row(params![key, value], |r| r.get(0))
+            .optional()
+            .map_err(self.sq())?;
+        match id {
+            Some(id) => self.client(id),
+            None => Ok(None),
+        }
+    }
+
+    fn clients_in_group(
+        &self,
+        group: &str,
+        limit: usize,
+    ) -> Result<Vec<ClientRecord>, LedgerError> {
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT user_id FROM users WHERE group_name = ?1 AND deleted_at IS NULL ORDER BY user_id LIMIT ?2",
+            )
+            .map_err(self.sq())?
+            .query_map(params![group, limit as i64], |r| r.get(0))
+            .map_err(self.sq())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sq())?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = self.client(id)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    fn journal_before(&self, user_id: i64, t: i64) -> Result<Option<JournalEntry>, LedgerError> {
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM journal WHERE user_id = ?1 AND created_at < ?2 ORDER BY id DESC LIMIT 1",
+            )
+            .map_err(self.sq())?
+            .query_row(params![user_id, t], |r| r.get(0))
+            .optional()
+            .map_err(self.sq())?;
+        let Some(id) = id else { return Ok(None) };
+        // The row itself, read like any other.
+        let rows = self.journal(user_id, None, None, &[], usize::MAX)?;
+        Ok(rows.into_iter().find(|j| j.id == id))
+    }
+
+    fn meta(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        self.conn
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")
+            .map_err(self.sq())?
+            .query_row([key], |r| r.get(0))
+            .optional()
+            .map_err(self.sq())
+    }
+
+    fn schema_version(&self) -> Result<i64, LedgerError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.sq())
+    }
+
+    fn sql(&self, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError> {
+        run_sql(&self.path, query, limits)
+    }
+
     fn counts(&self) -> Result<(u64, u64), LedgerError> {
         let count = |sql: &str| -> Result<u64, LedgerError> {
             self.conn
@@ -398,4 +524,99 @@ impl LedgerRead for Reader {
             count("SELECT COUNT(*) FROM xdr_files")?,
         ))
     }
+}
+
+/// One operator statement on its own read-only connection: an authorizer allows reads
+/// only (no writes, ATTACH, PRAGMA, transactions or schema changes), a progress handler
+/// stops it at the time limit, at most `max_rows` rows are kept.
+fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError> {
+    use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    let sq = |source| {
+        SqlError::Ledger(LedgerError::Sqlite {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sq)?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))
+        .map_err(sq)?;
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let note = refused.clone();
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
+        AuthAction::Select
+        | AuthAction::Read { .. }
+        | AuthAction::Function { .. }
+        | AuthAction::Recursive => Authorization::Allow,
+        other => {
+            let mut n = note.lock().unwrap_or_else(|e| e.into_inner());
+            n.get_or_insert_with(|| {
+                format!("only reading statements are allowed ({other:?} refused)")
+            });
+            Authorization::Deny
+        }
+    }))
+    .map_err(sq)?;
+    let started = std::time::Instant::now();
+    let timeout = limits.timeout;
+    conn.progress_handler(10_000, Some(move || started.elapsed() > timeout))
+        .map_err(sq)?;
+    let map_err = |e: rusqlite::Error| -> SqlError {
+        if let Some(r) = refused.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return SqlError::Refused(r);
+        }
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::OperationInterrupted =>
+            {
+                SqlError::Timeout(timeout.as_secs())
+            }
+            rusqlite::Error::SqliteFailure(_, Some(m)) => SqlError::Refused(m.clone()),
+            rusqlite::Error::MultipleStatement => {
+                SqlError::Refused("one statement at a time".into())
+            }
+            _ => SqlError::Refused(e.to_string()),
+        }
+    };
+    let mut st = conn.prepare(query).map_err(map_err)?;
+    if !st.readonly() {
+        return Err(SqlError::Refused(
+            "only reading statements are allowed".into(),
+        ));
+    }
+    let columns: Vec<String> = st.column_names().map(|c| c.to_string()).collect();
+    let n = columns.len();
+    let mut rows = Vec::new();
+    let mut truncated = false;
+    let mut q = st.query([]).map_err(map_err)?;
+    while let Some(r) = q.next().map_err(map_err)? {
+        if rows.len() >= limits.max_rows {
+            truncated = true;
+            break;
+        }
+        let mut row = Vec::with_capacity(n);
+        for i in 0..n {
+            use rusqlite::types::ValueRef;
+            row.push(match r.get_ref(i).map_err(map_err)? {
+                ValueRef::Null => serde_json::Value::Null,
+                ValueRef::Integer(v) => serde_json::Value::from(v),
+                ValueRef::Real(v) => serde_json::Value::String(v.to_string()),
+                ValueRef::Text(t) => {
+                    serde_json::Value::String(String::from_utf8_lossy(t).into_owned())
+                }
+                ValueRef::Blob(b) => {
+                    serde_json::Value::String(b.iter().map(|x| format!("{x:02x}")).collect())
+                }
+            });
+        }
+        rows.push(row);
+    }
+    Ok(SqlAnswer {
+        columns,
+        rows,
+        truncated,
+    })
 }
