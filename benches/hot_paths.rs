@@ -212,6 +212,7 @@ fn ledger_commit(c: &mut Criterion) {
                                 Decimal::new(5, 3),
                                 Decimal::from(99),
                                 format!("b:{seq}:{i}"),
+                                None,
                             )
                         })
                         .collect(),
