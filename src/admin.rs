@@ -250,12 +250,13 @@ const IMPORT_PART_BYTES: usize = 256 << 10;
 /// and the server's core creates the clients in order with every other write.
 pub fn import_via_api(
     config: Option<&std::path::Path>,
+    api: Option<String>,
     file: &std::path::Path,
 ) -> anyhow::Result<ratel_engine::users::ImportSummary> {
     use ratel_engine::csv::{scan_records_with, strip_bom, Dialect};
     let client = Client::new(&ApiArgs {
         config: config.map(|p| p.to_path_buf()),
-        api: None,
+        api,
     })?;
     let name = file.display().to_string();
     let raw = std::fs::read(file).with_context(|| name.clone())?;

@@ -217,11 +217,17 @@ enum BenchCommand {
 
 #[derive(Subcommand)]
 enum UsersCommand {
-    /// Create subscribers from a CSV file with header `username,password,group,credit`.
+    /// Create clients from a CSV file with header `username,password,group,credit` and
+    /// optional columns (company, accounts, profile fields). While `serve` holds the data
+    /// dir, the file goes through its API.
     Import {
         /// Config file (default: the built-in demo config).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The running server's API (`http://HOST:PORT/`), when `serve` holds the data
+        /// dir and the config's `[api] listen` has no fixed port.
+        #[arg(long, value_name = "URL")]
+        api: Option<String>,
         /// The CSV file.
         file: PathBuf,
     },
@@ -371,7 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
         } => bench_cdr(rows, accounts, prefixes, days, seed, &dir, json),
         Command::Users {
-            command: UsersCommand::Import { config, file },
+            command: UsersCommand::Import { config, api, file },
         } => {
             let catalog = load(config.as_deref())?;
             let s = match DataDirLock::acquire(&catalog.data_dir) {
@@ -384,7 +390,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     tracing::info!(
                         "the data dir is in use by `ratel serve`: importing through its API"
                     );
-                    admin::import_via_api(config.as_deref(), &file)?
+                    admin::import_via_api(config.as_deref(), api, &file)?
                 }
                 Err(e) => return Err(e.into()),
             };

@@ -119,14 +119,18 @@ impl Service {
             .or(filter.login_to)
             .or(filter.logout_to)
             .unwrap_or(i64::MAX);
-        let files = self.read(|l| l.xdr_files_between(lo, hi))?;
+        let (files, outbox) = self.read(|l| l.xdr_sources(lo, hi))?;
         let overflow = |e: String| {
             tracing::error!(error = %e, "report totals");
             ServiceError::Internal("report totals out of range".into())
         };
         let mut page = read_files(self, &files, filter, order, keep)?;
-        for x in self.outbox_matching(filter)? {
-            page.push(x).map_err(overflow)?;
+        for o in &outbox {
+            if let Ok(x) = serde_json::from_str::<OwnedXdr>(o) {
+                if filter.matches(&x) {
+                    page.push(x).map_err(overflow)?;
+                }
+            }
         }
         Ok(page)
     }
@@ -503,7 +507,15 @@ fn read_matching(
     f: &Filter,
     out: &mut Page,
 ) -> parquet::errors::Result<()> {
-    let file = std::fs::File::open(path)?;
+    // A file whose commit the snapshot saw may still be under its temp name (the rename
+    // follows the commit); its content is complete either way.
+    let file = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::File::open(ratel_engine::xdr::temp_path(path))
+                .or_else(|_| std::fs::File::open(path))?
+        }
+        other => other?,
+    };
     let meta = file_metadata(st, path, &file)?;
     let groups = candidate_row_groups(meta.metadata(), f);
     if groups.is_empty() {

@@ -861,14 +861,4 @@ impl Service {
     pub fn schema_version(&self) -> ServiceResult<i64> {
         self.read(|l| l.schema_version())
     }
-
-    /// xDRs still in the outbox that match `filter`.
-    pub(crate) fn outbox_matching(&self, filter: &Filter) -> ServiceResult<Vec<OwnedXdr>> {
-        let rows = self.read(|l| l.outbox_rows())?;
-        Ok(rows
-            .iter()
-            .filter_map(|o| serde_json::from_str::<OwnedXdr>(o).ok())
-            .filter(|x| filter.matches(x))
-            .collect())
-    }
 }

@@ -406,6 +406,17 @@ fn import(
             out.refused.push((r.line, format!("{field}: {e}")));
             continue;
         }
+        if let Some(company) = &r.client.company {
+            match rater.ledger.company_id(company) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    out.refused
+                        .push((r.line, format!("company: no company named {company:?}")));
+                    continue;
+                }
+                Err(e) => return Err(ledger_err(e)),
+            }
+        }
         let mut accounts = r.client.accounts.clone();
         if let Some(name) = &r.client.username {
             if let Some(&i) = rater.subscribers.by_name.get(name) {

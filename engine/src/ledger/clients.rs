@@ -457,6 +457,18 @@ impl Ledger {
         })
     }
 
+    /// The id of the company named `name`.
+    pub fn company_id(&self, name: &str) -> Result<Option<i64>, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT company_id FROM companies WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.sq())
+    }
+
     /// Creates a company; its name must be new.
     pub fn add_company(
         &mut self,

@@ -84,6 +84,9 @@ pub trait LedgerRead: Send {
     fn xdr_files_between(&self, lo: i64, hi: i64) -> Result<Vec<String>, LedgerError>;
     /// xDRs still in the outbox (JSON), oldest first.
     fn outbox_rows(&self) -> Result<Vec<String>, LedgerError>;
+    /// [`LedgerRead::xdr_files_between`] and [`LedgerRead::outbox_rows`] from one snapshot:
+    /// an outbox flush committing between two separate reads would hide its rows from both.
+    fn xdr_sources(&self, lo: i64, hi: i64) -> Result<(Vec<String>, Vec<String>), LedgerError>;
     /// (xDRs in the outbox, xDR files) for `/metrics`.
     fn counts(&self) -> Result<(u64, u64), LedgerError>;
     /// The client whose profile field `key` is `value` (the lowest id when several).
@@ -420,6 +423,15 @@ impl LedgerRead for Reader {
             .map_err(self.sq())?;
         let rows = st.query_map([lo, hi], |r| r.get(0)).map_err(self.sq())?;
         rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    fn xdr_sources(&self, lo: i64, hi: i64) -> Result<(Vec<String>, Vec<String>), LedgerError> {
+        // One read transaction: both reads see the same commit.
+        let tx = self.conn.unchecked_transaction().map_err(self.sq())?;
+        let files = self.xdr_files_between(lo, hi)?;
+        let outbox = self.outbox_rows()?;
+        tx.finish().map_err(self.sq())?;
+        Ok((files, outbox))
     }
 
     fn outbox_rows(&self) -> Result<Vec<String>, LedgerError> {
