@@ -15,6 +15,121 @@ cd "$WORK"
 "$RATEL" rate --format generic "$ROOT/fixtures/cdr/generic/cdrs.csv"
 "$PY" "$ROOT/.ci/interop.py" "$WORK/ratel-data"
 
+# --- Charge cancellation (refunds): a `ratel serve` over the same data dir (the demo config on
+# --- other ports) cancels some of 1001's charges through the API (curl); the REFUND xDRs
+# --- reach Parquet through the outbox while it runs, then pyarrow and DuckDB check the sums
+# --- again with the refunds in the mix.
+sed -e 's/"127.0.0.1:1813"/"127.0.0.1:18823"/' -e 's/"127.0.0.1:1812"/"127.0.0.1:18822"/' \
+  -e 's/"127.0.0.1:1237"/"127.0.0.1:11247"/' "$ROOT/fixtures/demo/ratel.toml" > "$WORK/refund.toml"
+grep -q '"127.0.0.1:11247"' "$WORK/refund.toml"
+cp -r "$ROOT/fixtures/demo/rates" "$WORK/rates"
+RATEL_LOG=warn "$RATEL" serve --config "$WORK/refund.toml" > "$WORK/refund-serve.log" 2>&1 &
+REFUND_SERVE=$!
+trap 'kill $REFUND_SERVE 2>/dev/null || true; rm -rf "$WORK"' EXIT
+RAPI=http://127.0.0.1:11247/
+rrpc() { curl -s -X POST -H 'Content-Type: application/json' -d "$1" "$RAPI"; }
+# JSON from stdin as v, with every number a Decimal (D).
+dcheck() { "$PY" -c "import decimal,json,sys; D=decimal.Decimal; v=json.load(sys.stdin, parse_float=D, parse_int=D); $1"; }
+for _ in $(seq 50); do rrpc '{"method":"x"}' >/dev/null 2>&1 && break; sleep 0.2; done
+ADMIN='"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys"'
+UID1001=$(rrpc "{\"params\": {$ADMIN, \"normal_username\": \"1001\"}, \"method\": \"user.getUserInfo\"}" \
+  | dcheck 'assert v["error"] is None and len(v["result"])==1, v; print(next(iter(v["result"])))')
+cancel() { # from to
+  rrpc "{\"params\": {$ADMIN, \"user_id\": $UID1001, \"from\": \"$1\", \"to\": \"$2\", \"comment\": \"interop\"}, \"method\": \"user.cancelCharges\"}"
+}
+# 1001's calls that ended 2026-11-02 10:00-12:00 (VCS time, UTC in the demo config):
+# 0.02 + 0.0163 back on its 97.1937.
+cancel "2026-11-02 10:00:00" "2026-11-02 12:00:00" \
+  | dcheck 'r=v["result"]; assert v["error"] is None and r["refunded"]==2 and r["amount"]==D("0.0363") and r["credit"]==D("97.23") and r["journal_id"], v; print("cancelCharges:", r)'
+# The next day in ISO-8601: one 0.01 call (its unanswered call cost nothing: not refunded).
+cancel "2026-11-03T00:00:00Z" "2026-11-04T00:00:00Z" \
+  | dcheck 'r=v["result"]; assert v["error"] is None and r["refunded"]==1 and r["amount"]==D("0.01") and r["credit"]==D("97.24"), v; print("cancelCharges:", r)'
+# Poll (bounded) for the outbox flush: the 3 REFUND xDRs in Parquet, read by DuckDB.
+"$PY" - "$WORK/ratel-data" <<'PY'
+import glob, sys, time
+import duckdb
+data = sys.argv[1]
+deadline = time.monotonic() + 10
+while True:
+    n = duckdb.connect().execute(
+        f"select count(*) from read_parquet('{data}/xdr/*/*.parquet') where status = 'REFUND'"
+    ).fetchone()[0]
+    if n >= 3:
+        break
+    assert time.monotonic() < deadline, f"{n} of 3 REFUND xDRs in Parquet after 10 s"
+    time.sleep(0.2)
+print(f"DuckDB sees the {n} REFUND xDRs")
+PY
+# Cancelling again refunds nothing (idempotent).
+cancel "2026-11-02 10:00:00" "2026-11-02 12:00:00" \
+  | dcheck 'r=v["result"]; assert v["error"] is None and r["refunded"]==0 and r["amount"]==0 and r["journal_id"] is None and r["credit"]==D("97.24"), v'
+cancel "2026-11-03 00:00:00" "2026-11-04 00:00:00" \
+  | dcheck 'r=v["result"]; assert v["error"] is None and r["refunded"]==0 and r["credit"]==D("97.24"), v; print("cancelCharges again: refunded", r["refunded"])'
+"$PY" "$ROOT/.ci/interop.py" "$WORK/ratel-data"
+# The REFUND xDRs, by pyarrow and DuckDB: each mirrors one charged xDR (refunded once), the
+# refunded set is exactly 1001's charges in the two ranges, and sum(credit_used) per user
+# still equals what the ledger took (its journal: everything but payments).
+"$PY" - "$WORK/ratel-data" <<'PY'
+import datetime, decimal, glob, sqlite3, sys
+import duckdb
+import pyarrow.parquet as pq
+data = sys.argv[1]
+files = sorted(glob.glob(f"{data}/xdr/date=*/*.parquet"))
+rows = []
+for f in files:
+    t = pq.read_table(f)
+    assert str(t.schema.field("refund_of").type) == "uint64", f"{f}: refund_of is {t.schema.field('refund_of').type}"
+    assert str(t.schema.field("account").type) == "string", f"{f}: account is {t.schema.field('account').type}"
+    rows += t.select(["xdr_id", "username", "account", "status", "logout_time", "credit_used", "refund_of"]).to_pylist()
+by_id = {r["xdr_id"]: r for r in rows}
+assert len(by_id) == len(rows), "an xDR id appears twice"
+refunds = [r for r in rows if r["status"] == "REFUND"]
+assert len(refunds) == 3, refunds
+assert all(r["refund_of"] is None for r in rows if r["status"] != "REFUND"), "refund_of on a usage xDR"
+of = [r["refund_of"] for r in refunds]
+assert len(set(of)) == len(of), f"an xDR refunded twice: {of}"
+for r in refunds:
+    o = by_id.get(r["refund_of"])
+    assert o is not None and o["status"] != "REFUND", f"{r}: refund_of points at no charged xDR"
+    assert r["credit_used"] == -o["credit_used"] and o["credit_used"] > 0, (r, o)
+    assert (r["username"], r["account"], r["logout_time"]) == (o["username"], o["account"], o["logout_time"]), (r, o)
+utc = datetime.timezone.utc
+ranges = [(datetime.datetime(2026, 11, 2, 10, tzinfo=utc), datetime.datetime(2026, 11, 2, 12, tzinfo=utc)),
+          (datetime.datetime(2026, 11, 3, tzinfo=utc), datetime.datetime(2026, 11, 4, tzinfo=utc))]
+want = {r["xdr_id"] for r in rows if r["username"] == "1001" and r["status"] != "REFUND" and r["credit_used"] > 0
+        and any(a <= r["logout_time"] < b for a, b in ranges)}
+assert set(of) == want, f"refunded {sorted(of)}, expected {sorted(want)}"
+
+con = duckdb.connect()
+x = f"read_parquet('{data}/xdr/*/*.parquet')"
+bad = con.execute(
+    f"select count(*) from {x} r left join {x} o on r.refund_of = o.xdr_id "
+    "where r.status = 'REFUND' and (o.xdr_id is null or o.status = 'REFUND' or o.credit_used <> -r.credit_used)"
+).fetchone()[0]
+assert bad == 0, f"{bad} REFUND xDRs without their original"
+n, distinct = con.execute(f"select count(refund_of), count(distinct refund_of) from {x}").fetchone()
+assert n == distinct == 3, (n, distinct)
+used = dict(con.execute(
+    f"select username, sum(credit_used) from {x} where status <> 'UNKNOWN_USER' group by username").fetchall())
+db = sqlite3.connect(f"file:{data}/ledger.sqlite?mode=ro", uri=True)
+recorded = set(db.execute("select xdr_id, refund_xdr_id from refunds").fetchall())
+assert recorded == {(r["refund_of"], r["xdr_id"]) for r in refunds}, f"ledger refunds {recorded}"
+taken, paid = {}, {}
+for user, kind, amount in db.execute("select u.username, j.kind, j.amount from journal j join users u using (user_id)"):
+    d = paid if kind == "payment" else taken
+    d[user] = d.get(user, decimal.Decimal(0)) + (decimal.Decimal(amount) if kind == "payment" else -decimal.Decimal(amount))
+for user, credit in db.execute("select username, credit from users"):
+    assert paid.get(user, 0) - taken.get(user, 0) == decimal.Decimal(credit), f"{user}: balance != journal"
+assert paid["1001"] - taken["1001"] == decimal.Decimal("97.24"), (paid["1001"], taken["1001"])
+for user in set(used) | set(taken):
+    u, t = decimal.Decimal(used.get(user, 0)), taken.get(user, decimal.Decimal(0))
+    assert u == t, f"{user}: DuckDB sum(credit_used) {u} != ledger {t}"
+    print(f"  {user}: xDRs {u} == ledger {t}")
+print("refunds OK: REFUND xDRs mirror their originals, once each; sums still equal the ledger")
+PY
+kill -TERM $REFUND_SERVE
+wait $REFUND_SERVE
+
 # --- radclient (a RADIUS client we did not write) and curl (the IBSng walk-through) against
 # --- a running `ratel serve`.
 cat > "$WORK/srv.toml" <<CFG

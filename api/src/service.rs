@@ -20,7 +20,6 @@ use ratel_engine::ledger::{
 };
 use ratel_engine::reload::CatalogCell;
 use ratel_engine::serve::{Live, OnlineSession};
-use ratel_engine::xdr::OwnedXdr;
 use rust_decimal::Decimal;
 
 use crate::auth::{self, constant_time_eq, AuthType, LoginGuard, SessionError, Sessions};
