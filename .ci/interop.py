@@ -35,14 +35,18 @@ used = dict(
 db = sqlite3.connect(f"{data}/ledger.sqlite")
 taken = {}
 for user, amount in db.execute(
-    "select u.username, j.amount from journal j join users u using (user_id) where j.kind <> 'initial'"
+    "select u.username, j.amount from journal j join users u using (user_id) where j.kind <> 'payment'"
 ):
     taken[user] = taken.get(user, decimal.Decimal(0)) - decimal.Decimal(amount)
 for user, credit in db.execute("select username, credit from users"):
-    initial = db.execute(
-        "select amount from journal j join users u using (user_id) where u.username = ? and kind = 'initial'", (user,)
-    ).fetchone()[0]
-    assert decimal.Decimal(initial) - taken.get(user, 0) == decimal.Decimal(credit), f"{user}: balance != journal"
+    # Payments (the initial credit among them) minus what usage and refunds took.
+    paid = sum(
+        (decimal.Decimal(a) for (a,) in db.execute(
+            "select amount from journal j join users u using (user_id) where u.username = ? and kind = 'payment'", (user,)
+        )),
+        decimal.Decimal(0),
+    )
+    assert paid - taken.get(user, 0) == decimal.Decimal(credit), f"{user}: balance != journal"
 
 for user in set(used) | set(taken):
     u = decimal.Decimal(used.get(user, 0))

@@ -31,6 +31,7 @@ rrpc() { curl -s -X POST -H 'Content-Type: application/json' -d "$1" "$RAPI"; }
 # JSON from stdin as v, with every number a Decimal (D).
 dcheck() { "$PY" -c "import decimal,json,sys; D=decimal.Decimal; v=json.load(sys.stdin, parse_float=D, parse_int=D); $1"; }
 for _ in $(seq 50); do rrpc '{"method":"x"}' >/dev/null 2>&1 && break; sleep 0.2; done
+kill -0 $REFUND_SERVE || { echo "ratel serve (refunds) exited:"; cat "$WORK/refund-serve.log"; exit 1; }
 ADMIN='"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys"'
 UID1001=$(rrpc "{\"params\": {$ADMIN, \"normal_username\": \"1001\"}, \"method\": \"user.getUserInfo\"}" \
   | dcheck 'assert v["error"] is None and len(v["result"])==1, v; print(next(iter(v["result"])))')
@@ -226,6 +227,25 @@ rpc "{\"params\": {$AUTH, \"auth_session\": \"$S\", \"user_id\": \"1\", \"credit
 expect_auth alice pw pap Access-Reject 'Reply-Message = "no credit"'
 expect_auth alice pw chap Access-Reject 'Reply-Message = "no credit"'
 echo "radclient: PAP and CHAP Access-Accept / Access-Reject as expected"
+
+# --- The Tariscope walk-through (README "Tariscope API"), curl against the same server.
+TAPI=http://127.0.0.1:11237/api
+TOKEN=$(curl -s -X POST "$TAPI/auth" -d '{"username": "system", "password": "sys"}' | check 'print(v["token"])')
+tget() { curl -s -H "Authorization: Bearer $TOKEN" "$TAPI/$1"; }
+tpost() { curl -s -X POST -H "Authorization: Bearer $TOKEN" -d "$2" "$TAPI/$1"; }
+TID=$(tpost subscriber/create '{"department": "sample-group", "fullname": "Ivan Petrenko", "email": "ivan@example.com", "House": "12", "Flat": "3"}' \
+  | check 'assert v["fullname"]=="Ivan Petrenko" and v["House"]=="12" and v["street"] is None and len(v)==28, v; print(v["id"])')
+tget "subscriber/get/?id=$TID" | check 'assert v["email"]=="ivan@example.com" and v["accountId"]=='"$TID"', v'
+tget "subscriber/get/xml/?email=ivan@example.com" | grep -q '<fullname>Ivan Petrenko</fullname>'
+tpost subscriber/dnadd "{\"id\": $TID, \"dn\": \"+1 (917) 375-0980\"}" | check 'assert v["dn"]=="19173750980", v'
+tpost accounts/payment "{\"id\": $TID, \"amount\": \"25.00\"}" | check 'assert str(v["balance"])=="25", v'
+tget "accounts/summary?id=$TID&from=2026-01-01T00:00:00Z&to=2030-01-01T00:00:00Z" \
+  | check 'assert str(v["payments"])=="25" and str(v["closing_balance"])=="25", v'
+tget "tariscope/summary" | check 'assert v["edition"]=="ratel" and v["database"]>=3, v'
+tpost sql '{"query": "select count(*) as n from users"}' | check 'assert v["columns"]==["n"] and v["rows"][0][0]>=3, v'
+tpost sql '{"query": "delete from users"}' | check 'assert "error" in v, v'
+curl -s -o /dev/null -w '%{http_code}' "$TAPI/tariscope/version" | grep -q 401
+echo "curl: the Tariscope walk-through (JSON and XML) answered as documented"
 kill -TERM $SERVE
 wait $SERVE
 echo "interop OK: radclient and the curl walk-through against ratel serve"
