@@ -27,6 +27,10 @@ use crate::radius::accounting::{
 use crate::radius::codec::{self, DecodeError};
 use crate::xdr::{self, XdrBuilder};
 
+/// How long the core waits for a first datagram before it looks at API commands and
+/// housekeeping again: an operator's write on an idle server waits at most this long.
+pub const IDLE_WAIT: Duration = Duration::from_millis(10);
+
 /// Most packets in one group commit.
 pub const MAX_BATCH: usize = 2048;
 /// Outbox rows written to one Parquet flush.
@@ -631,7 +635,7 @@ struct Core<'c> {
 }
 
 impl Core<'_> {
-    /// Receives up to [`MAX_BATCH`] datagrams (the first waits up to 100 ms, the rest are
+    /// Receives up to [`MAX_BATCH`] datagrams (the first waits up to [`IDLE_WAIT`], the rest are
     /// what is already queued, for at most `commit_wait_ms`), applies them, commits once
     /// and answers them.
     fn receive_batch(
@@ -645,7 +649,7 @@ impl Core<'_> {
         self.arena.clear();
         let _ = self
             .socket
-            .set_read_timeout(Some(Duration::from_millis(100)));
+            .set_read_timeout(Some(IDLE_WAIT));
         let mut deadline: Option<Instant> = None;
         let now = now_secs();
         loop {
