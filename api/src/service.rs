@@ -40,6 +40,8 @@ pub enum ServiceError {
     Invalid(String),
     /// A part of the engine that is not running (the Disconnect-Request sender).
     NotReady(String),
+    /// A veto hook forbade the change (its reason).
+    Vetoed(String),
     /// Something failed inside (logged); the caller may retry.
     Internal(String),
 }
@@ -75,6 +77,7 @@ impl ServiceError {
             | ServiceError::Exists(m)
             | ServiceError::Invalid(m)
             | ServiceError::NotReady(m)
+            | ServiceError::Vetoed(m)
             | ServiceError::Internal(m) => m.clone(),
             ServiceError::NotFound { message, .. } => message.clone(),
             ServiceError::AuthLocked { retry_secs } => format!(
@@ -473,8 +476,25 @@ impl Service {
     pub fn create_clients(
         &self,
         caller: &Caller,
-        clients: Vec<NewClient>,
+        mut clients: Vec<NewClient>,
     ) -> ServiceResult<Vec<i64>> {
+        if self.has_veto_hooks() {
+            for c in &mut clients {
+                let proposed = serde_json::json!({
+                    "id_clients": null,
+                    "username": c.username,
+                    "group": c.group,
+                    "company": c.company,
+                    "balance": c.credit.to_string(),
+                    "status": "active",
+                    "accounts": c.accounts.iter().map(Account::label).collect::<Vec<_>>(),
+                    "profile": c.profile.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<String, serde_json::Value>>(),
+                });
+                for data in self.veto("clients.create", proposed, None)? {
+                    apply_new(c, &data)?;
+                }
+            }
+        }
         let actor = caller.actor();
         self.command(|reply| Command::AddClients {
             clients,
@@ -488,8 +508,36 @@ impl Service {
         &self,
         caller: &Caller,
         user_id: i64,
-        change: ClientChange,
+        mut change: ClientChange,
     ) -> ServiceResult<()> {
+        if self.has_veto_hooks() {
+            let current = self.client(
+                &Caller::Admin {
+                    name: String::new(),
+                },
+                &ClientRef::Id(user_id),
+            )?;
+            let client = client_json(&current);
+            let changes = change_json(&change);
+            let mut names = vec!["clients.update"];
+            if change.archived == Some(true) {
+                names.push("clients.archive");
+            }
+            if !change.profile.is_empty() {
+                names.push("clients.custom_fields_update");
+            }
+            if !change.add_accounts.is_empty() {
+                names.push("accounts.create");
+            }
+            if !change.remove_accounts.is_empty() {
+                names.push("accounts.delete");
+            }
+            for name in names {
+                for data in self.veto(name, client.clone(), Some(changes.clone()))? {
+                    apply_change(&mut change, &data)?;
+                }
+            }
+        }
         let new_credentials = change.credentials.is_some();
         let actor = caller.actor();
         self.command(|reply| Command::UpdateClient {
@@ -514,6 +562,17 @@ impl Service {
         user_ids: Vec<i64>,
         comment: String,
     ) -> ServiceResult<()> {
+        if self.has_veto_hooks() {
+            for id in &user_ids {
+                let current = self.client(
+                    &Caller::Admin {
+                        name: String::new(),
+                    },
+                    &ClientRef::Id(*id),
+                )?;
+                self.veto("clients.delete", client_json(&current), None)?;
+            }
+        }
         let actor = caller.actor();
         let ids = user_ids.clone();
         self.command(|reply| Command::DeleteClients {
@@ -727,6 +786,86 @@ impl Service {
         Ok(sent)
     }
 
+    // ---- provisioning events ------------------------------------------------------------
+
+    fn has_veto_hooks(&self) -> bool {
+        self.catalog
+            .get()
+            .hooks
+            .iter()
+            .any(|h| h.mode == ratel_engine::events::Mode::Veto)
+    }
+
+    /// Asks every veto hook taking `event` (DESIGN.md "Events": `event_id` null, called
+    /// before the change commits). A refusal, a non-2xx answer, a timeout or an answer
+    /// that is not `{"allow": true, ...}` forbids the change with the hook's reason; the
+    /// `data` objects of the hooks that allowed it are returned, in hook order, to rewrite
+    /// the proposed values.
+    fn veto(
+        &self,
+        event: &str,
+        client: serde_json::Value,
+        changes: Option<serde_json::Value>,
+    ) -> ServiceResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+        let cat = self.catalog.get();
+        let hooks: Vec<&ratel_engine::events::Hook> = cat
+            .hooks
+            .iter()
+            .filter(|h| h.mode == ratel_engine::events::Mode::Veto && h.wants(event))
+            .collect();
+        if hooks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let body = serde_json::json!({
+            "event_id": null,
+            "event": event,
+            "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            "client": client,
+            "account": null,
+            "package": null,
+            "changes": changes,
+            "balance": null,
+        })
+        .to_string();
+        let mut rewrites = Vec::new();
+        for h in hooks {
+            let forbid = |why: String| {
+                tracing::info!(hook = %h.name, event, reason = %why, "a veto hook forbade the change");
+                ServiceError::Vetoed(format!("forbidden by hook {}: {why}", h.name))
+            };
+            let reply = ratel_engine::events::call(h, &body, None).map_err(forbid)?;
+            if !reply.ok() {
+                return Err(forbid(format!("the handler answered {}", reply.status)));
+            }
+            let v: serde_json::Value = serde_json::from_str(reply.body.trim())
+                .map_err(|_| forbid("the handler's answer is not JSON".into()))?;
+            if v.get("allow").and_then(serde_json::Value::as_bool) != Some(true) {
+                let reason: String = v
+                    .get("reason")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("no reason given")
+                    .chars()
+                    .take(512)
+                    .collect();
+                return Err(forbid(reason));
+            }
+            if let Some(serde_json::Value::Object(d)) = v.get("data") {
+                rewrites.push(d.clone());
+            }
+        }
+        Ok(rewrites)
+    }
+
+    /// Provisioning events after `after`, with their delivery state per notify hook.
+    pub fn events(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> ServiceResult<Vec<ratel_engine::ledger::EventView>> {
+        let cat = self.catalog.get();
+        self.read(|l| l.events(after, limit.min(10_000), &cat.hooks))
+    }
+
     // ---- lookups, summaries, operator SQL ----------------------------------------------
 
     /// The client whose profile `email` is `email`.
@@ -845,8 +984,10 @@ impl Service {
             max_rows: 10_000,
             timeout: Duration::from_secs(5),
         };
-        let l = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
-        l.sql(query, limits).map_err(|e| match e {
+        // On its own connection, without the shared reader's lock: a slow statement must not
+        // hold up other calls.
+        let path = self.catalog.get().data_dir.join("ledger.sqlite");
+        ratel_engine::ledger::run_sql(&path, query, limits).map_err(|e| match e {
             ratel_engine::ledger::SqlError::Ledger(e) => ledger_failed(e),
             other => ServiceError::Invalid(other.to_string()),
         })
@@ -860,4 +1001,121 @@ impl Service {
     pub fn schema_version(&self) -> ServiceResult<i64> {
         self.read(|l| l.schema_version())
     }
+}
+
+/// A client as veto hooks see it (the shape of the events' `client`).
+fn client_json(v: &ClientView) -> serde_json::Value {
+    let c = &v.record;
+    serde_json::json!({
+        "id_clients": c.user_id,
+        "username": c.username,
+        "group": c.group,
+        "id_companies": c.company_id,
+        "company": c.company_name,
+        "balance": c.credit.to_string(),
+        "status": c.status().as_str(),
+        "lock_reason": c.lock_reason,
+        "created": c.created_at,
+        "accounts": v.accounts.iter().map(Account::label).collect::<Vec<_>>(),
+        "profile": v.profile.iter().map(|(k, x)| (k.clone(), serde_json::Value::String(x.clone()))).collect::<serde_json::Map<String, serde_json::Value>>(),
+    })
+}
+
+/// A proposed change as veto hooks see it: field → new value.
+fn change_json(c: &ClientChange) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    if let Some((u, _)) = &c.credentials {
+        m.insert("username".into(), serde_json::json!(u));
+    }
+    if let Some(g) = &c.group {
+        m.insert("group".into(), serde_json::json!(g));
+    }
+    if let Some(co) = &c.company {
+        m.insert("company".into(), serde_json::json!(co));
+    }
+    if let Some(l) = &c.lock {
+        m.insert("lock_reason".into(), serde_json::json!(l));
+    }
+    if let Some(a) = c.archived {
+        m.insert("archived".into(), serde_json::json!(a));
+    }
+    for (k, v) in &c.profile {
+        m.insert(k.clone(), serde_json::json!(v));
+    }
+    if !c.add_accounts.is_empty() {
+        m.insert(
+            "add_accounts".into(),
+            serde_json::json!(c
+                .add_accounts
+                .iter()
+                .map(Account::label)
+                .collect::<Vec<_>>()),
+        );
+    }
+    if !c.remove_accounts.is_empty() {
+        m.insert(
+            "remove_accounts".into(),
+            serde_json::json!(c
+                .remove_accounts
+                .iter()
+                .map(Account::label)
+                .collect::<Vec<_>>()),
+        );
+    }
+    serde_json::Value::Object(m)
+}
+
+/// A veto hook's `data` value as a string field.
+fn data_text(k: &str, v: &serde_json::Value) -> ServiceResult<Option<String>> {
+    match v {
+        serde_json::Value::Null => Ok(None),
+        serde_json::Value::String(s) => Ok(Some(s.clone())),
+        serde_json::Value::Number(n) => Ok(Some(n.to_string())),
+        _ => Err(ServiceError::Vetoed(format!(
+            "a veto hook's data.{k} is not a string"
+        ))),
+    }
+}
+
+/// Rewrites a proposed new client with a veto hook's `data`: `group`, `company` and
+/// profile fields (the editable fields).
+fn apply_new(
+    c: &mut NewClient,
+    data: &serde_json::Map<String, serde_json::Value>,
+) -> ServiceResult<()> {
+    for (k, v) in data {
+        let text = data_text(k, v)?;
+        match k.as_str() {
+            "group" => c.group = text.unwrap_or_default(),
+            "company" => c.company = text,
+            key if ratel_engine::domain::check_profile(key, "").is_ok() => {
+                c.profile.retain(|(x, _)| x != key);
+                if let Some(t) = text {
+                    c.profile.push((key.to_string(), t));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites a proposed change with a veto hook's `data` (see [`apply_new`]).
+fn apply_change(
+    c: &mut ClientChange,
+    data: &serde_json::Map<String, serde_json::Value>,
+) -> ServiceResult<()> {
+    for (k, v) in data {
+        let text = data_text(k, v)?;
+        match k.as_str() {
+            "group" => c.group = text,
+            "company" => c.company = text,
+            key if ratel_engine::domain::check_profile(key, "").is_ok() => {
+                c.profile.retain(|(x, _)| x != key);
+                c.profile.push((key.to_string(), text));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }

@@ -263,6 +263,8 @@ pub struct Catalog {
     /// Timeouts and caps of the API's HTTP server.
     pub api_limits: crate::config::ApiLimits,
     pub admins: Vec<Admin>,
+    /// `[[hook]]`s: provisioning event handlers.
+    pub hooks: Vec<crate::events::Hook>,
     pub nas: Vec<Nas>,
     pub charge_rules: Vec<ChargeRule>,
     pub groups: Vec<Group>,
@@ -421,6 +423,18 @@ impl Catalog {
             }
         }
 
+        let mut hooks: Vec<crate::events::Hook> = Vec::new();
+        for (i, h) in c.hook.iter().enumerate() {
+            let hook =
+                crate::events::Hook::build(h, i).map_err(|(key, reason)| invalid(&key, reason))?;
+            if hooks.iter().any(|x| x.name == hook.name) {
+                return Err(invalid(
+                    &format!("hook[{i}].name"),
+                    format!("{:?} is used twice", hook.name),
+                ));
+            }
+            hooks.push(hook);
+        }
         let mut admins = Vec::new();
         for (i, a) in c.admin.iter().enumerate() {
             if a.name.is_empty() || a.password.is_empty() {
@@ -652,6 +666,7 @@ impl Catalog {
             session_idle_secs: c.api.session_idle_secs,
             api_limits: c.api.limits(),
             admins,
+            hooks,
             nas,
             charge_rules,
             groups,

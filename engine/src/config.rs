@@ -86,6 +86,9 @@ pub struct Config {
     /// CDR import templates (layouts beyond the built-in formats).
     #[serde(default)]
     pub cdr_format: Vec<crate::template::CdrFormatConfig>,
+    /// Provisioning hooks (event handlers).
+    #[serde(default)]
+    pub hook: Vec<crate::events::HookConfig>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod csv;
 pub mod domain;
+pub mod events;
 pub mod ledger;
 pub mod metrics;
 pub mod radius;

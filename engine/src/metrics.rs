@@ -257,6 +257,7 @@ struct CoreMetrics {
     command_queue: AtomicU64,
     auth: OnceLock<Arc<AuthCounters>>,
     disconnect: OnceLock<Arc<DisconnectCounters>>,
+    events: OnceLock<Arc<crate::events::EventCounters>>,
     health: Health,
 }
 
@@ -291,6 +292,7 @@ impl Metrics {
             command_queue: AtomicU64::new(0),
             auth: OnceLock::new(),
             disconnect: OnceLock::new(),
+            events: OnceLock::new(),
             health: Health::new(),
         });
         let api_requests = Family::<ApiLabels, Counter>::default();
@@ -408,6 +410,11 @@ impl Metrics {
     /// Reads the authorization listener's counters at scrape time.
     pub fn watch_auth(&self, c: Arc<AuthCounters>) {
         let _ = self.core.auth.set(c);
+    }
+
+    /// Reads the event delivery threads' counters at scrape time.
+    pub fn watch_events(&self, c: Arc<crate::events::EventCounters>) {
+        let _ = self.core.events.set(c);
     }
 
     /// Reads the Disconnect-Request sender's counters at scrape time.
@@ -624,6 +631,18 @@ impl Collector for CoreMetrics {
                     ),
                     ([("result", "dropped_bad")], l(&a.dropped_bad)),
                     ([("result", "ledger_error")], l(&a.ledger_errors)),
+                ],
+            )?;
+        }
+        if let Some(e) = self.events.get() {
+            counters(
+                &mut enc,
+                "ratel_events",
+                "Provisioning event deliveries by result: delivered, failed_attempt, dead",
+                &[
+                    ([("result", "delivered")], l(&e.delivered)),
+                    ([("result", "failed_attempt")], l(&e.failed_attempts)),
+                    ([("result", "dead")], l(&e.dead)),
                 ],
             )?;
         }

@@ -236,6 +236,16 @@ pub fn run(
         )?),
         None => None,
     };
+    // Provisioning events: a delivery thread per notify hook, reading the ledger's outbox
+    // (they stop with the shutdown flag; a hook added by a reload starts at the next start).
+    let event_counters = Arc::new(crate::events::EventCounters::default());
+    live.metrics.watch_events(event_counters.clone());
+    let _deliveries = crate::events::spawn_delivery(
+        catalog.data_dir.clone(),
+        &catalog.hooks,
+        shutdown.clone(),
+        event_counters,
+    );
     let (disconnect, disconnect_rx) = crate::radius::disconnect::Disconnector::new();
     let _ = live.disconnect.set(disconnect.handle());
     live.metrics.watch_disconnects(disconnect.counters.clone());
@@ -647,9 +657,7 @@ impl Core<'_> {
         let mut retransmits: Vec<Retransmit> = Vec::new();
         self.pending.clear();
         self.arena.clear();
-        let _ = self
-            .socket
-            .set_read_timeout(Some(IDLE_WAIT));
+        let _ = self.socket.set_read_timeout(Some(IDLE_WAIT));
         let mut deadline: Option<Instant> = None;
         let now = now_secs();
         loop {

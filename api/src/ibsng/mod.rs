@@ -63,6 +63,7 @@ pub(crate) fn rpc_error(e: ServiceError) -> RpcError {
         ServiceError::Exists(_) => "ACCOUNT_EXISTS",
         ServiceError::Invalid(_) => "INVALID_PARAMS",
         ServiceError::NotReady(_) => "NOT_READY",
+        ServiceError::Vetoed(_) => "ACTION_FORBIDDEN",
         ServiceError::Internal(_) => "INTERNAL_ERROR",
     };
     RpcError::new(code, e.message())
@@ -223,6 +224,7 @@ const METHOD_TABLE: &[(&str, bool)] = &[
     ("isp.getAllISPs", false),
     ("isp.addNewISP", false),
     ("isp.updateISP", false),
+    ("report.getEvents", false),
 ];
 
 const METHODS: &[&str] = &[
@@ -242,6 +244,7 @@ const METHODS: &[&str] = &[
     "isp.getAllISPs",
     "isp.addNewISP",
     "isp.updateISP",
+    "report.getEvents",
 ];
 
 fn dispatch(st: &Service, peer: IpAddr, method: &str, p: &Map<String, Value>) -> RpcResult {
@@ -272,6 +275,7 @@ fn dispatch(st: &Service, peer: IpAddr, method: &str, p: &Map<String, Value>) ->
         "isp.getAllISPs" => all_isps(st),
         "isp.addNewISP" => add_isp(st, p),
         "isp.updateISP" => update_isp(st, p),
+        "report.getEvents" => events(st, p),
         _ => unreachable!("listed in METHOD_TABLE"),
     }
 }
@@ -737,6 +741,34 @@ fn cancel_charges(st: &Service, caller: &Caller, p: &Map<String, Value>) -> RpcR
         "credit": money(out.balance),
         "journal_id": out.journal_id,
     }))
+}
+
+/// ratel's extension: provisioning events after `after` (an event id; default 0), at most
+/// `limit` (default 100), each with its delivery state per hook.
+fn events(st: &Service, p: &Map<String, Value>) -> RpcResult {
+    let num = |k: &str, d: i64| -> Result<i64, RpcError> {
+        match p.get(k) {
+            None | Some(Value::Null) => Ok(d),
+            Some(v) => v
+                .as_i64()
+                .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| invalid(format!("{k}: expected a number"))),
+        }
+    };
+    let list = st
+        .events(num("after", 0)?, num("limit", 100)? as usize)
+        .map_err(rpc_error)?;
+    Ok(json!(list
+        .iter()
+        .map(|e| json!({
+            "event_id": e.event.id,
+            "event": e.event.name,
+            "user_id": e.event.user_id,
+            "body": serde_json::from_str::<Value>(&e.event.body).unwrap_or(Value::Null),
+            "hooks": e.hooks.iter().map(|(h, state, err)| json!({"hook": h, "state": state, "error": err})).collect::<Vec<_>>(),
+        }))
+        .collect::<Vec<_>>()))
 }
 
 fn all_isps(st: &Service) -> RpcResult {

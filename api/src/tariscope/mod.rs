@@ -106,6 +106,7 @@ fn status_of(e: ServiceError) -> (StatusCode, String) {
         ServiceError::Exists(_) => StatusCode::CONFLICT,
         ServiceError::Invalid(_) => StatusCode::BAD_REQUEST,
         ServiceError::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        ServiceError::Vetoed(_) => StatusCode::FORBIDDEN,
         ServiceError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (code, e.message())

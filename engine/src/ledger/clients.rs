@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use rusqlite::{params, OptionalExtension, Transaction};
 use rust_decimal::Decimal;
 
+use super::events::{self, Extra};
 use super::{Ledger, LedgerError};
 use crate::domain::{Account, AccountKind, ClientChange, NewClient, MAIN_COMPANY};
 use crate::xdr::OwnedXdr;
@@ -180,6 +181,10 @@ impl Ledger {
                     prof.execute(params![id, k, v]).map_err(sq)?;
                 }
                 log(tx, id, now, actor, "create", &c.comment).map_err(sq)?;
+                events::record(tx, "clients.create", id, now, Extra::default()).map_err(sq)?;
+                for a in &accounts {
+                    events::record(tx, "accounts.create", id, now, account_extra(a)).map_err(sq)?;
+                }
                 ids.push(id);
             }
             Ok(ids)
@@ -212,6 +217,42 @@ impl Ledger {
                 .map_err(sq)?;
             let before = before.ok_or(LedgerError::NoSuchClient(user_id))?;
             let mut what: Vec<String> = Vec::new();
+            // [old, new] of every field the change touches, for the events.
+            let mut changes = serde_json::Map::new();
+            let mut profile_changes = serde_json::Map::new();
+            let (old_group, old_company): (String, Option<String>) = tx
+                .query_row(
+                    "SELECT u.group_name, c.name FROM users u LEFT JOIN companies c ON c.company_id = u.company_id WHERE u.user_id = ?1",
+                    [user_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(sq)?;
+            for (k, v) in &change.profile {
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT value FROM profile WHERE user_id = ?1 AND key = ?2",
+                        params![user_id, k],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(sq)?;
+                profile_changes.insert(k.clone(), serde_json::json!([old, v]));
+            }
+            if let Some((u, _)) = &change.credentials {
+                changes.insert("username".into(), serde_json::json!([before.username, u]));
+            }
+            if let Some(g) = &change.group {
+                changes.insert("group".into(), serde_json::json!([old_group, g]));
+            }
+            if let Some(c) = &change.company {
+                changes.insert("company".into(), serde_json::json!([old_company, c]));
+            }
+            if let Some(l) = &change.lock {
+                changes.insert("lock_reason".into(), serde_json::json!([before.lock_reason, l]));
+            }
+            if let Some(a) = change.archived {
+                changes.insert("archived".into(), serde_json::json!([before.archived, a]));
+            }
             for a in &change.remove_accounts {
                 if a.kind == AccountKind::Radius && before.username.as_deref() == Some(&a.ident) {
                     return Err(rejected(format!(
@@ -340,6 +381,50 @@ impl Ledger {
                 what.push(format!("profile {k}"));
             }
             log(tx, user_id, now, actor, "update", &what.join(", ")).map_err(sq)?;
+            if !changes.is_empty() {
+                let archive = change.archived == Some(true) && !before.archived;
+                events::record(
+                    tx,
+                    "clients.update",
+                    user_id,
+                    now,
+                    Extra {
+                        changes: Some(serde_json::Value::Object(changes.clone())),
+                        ..Default::default()
+                    },
+                )
+                .map_err(sq)?;
+                if archive {
+                    events::record(tx, "clients.archive", user_id, now, Extra::default())
+                        .map_err(sq)?;
+                }
+            }
+            if !profile_changes.is_empty() {
+                events::record(
+                    tx,
+                    "clients.custom_fields_update",
+                    user_id,
+                    now,
+                    Extra {
+                        changes: Some(serde_json::Value::Object(profile_changes)),
+                        ..Default::default()
+                    },
+                )
+                .map_err(sq)?;
+            }
+            for a in &change.add_accounts {
+                events::record(tx, "accounts.create", user_id, now, account_extra(a)).map_err(sq)?;
+            }
+            if let Some((u, _)) = &change.credentials {
+                let a = Account {
+                    kind: AccountKind::Radius,
+                    ident: u.clone(),
+                };
+                events::record(tx, "accounts.update", user_id, now, account_extra(&a)).map_err(sq)?;
+            }
+            for a in &change.remove_accounts {
+                events::record(tx, "accounts.delete", user_id, now, account_extra(a)).map_err(sq)?;
+            }
             Ok(before)
         })
     }
@@ -388,6 +473,7 @@ impl Ledger {
                 tx.execute("DELETE FROM accounts WHERE user_id = ?1", [id])
                     .map_err(sq)?;
                 log(tx, id, now, actor, "delete", comment).map_err(sq)?;
+                events::record(tx, "clients.delete", id, now, Extra::default()).map_err(sq)?;
                 out.push(name);
             }
             Ok(out)
@@ -432,6 +518,8 @@ impl Ledger {
                 ids.push(tx.last_insert_rowid());
                 up.execute(params![user_id, after.to_string(), recharged])
                     .map_err(sq)?;
+                let before = after.checked_sub(*amount).unwrap_or(*after);
+                events::record_crossing(tx, *user_id, before, *after, now).map_err(sq)?;
             }
             Ok(ids)
         })
@@ -601,6 +689,8 @@ impl Ledger {
                 params![r.user_id, r.balance_after.to_string()],
             )
             .map_err(sq)?;
+            let before = r.balance_after.checked_sub(r.amount).unwrap_or(r.balance_after);
+            events::record_crossing(tx, r.user_id, before, r.balance_after, r.now).map_err(sq)?;
             let mut rf = tx
                 .prepare_cached("INSERT INTO refunds(xdr_id, refund_xdr_id, user_id, journal_id) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(sq)?;
@@ -661,6 +751,13 @@ fn company_of(
         Some(n) => rejected(format!("no company named {n:?}")),
         None => rejected("the default company (id 1) is missing"),
     })
+}
+
+fn account_extra(a: &Account) -> Extra {
+    Extra {
+        account: Some(serde_json::json!({"kind": a.kind.as_str(), "ident": a.ident})),
+        ..Default::default()
+    }
 }
 
 fn log(

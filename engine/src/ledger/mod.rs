@@ -18,10 +18,13 @@ use rust_decimal::Decimal;
 use crate::xdr;
 
 mod clients;
+pub mod events;
 mod read;
 pub use clients::{ClientBefore, RefundCommit};
+pub use events::{EventStore, EventView, StoredEvent};
 pub use read::{
-    ClientRecord, JournalEntry, LedgerRead, Reader, RuleUsage, SqlAnswer, SqlError, SqlLimits,
+    run_sql, ClientRecord, JournalEntry, LedgerRead, Reader, RuleUsage, SqlAnswer, SqlError,
+    SqlLimits,
 };
 
 /// Errors of the ledger boundary.
@@ -276,7 +279,7 @@ INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 
 /// The ledger schema version this build writes (`PRAGMA user_version`). Each step of
 /// [`migrate`] brings a ledger one version forward, in one transaction with the rest.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Version 2 (issue 11, DESIGN.md Part 2 "The domain model"): companies, accounts, profile
 /// fields, the client log, refunds; journal rows typed `payment` / `usage` / `package_fee` /
@@ -373,6 +376,9 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
         // When each remembered closed session ended by the NAS's clock: a Start after it
         // with the same Acct-Session-Id is a new session (NULL for older rows: unknown).
         tx.execute_batch("ALTER TABLE radius_closed ADD COLUMN ended INTEGER;")?;
+    }
+    if version < 4 {
+        tx.execute_batch(events::SCHEMA_V4)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -746,6 +752,14 @@ impl Ledger {
             )
             .map_err(sq)?;
             let batch_id = tx.last_insert_rowid();
+            for m in &b.movements {
+                let before = m
+                    .balance_after
+                    .checked_sub(m.amount)
+                    .unwrap_or(m.balance_after);
+                events::record_crossing(&tx, m.user_id, before, m.balance_after, b.now)
+                    .map_err(sq)?;
+            }
             record_xdr_files(&tx, &self.xdr_root, batch_id, &b.files).map_err(sq)?;
             tx.execute(
                 "INSERT INTO cdr_files(file_hash, path, size, format, done, next_offset, next_line, records, updated_at, head_hash)
@@ -864,6 +878,9 @@ impl Ledger {
                     b.now
                 ])
                 .map_err(sq)?;
+                // A crossing of zero by this charge, in order, in this very commit.
+                let before = after.checked_add(*amount).unwrap_or(*after);
+                events::record_crossing(&tx, *user_id, before, *after, b.now).map_err(sq)?;
                 last.insert(*user_id, *after);
             }
             for (user_id, after) in last {

@@ -106,6 +106,14 @@ pub trait LedgerRead: Send {
     fn schema_version(&self) -> Result<i64, LedgerError>;
     /// Runs one read-only statement (see [`SqlLimits`]): column names and rows.
     fn sql(&self, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError>;
+    /// Provisioning events after `after` (at most `limit`), each with its delivery state
+    /// for every notify hook that takes it.
+    fn events(
+        &self,
+        after: i64,
+        limit: usize,
+        hooks: &[crate::events::Hook],
+    ) -> Result<Vec<super::EventView>, LedgerError>;
 }
 
 /// Bounds of an operator's SQL statement.
@@ -524,6 +532,23 @@ impl LedgerRead for Reader {
         run_sql(&self.path, query, limits)
     }
 
+    fn events(
+        &self,
+        after: i64,
+        limit: usize,
+        hooks: &[crate::events::Hook],
+    ) -> Result<Vec<super::EventView>, LedgerError> {
+        let wants: Vec<(String, Box<dyn Fn(&str) -> bool + '_>)> = hooks
+            .iter()
+            .filter(|h| h.mode == crate::events::Mode::Notify)
+            .map(|h| {
+                let f: Box<dyn Fn(&str) -> bool + '_> = Box::new(move |n: &str| h.wants(n));
+                (h.name.clone(), f)
+            })
+            .collect();
+        super::events::list(&self.conn, after, limit, &wants).map_err(self.sq())
+    }
+
     fn counts(&self) -> Result<(u64, u64), LedgerError> {
         let count = |sql: &str| -> Result<u64, LedgerError> {
             self.conn
@@ -541,7 +566,7 @@ impl LedgerRead for Reader {
 /// One operator statement on its own read-only connection: an authorizer allows reads
 /// only (no writes, ATTACH, PRAGMA, transactions or schema changes), a progress handler
 /// stops it at the time limit, at most `max_rows` rows are kept.
-fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError> {
+pub fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError> {
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
     let sq = |source| {
         SqlError::Ledger(LedgerError::Sqlite {
@@ -559,6 +584,21 @@ fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer, Sql
     let refused = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
     let note = refused.clone();
     conn.authorizer(Some(move |ctx: AuthContext<'_>| match ctx.action {
+        // `meta` holds the API token signing key: an `sql` user reading it could sign
+        // tokens of any user. Subscriber passwords read as NULL.
+        AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("meta") => {
+            let mut n = note.lock().unwrap_or_else(|e| e.into_inner());
+            n.get_or_insert_with(|| "the meta table is not readable".to_string());
+            Authorization::Deny
+        }
+        AuthAction::Read {
+            table_name,
+            column_name,
+        } if table_name.eq_ignore_ascii_case("users")
+            && (column_name.eq_ignore_ascii_case("password")) =>
+        {
+            Authorization::Ignore
+        }
         AuthAction::Select
         | AuthAction::Read { .. }
         | AuthAction::Function { .. }
