@@ -111,11 +111,30 @@ fn config_summary(c: &Catalog) -> String {
         c.template(c.spool_format).name
     );
     s += &format!("  admins: {}\n", c.admins.len());
+    s += &format!("  hooks: {}\n", c.hooks.len());
+    for h in &c.hooks {
+        let target = match &h.target {
+            ratel_engine::events::Target::Http { host, port, path } => {
+                format!("http://{host}:{port}{path}")
+            }
+            ratel_engine::events::Target::Command(argv) => argv.join(" "),
+        };
+        s += &format!(
+            "    {} ({}, {}): {}\n",
+            h.name,
+            if h.mode == ratel_engine::events::Mode::Veto { "veto" } else { "notify" },
+            h.events.join(", "),
+            target
+        );
+    }
     s += &format!("  RADIUS accounting: udp {}\n", c.radius_listen);
     if let Some(a) = &c.auth_listen {
         s += &format!("  RADIUS authorization: udp {a}\n");
     }
-    s += &format!("  JSON-RPC API: tcp {}\n", c.api_listen);
+    s += &format!(
+        "  API (IBSng at /, Tariscope at /api/): tcp {}\n",
+        c.api_listen
+    );
     s += &format!("  data dir: {}\n", c.data_dir.display());
     s += &format!("  CDR spool: {}\n", c.spool_dir.display());
     for a in demo_password_admins(c) {

@@ -154,7 +154,8 @@ fn check_config_summarizes_a_good_config_and_names_the_fault_of_a_bad_one() {
         "ras1 127.0.0.1",
         "CDR formats: generic, asterisk, freeswitch (spool format generic)",
         "RADIUS accounting: udp 127.0.0.1:0",
-        "JSON-RPC API: tcp 127.0.0.1:0",
+        "API (IBSng at /, Tariscope at /api/): tcp 127.0.0.1:0",
+        "hooks: 0",
         "warning: admin \"system\" has the demo password",
     ] {
         assert!(s.contains(want), "{want:?} missing from:\n{s}");
@@ -582,7 +583,7 @@ fn the_packaged_config_is_valid_and_flags_its_demo_password() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     assert!(s.contains("data dir: /var/lib/ratel"), "{s}");
-    assert!(s.contains("JSON-RPC API: tcp 0.0.0.0:1237"), "{s}");
+    assert!(s.contains("API (IBSng at /, Tariscope at /api/): tcp 0.0.0.0:1237"), "{s}");
     assert!(s.contains("RADIUS authorization: udp 0.0.0.0:1812"), "{s}");
     assert!(
         s.contains("warning: admin \"system\" has the demo password"),
