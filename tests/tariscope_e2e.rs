@@ -2349,3 +2349,168 @@ fn xml_subscriber_fields_come_in_the_seed_order() {
     assert_eq!(keys, SEED_FIELDS.to_vec(), "JSON keys in the seed's order");
     stop(srv);
 }
+
+/// An XML answer as the JSON it was written from, every scalar as text (XML has no
+/// types): what lets one assertion compare the two forms of any method.
+fn el_value(e: &El) -> Value {
+    if e.nil() {
+        return Value::Null;
+    }
+    if e.children.is_empty() {
+        return Value::String(e.text.clone());
+    }
+    if e.children.iter().all(|c| c.name == "item") {
+        return Value::Array(e.children.iter().map(el_value).collect());
+    }
+    Value::Object(
+        e.children
+            .iter()
+            .map(|c| (c.name.clone(), el_value(c)))
+            .collect(),
+    )
+}
+
+/// A JSON answer with every scalar as text and empty containers as empty text.
+fn texts(v: &Value) -> Value {
+    match v {
+        Value::Null => Value::Null,
+        Value::String(s) => Value::String(s.clone()),
+        Value::Array(a) if a.is_empty() => Value::String(String::new()),
+        Value::Object(m) if m.is_empty() => Value::String(String::new()),
+        Value::Array(a) => Value::Array(a.iter().map(texts).collect()),
+        Value::Object(m) => Value::Object(m.iter().map(|(k, x)| (k.clone(), texts(x))).collect()),
+        other => Value::String(other.to_string()),
+    }
+}
+
+/// Every method of the dialect in both forms: each read method answers the same in JSON
+/// and XML (status and content, field order included), and each write method works in
+/// XML as it does in JSON.
+#[test]
+fn every_method_answers_the_same_in_json_and_xml() {
+    let t = T::new();
+    let (server, radius, api) = t.serve();
+    let token = login(api, "system", "sys");
+    // A subscriber with a username (online over RADIUS), a DN, a payment and a call.
+    let created = post_ok(
+        api,
+        &token,
+        "/api/subscriber/create",
+        json!({"department": "g", "fullname": "Ann", "email": "ann@example.com",
+               "username": "ann", "password": "pw", "credit": "10"}),
+    );
+    let id = created["id"].as_i64().unwrap();
+    post_ok(
+        api,
+        &token,
+        "/api/subscriber/dnadd",
+        json!({"id": id, "dn": "+44 20 7946 0000"}),
+    );
+    let c = client();
+    assert!(send(&c, radius, &acct(1, 1, "ann", "x-1", 0, 0, 0, None)).is_some());
+    t.drop_cdr(
+        "c1.csv",
+        &format!(
+            "{GENERIC_HEADER}k1,00442079460000,442071230003,2026-11-02T10:00:00Z,90,ANSWERED,\n"
+        ),
+    );
+    t.wait_spool_done(1);
+    t.wait_charged(id, 1);
+    let period = "from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z";
+    let reads = [
+        format!("subscriber/get?id={id}"),
+        "subscriber/get?email=ann%40example.com".to_string(),
+        "subscriber/list/department?id=g".to_string(),
+        "subscriber/list/node?id=ras1".to_string(),
+        format!("accounts/summary?id={id}&{period}"),
+        format!("accounts/payments?id={id}&{period}"),
+        "tariffs/plans".to_string(),
+        "tariffs/details".to_string(),
+        "tariffs/details?id=std".to_string(),
+        "tariffs/time?id=std&hour=23".to_string(),
+        "services/list".to_string(),
+        "tariscope/version".to_string(),
+        "tariscope/database".to_string(),
+        "tariscope/build".to_string(),
+        "tariscope/serial".to_string(),
+        "tariscope/edition".to_string(),
+        "tariscope/summary".to_string(),
+    ];
+    for path in &reads {
+        let (status, body) = get(api, &token, &format!("/api/{path}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        let (method, query) = path.split_once('?').unwrap_or((path, ""));
+        let xml_path = if query.is_empty() {
+            format!("/api/{method}/xml")
+        } else {
+            format!("/api/{method}/xml/?{query}")
+        };
+        let r = xml_req(api, Some(&token), "GET", &xml_path, "");
+        assert_eq!(r.status, 200, "{xml_path}: {}", r.body);
+        let x = el_value(&r.xml());
+        assert_eq!(x, texts(&body), "{path}: XML {} vs JSON {body}", r.body);
+        // Field order too (serialized answers list fields as the JSON does).
+        if let (Value::Object(a), Value::Object(b)) = (&x, &texts(&body)) {
+            assert_eq!(
+                a.keys().collect::<Vec<_>>(),
+                b.keys().collect::<Vec<_>>(),
+                "{path}"
+            );
+        }
+    }
+    // The write methods in XML: update, payment, charges, sql, dnadd, create.
+    let r = xml_req(
+        api,
+        Some(&token),
+        "POST",
+        "/api/subscriber/update/xml",
+        &format!("<request><id>{id}</id><street>Main St</street></request>"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.xml().get("street").as_deref(), Some("Main St"));
+    let r = xml_req(
+        api,
+        Some(&token),
+        "POST",
+        "/api/accounts/payment/xml",
+        &format!("<request><id>{id}</id><amount>2.5</amount></request>"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = xml_req(
+        api,
+        Some(&token),
+        "POST",
+        "/api/accounts/charges/xml",
+        &format!("<request><id>{id}</id><from>2026-11-01T00:00:00Z</from><to>2026-12-01T00:00:00Z</to></request>"),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.xml().get("cancelled").as_deref(), Some("1"), "{}", r.body);
+    // UK: 30 s first increment then 6 s: 90 s billed, 0.03/min + 0.01 fee = 0.055; back.
+    assert_eq!(
+        r.xml().get("amount").as_deref(),
+        Some("0.055"),
+        "{}",
+        r.body
+    );
+    // Journal sums are by booking time (now), usage by record time (November).
+    let (_, after) = get(
+        api,
+        &token,
+        &format!("/api/accounts/summary?id={id}&from=2026-11-01T00:00:00Z&to=2100-01-01T00:00:00Z"),
+    );
+    assert_eq!(money(&after["refunds"]), Decimal::new(55, 3), "{after}");
+    assert_eq!(
+        money(&after["calls"]["cost"]),
+        Decimal::new(55, 3),
+        "{after}"
+    );
+    let r = xml_req(
+        api,
+        Some(&token),
+        "POST",
+        "/api/sql/xml",
+        "<request><query>select count(*) as n from users</query></request>",
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(server);
+}
