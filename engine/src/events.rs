@@ -131,11 +131,7 @@ impl Hook {
             "veto" => Mode::Veto,
             other => return Err((key("mode"), format!("{other:?}: notify or veto"))),
         };
-        if mode == Mode::Veto
-            && c.events
-                .iter()
-                .any(|e| e.contains("balance_") || e == "clients.*" && false)
-        {
+        if mode == Mode::Veto && c.events.iter().any(|e| e.contains("balance_")) {
             return Err((key("events"), "balance events cannot be vetoed".into()));
         }
         let timeout_ms = c.timeout_ms.unwrap_or(2000);

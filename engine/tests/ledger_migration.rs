@@ -806,6 +806,7 @@ fn a_version_1_ledger_is_migrated_to_version_2() {
     let mut st = c
         .prepare("SELECT user_id, username, deleted_username, deleted_at, credit FROM users WHERE user_id IN (2, 4) ORDER BY user_id")
         .unwrap();
+    #[allow(clippy::type_complexity)]
     let deleted: Vec<(i64, Option<String>, Option<String>, Option<i64>, String)> = st
         .query_map([], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))

@@ -67,8 +67,7 @@ fn write_value(
 /// The XML document of an answer.
 pub fn to_xml(root: &str, v: &Value) -> Vec<u8> {
     let mut w = Writer::new(Vec::new());
-    let _ = w
-        .get_mut()
+    w.get_mut()
         .extend_from_slice(b"<?xml version=\"1.0\" encoding=\"utf-8\"?>\n");
     // Writing into a Vec cannot fail.
     let _ = write_value(&mut w, root, v, 0);

@@ -31,22 +31,29 @@ CREATE TABLE IF NOT EXISTS event_dead(
   PRIMARY KEY(hook, event_id)) WITHOUT ROWID;
 ";
 
+/// username, deleted username, group, company id, company, credit, lock reason, archived,
+/// created, deleted.
+type ClientRow = (
+    Option<String>,
+    Option<String>,
+    String,
+    i64,
+    Option<String>,
+    String,
+    Option<String>,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+/// Which events a hook takes, by name.
+pub type Wants<'a> = Box<dyn Fn(&str) -> bool + 'a>;
+
 /// A client as events carry it: id, names, group, company, credit, status, accounts,
 /// profile fields. Read inside the transaction that raised the event (so it is the state
 /// the change left).
 pub(super) fn client_json(tx: &Transaction<'_>, user_id: i64) -> rusqlite::Result<Value> {
-    let row: Option<(
-        Option<String>,
-        Option<String>,
-        String,
-        i64,
-        Option<String>,
-        String,
-        Option<String>,
-        i64,
-        i64,
-        Option<i64>,
-    )> = tx
+    let row: Option<ClientRow> = tx
         .query_row(
             "SELECT u.username, u.deleted_username, u.group_name, u.company_id, c.name, u.credit,
                     u.lock_reason, u.archived, u.created_at, u.deleted_at
@@ -374,7 +381,7 @@ pub(super) fn list(
     conn: &Connection,
     after: i64,
     limit: usize,
-    hooks: &[(String, Box<dyn Fn(&str) -> bool + '_>)],
+    hooks: &[(String, Wants<'_>)],
 ) -> rusqlite::Result<Vec<EventView>> {
     let events: Vec<StoredEvent> = conn
         .prepare_cached(

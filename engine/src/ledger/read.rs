@@ -538,11 +538,11 @@ impl LedgerRead for Reader {
         limit: usize,
         hooks: &[crate::events::Hook],
     ) -> Result<Vec<super::EventView>, LedgerError> {
-        let wants: Vec<(String, Box<dyn Fn(&str) -> bool + '_>)> = hooks
+        let wants: Vec<(String, super::events::Wants<'_>)> = hooks
             .iter()
             .filter(|h| h.mode == crate::events::Mode::Notify)
             .map(|h| {
-                let f: Box<dyn Fn(&str) -> bool + '_> = Box::new(move |n: &str| h.wants(n));
+                let f: super::events::Wants<'_> = Box::new(move |n: &str| h.wants(n));
                 (h.name.clone(), f)
             })
             .collect();
