@@ -480,19 +480,7 @@ impl Service {
     ) -> ServiceResult<Vec<i64>> {
         if self.has_veto_hooks() {
             for c in &mut clients {
-                let proposed = serde_json::json!({
-                    "id_clients": null,
-                    "username": c.username,
-                    "group": c.group,
-                    "company": c.company,
-                    "balance": c.credit.to_string(),
-                    "status": "active",
-                    "accounts": c.accounts.iter().map(Account::label).collect::<Vec<_>>(),
-                    "profile": c.profile.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<String, serde_json::Value>>(),
-                });
-                for data in self.veto("clients.create", proposed, None)? {
-                    apply_new(c, &data)?;
-                }
+                self.veto_new(c)?;
             }
         }
         let actor = caller.actor();
@@ -621,9 +609,32 @@ impl Service {
     }
 
     /// A part of a bulk import (see `ratel_engine::users::parse_import`).
-    pub fn import(&self, caller: &Caller, rows: Vec<ImportRow>) -> ServiceResult<ImportOutcome> {
+    pub fn import(
+        &self,
+        caller: &Caller,
+        mut rows: Vec<ImportRow>,
+    ) -> ServiceResult<ImportOutcome> {
+        // Veto hooks are asked about every line, as about any new client; a line they
+        // forbid is a refused line, not a failed import.
+        let mut vetoed = Vec::new();
+        if self.has_veto_hooks() {
+            rows.retain_mut(|r| match self.veto_new(&mut r.client) {
+                Ok(()) => true,
+                Err(e) => {
+                    vetoed.push((r.line, format!("line: {}", e.message())));
+                    false
+                }
+            });
+        }
         let actor = caller.actor();
-        self.command(|reply| Command::ImportClients { rows, actor, reply })
+        let mut out = if rows.is_empty() {
+            ImportOutcome::default()
+        } else {
+            self.command(|reply| Command::ImportClients { rows, actor, reply })?
+        };
+        out.refused.extend(vetoed);
+        out.refused.sort_by_key(|(line, _)| *line);
+        Ok(out)
     }
 
     // ---- companies ----------------------------------------------------------------------
@@ -854,6 +865,24 @@ impl Service {
             }
         }
         Ok(rewrites)
+    }
+
+    /// Asks the veto hooks about a proposed new client; applies their rewrites.
+    fn veto_new(&self, c: &mut NewClient) -> ServiceResult<()> {
+        let proposed = serde_json::json!({
+            "id_clients": null,
+            "username": c.username,
+            "group": c.group,
+            "company": c.company,
+            "balance": c.credit.to_string(),
+            "status": "active",
+            "accounts": c.accounts.iter().map(Account::label).collect::<Vec<_>>(),
+            "profile": c.profile.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+        for data in self.veto("clients.create", proposed, None)? {
+            apply_new(c, &data)?;
+        }
+        Ok(())
     }
 
     /// Provisioning events after `after`, with their delivery state per notify hook.

@@ -63,7 +63,10 @@ impl Ledger {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(&sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&sq)?;
         let out = f(&tx, &sq)?;
         tx.commit().map_err(&sq)?;
         Ok(out)

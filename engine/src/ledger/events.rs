@@ -156,7 +156,12 @@ pub(super) fn record(
     now: i64,
     extra: Extra,
 ) -> rusqlite::Result<()> {
-    let client = client_json(tx, user_id)?;
+    let mut client = client_json(tx, user_id)?;
+    // A balance event carries the client as that movement left it (a batch may move the
+    // stored balance again before it commits).
+    if let (Some((_, after)), Some(obj)) = (extra.balance, client.as_object_mut()) {
+        obj.insert("balance".into(), Value::String(after.to_string()));
+    }
     let time = chrono::DateTime::<chrono::Utc>::from_timestamp(now, 0)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
@@ -337,7 +342,7 @@ impl EventStore {
     ) -> Result<(), LedgerError> {
         let tx = self
             .conn
-            .transaction()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(|source| LedgerError::Sqlite {
                 path: self.path.display().to_string(),
                 source,

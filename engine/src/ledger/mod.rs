@@ -735,7 +735,10 @@ impl Ledger {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq)?;
         {
             tx.execute(
                 "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at, movements, applied)
@@ -794,7 +797,10 @@ impl Ledger {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq)?;
         fold_pending(&tx, now).map_err(sq)?;
         tx.commit().map_err(sq)
     }
@@ -846,7 +852,10 @@ impl Ledger {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq)?;
         {
             let mut jr = tx
                 .prepare_cached("INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'usage', ?4, ?5)")
@@ -1008,7 +1017,10 @@ impl Ledger {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq)?;
         {
             let mut st = tx
                 .prepare_cached("UPDATE sessions SET state = ?3 WHERE nas = ?1 AND session_id = ?2")
@@ -1081,7 +1093,10 @@ impl Ledger {
             path: path.clone(),
             source,
         };
-        let tx = self.conn.transaction().map_err(sq)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq)?;
         {
             tx.execute(
                 "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at) VALUES ('radius', ?1, ?2, x'', ?3)",
