@@ -2514,3 +2514,38 @@ fn every_method_answers_the_same_in_json_and_xml() {
     assert_eq!(r.status, 200, "{}", r.body);
     drop(server);
 }
+
+/// A statement cannot allocate its way past the limits: no value beyond 1 MiB (the
+/// statement fails), and passwords read as NULL.
+#[test]
+fn sql_values_are_bounded_and_passwords_hidden() {
+    let t = T::new();
+    let (srv, _radius, api) = t.serve();
+    let tok = login(api, "system", "sys");
+    post_ok(
+        api,
+        &tok,
+        "/api/subscriber/create",
+        json!({"department": "g", "fullname": "A", "username": "a", "password": "secret"}),
+    );
+    assert_error(
+        post(
+            api,
+            &tok,
+            "/api/sql",
+            json!({"query": "SELECT hex(zeroblob(5000000))"}),
+        ),
+        400,
+        "too big",
+    );
+    assert_eq!(
+        post_ok(
+            api,
+            &tok,
+            "/api/sql",
+            json!({"query": "SELECT username, password FROM users"})
+        ),
+        json!({"columns": ["username", "password"], "rows": [["a", null]], "truncated": false})
+    );
+    drop(srv);
+}

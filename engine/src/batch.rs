@@ -116,6 +116,8 @@ pub struct UserState {
     pub group: Option<usize>,
     pub group_name: String,
     pub credit: Decimal,
+    /// Deleted: kept for its open sessions' charges, refused everything else.
+    pub deleted: bool,
 }
 
 /// Which identifier of a CDR found its subscriber.
@@ -168,6 +170,11 @@ impl Subscribers {
         for (kind, ident, id) in ledger.load_accounts()? {
             s.add_account(id, kind, &ident);
         }
+        for id in ledger.deleted_user_ids()? {
+            if let Some(u) = s.get_mut(id) {
+                u.deleted = true;
+            }
+        }
         Ok(s)
     }
 
@@ -180,6 +187,7 @@ impl Subscribers {
             group_name: r.group_name,
             username: r.username.unwrap_or_default(),
             credit: r.credit,
+            deleted: false,
         };
         let idx = match self.by_id.get(&r.user_id) {
             Some(&i) => {
@@ -227,15 +235,27 @@ impl Subscribers {
         }
     }
 
-    /// A deleted client: every account of it leaves the lookups; its id stays (open
-    /// sessions are still charged).
-    pub fn remove_all_accounts(&mut self, user_id: i64) {
-        let Some(&i) = self.by_id.get(&user_id) else {
+    /// Deleted clients: every account of theirs leaves the lookups (one pass over the
+    /// maps however many); their ids stay (open sessions are still charged).
+    pub fn delete(&mut self, user_ids: &[i64]) {
+        let gone: HashSet<u32> = user_ids
+            .iter()
+            .filter_map(|id| self.by_id.get(id).copied())
+            .collect();
+        if gone.is_empty() {
             return;
-        };
-        for map in [&mut self.by_name, &mut self.by_voip, &mut self.by_dn] {
-            map.retain(|_, v| *v != i);
         }
+        for map in [&mut self.by_name, &mut self.by_voip, &mut self.by_dn] {
+            map.retain(|_, v| !gone.contains(v));
+        }
+        for &i in &gone {
+            self.users[i as usize].deleted = true;
+        }
+    }
+
+    /// A subscriber that is not deleted, by id.
+    pub fn live_mut(&mut self, user_id: i64) -> Option<&mut UserState> {
+        self.get_mut(user_id).filter(|u| !u.deleted)
     }
 
     /// Looks every subscriber's group up again by name (after a config reload).

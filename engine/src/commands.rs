@@ -243,8 +243,8 @@ pub fn execute(
                     .ledger
                     .delete_clients(&user_ids, &comment, &actor, now)
                     .map_err(ledger_err)?;
+                rater.subscribers.delete(&user_ids);
                 for id in &user_ids {
-                    rater.subscribers.remove_all_accounts(*id);
                     end_sessions(*id, EndSessions::Locked);
                 }
                 Ok(())
@@ -279,7 +279,7 @@ pub fn execute(
         } => {
             let r = (|| {
                 for id in &user_ids {
-                    if rater.subscribers.get_mut(*id).is_none() {
+                    if rater.subscribers.live_mut(*id).is_none() {
                         return Err(CommandError::UserNotFound(*id));
                     }
                 }
@@ -531,7 +531,7 @@ fn change_credit(
     for id in user_ids {
         let u = rater
             .subscribers
-            .get_mut(*id)
+            .live_mut(*id)
             .ok_or(CommandError::UserNotFound(*id))?;
         let new = match change_type {
             ChangeType::Add => u.credit.checked_add(credit),
@@ -582,7 +582,7 @@ fn cancel_charges(
 ) -> Result<RefundOutcome, CommandError> {
     let balance = rater
         .subscribers
-        .get_mut(user_id)
+        .live_mut(user_id)
         .ok_or(CommandError::UserNotFound(user_id))?
         .credit;
     // Only usage charges of this client: never a refund row, never a free record.

@@ -161,6 +161,7 @@ mod tests {
             session_id: "s1".into(),
             username: "alice".into(),
             user_id: None,
+            reopened_after: None,
             charge,
             credit_at_start: Decimal::TEN,
             nas_ip: String::new(),

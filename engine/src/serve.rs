@@ -494,6 +494,10 @@ fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounti
                 .insert(SessionKey::new(i, nas, sid), Closed { at, ended });
         }
     }
+    // A closed key with an open session is a reused session id: the open session is the
+    // one that counts (the closed row goes when it closes).
+    let sessions = &acct.sessions;
+    acct.closed.retain(|k, _| !sessions.contains_key(k));
     acct.recount();
     Ok(acct)
 }

@@ -72,6 +72,16 @@ impl Ledger {
         Ok(out)
     }
 
+    /// The ids of deleted clients.
+    pub fn deleted_user_ids(&self) -> Result<Vec<i64>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT user_id FROM users WHERE deleted_at IS NOT NULL")
+            .map_err(self.sq())?;
+        let rows = st.query_map([], |r| r.get(0)).map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
     /// Every account of every client that is not deleted: (kind, identifier, user id).
     pub fn load_accounts(&self) -> Result<Vec<(AccountKind, String, i64)>, LedgerError> {
         let mut st = self
@@ -220,6 +230,8 @@ impl Ledger {
                 .map_err(sq)?;
             let before = before.ok_or(LedgerError::NoSuchClient(user_id))?;
             let mut what: Vec<String> = Vec::new();
+            // Accounts this change really added (not ones the client had already).
+            let mut added: Vec<Account> = Vec::new();
             // [old, new] of every field the change touches, for the events.
             let mut changes = serde_json::Map::new();
             let mut profile_changes = serde_json::Map::new();
@@ -330,6 +342,7 @@ impl Ledger {
                         )
                         .map_err(sq)?;
                         what.push(format!("+{}", a.label()));
+                        added.push(a.clone());
                     }
                 }
             }
@@ -415,10 +428,15 @@ impl Ledger {
                 )
                 .map_err(sq)?;
             }
-            for a in &change.add_accounts {
-                events::record(tx, "accounts.create", user_id, now, account_extra(a)).map_err(sq)?;
+            for a in &added {
+                events::record(tx, "accounts.create", user_id, now, account_extra(a))
+                    .map_err(sq)?;
             }
-            if let Some((u, _)) = &change.credentials {
+            if let Some((u, _)) = change
+                .credentials
+                .as_ref()
+                .filter(|(u, _)| before.username.as_deref() != Some(u.as_str()))
+            {
                 let a = Account {
                     kind: AccountKind::Radius,
                     ident: u.clone(),

@@ -563,9 +563,15 @@ impl LedgerRead for Reader {
     }
 }
 
+/// Largest value a statement may build (SQLITE_LIMIT_LENGTH).
+const MAX_SQL_VALUE: i32 = 1 << 20;
+/// Answers stop (truncated) once their text passes this.
+const MAX_SQL_ANSWER: usize = 16 << 20;
+
 /// One operator statement on its own read-only connection: an authorizer allows reads
-/// only (no writes, ATTACH, PRAGMA, transactions or schema changes), a progress handler
-/// stops it at the time limit, at most `max_rows` rows are kept.
+/// only (no writes, ATTACH, PRAGMA, transactions or schema changes; `meta` is unreadable,
+/// subscriber passwords read as NULL), a progress handler stops it at the time limit, no
+/// value may exceed 1 MiB, at most `max_rows` rows and about 16 MiB of answer are kept.
 pub fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError> {
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
     let sq = |source| {
@@ -612,6 +618,9 @@ pub fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer,
         }
     }))
     .map_err(sq)?;
+    // No value (a blob or string an expression builds) beyond 1 MiB: a statement cannot
+    // allocate its way past the row cap.
+    let _ = conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_SQL_VALUE);
     let started = std::time::Instant::now();
     let timeout = limits.timeout;
     conn.progress_handler(10_000, Some(move || started.elapsed() > timeout))
@@ -644,8 +653,9 @@ pub fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer,
     let mut rows = Vec::new();
     let mut truncated = false;
     let mut q = st.query([]).map_err(map_err)?;
+    let mut bytes = 0usize;
     while let Some(r) = q.next().map_err(map_err)? {
-        if rows.len() >= limits.max_rows {
+        if rows.len() >= limits.max_rows || bytes > MAX_SQL_ANSWER {
             truncated = true;
             break;
         }
@@ -664,6 +674,13 @@ pub fn run_sql(path: &Path, query: &str, limits: SqlLimits) -> Result<SqlAnswer,
                 }
             });
         }
+        bytes += row
+            .iter()
+            .map(|v| match v {
+                serde_json::Value::String(s) => s.len() + 2,
+                _ => 8,
+            })
+            .sum::<usize>();
         rows.push(row);
     }
     Ok(SqlAnswer {

@@ -70,6 +70,10 @@ pub struct Session {
     /// sessions stored before it existed, which are shown by `nas`.
     #[serde(default)]
     pub ras_description: String,
+    /// When the session reuses the Acct-Session-Id of a session that ended then (NAS
+    /// clock): a late packet of that earlier session must not be rated on this one.
+    #[serde(default)]
+    pub reopened_after: Option<i64>,
 }
 
 impl Session {
@@ -545,13 +549,16 @@ impl Accounting {
         }
         let key = self.session_key(&id, req);
         let session_time = req.session_time.unwrap_or(0) as i64;
+        let mut reopened_after: Option<i64> = None;
         if let Some(c) = self.closed.get(&key) {
             // A session that began after the closed one ended is a new one: the NAS reuses
             // the Acct-Session-Id (counting from 1 again after a reboot). Only a Start, or
             // an update the NAS timestamped, can say so: an untimestamped late Stop of the
             // old session must never be charged again.
+            // Acct-Delay-Time is taken off even from a timestamp (a NAS that stamps a
+            // retransmission anew): the earlier the begin, the surer a late packet stays late.
             let begins = match (req.status_type(), req.event_timestamp) {
-                (_, Some(t)) => Some(t as i64 - session_time),
+                (_, Some(t)) => Some(t as i64 - req.delay_time as i64 - session_time),
                 (StatusType::Start, None) => Some(now - req.delay_time as i64),
                 _ => None,
             };
@@ -565,7 +572,26 @@ impl Accounting {
                 return;
             }
             tracing::info!(nas = %nas_name, session = %key.session_id, "a session id used again after its session ended: a new session");
-            self.closed.remove(&key);
+            reopened_after = self.closed.remove(&key).and_then(|c| c.ended);
+        }
+        // A packet of the earlier session whose id this one reuses (a late Stop arriving
+        // after the new Start): it began before that session ended.
+        // Or one that claims to have begun before this session did.
+        if let Some((end, login)) = self
+            .sessions
+            .get(&key)
+            .and_then(|s| s.reopened_after.map(|e| (e, s.charge.login_time)))
+        {
+            let begins = match req.event_timestamp {
+                Some(t) => t as i64 - req.delay_time as i64 - session_time,
+                None => now - req.delay_time as i64 - session_time,
+            };
+            if begins <= end + SESSION_ID_REUSE_MARGIN_SECS
+                || begins < login - SESSION_ID_REUSE_MARGIN_SECS
+            {
+                self.counters.late_updates_ignored += 1;
+                return;
+            }
         }
         if session_time > catalog.max_session_secs {
             self.counters.session_time_anomalies += 1;
@@ -622,6 +648,7 @@ impl Accounting {
                 interim_interval: None,
                 unknown_user: user.is_none(),
                 ras_description: id.ras_description.clone(),
+                reopened_after,
             };
             self.count_open(&key, &s);
             self.sessions.insert(key.clone(), s);
@@ -1542,6 +1569,14 @@ charge_rules = ["all"]
             .acct
             .sessions
             .contains_key(&SessionKey::new(0, "ras1", "1")));
+        // The old session's Stop, retransmitted late, now that "1" is open again: it began
+        // before the old one ended, so it is not rated on the new session (timestamped or
+        // not).
+        let late = w.acct.counters.late_updates_ignored;
+        assert!(at(&mut w, 2, 1500, T0, true, t1 + 5).charges.is_empty());
+        assert!(at(&mut w, 2, 1500, T0, false, t1 + 5).charges.is_empty());
+        assert_eq!(w.acct.counters.late_updates_ignored, late + 2);
+        assert_eq!(w.credit(), d("9.9"));
         // Same counters as the old session's charge: another key, charged.
         let fx = at(&mut w, 3, 600, t1, true, t1 + 600);
         assert_eq!(fx.charges.len(), 1);
