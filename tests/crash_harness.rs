@@ -9,13 +9,25 @@
 //! xDR must mirror one original (refunded at most once), Σ credit_used per user over all
 //! xDRs must equal what the ledger took, and no temp file may remain.
 //!
+//! Balance events: the subscribers' credits are set well below what they will use, and a
+//! cashier pays (`user.changeCreditExtended` ADD) the debt of clients below zero now and
+//! then, so balances cross zero both ways all along the run (refunds bring some back too;
+//! payments a kill cut may or may not have committed: the journal says, and the money checks
+//! count them). A notify `[[hook]]` on the balance events points at an HTTP handler run here
+//! that answers 500 now and then (forcing retries), so kills land between the commits that
+//! raise events and their deliveries. At the end every balance event of the ledger must have
+//! been acknowledged by the handler at least once, delivered in `event_id` order (repeats
+//! allowed), carry the ledger's body, and the crossings must be exactly those the journal and
+//! the xDRs show, in order, per client.
+//!
 //! `RATEL_CRASH_SEED` replays a run; `RATEL_CRASH_KILLS` (default 20) sets the number of kills.
 
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -108,6 +120,8 @@ struct Row {
     /// Seconds since the epoch.
     logout: i64,
     credit_used: Decimal,
+    before_credit: Decimal,
+    after_credit: Decimal,
     account: Option<String>,
     refund_of: Option<u64>,
 }
@@ -139,6 +153,8 @@ fn parquet_xdrs(data: &Path) -> Vec<Row> {
                 let st = col::<StringArray>(&b, "status");
                 let out_t = col::<TimestampMicrosecondArray>(&b, "logout_time");
                 let c = col::<Decimal128Array>(&b, "credit_used");
+                let bc = col::<Decimal128Array>(&b, "before_credit");
+                let ac = col::<Decimal128Array>(&b, "after_credit");
                 let acc = col::<StringArray>(&b, "account");
                 let rf = col::<UInt64Array>(&b, "refund_of");
                 for i in 0..b.num_rows() {
@@ -149,6 +165,8 @@ fn parquet_xdrs(data: &Path) -> Vec<Row> {
                         status: st.value(i).to_string(),
                         logout: out_t.value(i).div_euclid(1_000_000),
                         credit_used: Decimal::from_i128_with_scale(c.value(i), 10),
+                        before_credit: Decimal::from_i128_with_scale(bc.value(i), 10),
+                        after_credit: Decimal::from_i128_with_scale(ac.value(i), 10),
                         account: (!acc.is_null(i)).then(|| acc.value(i).to_string()),
                         refund_of: (!rf.is_null(i)).then(|| rf.value(i)),
                     });
@@ -333,6 +351,363 @@ fn operator(api: SocketAddr, todo: Vec<Todo>, note: String) -> std::thread::Join
     })
 }
 
+/// One payment (`user.changeCreditExtended` ADD) of a small amount; its comment names it.
+#[derive(Debug, Clone)]
+struct Pay {
+    user: String,
+    user_id: i64,
+    amount: Decimal,
+    note: String,
+}
+
+/// One JSON-RPC call against a server that may die under it: the answer, or why there was
+/// none.
+fn raw_rpc(
+    api: SocketAddr,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, Lost> {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({"method": method, "id": 1, "params": params}).to_string();
+    let mut s =
+        TcpStream::connect_timeout(&api, Duration::from_millis(500)).map_err(|_| Lost::Refused)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|_| Lost::Cut)?;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: {api}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).map_err(|_| Lost::Cut)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).map_err(|_| Lost::Cut)?;
+    let text = String::from_utf8(resp).map_err(|_| Lost::Cut)?;
+    let (head, json) = text.split_once("\r\n\r\n").ok_or(Lost::Cut)?;
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|_| Lost::Cut)?;
+    assert_eq!(
+        head.split_whitespace().nth(1),
+        Some("200"),
+        "{method}: {text}"
+    );
+    assert!(v["error"].is_null(), "{method} {params}: {v}");
+    Ok(v["result"].clone())
+}
+
+fn admin(mut params: serde_json::Value) -> serde_json::Value {
+    let p = params.as_object_mut().unwrap();
+    p.insert("auth_type".into(), "ADMIN".into());
+    p.insert("auth_name".into(), "system".into());
+    p.insert("auth_pass".into(), "sys".into());
+    params
+}
+
+/// `user.changeCreditExtended` ADD: the journal id of the payment. A payment is not
+/// idempotent: one without an answer is not retried (it may or may not have committed).
+fn try_pay(api: SocketAddr, p: &Pay) -> Result<i64, Lost> {
+    let r = raw_rpc(
+        api,
+        "user.changeCreditExtended",
+        admin(serde_json::json!({
+            "user_id": p.user_id, "credit": p.amount.to_string(), "change_type": "ADD",
+            "credit_comment": p.note,
+        })),
+    )?;
+    let ids = r
+        .as_array()
+        .unwrap_or_else(|| panic!("changeCreditExtended {p:?}: {r}"));
+    assert_eq!(ids.len(), 1, "changeCreditExtended {p:?}: {r}");
+    Ok(ids[0].as_i64().unwrap())
+}
+
+/// A client's credit as `user.getUserInfo` shows it.
+fn try_credit(api: SocketAddr, user_id: i64) -> Result<Decimal, Lost> {
+    let r = raw_rpc(
+        api,
+        "user.getUserInfo",
+        admin(serde_json::json!({"user_id": user_id})),
+    )?;
+    Ok(money(&r[user_id.to_string()]["basic_info"]["credit"]))
+}
+
+/// What the cashier did during one run of the server: payments answered (with their
+/// journal ids) and those a kill cut (reached the server, answer lost).
+#[derive(Default)]
+struct Till {
+    answered: Vec<(Pay, i64)>,
+    cut: Vec<Pay>,
+}
+
+/// The cashier, on a thread of its own: after each pause, looks at a client's credit and
+/// pays, when it is below zero, its debt and a few cents more (a balance_nonnegative event;
+/// the client's next charges take it below zero again), otherwise a few cents — until a
+/// call gets no answer (the server was killed).
+fn cashier(
+    api: SocketAddr,
+    todo: Vec<(u64, String, i64, String)>,
+    seed: u64,
+) -> std::thread::JoinHandle<Till> {
+    std::thread::spawn(move || {
+        let mut rng = Rng(seed);
+        let mut till = Till::default();
+        for (pause_ms, user, user_id, note) in todo {
+            std::thread::sleep(Duration::from_millis(pause_ms));
+            let Ok(credit) = try_credit(api, user_id) else {
+                break;
+            };
+            let cents = Decimal::new(1 + rng.below(30) as i64, 2);
+            let amount = if credit < Decimal::ZERO {
+                -credit + cents
+            } else {
+                cents
+            };
+            let p = Pay {
+                user,
+                user_id,
+                amount,
+                note,
+            };
+            match try_pay(api, &p) {
+                Ok(id) => till.answered.push((p, id)),
+                Err(Lost::Cut) => {
+                    till.cut.push(p);
+                    break;
+                }
+                Err(Lost::Refused) => break,
+            }
+        }
+        till
+    })
+}
+
+/// One request the event handler received, in arrival order.
+#[derive(Debug, Clone)]
+struct Receipt {
+    /// The `Idempotency-Key` header.
+    key: Option<i64>,
+    body: serde_json::Value,
+    /// What the handler answered.
+    status: u16,
+}
+
+/// Reads one HTTP request (head and a `Content-Length` body); `None` if the peer died
+/// before sending it whole (a kill mid-request).
+fn read_request(s: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    Some((head, buf[end..end + len].to_vec()))
+}
+
+/// The hook's HTTP handler: records every whole request (body and `Idempotency-Key`) and
+/// answers 200, or 500 about one time in five (never twice running for one event, so the
+/// delivery thread's backoff stays at 1 s), after a short random pause (so kills also land
+/// while a POST is in flight).
+fn event_handler(seed: u64) -> (SocketAddr, Arc<Mutex<Vec<Receipt>>>) {
+    use std::io::Write;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log: Arc<Mutex<Vec<Receipt>>> = Arc::default();
+    let out = log.clone();
+    std::thread::spawn(move || {
+        let mut rng = Rng(seed ^ 0x5EED_0FE7_E7E7);
+        let mut failed_last: Option<i64> = None;
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let Some((head, body)) = read_request(&mut s) else {
+                continue;
+            };
+            let key = head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim()
+                    .eq_ignore_ascii_case("idempotency-key")
+                    .then(|| v.trim().parse::<i64>().ok())?
+            });
+            let body: serde_json::Value =
+                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+            let status = if rng.below(5) == 0 && failed_last != key {
+                failed_last = key;
+                500
+            } else {
+                failed_last = None;
+                200
+            };
+            std::thread::sleep(Duration::from_millis(rng.below(20)));
+            // Recorded before answering: a 200 the server never reads still counts as a
+            // receipt (at least once).
+            out.lock().unwrap().push(Receipt { key, body, status });
+            let reason = if status == 200 {
+                "OK"
+            } else {
+                "Internal Server Error"
+            };
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    (addr, log)
+}
+
+/// One movement of a client's balance, from its evidence (a journal row or a CDR batch).
+#[derive(Debug, Clone)]
+struct Step {
+    before: Decimal,
+    after: Decimal,
+    /// Where it comes from (shown when the replay fails).
+    #[allow(dead_code)]
+    what: String,
+}
+
+/// The balance event a movement from `before` to `after` raises (DESIGN.md "Events": from
+/// above zero to zero or below, from below zero to zero or above), computed here, not by
+/// the engine.
+fn crossing(before: Decimal, after: Decimal) -> Option<&'static str> {
+    if before > Decimal::ZERO && after <= Decimal::ZERO {
+        Some("clients.balance_nonpositive")
+    } else if before < Decimal::ZERO && after >= Decimal::ZERO {
+        Some("clients.balance_nonnegative")
+    } else {
+        None
+    }
+}
+
+/// One balance event of the ledger: (event_id, name, before, after).
+type BalanceEvent = (i64, String, Decimal, Decimal);
+
+/// Whether the client's crossing events (in `event_id` order) are exactly the zero
+/// crossings of its movements: the journal's movements (`journal`, in id order) and the CDR
+/// batches' (`cdr`, in batch order) interleave in some order that chains (each movement
+/// starts where the one before it ended, from 0) and whose crossings, in order, are the
+/// events. An error says what does not fit.
+fn replay(journal: &[Step], cdr: &[Step], events: &[BalanceEvent]) -> Result<(), String> {
+    let prefix = |v: &[Step]| -> (Vec<Decimal>, Vec<usize>) {
+        let (mut sum, mut k) = (vec![Decimal::ZERO], vec![0usize]);
+        for s in v {
+            sum.push(sum[sum.len() - 1] + (s.after - s.before));
+            k.push(k[k.len() - 1] + crossing(s.before, s.after).is_some() as usize);
+        }
+        (sum, k)
+    };
+    let ((js, jk), (cs, ck)) = (prefix(journal), prefix(cdr));
+    let (nj, nc) = (journal.len(), cdr.len());
+    if jk[nj] + ck[nc] != events.len() {
+        return Err(format!(
+            "{} crossings in the journal and the CDR batches, {} balance events",
+            jk[nj] + ck[nc],
+            events.len()
+        ));
+    }
+    let fits = |s: &Step, balance: Decimal, k: usize| -> bool {
+        s.before == balance
+            && match crossing(s.before, s.after) {
+                None => true,
+                Some(name) => events
+                    .get(k)
+                    .is_some_and(|(_, n, b, a)| n == name && *b == s.before && *a == s.after),
+            }
+    };
+    let mut reach = vec![vec![false; nc + 1]; nj + 1];
+    reach[0][0] = true;
+    for i in 0..=nj {
+        for j in 0..=nc {
+            if !reach[i][j] {
+                continue;
+            }
+            let (balance, k) = (js[i] + cs[j], jk[i] + ck[j]);
+            if i < nj && fits(&journal[i], balance, k) {
+                reach[i + 1][j] = true;
+            }
+            if j < nc && fits(&cdr[j], balance, k) {
+                reach[i][j + 1] = true;
+            }
+        }
+    }
+    if reach[nj][nc] {
+        Ok(())
+    } else {
+        let (i, j) = (0..=nj)
+            .flat_map(|i| (0..=nc).map(move |j| (i, j)))
+            .filter(|&(i, j)| reach[i][j])
+            .max_by_key(|&(i, j)| i + j)
+            .unwrap();
+        Err(format!(
+            "no order of the movements chains and crosses zero as the events say; got as far as \
+             {i} journal and {j} CDR movements (balance {}, {} events matched): next journal {:?}, \
+             next CDR {:?}, next event {:?}",
+            js[i] + cs[j],
+            jk[i] + ck[j],
+            journal.get(i),
+            cdr.get(j),
+            events.get(jk[i] + ck[j])
+        ))
+    }
+}
+
+/// All events through `report.getEvents`: (event_id, name, per-hook states).
+fn api_events(api: SocketAddr) -> Vec<(i64, String, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut after = 0i64;
+    loop {
+        let (r, e) = rpc(
+            api,
+            "report.getEvents",
+            serde_json::json!({
+                "auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys",
+                "after": after, "limit": 500,
+            }),
+        );
+        assert!(e.is_null(), "report.getEvents: {e}");
+        let list = r
+            .as_array()
+            .unwrap_or_else(|| panic!("report.getEvents: {r}"));
+        if list.is_empty() {
+            return out;
+        }
+        for v in list {
+            let id = v["event_id"].as_i64().unwrap();
+            let states = v["hooks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["state"].as_str().unwrap().to_string())
+                .collect();
+            out.push((id, v["event"].as_str().unwrap().to_string(), states));
+            after = id;
+        }
+    }
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
     let seed: u64 = std::env::var("RATEL_CRASH_SEED")
@@ -345,17 +720,7 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
         .unwrap_or(20);
     println!("crash harness: seed {seed}, {kills} kills (replay with RATEL_CRASH_SEED={seed})");
     let mut rng = Rng(seed);
-    let env = Env::new_with_users(USERS, "1000");
-    let spool = env.dir.path().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    let user_ids: BTreeMap<String, i64> = ratel_engine::ledger::Ledger::open(&env.data())
-        .unwrap()
-        .load_users()
-        .unwrap()
-        .into_iter()
-        .map(|u| (u.username.unwrap(), u.user_id))
-        .collect();
-    assert_eq!(user_ids.len(), USERS);
+    let started = Instant::now();
 
     // The plan: SESSIONS sessions of STEPS packets, interleaved.
     let mut plan: Vec<Planned> = Vec::new();
@@ -418,6 +783,45 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
         cdr_files.push(text);
     }
 
+    // Credits well below what the clients will use (10% … 50% of it); payments of small
+    // amounts during the run and refunds bring them back above zero now and then: balance
+    // events both ways, all along the run.
+    let initial: BTreeMap<String, Decimal> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, (user, cost))| {
+            let credit = (*cost * Decimal::new(10 + 10 * i as i64, 2)).round_dp(2);
+            (user.clone(), credit)
+        })
+        .collect();
+    assert_eq!(initial.len(), USERS);
+    let mut users_csv = String::from("username,password,group,credit\n");
+    for (user, credit) in &initial {
+        users_csv.push_str(&format!("{user},pw,g,{credit}\n"));
+    }
+    let env = Env::with(&users_csv, true);
+    // The hook: balance events to the handler run here.
+    let (handler, receipts) = event_handler(seed);
+    let mut cfg = std::fs::read_to_string(env.config()).unwrap();
+    cfg.push_str(&format!(
+        "[[hook]]\nname = \"crm\"\nevents = [\"clients.balance_nonpositive\", \"clients.balance_nonnegative\"]\n\
+         url = \"http://{handler}/ratel/events\"\nmode = \"notify\"\ntimeout_ms = 2000\nmax_attempts = 0\n"
+    ));
+    std::fs::write(env.config(), cfg).unwrap();
+    let spool = env.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let user_ids: BTreeMap<String, i64> = ratel_engine::ledger::Ledger::open(&env.data())
+        .unwrap()
+        .load_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| (u.username.unwrap(), u.user_id))
+        .collect();
+    assert_eq!(user_ids.len(), USERS);
+    for (user, credit) in env.credits() {
+        assert_eq!(credit, initial[&user], "{user}: initial credit");
+    }
+
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
@@ -429,6 +833,9 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
     let mut answers: Vec<Answer> = Vec::new();
     let mut pending: Vec<Cancel> = Vec::new();
     let (mut cut, mut retried) = (0usize, 0usize);
+    // Payments: answered (with their journal ids), and cut by a kill.
+    let mut paid_answered: Vec<(Pay, i64)> = Vec::new();
+    let mut paid_cut: Vec<Pay> = Vec::new();
     for k in 0..kills {
         let (server, radius, api) = env.serve_all();
         // Retransmit everything not acknowledged yet (a NAS would), and replay a few
@@ -480,6 +887,22 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
             prev = t;
         }
         let shift = operator(api, todo, format!("crash run {k}"));
+        // The cashier: up to 4 payments at random moments.
+        let mut at: Vec<u64> = (0..rng.below(5)).map(|_| rng.below(delay)).collect();
+        at.sort();
+        let mut prev = 0;
+        let mut pays = Vec::new();
+        for (n, t) in at.into_iter().enumerate() {
+            let user = format!("user{}", rng.below(USERS as u64));
+            pays.push((
+                t - prev,
+                user.clone(),
+                user_ids[&user],
+                format!("pay {k}.{n}"),
+            ));
+            prev = t;
+        }
+        let till = cashier(api, pays, rng.next());
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(delay + 50) {
             let i = if rng.below(10) == 0 && next > 0 {
@@ -515,7 +938,68 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
         answers.extend(shift.answers);
         pending = shift.retry;
         drop(shift.held);
+        let till = till.join().unwrap();
+        paid_answered.extend(till.answered);
+        paid_cut.extend(till.cut);
         drop(server);
+    }
+    // The payments the ledger holds (no payment is made from here on): each answered one
+    // once, as answered; besides them only payments a kill cut, each at most once.
+    let mut paid: BTreeMap<String, Decimal> = user_ids
+        .keys()
+        .map(|u| (u.clone(), Decimal::ZERO))
+        .collect();
+    {
+        let ledger = rusqlite::Connection::open(env.data().join("ledger.sqlite")).unwrap();
+        let rows: Vec<(i64, i64, String, String)> = ledger
+            .prepare(
+                "SELECT id, user_id, amount, comment FROM journal \
+                 WHERE kind = 'payment' AND idem_key NOT LIKE 'initial:%' ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let mut notes = HashSet::new();
+        for (id, user_id, amount, note) in &rows {
+            assert!(
+                notes.insert(note.clone()),
+                "payment {note:?} twice in the journal"
+            );
+            let amount: Decimal = amount.parse().unwrap();
+            let p = match paid_answered.iter().find(|(p, _)| &p.note == note) {
+                Some((p, journal)) => {
+                    assert_eq!(journal, id, "{p:?}: answered journal id");
+                    p
+                }
+                None => paid_cut
+                    .iter()
+                    .find(|p| &p.note == note)
+                    .unwrap_or_else(|| {
+                        panic!("journal payment {id} {note:?}: never made (seed {seed})")
+                    }),
+            };
+            assert_eq!(
+                (p.user_id, p.amount),
+                (*user_id, amount),
+                "journal payment {id} of {p:?}"
+            );
+            *paid.get_mut(&p.user).unwrap() += amount;
+        }
+        for (p, _) in &paid_answered {
+            assert!(
+                notes.contains(&p.note),
+                "answered {p:?} not in the journal (seed {seed})"
+            );
+        }
+        println!(
+            "crash harness: {} payments in the journal: {} answered, {} of {} cut by a kill committed",
+            rows.len(),
+            paid_answered.len(),
+            rows.len() - paid_answered.len(),
+            paid_cut.len()
+        );
     }
     // Final run: the unanswered cancellations, everything left, all spool files, then a graceful
     // stop.
@@ -552,7 +1036,8 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // Everything is rated: cancelling all of one client's charges gives back exactly its
-    // initial credit, and doing it again refunds nothing.
+    // initial credit and payments, and doing it again refunds nothing (a client below zero
+    // comes back above it: a balance_nonnegative event).
     let user = format!("user{}", rng.below(USERS as u64));
     let everything = Cancel {
         user_id: user_ids[&user],
@@ -564,18 +1049,57 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
     let all = try_cancel(api, &everything, "everything").expect("answered");
     assert_eq!(
         all.credit,
-        Decimal::from(1000),
+        initial[&everything.user] + paid[&everything.user],
         "{}: credit after cancelling every charge (seed {seed}): {all:?}",
         everything.user
     );
     let again = try_cancel(api, &everything, "everything again").expect("answered");
     assert_eq!(
         (again.refunded, again.amount, again.journal_id, again.credit),
-        (0, Decimal::ZERO, None, Decimal::from(1000)),
+        (
+            0,
+            Decimal::ZERO,
+            None,
+            initial[&everything.user] + paid[&everything.user]
+        ),
         "a repeated cancellation must refund nothing (seed {seed})"
     );
     answers.push(all);
     answers.push(again);
+    // Delivery catches up (bounded): no balance event pending for the hook any more. A 500
+    // costs the delivery thread a 1 s backoff, and the handler never fails one event twice
+    // running.
+    let waited = Instant::now();
+    let deadline = waited + Duration::from_secs(60);
+    loop {
+        let listed = api_events(api);
+        let pending: Vec<i64> = listed
+            .iter()
+            .filter(|(_, _, states)| states.iter().any(|s| s == "pending"))
+            .map(|(id, _, _)| *id)
+            .collect();
+        for (id, name, states) in &listed {
+            let balance = name.starts_with("clients.balance_");
+            assert_eq!(
+                states.len(),
+                balance as usize,
+                "event {id} {name}: hook states {states:?} (the hook takes balance events only)"
+            );
+            assert!(
+                states.iter().all(|s| s == "pending" || s == "delivered"),
+                "event {id} {name}: {states:?} (max_attempts = 0: never dead)"
+            );
+        }
+        if pending.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events still pending after 60 s: {pending:?} (seed {seed})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let delivery_wait = waited.elapsed();
     stop(server);
     println!(
         "crash harness: {} cancellations reached the server, {} answered, {cut} cut by a kill, {retried} retried",
@@ -637,13 +1161,13 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
             orig.username
         );
     }
-    // Credit moved by exactly the independent expectation less what was refunded, and
-    // equals the sums of credit_used over all xDRs (originals and refunds).
+    // Credit moved by exactly the independent expectation less what was refunded (and the
+    // payments), and equals the sums of credit_used over all xDRs (originals and refunds).
     let credits: BTreeMap<String, Decimal> = env.credits().into_iter().collect();
     assert_eq!(credits.len(), USERS, "subscribers: {credits:?}");
     let ledger = rusqlite::Connection::open(env.data().join("ledger.sqlite")).unwrap();
     for (user, want) in &expected {
-        let taken = Decimal::from(1000) - credits[user];
+        let taken = initial[user] + paid[user] - credits[user];
         let charged: Decimal = originals
             .iter()
             .filter(|x| &x.username == user)
@@ -766,4 +1290,233 @@ fn sigkill_at_random_moments_loses_nothing_and_charges_nothing_twice() {
             );
         }
     }
+
+    // Events. The ledger's balance events (its outbox), after the graceful stop.
+    let mut stored: Vec<(i64, String, i64, serde_json::Value)> = ledger
+        .prepare("SELECT event_id, name, user_id, body FROM events ORDER BY event_id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .unwrap()
+        .map(|r| {
+            let (id, name, user, body) = r.unwrap();
+            (id, name, user, serde_json::from_str(&body).unwrap())
+        })
+        .collect();
+    stored.retain(|(_, name, _, _)| name.starts_with("clients.balance_"));
+    let mut per_user: BTreeMap<i64, Vec<BalanceEvent>> = BTreeMap::new();
+    for (id, name, user, body) in &stored {
+        assert_eq!(&body["event"], name, "event {id}: {body}");
+        assert_eq!(body["client"]["id_clients"], *user, "event {id}: {body}");
+        let b = &body["balance"];
+        let (before, after) = (money(&b["before"]), money(&b["after"]));
+        // The client in the body is as this movement left it.
+        assert_eq!(
+            money(&body["client"]["balance"]),
+            after,
+            "event {id}: client.balance vs balance.after: {body} (seed {seed})"
+        );
+        // Each is a true crossing of zero.
+        assert_eq!(
+            crossing(before, after),
+            Some(name.as_str()),
+            "event {id}: {body} is not a crossing (seed {seed})"
+        );
+        per_user
+            .entry(*user)
+            .or_default()
+            .push((*id, name.clone(), before, after));
+    }
+    // The handler's log: each receipt names its event in the header and in the body, and
+    // carries exactly the ledger's body (with its event_id).
+    let receipts = receipts.lock().unwrap().clone();
+    let bodies: BTreeMap<i64, &serde_json::Value> =
+        stored.iter().map(|(id, _, _, b)| (*id, b)).collect();
+    for r in &receipts {
+        let key = r.key.unwrap_or_else(|| panic!("no Idempotency-Key: {r:?}"));
+        assert_eq!(r.body["event_id"], key, "Idempotency-Key vs body: {r:?}");
+        let mut body = r.body.clone();
+        body.as_object_mut().unwrap().remove("event_id");
+        let want = bodies.get(&key).unwrap_or_else(|| {
+            panic!("received event {key}, not a balance event of the ledger: {r:?} (seed {seed})")
+        });
+        assert_eq!(&&body, want, "event {key}: received body vs the ledger's");
+    }
+    // (1) Every balance event was acknowledged by the handler at least once; (2) delivery in
+    // order: when an event first arrives, every earlier balance event has been acknowledged
+    // (so first arrivals ascend); repeats are allowed (at least once).
+    let ids: Vec<i64> = stored.iter().map(|(id, ..)| *id).collect();
+    let mut acked: HashSet<i64> = HashSet::new();
+    let mut seen: HashSet<i64> = HashSet::new();
+    let mut first_arrivals: Vec<i64> = Vec::new();
+    for (n, r) in receipts.iter().enumerate() {
+        let key = r.key.unwrap();
+        if seen.insert(key) {
+            first_arrivals.push(key);
+            let missing: Vec<&i64> = ids
+                .iter()
+                .filter(|id| **id < key && !acked.contains(id))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "receipt {n}: event {key} arrived before events {missing:?} were acknowledged (seed {seed})"
+            );
+        }
+        if r.status == 200 {
+            acked.insert(key);
+        }
+    }
+    assert!(
+        first_arrivals.windows(2).all(|w| w[0] < w[1]),
+        "first arrivals out of order: {first_arrivals:?} (seed {seed})"
+    );
+    let lost: Vec<&i64> = ids.iter().filter(|id| !acked.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "balance events never acknowledged by the handler: {lost:?} (seed {seed})"
+    );
+    // (3) The crossings are exact: per client, the events are the zero crossings of its
+    // movements in order — journal rows (the initial credit, each payment, each RADIUS
+    // charge, each refund; CDR usage rows fold several batches and are replaced by the batches
+    // themselves, rebuilt from their xDRs: one movement per client per batch).
+    let mut journal: BTreeMap<i64, Vec<Step>> = BTreeMap::new();
+    let rows: Vec<(i64, i64, String, String, String, String)> = ledger
+        .prepare(
+            "SELECT id, user_id, amount, balance_after, kind, idem_key FROM journal ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (id, user, amount, after, kind, key) in rows {
+        if kind == "usage" && key.starts_with("cdr:") {
+            continue;
+        }
+        let (amount, after): (Decimal, Decimal) = (amount.parse().unwrap(), after.parse().unwrap());
+        journal.entry(user).or_default().push(Step {
+            before: after - amount,
+            after,
+            what: format!("journal {id} {kind} {key}"),
+        });
+    }
+    let batches: Vec<(i64, u64, u64)> = ledger
+        .prepare("SELECT batch_id, first_xdr, next_xdr FROM batches WHERE source LIKE 'cdr:%' ORDER BY batch_id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let mut calls: Vec<&Row> = originals
+        .iter()
+        .copied()
+        .filter(|x| !x.session_id.starts_with("crash-"))
+        .collect();
+    calls.sort_by_key(|x| x.id);
+    let mut cdr: BTreeMap<i64, Vec<Step>> = BTreeMap::new();
+    let mut in_batches = 0usize;
+    for (batch, first, next) in &batches {
+        let mut moves: BTreeMap<i64, Step> = BTreeMap::new();
+        for x in calls.iter().filter(|x| (*first..*next).contains(&x.id)) {
+            in_batches += 1;
+            if x.credit_used.is_zero() {
+                continue;
+            }
+            assert_eq!(
+                x.before_credit - x.credit_used,
+                x.after_credit,
+                "call xDR {x:?}"
+            );
+            let user = user_ids[&x.username];
+            let m = moves.entry(user).or_insert_with(|| Step {
+                before: x.before_credit,
+                after: x.before_credit,
+                what: format!("CDR batch {batch}"),
+            });
+            // In file order each call starts where the one before ended.
+            assert_eq!(m.after, x.before_credit, "call xDR {x:?} in batch {batch}");
+            m.after = x.after_credit;
+        }
+        for (user, m) in moves {
+            cdr.entry(user).or_default().push(m);
+        }
+    }
+    assert_eq!(in_batches, calls.len(), "every call xDR in one CDR batch");
+    let mut crossings = (0usize, 0usize);
+    for (user, id) in &user_ids {
+        let events = per_user.remove(id).unwrap_or_default();
+        let (j, c) = (
+            journal.remove(id).unwrap_or_default(),
+            cdr.remove(id).unwrap_or_default(),
+        );
+        if let Err(e) = replay(&j, &c, &events) {
+            panic!("{user}: {e} (seed {seed})\njournal: {j:#?}\nCDR: {c:#?}\nevents: {events:#?}");
+        }
+        for (_, name, ..) in &events {
+            if name.ends_with("nonpositive") {
+                crossings.0 += 1;
+            } else {
+                crossings.1 += 1;
+            }
+        }
+        println!(
+            "  {user}: initial {}, paid {}, final {}, events {:?}",
+            initial[user],
+            paid[user],
+            credits[user],
+            events
+                .iter()
+                .map(|(id, n, b, a)| format!(
+                    "{id} {} {b}->{a}",
+                    n.trim_start_matches("clients.balance_")
+                ))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        per_user.is_empty(),
+        "events of unknown clients: {per_user:?}"
+    );
+    let repeats = receipts.len() - seen.len();
+    // Sent again although the handler had answered 200: the server died (or timed out)
+    // between the handler's answer and recording the delivery.
+    let mut ok: HashSet<i64> = HashSet::new();
+    let mut again_after_200 = 0usize;
+    for r in &receipts {
+        let key = r.key.unwrap();
+        again_after_200 += ok.contains(&key) as usize;
+        if r.status == 200 {
+            ok.insert(key);
+        }
+    }
+    println!(
+        "crash harness: {} balance events ({} nonpositive, {} nonnegative), {} receipts ({} answered 500, {} repeats, {again_after_200} sent again after a 200), delivery caught up {:.1} s after the last change; run {:.1} s",
+        ids.len(),
+        crossings.0,
+        crossings.1,
+        receipts.len(),
+        receipts.iter().filter(|r| r.status != 200).count(),
+        repeats,
+        delivery_wait.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        crossings.0 > 0,
+        "no balance_nonpositive event: the credits are too large (seed {seed})"
+    );
 }
