@@ -122,7 +122,11 @@ fn config_summary(c: &Catalog) -> String {
         s += &format!(
             "    {} ({}, {}): {}\n",
             h.name,
-            if h.mode == ratel_engine::events::Mode::Veto { "veto" } else { "notify" },
+            if h.mode == ratel_engine::events::Mode::Veto {
+                "veto"
+            } else {
+                "notify"
+            },
             h.events.join(", "),
             target
         );

@@ -583,7 +583,10 @@ fn the_packaged_config_is_valid_and_flags_its_demo_password() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let s = text(&out.stdout);
     assert!(s.contains("data dir: /var/lib/ratel"), "{s}");
-    assert!(s.contains("API (IBSng at /, Tariscope at /api/): tcp 0.0.0.0:1237"), "{s}");
+    assert!(
+        s.contains("API (IBSng at /, Tariscope at /api/): tcp 0.0.0.0:1237"),
+        "{s}"
+    );
     assert!(s.contains("RADIUS authorization: udp 0.0.0.0:1812"), "{s}");
     assert!(
         s.contains("warning: admin \"system\" has the demo password"),
