@@ -141,6 +141,10 @@ pub struct Subscribers {
     by_voip: HashMap<String, u32, ahash::RandomState>,
     by_dn: HashMap<String, u32, ahash::RandomState>,
     by_id: HashMap<i64, u32, ahash::RandomState>,
+    /// Earlier owners of identifiers that were taken off a client: per identifier,
+    /// (kind, until, owner) in `until` order. A CDR that began before `until` bills that
+    /// owner (a recycled phone number never bills the new owner for the old one's calls).
+    prior: HashMap<String, Vec<(AccountKind, i64, u32)>, ahash::RandomState>,
     pub(crate) users: Vec<UserState>,
     /// Position of each user's name in username order (xDR files are written in that
     /// order); empty when stale, rebuilt by [`Subscribers::refresh_name_ranks`].
@@ -155,6 +159,7 @@ impl Subscribers {
             by_voip: HashMap::with_hasher(ahash::RandomState::new()),
             by_dn: HashMap::with_hasher(ahash::RandomState::new()),
             by_id: HashMap::with_capacity_and_hasher(rows.len(), ahash::RandomState::new()),
+            prior: HashMap::with_hasher(ahash::RandomState::new()),
             users: Vec::with_capacity(rows.len()),
             name_rank: Vec::new(),
         };
@@ -169,6 +174,9 @@ impl Subscribers {
         let mut s = Subscribers::new(catalog, ledger.load_users()?);
         for (kind, ident, id) in ledger.load_accounts()? {
             s.add_account(id, kind, &ident);
+        }
+        for (kind, ident, id, until) in ledger.load_account_moves()? {
+            s.record_move(kind, &ident, id, until);
         }
         for id in ledger.deleted_user_ids()? {
             if let Some(u) = s.get_mut(id) {
@@ -224,20 +232,48 @@ impl Subscribers {
         }
     }
 
-    /// Removes an account (only if it is `user_id`'s).
-    pub fn remove_account(&mut self, user_id: i64, kind: AccountKind, ident: &str) {
+    /// Removes an account (only if it is `user_id`'s), remembering `user_id` as its owner
+    /// until `at`.
+    pub fn remove_account(&mut self, user_id: i64, kind: AccountKind, ident: &str, at: i64) {
         let Some(&i) = self.by_id.get(&user_id) else {
             return;
         };
         let map = self.map_of(kind);
         if map.get(ident) == Some(&i) {
             map.remove(ident);
+            self.record_move(kind, ident, user_id, at);
         }
+    }
+
+    /// `user_id` owned `ident` (of `kind`) until `until`.
+    pub fn record_move(&mut self, kind: AccountKind, ident: &str, user_id: i64, until: i64) {
+        let Some(&i) = self.by_id.get(&user_id) else {
+            return;
+        };
+        let v = self.prior.entry(ident.to_string()).or_default();
+        v.push((kind, until, i));
+        v.sort_by_key(|m| m.1);
+    }
+
+    /// The owner of `ident` (of `kind`) at `t`: an earlier owner whose ownership ended
+    /// after `t`, else the current one.
+    fn owner_at(&self, kind: AccountKind, ident: &str, t: i64) -> Option<u32> {
+        if let Some(moves) = self.prior.get(ident) {
+            if let Some(&(_, _, i)) = moves.iter().find(|m| m.0 == kind && t < m.1) {
+                return Some(i);
+            }
+        }
+        let map = match kind {
+            AccountKind::Radius => &self.by_name,
+            AccountKind::Voip => &self.by_voip,
+            AccountKind::Dn => &self.by_dn,
+        };
+        map.get(ident).copied()
     }
 
     /// Deleted clients: every account of theirs leaves the lookups (one pass over the
     /// maps however many); their ids stay (open sessions are still charged).
-    pub fn delete(&mut self, user_ids: &[i64]) {
+    pub fn delete(&mut self, user_ids: &[i64], at: i64) {
         let gone: HashSet<u32> = user_ids
             .iter()
             .filter_map(|id| self.by_id.get(id).copied())
@@ -245,8 +281,24 @@ impl Subscribers {
         if gone.is_empty() {
             return;
         }
-        for map in [&mut self.by_name, &mut self.by_voip, &mut self.by_dn] {
-            map.retain(|_, v| !gone.contains(v));
+        let mut moved: Vec<(AccountKind, String, u32)> = Vec::new();
+        for (kind, map) in [
+            (AccountKind::Radius, &mut self.by_name),
+            (AccountKind::Voip, &mut self.by_voip),
+            (AccountKind::Dn, &mut self.by_dn),
+        ] {
+            map.retain(|k, v| {
+                if gone.contains(v) {
+                    moved.push((kind, k.clone(), *v));
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        for (kind, ident, i) in moved {
+            let id = self.users[i as usize].user_id;
+            self.record_move(kind, &ident, id, at);
         }
         for &i in &gone {
             self.users[i as usize].deleted = true;
@@ -299,26 +351,38 @@ impl Subscribers {
     /// then radius accounts; else its caller number among DNs. With the identifier that
     /// matched.
     pub fn of_cdr(&self, account: &str, caller: &str) -> Option<(u32, MatchedBy)> {
+        self.of_cdr_at(account, caller, i64::MAX)
+    }
+
+    /// [`Subscribers::of_cdr`] for a call that began at `start`: an identifier taken off a
+    /// client bills that client for calls that began before (see `prior`).
+    pub fn of_cdr_at(&self, account: &str, caller: &str, start: i64) -> Option<(u32, MatchedBy)> {
         let a = account.trim();
         if !a.is_empty() {
-            if let Some(&i) = self.by_voip.get(a).or_else(|| self.by_name.get(a)) {
+            if let Some(i) = self
+                .owner_at(AccountKind::Voip, a, start)
+                .or_else(|| self.owner_at(AccountKind::Radius, a, start))
+            {
                 return Some((i, MatchedBy::Account));
             }
         }
-        if self.by_dn.is_empty() {
+        if self.by_dn.is_empty() && self.prior.is_empty() {
             return None;
         }
         let dn = crate::domain::dn_key(caller)?;
-        self.by_dn.get(dn.as_ref()).map(|&i| (i, MatchedBy::Dn))
+        self.owner_at(AccountKind::Dn, dn.as_ref(), start)
+            .map(|i| (i, MatchedBy::Dn))
     }
 
-    /// Gives a subscriber a (new) username: the old one stops being a radius account of it.
-    pub fn rename(&mut self, user_id: i64, username: &str) {
+    /// Gives a subscriber a (new) username: the old one stops being a radius account of it
+    /// (at `at`, for CDRs naming it).
+    pub fn rename(&mut self, user_id: i64, username: &str, at: i64) {
         if let Some(&i) = self.by_id.get(&user_id) {
             self.name_rank.clear();
             let old = std::mem::replace(&mut self.users[i as usize].username, username.to_string());
-            if self.by_name.get(&old) == Some(&i) {
+            if self.by_name.get(&old) == Some(&i) && old != username {
                 self.by_name.remove(&old);
+                self.record_move(AccountKind::Radius, &old, user_id, at);
             }
             self.by_name.insert(username.to_string(), i);
         }
@@ -1288,7 +1352,7 @@ fn rate_one<'a>(
     scratch: &mut Vec<u8>,
 ) -> RatedCdr<'a> {
     let key = call_key(cdr.call_id.as_bytes());
-    let (user, matched) = match subs.of_cdr(&cdr.account, &cdr.caller) {
+    let (user, matched) = match subs.of_cdr_at(&cdr.account, &cdr.caller, cdr.start) {
         Some((u, m)) => (Some(u), m),
         None => (None, MatchedBy::Account),
     };
@@ -1458,5 +1522,61 @@ fn read_blocks(
         if tx.send(Ok(block)).is_err() || last {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, LoadedConfig};
+
+    /// A recycled identifier: calls that began before it was taken off its first owner
+    /// bill that owner, later ones the new owner; an identifier never moved bills its
+    /// owner whenever the call was (history loaded after accounts were created).
+    #[test]
+    fn cdrs_bill_the_owner_of_the_identifier_at_their_start() {
+        let cfg = "[[group]]\nname = \"g\"\n";
+        let catalog = Catalog::build(
+            &LoadedConfig::from_str(cfg, ConfigSource::BuiltinDemo, ".".into()).unwrap(),
+        )
+        .unwrap();
+        let row = |id: i64, name: &str| UserRow {
+            user_id: id,
+            username: Some(name.into()),
+            group_name: "g".into(),
+            credit: Decimal::ZERO,
+        };
+        let mut s = Subscribers::new(
+            &catalog,
+            vec![row(1, "old"), row(2, "new"), row(3, "other")],
+        );
+        s.add_account(1, AccountKind::Dn, "19173750980");
+        s.add_account(1, AccountKind::Voip, "1001");
+        s.add_account(3, AccountKind::Dn, "442079460000");
+        let t = 1_800_000_000;
+        // The DN moves from 1 to 2 at t; the voip account is dropped at t.
+        s.remove_account(1, AccountKind::Dn, "19173750980", t);
+        s.add_account(2, AccountKind::Dn, "19173750980");
+        s.remove_account(1, AccountKind::Voip, "1001", t);
+        let who = |s: &Subscribers, acc: &str, caller: &str, at: i64| {
+            s.of_cdr_at(acc, caller, at)
+                .map(|(i, _)| s.users[i as usize].user_id)
+        };
+        assert_eq!(who(&s, "", "+19173750980", t - 10), Some(1));
+        assert_eq!(who(&s, "", "0019173750980", t), Some(2));
+        assert_eq!(who(&s, "", "19173750980", t + 10), Some(2));
+        assert_eq!(who(&s, "1001", "", t - 1), Some(1));
+        assert_eq!(who(&s, "1001", "", t + 1), None);
+        // Never moved: any time.
+        assert_eq!(who(&s, "", "442079460000", 0), Some(3));
+        // A rename moves the radius account name the same way.
+        s.rename(3, "other2", t);
+        assert_eq!(who(&s, "other", "", t - 1), Some(3));
+        assert_eq!(who(&s, "other", "", t + 1), None);
+        assert_eq!(who(&s, "other2", "", 0), Some(3));
+        // A deleted client's identifiers bill it for calls before the deletion.
+        s.delete(&[3], t + 100);
+        assert_eq!(who(&s, "", "442079460000", t + 99), Some(3));
+        assert_eq!(who(&s, "", "442079460000", t + 100), None);
     }
 }

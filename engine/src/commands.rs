@@ -243,7 +243,7 @@ pub fn execute(
                     .ledger
                     .delete_clients(&user_ids, &comment, &actor, now)
                     .map_err(ledger_err)?;
-                rater.subscribers.delete(&user_ids);
+                rater.subscribers.delete(&user_ids, now);
                 for id in &user_ids {
                     end_sessions(*id, EndSessions::Locked);
                 }
@@ -495,10 +495,10 @@ fn update_client(
         .map_err(ledger_err)?;
     let subs = &mut rater.subscribers;
     for a in &change.remove_accounts {
-        subs.remove_account(user_id, a.kind, &a.ident);
+        subs.remove_account(user_id, a.kind, &a.ident, now);
     }
     if let Some((u, _)) = &change.credentials {
-        subs.rename(user_id, u);
+        subs.rename(user_id, u, now);
     }
     for a in &change.add_accounts {
         subs.add_account(user_id, a.kind, &a.ident);

@@ -82,6 +82,23 @@ impl Ledger {
         rows.collect::<Result<_, _>>().map_err(self.sq())
     }
 
+    /// Identifiers taken off clients: (kind, identifier, the client, until when).
+    pub fn load_account_moves(&self) -> Result<Vec<(AccountKind, String, i64, i64)>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT kind, ident, user_id, until FROM account_moves ORDER BY until")
+            .map_err(self.sq())?;
+        let rows: Vec<(String, String, i64, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(self.sq())?
+            .collect::<Result<_, _>>()
+            .map_err(self.sq())?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(k, i, u, t)| AccountKind::parse(&k).map(|k| (k, i, u, t)))
+            .collect())
+    }
+
     /// Every account of every client that is not deleted: (kind, identifier, user id).
     pub fn load_accounts(&self) -> Result<Vec<(AccountKind, String, i64)>, LedgerError> {
         let mut st = self
@@ -281,6 +298,9 @@ impl Ledger {
                         params![a.kind.as_str(), a.ident, user_id],
                     )
                     .map_err(sq)?;
+                if n > 0 {
+                    record_move(tx, a.kind.as_str(), &a.ident, user_id, now).map_err(sq)?;
+                }
                 if n == 0 {
                     return Err(rejected(format!(
                         "account {} is not an account of client {user_id}",
@@ -307,12 +327,16 @@ impl Ledger {
                 {
                     return Err(rejected(format!("username {username:?} exists already")));
                 }
-                if let Some(old) = &before.username {
-                    tx.execute(
-                        "DELETE FROM accounts WHERE kind = 'radius' AND ident = ?1 AND user_id = ?2",
-                        params![old, user_id],
-                    )
-                    .map_err(sq)?;
+                if let Some(old) = before.username.as_ref().filter(|o| *o != username) {
+                    let n = tx
+                        .execute(
+                            "DELETE FROM accounts WHERE kind = 'radius' AND ident = ?1 AND user_id = ?2",
+                            params![old, user_id],
+                        )
+                        .map_err(sq)?;
+                    if n > 0 {
+                        record_move(tx, "radius", old, user_id, now).map_err(sq)?;
+                    }
                 }
                 tx.execute(
                     "INSERT OR IGNORE INTO accounts(kind, ident, user_id, created_at) VALUES ('radius', ?1, ?2, ?3)",
@@ -488,6 +512,11 @@ impl Ledger {
                 };
                 tx.execute(
                     "UPDATE users SET deleted_at = ?2, deleted_username = username, username = NULL WHERE user_id = ?1",
+                    params![id, now],
+                )
+                .map_err(sq)?;
+                tx.execute(
+                    "INSERT INTO account_moves(kind, ident, user_id, until) SELECT kind, ident, user_id, ?2 FROM accounts WHERE user_id = ?1",
                     params![id, now],
                 )
                 .map_err(sq)?;
@@ -772,6 +801,21 @@ fn company_of(
         Some(n) => rejected(format!("no company named {n:?}")),
         None => rejected("the default company (id 1) is missing"),
     })
+}
+
+/// `user_id` owned `ident` until `until` (CDRs that began before still bill it).
+fn record_move(
+    tx: &Transaction<'_>,
+    kind: &str,
+    ident: &str,
+    user_id: i64,
+    until: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO account_moves(kind, ident, user_id, until) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![kind, ident, user_id, until])?;
+    Ok(())
 }
 
 fn account_extra(a: &Account) -> Extra {

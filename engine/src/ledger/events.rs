@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use super::LedgerError;
 
-/// Version 4 of the schema: the events outbox and delivery state.
+/// Version 4 of the schema: the events outbox and delivery state, and the earlier owners
+/// of identifiers taken off a client (`account_moves`: a CDR bills the owner at its start).
 pub(super) const SCHEMA_V4: &str = "
 CREATE TABLE IF NOT EXISTS events(
   event_id INTEGER PRIMARY KEY,
@@ -22,6 +23,12 @@ CREATE TABLE IF NOT EXISTS events(
 CREATE TABLE IF NOT EXISTS hook_cursor(
   hook TEXT PRIMARY KEY,
   event_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS account_moves(
+  kind TEXT NOT NULL,
+  ident TEXT NOT NULL,
+  user_id INTEGER NOT NULL,
+  until INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS account_moves_ident ON account_moves(kind, ident);
 CREATE TABLE IF NOT EXISTS event_dead(
   hook TEXT NOT NULL,
   event_id INTEGER NOT NULL,
