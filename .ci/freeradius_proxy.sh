@@ -335,7 +335,7 @@ assert credits == {"alice": Decimal("9.4"), "bob": Decimal("9.7"), "carol": Deci
 sessions = sorted(db.execute("select nas, session_id from sessions"))
 assert sessions == [("fr-proxy/10.1.0.1", "2")], sessions
 taken = {}
-for u, a in db.execute("select u.username, j.amount from journal j join users u using(user_id) where j.kind = 'radius'"):
+for u, a in db.execute("select u.username, j.amount from journal j join users u using(user_id) where j.kind = 'usage'"):
     taken[u] = taken.get(u, Decimal(0)) - Decimal(a)
 assert {u: v.normalize() for u, v in taken.items()} == {"alice": Decimal("0.6"), "bob": Decimal("0.3"), "carol": Decimal("0.05")}, taken
 print("ledger: credits, journal and the open session (keyed by the NAS behind the proxy) exact")
