@@ -1022,6 +1022,21 @@ impl Service {
         })
     }
 
+    /// A time as the dialects accept it: ISO-8601 with `Z` or an offset, or
+    /// `YYYY-MM-DD[ HH:MM[:SS]]` (a `T` separator too) in `rating.time_zone`.
+    pub fn parse_time(&self, s: &str) -> Result<i64, String> {
+        let s = s.trim();
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+            return Ok(t.timestamp());
+        }
+        let full = match s.len() {
+            10 => format!("{s} 00:00:00"),
+            16 => format!("{s}:00"),
+            _ => s.replace('T', " "),
+        };
+        ratel_engine::cdr::parse_local(&full, &self.catalog.get().tz).map_err(|e| e.to_string())
+    }
+
     /// A value of the ledger's `meta` table (the token key, the installation id).
     pub fn meta(&self, key: &str) -> ServiceResult<Option<String>> {
         self.read(|l| l.meta(key))

@@ -263,12 +263,7 @@ impl Subscribers {
                 return Some(i);
             }
         }
-        let map = match kind {
-            AccountKind::Radius => &self.by_name,
-            AccountKind::Voip => &self.by_voip,
-            AccountKind::Dn => &self.by_dn,
-        };
-        map.get(ident).copied()
+        self.map(kind).get(ident).copied()
     }
 
     /// Deleted clients: every account of theirs leaves the lookups (one pass over the
@@ -332,14 +327,20 @@ impl Subscribers {
             .map(|&i| &mut self.users[i as usize])
     }
 
-    /// The client owning an account, if any.
-    pub fn owner_of(&self, kind: AccountKind, ident: &str) -> Option<i64> {
-        let map = match kind {
+    /// The map of one kind of account.
+    fn map(&self, kind: AccountKind) -> &HashMap<String, u32, ahash::RandomState> {
+        match kind {
             AccountKind::Radius => &self.by_name,
             AccountKind::Voip => &self.by_voip,
             AccountKind::Dn => &self.by_dn,
-        };
-        map.get(ident).map(|&i| self.users[i as usize].user_id)
+        }
+    }
+
+    /// The client owning an account, if any.
+    pub fn owner_of(&self, kind: AccountKind, ident: &str) -> Option<i64> {
+        self.map(kind)
+            .get(ident)
+            .map(|&i| self.users[i as usize].user_id)
     }
 
     /// The index of a subscriber by id.

@@ -10,6 +10,7 @@ use crate::batch::BatchRater;
 use crate::catalog::Catalog;
 use crate::domain::{check_profile, check_username, ClientChange, NewClient};
 use crate::ledger::{LedgerError, RefundCommit};
+use crate::serve::now_secs;
 use crate::xdr::OwnedXdr;
 
 /// How a credit change applies (IBSng's changeCreditExtended).
@@ -174,13 +175,6 @@ fn ledger_err(e: LedgerError) -> CommandError {
         LedgerError::Rejected(m) => CommandError::Invalid(m),
         other => CommandError::Ledger(other.to_string()),
     }
-}
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// The checks every new client goes through (the service checks shapes first; these hold

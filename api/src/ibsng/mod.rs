@@ -389,15 +389,7 @@ fn time_param(st: &Service, p: &Map<String, Value>, key: &str) -> Result<Option<
         Some(Value::String(s)) => s.trim(),
         Some(_) => return Err(invalid(format!("{key}: expected \"YYYY-MM-DD HH:MM:SS\""))),
     };
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(Some(t.timestamp()));
-    }
-    let full = match s.len() {
-        10 => format!("{s} 00:00:00"),
-        16 => format!("{s}:00"),
-        _ => s.replace('T', " "),
-    };
-    ratel_engine::cdr::parse_local(&full, &st.catalog.get().tz)
+    st.parse_time(s)
         .map(Some)
         .map_err(|e| invalid(format!("{key}: {e}")))
 }

@@ -798,16 +798,7 @@ fn decimal_of(key: &str, v: &Value) -> Result<Decimal, (StatusCode, String)> {
 
 /// A time: ISO-8601 with `Z` or an offset, or `YYYY-MM-DD[ HH:MM[:SS]]` in the rating zone.
 fn time_of(st: &Service, key: &str, s: &str) -> Result<i64, (StatusCode, String)> {
-    let s = s.trim();
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Ok(t.timestamp());
-    }
-    let full = match s.len() {
-        10 => format!("{s} 00:00:00"),
-        16 => format!("{s}:00"),
-        _ => s.replace('T', " "),
-    };
-    ratel_engine::cdr::parse_local(&full, &st.catalog.get().tz)
+    st.parse_time(s)
         .map_err(|e| bad(format!("{key}: {e} (ISO-8601, e.g. 2026-11-01T00:00:00Z)")))
 }
 
