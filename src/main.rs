@@ -596,6 +596,14 @@ fn rate(
     let mut ledger = Ledger::open(&catalog.data_dir)?;
     let mut rater = BatchRater::new(catalog, &mut ledger)?;
     rater.force = force;
+    // Package periods that ended while nothing ran are renewed (or deactivated) first, in
+    // order, so the files' calls meet the quota of the period they fall in. No sessions
+    // are open offline: nothing to disconnect.
+    let renewed =
+        ratel_engine::packages::renew_due(catalog, &mut rater, chrono_now(), &mut |_, _| {})?;
+    if renewed > 0 {
+        eprintln!("package periods ended since the last run: {renewed} renewed or deactivated");
+    }
     let mut bar = Bar::new();
     if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);

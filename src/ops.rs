@@ -110,6 +110,17 @@ fn config_summary(c: &Catalog) -> String {
         names(c.cdr_formats.iter().map(|t| t.name.as_str()).collect()),
         c.template(c.spool_format).name
     );
+    s += &format!("  packages: {}\n", c.packages.len());
+    for p in &c.packages {
+        s += &format!(
+            "    {}: fee {} per {}, {} voice seconds, {} data bytes\n",
+            p.name,
+            p.fee,
+            p.period.describe(),
+            p.voice_seconds,
+            p.data_bytes
+        );
+    }
     s += &format!("  admins: {}\n", c.admins.len());
     s += &format!("  hooks: {}\n", c.hooks.len());
     for h in &c.hooks {

@@ -166,6 +166,29 @@ impl Sessions {
         ip: IpAddr,
         now: Instant,
     ) -> Result<Session, SessionError> {
+        self.check_with(token, auth_type, Some(name), ip, now)
+    }
+
+    /// [`Sessions::check`] for a dialect that sends the token alone (VCS `SID`): the
+    /// session's own name is the caller; type, IP and expiry are checked the same way.
+    pub fn check_token(
+        &mut self,
+        token: &str,
+        auth_type: AuthType,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<Session, SessionError> {
+        self.check_with(token, auth_type, None, ip, now)
+    }
+
+    fn check_with(
+        &mut self,
+        token: &str,
+        auth_type: AuthType,
+        name: Option<&str>,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Result<Session, SessionError> {
         let Some(s) = self.map.get(token) else {
             return Err(SessionError::Invalid);
         };
@@ -175,7 +198,7 @@ impl Sessions {
         }
         let s = self.map.get_mut(token).ok_or(SessionError::Invalid)?;
         if s.auth_type != auth_type
-            || !constant_time_eq(s.name.as_bytes(), name.as_bytes())
+            || name.is_some_and(|n| !constant_time_eq(s.name.as_bytes(), n.as_bytes()))
             || s.ip != ip
         {
             return Err(SessionError::Invalid);
@@ -418,6 +441,38 @@ mod tests {
         }
         assert_eq!(big.len(), MAX_SESSIONS);
         assert!(big.check("x0", AuthType::Admin, "system", a, t0).is_err());
+    }
+
+    /// A token sent alone (VCS `SID`) names its session's caller; type, IP and expiry are
+    /// checked as for a named token.
+    #[test]
+    fn a_token_alone_is_checked_like_a_named_one() {
+        let t0 = Instant::now();
+        let h = Duration::from_secs(3600);
+        let mut s = Sessions::new(h, 12 * h, 8);
+        let a = ip("10.0.0.1");
+        s.insert("t1".into(), AuthType::Admin, "system", None, a, t0);
+        let got = s.check_token("t1", AuthType::Admin, a, t0).unwrap();
+        assert_eq!(got.name, "system");
+        for (tok, t, i) in [
+            ("t1", AuthType::NormalUser, a),
+            ("t1", AuthType::Admin, ip("10.0.0.2")),
+            ("nope", AuthType::Admin, a),
+        ] {
+            assert_eq!(
+                s.check_token(tok, t, i, t0).unwrap_err(),
+                SessionError::Invalid
+            );
+        }
+        assert_eq!(
+            s.check_token("t1", AuthType::Admin, a, t0 + h).unwrap_err(),
+            SessionError::Expired
+        );
+        assert_eq!(
+            s.check_token("t1", AuthType::Admin, a, t0).unwrap_err(),
+            SessionError::Invalid,
+            "an expired session is gone"
+        );
     }
 
     #[test]

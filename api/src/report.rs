@@ -593,6 +593,12 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
         .column_by_name("refund_of")
         .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
         .cloned();
+    let int = |name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .cloned()
+    };
+    let (package_seconds, package_bytes) = (int("package_seconds"), int("package_bytes"));
     let details = b
         .column_by_name("charge_rule_details")
         .and_then(|c| c.as_any().downcast_ref::<ListArray>())
@@ -686,6 +692,8 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
             refund_of: refund_of
                 .as_ref()
                 .and_then(|a| (!a.is_null(r)).then(|| a.value(r))),
+            package_seconds: package_seconds.as_ref().map_or(0, |a| a.value(r)),
+            package_bytes: package_bytes.as_ref().map_or(0, |a| a.value(r)),
         };
         if !f.matches(&x) {
             continue;

@@ -18,6 +18,7 @@ use ratel_engine::domain::{Account, ClientChange, Company, JournalKind, NewClien
 use ratel_engine::ledger::{
     ClientRecord, JournalEntry, LedgerError, LedgerRead, Reader, RuleUsage,
 };
+use ratel_engine::packages::{ClientPackage, PackageOp};
 use ratel_engine::reload::CatalogCell;
 use ratel_engine::serve::{Live, OnlineSession};
 use rust_decimal::Decimal;
@@ -114,6 +115,8 @@ pub struct ClientView {
     pub profile: Vec<(String, String)>,
     pub rule_usage: Vec<RuleUsage>,
     pub online: Vec<OnlineSession>,
+    /// Packages not closed (assigned, active, deactivated), by id.
+    pub packages: Vec<ClientPackage>,
 }
 
 /// How a call names a client.
@@ -385,6 +388,34 @@ impl Service {
         }
     }
 
+    /// The admin of a session token sent alone (VCS `SID`: no name beside it). The session
+    /// must be an admin's, alive, and used from the IP it was opened from; an admin removed
+    /// from the config since is refused.
+    pub fn session_admin(&self, token: &str, peer: IpAddr) -> ServiceResult<Caller> {
+        let checked = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check_token(token, AuthType::Admin, peer, Instant::now());
+        let session = match checked {
+            Ok(s) => s,
+            Err(SessionError::Expired) => {
+                return Err(ServiceError::denied("session expired; log in again"))
+            }
+            Err(SessionError::Invalid) => return Err(ServiceError::denied("invalid session")),
+        };
+        if !self
+            .catalog
+            .get()
+            .admins
+            .iter()
+            .any(|a| a.name == session.name)
+        {
+            return Err(ServiceError::denied("the session's admin no longer exists"));
+        }
+        Ok(Caller::Admin { name: session.name })
+    }
+
     /// Whether `caller` may call `method` (named as the calling dialect names it): an
     /// admin within its `allow` patterns, a client only where the dialect lets clients in
     /// (`client_may`).
@@ -449,8 +480,14 @@ impl Service {
             }
         }
         let id = record.user_id;
-        let (accounts, profile, rule_usage) =
-            self.read(|l| Ok((l.accounts_of(id)?, l.profile_of(id)?, l.rule_usage(id)?)))?;
+        let (accounts, profile, rule_usage, packages) = self.read(|l| {
+            Ok((
+                l.accounts_of(id)?,
+                l.profile_of(id)?,
+                l.rule_usage(id)?,
+                l.client_packages(id, false)?,
+            ))
+        })?;
         let online = self
             .live
             .online
@@ -465,6 +502,7 @@ impl Service {
             profile,
             rule_usage,
             online,
+            packages,
         })
     }
 
@@ -598,8 +636,13 @@ impl Service {
         })
     }
 
+    /// IBSng renewUsers: every package of each user is renewed now (its fee taken; refused
+    /// for a user whose credit does not cover the fees), then the service period restarts.
     pub fn renew(&self, caller: &Caller, user_ids: Vec<i64>, comment: String) -> ServiceResult<()> {
         let actor = caller.actor();
+        for &user_id in &user_ids {
+            self.packages(caller, PackageOp::RenewClient { user_id })?;
+        }
         self.command(|reply| Command::Renew {
             user_ids,
             comment,
@@ -754,6 +797,75 @@ impl Service {
         Ok(out)
     }
 
+    // ---- packages ---------------------------------------------------------------------
+
+    /// A client's packages (closed ones too when `closed`), by id.
+    pub fn client_packages(&self, user_id: i64, closed: bool) -> ServiceResult<Vec<ClientPackage>> {
+        if self.read(|l| l.client(user_id))?.is_none() {
+            return Err(ServiceError::user_not_found(user_id));
+        }
+        self.read(|l| l.client_packages(user_id, closed))
+    }
+
+    /// One client package by id (closed ones too).
+    pub fn client_package(&self, id: i64) -> ServiceResult<ClientPackage> {
+        self.read(|l| l.client_package(id))?
+            .ok_or_else(|| ServiceError::NotFound {
+                what: NotFound::Other,
+                message: format!("no client package with id {id}"),
+            })
+    }
+
+    /// Assigns, activates, renews, deactivates or closes client packages (DESIGN.md Part 2
+    /// "Packages and expiry"); veto hooks taking `clients_packages.<action>` are asked
+    /// first. Answers the packages as the operation left them.
+    pub fn packages(&self, caller: &Caller, op: PackageOp) -> ServiceResult<Vec<ClientPackage>> {
+        let (event, user_id, package) = match &op {
+            PackageOp::Assign { user_id, package } => {
+                let cat = self.catalog.get();
+                if cat.package(package).is_none() {
+                    let names: Vec<&str> = cat.packages.iter().map(|p| p.name.as_str()).collect();
+                    return Err(ServiceError::invalid(format!(
+                        "package: {package:?} is not a package of the config (there are: {})",
+                        names.join(", ")
+                    )));
+                }
+                let p = serde_json::json!({"id_clients_packages": null, "id_clients": user_id, "package": package, "status": "assigned"});
+                ("clients_packages.assign", *user_id, Some(p))
+            }
+            PackageOp::RenewClient { user_id } => ("clients_packages.renew", *user_id, None),
+            PackageOp::Activate { id, .. }
+            | PackageOp::Deactivate { id }
+            | PackageOp::Renew { id }
+            | PackageOp::Close { id } => {
+                let p = self.client_package(*id)?;
+                let event = match &op {
+                    PackageOp::Activate { .. } => "clients_packages.activate",
+                    PackageOp::Deactivate { .. } => "clients_packages.deactivate",
+                    PackageOp::Renew { .. } => "clients_packages.renew",
+                    _ => "clients_packages.close",
+                };
+                (
+                    event,
+                    p.user_id,
+                    Some(ratel_engine::ledger::package_json(&p)),
+                )
+            }
+        };
+        let current = self.client(caller, &ClientRef::Id(user_id))?;
+        let hooks_want = {
+            let cat = self.catalog.get();
+            cat.hooks
+                .iter()
+                .any(|h| h.mode == ratel_engine::events::Mode::Veto && h.wants(event))
+        };
+        if hooks_want {
+            self.veto_with(event, client_json(&current), None, package)?;
+        }
+        let actor = caller.actor();
+        self.command(|reply| Command::Package { op, actor, reply })
+    }
+
     // ---- online sessions ----------------------------------------------------------------
 
     /// Every open RADIUS session (each carries its User-Name and client).
@@ -818,6 +930,17 @@ impl Service {
         client: serde_json::Value,
         changes: Option<serde_json::Value>,
     ) -> ServiceResult<Vec<serde_json::Map<String, serde_json::Value>>> {
+        self.veto_with(event, client, changes, None)
+    }
+
+    /// [`Service::veto`] with the package the change is about.
+    fn veto_with(
+        &self,
+        event: &str,
+        client: serde_json::Value,
+        changes: Option<serde_json::Value>,
+        package: Option<serde_json::Value>,
+    ) -> ServiceResult<Vec<serde_json::Map<String, serde_json::Value>>> {
         let cat = self.catalog.get();
         let hooks: Vec<&ratel_engine::events::Hook> = cat
             .hooks
@@ -833,7 +956,7 @@ impl Service {
             "time": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             "client": client,
             "account": null,
-            "package": null,
+            "package": package,
             "changes": changes,
             "balance": null,
         })

@@ -118,6 +118,8 @@ pub struct UserState {
     pub credit: Decimal,
     /// Deleted: kept for its open sessions' charges, refused everything else.
     pub deleted: bool,
+    /// Packages not closed (assigned, active, deactivated), by id.
+    pub packages: Vec<crate::packages::ClientPackage>,
 }
 
 /// Which identifier of a CDR found its subscriber.
@@ -149,6 +151,9 @@ pub struct Subscribers {
     /// Position of each user's name in username order (xDR files are written in that
     /// order); empty when stale, rebuilt by [`Subscribers::refresh_name_ranks`].
     name_rank: Vec<u32>,
+    /// The earliest end of an active package period (`i64::MAX`: none): the core looks
+    /// for due renewals only once it has passed.
+    pub package_due: i64,
 }
 
 impl Subscribers {
@@ -162,6 +167,7 @@ impl Subscribers {
             prior: HashMap::with_hasher(ahash::RandomState::new()),
             users: Vec::with_capacity(rows.len()),
             name_rank: Vec::new(),
+            package_due: i64::MAX,
         };
         for r in rows {
             s.add(catalog, r);
@@ -183,7 +189,43 @@ impl Subscribers {
                 u.deleted = true;
             }
         }
+        for p in ledger.load_client_packages()? {
+            s.put_package(p);
+        }
         Ok(s)
+    }
+
+    /// Stores a client package's new state (a closed one is dropped) and keeps
+    /// [`Subscribers::package_due`].
+    pub fn put_package(&mut self, p: crate::packages::ClientPackage) {
+        use crate::packages::PackageStatus;
+        if p.status == PackageStatus::Active {
+            self.package_due = self.package_due.min(p.period_end);
+        }
+        let Some(u) = self.get_mut(p.user_id) else {
+            return;
+        };
+        let at = u.packages.iter().position(|x| x.id == p.id);
+        match (at, p.status) {
+            (Some(i), PackageStatus::Closed) => {
+                u.packages.remove(i);
+            }
+            (Some(i), _) => u.packages[i] = p,
+            (None, PackageStatus::Closed) => {}
+            (None, _) => u.packages.push(p),
+        }
+    }
+
+    /// Recomputes [`Subscribers::package_due`] (after renewals moved period ends).
+    pub fn refresh_package_due(&mut self) {
+        self.package_due = self
+            .users
+            .iter()
+            .flat_map(|u| &u.packages)
+            .filter(|p| p.status == crate::packages::PackageStatus::Active)
+            .map(|p| p.period_end)
+            .min()
+            .unwrap_or(i64::MAX);
     }
 
     /// Adds (or replaces) a subscriber; its username becomes a radius account.
@@ -196,10 +238,12 @@ impl Subscribers {
             username: r.username.unwrap_or_default(),
             credit: r.credit,
             deleted: false,
+            packages: Vec::new(),
         };
         let idx = match self.by_id.get(&r.user_id) {
             Some(&i) => {
-                let old = std::mem::replace(&mut self.users[i as usize], state);
+                let mut old = std::mem::replace(&mut self.users[i as usize], state);
+                self.users[i as usize].packages = std::mem::take(&mut old.packages);
                 if self.by_name.get(&old.username) == Some(&i) {
                     self.by_name.remove(&old.username);
                 }
@@ -318,6 +362,11 @@ impl Subscribers {
             u.group_name = group.to_string();
             u.group = catalog.group_index(group);
         }
+    }
+
+    /// A subscriber by id.
+    pub fn by_id(&self, user_id: i64) -> Option<&UserState> {
+        self.by_id.get(&user_id).map(|&i| &self.users[i as usize])
     }
 
     /// A subscriber by id.
@@ -636,6 +685,8 @@ struct RatedBlock {
     /// One file per UTC day of logout: its batches in order, min login, max logout.
     batches: Vec<(PathBuf, Vec<arrow_array::RecordBatch>, i64, i64)>,
     movements: Vec<Movement>,
+    /// Package quota the block's calls took: (client package id, voice left, data left).
+    quota: Vec<crate::packages::QuotaChange>,
     call_keys: Vec<u8>,
     first_xdr: u64,
     next_xdr: u64,
@@ -811,6 +862,8 @@ fn build_chunk(
             source: &source,
             account: account.as_deref(),
             refund_of: None,
+            package_seconds: r.rating.package_secs,
+            package_bytes: 0,
         };
         let day = xdr::day_of(logout);
         let Some(b) = builders.iter_mut().find(|b| b.0 == day) else {
@@ -1101,6 +1154,7 @@ impl<'a> BatchRater<'a> {
                         first_xdr: rb.first_xdr,
                         next_xdr: rb.next_xdr,
                         movements: rb.movements,
+                        quota: rb.quota,
                         call_keys: rb.call_keys,
                         files,
                         now: chrono::Utc::now().timestamp(),
@@ -1170,6 +1224,8 @@ impl<'a> BatchRater<'a> {
                     let mut movements: Vec<Movement> = Vec::new();
                     let mut keys = Vec::with_capacity(outcomes.len() * 16);
                     let mut notes = 0u64;
+                    let mut quota: Vec<crate::packages::QuotaChange> = Vec::new();
+                    let mut scratch = Vec::new();
                     for o in outcomes.iter_mut() {
                         let r = match o {
                             Outcome::Bad(line, reason, raw) => {
@@ -1203,6 +1259,9 @@ impl<'a> BatchRater<'a> {
                         }
                         if let Some(ui) = r.user {
                             let u = &mut subscribers.users[ui as usize];
+                            if r.rating.status == Status::Ok && !u.packages.is_empty() {
+                                cover_by_packages(catalog, u, r, &mut quota, &mut scratch);
+                            }
                             r.before = u.credit;
                             u.credit -= r.cost;
                             r.after = u.credit;
@@ -1263,6 +1322,7 @@ impl<'a> BatchRater<'a> {
                     let rb = RatedBlock {
                         batches,
                         movements,
+                        quota,
                         call_keys: keys,
                         first_xdr,
                         next_xdr: *next_xdr,
@@ -1345,6 +1405,45 @@ fn continuation_point(
     })
 }
 
+/// Rates a call again with the quota its subscriber's packages hold at its start (the
+/// ordered pass: quota is taken in file order), taking what the package covers.
+fn cover_by_packages(
+    catalog: &Catalog,
+    u: &mut UserState,
+    r: &mut RatedCdr<'_>,
+    quota: &mut Vec<crate::packages::QuotaChange>,
+    scratch: &mut Vec<u8>,
+) {
+    let free = crate::packages::voice_available(&u.packages, r.cdr.start);
+    if free <= 0 {
+        return;
+    }
+    let Some(g) = u.group.map(|g| &catalog.groups[g]) else {
+        return;
+    };
+    let Some(t) = g.tariff else {
+        return;
+    };
+    let rated = crate::rating::rate_call_with_package(
+        &catalog.tariffs[t],
+        &catalog.tz,
+        &r.cdr.callee,
+        r.cdr.start,
+        r.cdr.duration_secs,
+        r.cdr.answered,
+        free,
+        scratch,
+    );
+    if rated.status != Status::Ok {
+        return;
+    }
+    let taken =
+        crate::packages::take_voice(&mut u.packages, r.cdr.start, rated.package_secs, quota);
+    debug_assert_eq!(taken, rated.package_secs);
+    r.cost = g.round(rated.cost_exact);
+    r.rating = rated;
+}
+
 /// Parses the user and rates one CDR (pure; runs in parallel).
 fn rate_one<'a>(
     catalog: &Catalog,
@@ -1357,14 +1456,7 @@ fn rate_one<'a>(
         Some((u, m)) => (Some(u), m),
         None => (None, MatchedBy::Account),
     };
-    let zero = |status| CallRating {
-        status,
-        prefix: None,
-        row_at_start: None,
-        billed_secs: 0,
-        cost_exact: Decimal::ZERO,
-        pieces: Vec::new(),
-    };
+    let zero = CallRating::zero;
     let (rating, cost) = match user {
         None => (zero(Status::UnknownUser), Decimal::ZERO),
         Some(ui) => {

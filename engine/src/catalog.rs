@@ -269,6 +269,8 @@ pub struct Catalog {
     pub charge_rules: Vec<ChargeRule>,
     pub groups: Vec<Group>,
     pub tariffs: Vec<Tariff>,
+    /// `[[package]]`s (DESIGN.md Part 2 "Packages and expiry").
+    pub packages: Vec<crate::packages::Package>,
     group_by_name: HashMap<String, usize>,
 }
 
@@ -434,6 +436,42 @@ impl Catalog {
                 ));
             }
             hooks.push(hook);
+        }
+        let mut packages: Vec<crate::packages::Package> = Vec::new();
+        for (i, p) in c.package.iter().enumerate() {
+            let at = |key: &str| match lc.line_of("package", i) {
+                Some(l) => (format!("{file}:{l}"), format!("package[{i}].{key}")),
+                None => (file.clone(), format!("package[{i}].{key}")),
+            };
+            let bad = |key: &str, reason: String| {
+                let (file, key) = at(key);
+                ConfigError::Invalid { file, key, reason }
+            };
+            if p.name.trim().is_empty() || p.name.len() > 64 {
+                return Err(bad("name", "must be 1 to 64 characters".into()));
+            }
+            if packages.iter().any(|x| x.name == p.name) {
+                return Err(bad("name", format!("{:?} is defined twice", p.name)));
+            }
+            let (f, k) = at("fee");
+            let fee = parse_money(&f, &k, &p.fee)?;
+            let period = crate::packages::Period::parse(&p.period).map_err(|r| bad("period", r))?;
+            if p.voice_seconds < 0 {
+                return Err(bad(
+                    "voice_seconds",
+                    format!("{} is negative", p.voice_seconds),
+                ));
+            }
+            if p.data_bytes < 0 {
+                return Err(bad("data_bytes", format!("{} is negative", p.data_bytes)));
+            }
+            packages.push(crate::packages::Package {
+                name: p.name.clone(),
+                fee,
+                period,
+                voice_seconds: p.voice_seconds,
+                data_bytes: p.data_bytes,
+            });
         }
         let mut admins = Vec::new();
         for (i, a) in c.admin.iter().enumerate() {
@@ -671,6 +709,7 @@ impl Catalog {
             charge_rules,
             groups,
             tariffs,
+            packages,
             group_by_name,
         })
     }
@@ -718,6 +757,11 @@ impl Catalog {
     }
 
     /// Index of a group by name.
+    /// A `[[package]]` by name.
+    pub fn package(&self, name: &str) -> Option<&crate::packages::Package> {
+        self.packages.iter().find(|p| p.name == name)
+    }
+
     pub fn group_index(&self, name: &str) -> Option<usize> {
         self.group_by_name.get(name).copied()
     }

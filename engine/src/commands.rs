@@ -145,7 +145,17 @@ pub enum Command {
         actor: String,
         reply: Reply<RefundOutcome>,
     },
+    /// Assigns, activates, renews, deactivates or closes client packages (DESIGN.md Part 2
+    /// "Packages and expiry").
+    Package {
+        op: crate::packages::PackageOp,
+        actor: String,
+        reply: PackageReply,
+    },
 }
+
+/// A package operation's answer: the packages as it left them.
+pub type PackageReply = Reply<Vec<crate::packages::ClientPackage>>;
 
 /// Why the core asks for a client's open sessions to end (Disconnect-Requests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -329,6 +339,10 @@ pub fn execute(
             reply,
         } => {
             let r = cancel_charges(rater, user_id, candidates, &comment, &actor, now);
+            let _ = reply.send(r);
+        }
+        Command::Package { op, actor, reply } => {
+            let r = crate::packages::operate(catalog, rater, op, &actor, now, end_sessions);
             let _ = reply.send(r);
         }
     }

@@ -89,6 +89,26 @@ pub struct Config {
     /// Provisioning hooks (event handlers).
     #[serde(default)]
     pub hook: Vec<crate::events::HookConfig>,
+    /// Packages: a periodic fee with included voice seconds and data bytes.
+    #[serde(default)]
+    pub package: Vec<PackageConfig>,
+}
+
+/// `[[package]]` (DESIGN.md Part 2 "Packages and expiry").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackageConfig {
+    pub name: String,
+    /// Charged at each activation and renewal (a decimal string, like every price).
+    pub fee: String,
+    /// `day` | `week` | `month` | `"<N> days"`.
+    pub period: String,
+    /// Included billed seconds of voice per period (0 = none).
+    #[serde(default)]
+    pub voice_seconds: i64,
+    /// Included bytes (in + out) per period (0 = none).
+    #[serde(default)]
+    pub data_bytes: i64,
 }
 
 #[derive(Debug, Deserialize)]

@@ -13,6 +13,7 @@ pub mod domain;
 pub mod events;
 pub mod ledger;
 pub mod metrics;
+pub mod packages;
 pub mod radius;
 pub mod rating;
 pub mod reload;

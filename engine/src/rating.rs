@@ -58,9 +58,29 @@ pub struct CallRating {
     /// Row in force at the call's start (its description names the destination).
     pub row_at_start: Option<u32>,
     pub billed_secs: i64,
+    /// Billed seconds a package covered (the first ones of the billed interval).
+    pub package_secs: i64,
     /// Exact cost before the group's rounding.
     pub cost_exact: Decimal,
+    /// `Σ price_per_minute × seconds` of the priced pieces (the time cost × 60, exact).
+    pub time_numerator: Decimal,
     pub pieces: Vec<Piece>,
+}
+
+impl CallRating {
+    /// A rating at cost 0 with no pieces.
+    pub fn zero(status: Status) -> CallRating {
+        CallRating {
+            status,
+            prefix: None,
+            row_at_start: None,
+            billed_secs: 0,
+            package_secs: 0,
+            cost_exact: Decimal::ZERO,
+            time_numerator: Decimal::ZERO,
+            pieces: Vec::new(),
+        }
+    }
 }
 
 const SIXTY: Decimal = Decimal::from_parts(60, 0, 0, false, 0);
@@ -126,14 +146,27 @@ pub fn rate_call(
     answered: bool,
     scratch: &mut Vec<u8>,
 ) -> CallRating {
-    let zero = |status| CallRating {
-        status,
-        prefix: None,
-        row_at_start: None,
-        billed_secs: 0,
-        cost_exact: Decimal::ZERO,
-        pieces: Vec::new(),
-    };
+    rate_call_with_package(tariff, tz, callee, start, d, answered, 0, scratch)
+}
+
+/// [`rate_call`] for a subscriber whose packages can cover `free_secs` billed seconds
+/// (DESIGN.md "Packages and expiry"): the billed seconds (increments of the row in force
+/// at the start, as without a package) are free from the start of the billed interval up
+/// to `free_secs`; the rest is priced as usual, split at window edges; the connect fee is
+/// always charged. The covered part is a piece of credit 0 and `package_secs` says how
+/// long it is.
+#[allow(clippy::too_many_arguments)]
+pub fn rate_call_with_package(
+    tariff: &Tariff,
+    tz: &Tz,
+    callee: &str,
+    start: i64,
+    d: i64,
+    answered: bool,
+    free_secs: i64,
+    scratch: &mut Vec<u8>,
+) -> CallRating {
+    let zero = CallRating::zero;
     if !answered || d <= 0 {
         return zero(Status::Unanswered);
     }
@@ -148,29 +181,42 @@ pub fn rate_call(
     let Some(end) = start.checked_add(billed) else {
         return zero(Status::NoRate);
     };
+    let covered = free_secs.clamp(0, billed);
     let mut numerator = Some(Decimal::ZERO);
     let mut pieces = Vec::with_capacity(1);
-    pr.schedule.split(tz, start, end, |a, b, row| {
-        let part = tariff.rows[row as usize]
-            .price_per_minute
-            .checked_mul(Decimal::from(b - a));
-        numerator = numerator.zip(part).and_then(|(n, p)| n.checked_add(p));
-        // `credit` holds the numerator until the division below.
+    if covered > 0 {
         pieces.push(Piece {
-            start: a,
-            end: b,
-            item: row,
-            credit: part.unwrap_or_default(),
+            start,
+            end: start + covered,
+            item: row0,
+            credit: Decimal::ZERO,
         });
-    });
+    }
+    let priced_from = pieces.len();
+    if covered < billed {
+        pr.schedule.split(tz, start + covered, end, |a, b, row| {
+            let part = tariff.rows[row as usize]
+                .price_per_minute
+                .checked_mul(Decimal::from(b - a));
+            numerator = numerator.zip(part).and_then(|(n, p)| n.checked_add(p));
+            // `credit` holds the numerator until the division below.
+            pieces.push(Piece {
+                start: a,
+                end: b,
+                item: row,
+                credit: part.unwrap_or_default(),
+            });
+        });
+    }
     // Decimal division is the expensive step: one for the whole call, one per extra piece.
-    let Some(time_cost) = numerator.map(|n| n / SIXTY) else {
+    let Some(time_numerator) = numerator else {
         return zero(Status::NoRate);
     };
-    if pieces.len() == 1 {
+    let time_cost = time_numerator / SIXTY;
+    if pieces.len() == 1 && priced_from == 0 {
         pieces[0].credit = time_cost;
     } else {
-        for p in &mut pieces {
+        for p in &mut pieces[priced_from..] {
             p.credit /= SIXTY;
         }
     }
@@ -182,7 +228,9 @@ pub fn rate_call(
         prefix: Some(pidx),
         row_at_start: Some(row0),
         billed_secs: billed,
+        package_secs: covered,
         cost_exact,
+        time_numerator,
         pieces,
     }
 }
@@ -233,6 +281,8 @@ pub struct UpdateCharge {
     /// The traffic growth exceeded [`max_traffic_growth`]: nothing charged for traffic, and
     /// the octet counters stay at the previous update's.
     pub traffic_anomaly: bool,
+    /// Bytes of this update's traffic a package covered (not priced).
+    pub package_bytes: u64,
 }
 
 /// The rating state of one internet session.
@@ -251,6 +301,9 @@ pub struct SessionCharge {
     /// What the ledger has taken so far (= round(cost) at the last update).
     pub charged: Decimal,
     pub rules: Vec<RuleUsage>,
+    /// Bytes packages covered so far (sessions stored before packages existed: 0).
+    #[serde(default)]
+    pub package_bytes: u64,
 }
 
 impl SessionCharge {
@@ -267,6 +320,7 @@ impl SessionCharge {
             traffic: Decimal::ZERO,
             charged: Decimal::ZERO,
             rules: Vec::new(),
+            package_bytes: 0,
         }
     }
 
@@ -347,19 +401,23 @@ impl SessionCharge {
         tz: &Tz,
         u: &Usage,
     ) -> Result<UpdateCharge, RatingError> {
-        let (next, out) = self.rate(group, rules, tz, u)?;
+        let (next, out) = self.rate(group, rules, tz, u, 0)?;
         *self = next;
         Ok(out)
     }
 
     /// The session's state after update `u`, and what it charges; `self` is not touched, so
     /// the caller may still decide not to take the update (a charge already in the ledger).
+    /// Up to `free_bytes` of the update's traffic growth is covered by the subscriber's
+    /// packages (`UpdateCharge::package_bytes` says how much; the rest is priced at the
+    /// rule in force); the bytes still count in the session's usage.
     pub fn rate(
         &self,
         group: &Group,
         rules: &[ChargeRule],
         tz: &Tz,
         u: &Usage,
+        free_bytes: u64,
     ) -> Result<(SessionCharge, UpdateCharge), RatingError> {
         const OVERFLOW: RatingError = RatingError::Overflow;
         let mut out = UpdateCharge::default();
@@ -399,7 +457,11 @@ impl SessionCharge {
         }
         if din > 0 || dout > 0 {
             let r = schedule.at(tz, u.moment);
-            let bytes = din as i128 + dout as i128;
+            let grown = din.saturating_add(dout);
+            let covered = free_bytes.min(grown);
+            out.package_bytes = covered;
+            next.package_bytes = next.package_bytes.saturating_add(covered);
+            let bytes = (grown - covered) as i128;
             // price_per_gb × bytes / 10^9: an exact decimal shift.
             let gb = Decimal::try_from_i128_with_scale(bytes, 9).map_err(|_| OVERFLOW)?;
             let traffic = rules[r as usize]
@@ -986,7 +1048,224 @@ rounding = "up"
         assert_eq!((r.status, r.cost_exact), (Status::NoRate, Decimal::ZERO));
     }
 
+    /// Voice with a package (DESIGN.md "Packages and expiry"): the first `free` billed
+    /// seconds cost nothing, the rest is priced as without a package, the connect fee is
+    /// always charged. Every expectation computed by hand beside it.
+    #[test]
+    fn voice_package_table() {
+        let t = deck();
+        let utc: Tz = "UTC".parse().unwrap();
+        // (callee, start, d, free, want billed, want covered, want exact cost)
+        let cases: &[(&str, &str, i64, i64, i64, i64, &str)] = &[
+            // USA 0.01/min 60/60: 61 s → 120 billed; 30 free → 90 s priced = 0.015.
+            (
+                "15551234567",
+                "2026-11-02T10:00:00Z",
+                61,
+                30,
+                120,
+                30,
+                "0.015",
+            ),
+            // More quota than the call: all 120 s covered, cost 0.
+            (
+                "15551234567",
+                "2026-11-02T10:00:00Z",
+                61,
+                200,
+                120,
+                120,
+                "0",
+            ),
+            // Quota exhausted mid-call: 1 s left of 60 → 119 s priced = 0.01983333…
+            (
+                "15551234567",
+                "2026-11-02T10:00:00Z",
+                61,
+                1,
+                120,
+                1,
+                "0.0198333333333333333333333333",
+            ),
+            // UK 0.02/min, fee 0.01, 30/6: 31 s → 36 billed, all covered: the fee stays.
+            (
+                "447700900123",
+                "2026-11-02T10:00:00Z",
+                31,
+                36,
+                36,
+                36,
+                "0.01",
+            ),
+            // DE Monday 17:58, 300 s, peak at the start (fee 0.05, 60/60) → 300 billed.
+            // Without a package: 0.05 + 120 s × 0.06/60 + 180 s × 0.03/60 = 0.26.
+            ("4930123", "2026-11-02T17:58:00Z", 300, 0, 300, 0, "0.26"),
+            // 60 s free: [17:58,17:59) covered; 60 s peak 0.06 + 180 s offpeak 0.09
+            // + fee 0.05 = 0.20 (= 0.26 − the covered 60 s at 0.06).
+            ("4930123", "2026-11-02T17:58:00Z", 300, 60, 300, 60, "0.20"),
+            // 150 s free: the quota ends past the window edge, at 18:00:30; 150 s offpeak
+            // = 0.075, + fee 0.05 = 0.125.
+            (
+                "4930123",
+                "2026-11-02T17:58:00Z",
+                300,
+                150,
+                300,
+                150,
+                "0.125",
+            ),
+        ];
+        for (callee, start, dur, free, billed, covered, cost) in cases {
+            let r = rate_call_with_package(
+                &t,
+                &utc,
+                callee,
+                ts(start),
+                *dur,
+                true,
+                *free,
+                &mut Vec::new(),
+            );
+            assert_eq!(r.status, Status::Ok, "{callee} {start} {free}");
+            assert_eq!(
+                (r.billed_secs, r.package_secs),
+                (*billed, *covered),
+                "{callee} {start} {free}"
+            );
+            assert_eq!(r.cost_exact, d(cost), "{callee} {start} {free}");
+            // The pieces (covered first, at 0) cover the billed interval and sum to the time cost.
+            let secs: i64 = r.pieces.iter().map(|p| p.end - p.start).sum();
+            assert_eq!(secs, *billed);
+            assert_eq!(r.pieces[0].start, ts(start));
+        }
+        // No quota: the same as rate_call.
+        let a = rate_call(
+            &t,
+            &utc,
+            "4930123",
+            ts("2026-11-02T17:58:00Z"),
+            300,
+            true,
+            &mut Vec::new(),
+        );
+        let b = rate_call_with_package(
+            &t,
+            &utc,
+            "4930123",
+            ts("2026-11-02T17:58:00Z"),
+            300,
+            true,
+            0,
+            &mut Vec::new(),
+        );
+        assert_eq!(a, b);
+        // Unanswered and unrated calls take no quota.
+        let r = rate_call_with_package(
+            &t,
+            &utc,
+            "15551234567",
+            ts("2026-11-02T10:00:00Z"),
+            0,
+            true,
+            100,
+            &mut Vec::new(),
+        );
+        assert_eq!((r.status, r.package_secs), (Status::Unanswered, 0));
+        let r = rate_call_with_package(
+            &t,
+            &utc,
+            "999",
+            ts("2026-11-02T10:00:00Z"),
+            60,
+            true,
+            100,
+            &mut Vec::new(),
+        );
+        assert_eq!((r.status, r.package_secs), (Status::NoRate, 0));
+    }
+
+    /// Internet with a package: an update's traffic is free up to the bytes left, the rest
+    /// priced at the rule in force; time is priced as usual.
+    #[test]
+    fn internet_package_bytes() {
+        let c = catalog();
+        let g = &c.groups[0];
+        let t0 = ts("2026-11-02T10:00:00Z");
+        let u0 = Usage {
+            moment: t0,
+            session_time: 0,
+            octets_in: 0,
+            octets_out: 0,
+        };
+        let mut s = SessionCharge::new(&u0);
+        s.apply(g, &c.charge_rules, &c.tz, &u0).unwrap();
+        // 60 s, 3 GB; 1 GB free: time 0.01, traffic 2 GB × 0.5 = 1.0 → 1.01.
+        let u1 = Usage {
+            moment: t0 + 60,
+            session_time: 60,
+            octets_in: 1_000_000_000,
+            octets_out: 2_000_000_000,
+        };
+        let (next, out) = s
+            .rate(g, &c.charge_rules, &c.tz, &u1, 1_000_000_000)
+            .unwrap();
+        assert_eq!((out.delta, out.package_bytes), (d("1.01"), 1_000_000_000));
+        s = next;
+        // Quota exhausted mid-update: 0.25 GB left of a 0.5 GB growth at 08:00+ → 0.25 GB ×
+        // 0.5 = 0.125 + 60 s × 0.01/60 = 0.01 → 0.135.
+        let u2 = Usage {
+            moment: t0 + 120,
+            session_time: 120,
+            octets_in: 1_500_000_000,
+            octets_out: 2_000_000_000,
+        };
+        let (next, out) = s.rate(g, &c.charge_rules, &c.tz, &u2, 250_000_000).unwrap();
+        assert_eq!((out.delta, out.package_bytes), (d("0.135"), 250_000_000));
+        assert_eq!(next.package_bytes, 1_250_000_000);
+        // The bytes still count in the session's usage.
+        assert_eq!(
+            next.rules
+                .iter()
+                .map(|r| r.bytes_in + r.bytes_out)
+                .sum::<u64>(),
+            3_500_000_000
+        );
+        // Without a package the same updates cost 1.51 + 0.26 = 1.77; with it 1.145: the
+        // difference is exactly the 1.25 GB covered × 0.5.
+        let (plain, _) = run(&c, &[u0, u1, u2]);
+        assert_eq!(plain - (d("1.01") + d("0.135")), d("0.625"));
+    }
+
     proptest! {
+        /// The package-covered part plus the priced part equals the record without a
+        /// package: same billed seconds, and the time numerator without a package is the
+        /// one with it plus the covered seconds priced one by one at the row in force.
+        #[test]
+        fn package_part_plus_priced_part_is_the_whole(
+            start_off in 0i64..86_400*7,
+            dur in 1i64..7_200,
+            free in 0i64..8_000,
+            callee in prop::sample::select(vec!["15551234", "4420711", "4470012", "493012", "7495", "33"]),
+        ) {
+            let t = deck();
+            let tz: Tz = "Europe/Berlin".parse().unwrap();
+            let start = ts("2026-03-23T00:00:00Z") + start_off;
+            let whole = rate_call(&t, &tz, callee, start, dur, true, &mut Vec::new());
+            let with = rate_call_with_package(&t, &tz, callee, start, dur, true, free, &mut Vec::new());
+            prop_assert_eq!(whole.billed_secs, with.billed_secs);
+            prop_assert_eq!(with.package_secs, free.min(whole.billed_secs));
+            let mut digits = Vec::new();
+            destination_digits(callee, &mut digits);
+            let pr = &t.prefixes[t.trie.longest_match(&digits).unwrap() as usize];
+            let covered: Decimal = (start..start + with.package_secs)
+                .map(|s| t.rows[pr.schedule.at(&tz, s) as usize].price_per_minute)
+                .sum();
+            prop_assert_eq!(whole.time_numerator, with.time_numerator + covered);
+            let fee = t.rows[whole.row_at_start.unwrap() as usize].connect_fee;
+            prop_assert_eq!(with.cost_exact, fee + with.time_numerator / Decimal::from(60));
+            prop_assert!(with.cost_exact <= whole.cost_exact);
+        }
+
         /// Charging interim by interim takes exactly what one Stop with the final counters
         /// takes (time split across rule edges; traffic priced at one rule).
         #[test]

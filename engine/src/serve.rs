@@ -1004,25 +1004,42 @@ impl Core<'_> {
         }
         c.rule_usage = fx.rule_usage.clone();
         c.first_logins = fx.first_logins.clone();
+        c.quota = fx.quota.clone();
         let started = self.live.metrics.commit_started();
         let committed = rater.ledger.commit_radius(&c);
         self.live.metrics.commit_finished(started);
         committed?;
         self.live.apply(acct, fx);
-        self.disconnect_exhausted(fx, now);
+        self.disconnect_exhausted(&rater.subscribers, fx, now);
         Ok(())
     }
 
     /// Prepaid control after a commit: each user whose credit these charges took from
-    /// above zero to zero or below gets a Disconnect-Request series for every session still
-    /// open (one series per session per crossing; the sender thread does the waiting).
-    fn disconnect_exhausted(&mut self, fx: &Effects, now: i64) {
+    /// above zero to zero or below, with no package data quota left, and each user at zero
+    /// credit or below whose quota these updates used up, gets a Disconnect-Request series
+    /// for every session still open (one series per session per crossing; the sender
+    /// thread does the waiting).
+    fn disconnect_exhausted(&mut self, subs: &crate::batch::Subscribers, fx: &Effects, now: i64) {
         let zero = rust_decimal::Decimal::ZERO;
         let mut users: Vec<i64> = Vec::new();
+        let no_quota = |id: i64| {
+            subs.by_id(id)
+                .is_none_or(|u| crate::packages::data_available(&u.packages, now) == 0)
+        };
         for ch in &fx.charges {
             let before = ch.balance_after.checked_add(ch.amount).unwrap_or(zero);
-            if before > zero && ch.balance_after <= zero && !users.contains(&ch.user_id) {
+            if before > zero
+                && ch.balance_after <= zero
+                && !users.contains(&ch.user_id)
+                && no_quota(ch.user_id)
+            {
                 users.push(ch.user_id);
+            }
+        }
+        for &id in &fx.quota_exhausted {
+            let broke = subs.by_id(id).is_some_and(|u| u.credit <= zero);
+            if broke && !users.contains(&id) && no_quota(id) {
+                users.push(id);
             }
         }
         for id in users {
@@ -1071,6 +1088,17 @@ impl Core<'_> {
                 tracing::error!(error = %e, "xDR outbox flush failed; will retry");
             }
             self.last_flush = Instant::now();
+        }
+        if now >= rater.subscribers.package_due {
+            let (disconnect, live, catalog) = (&mut self.disconnect, &self.live, self.catalog);
+            let r = crate::packages::renew_due(catalog, rater, now, &mut |id, why| match why {
+                EndSessions::CreditExhausted => disconnect.user_exhausted(catalog, live, id, now),
+                EndSessions::Locked => disconnect.user_locked(catalog, live, id, now),
+            });
+            if let Err(e) = r {
+                tracing::error!(error = %e, "package renewals failed; will retry");
+                self.reload(rater, acct)?;
+            }
         }
         self.scan_spool(rater);
         Ok(())

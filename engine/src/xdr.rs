@@ -94,6 +94,10 @@ pub struct XdrRow<'a> {
     pub account: Option<&'a str>,
     /// For a `REFUND` xDR, the xDR it cancels.
     pub refund_of: Option<u64>,
+    /// Billed seconds of a call a package covered (free); 0 without a package.
+    pub package_seconds: i64,
+    /// Bytes of a session a package covered (free); 0 without a package.
+    pub package_bytes: i64,
 }
 
 fn detail_fields() -> Fields {
@@ -163,6 +167,8 @@ pub fn schema() -> SchemaRef {
         s("source"),
         Field::new("account", DataType::Utf8, true),
         Field::new("refund_of", DataType::UInt64, true),
+        Field::new("package_seconds", DataType::Int64, false),
+        Field::new("package_bytes", DataType::Int64, false),
     ]))
 }
 
@@ -225,6 +231,7 @@ pub struct XdrBuilder {
     source: StringBuilder,
     account: StringBuilder,
     refund_of: UInt64Builder,
+    package: [Int64Builder; 2],
     rows: usize,
     /// The first money value that did not fit Decimal128(38, 10); `finish` refuses the batch.
     out_of_range: Option<Decimal>,
@@ -261,6 +268,7 @@ impl XdrBuilder {
             source: StringBuilder::with_capacity(rows, rows * 32),
             account: StringBuilder::with_capacity(rows, rows * 8),
             refund_of: UInt64Builder::with_capacity(rows),
+            package: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
             rows: 0,
             out_of_range: None,
         }
@@ -319,6 +327,8 @@ impl XdrBuilder {
         self.source.append_value(r.source);
         self.account.append_option(r.account);
         self.refund_of.append_option(r.refund_of);
+        self.package[0].append_value(r.package_seconds);
+        self.package[1].append_value(r.package_bytes);
         self.rows += 1;
     }
 
@@ -365,6 +375,9 @@ impl XdrBuilder {
         cols.push(Arc::new(self.source.finish()));
         cols.push(Arc::new(self.account.finish()));
         cols.push(Arc::new(self.refund_of.finish()));
+        for b in self.package.iter_mut() {
+            cols.push(Arc::new(b.finish()));
+        }
         RecordBatch::try_new(schema(), cols).map_err(|e| SinkError::Arrow(e.to_string()))
     }
 }
@@ -717,6 +730,12 @@ pub struct OwnedXdr {
     /// See [`XdrRow::refund_of`].
     #[serde(default)]
     pub refund_of: Option<u64>,
+    /// See [`XdrRow::package_seconds`].
+    #[serde(default)]
+    pub package_seconds: i64,
+    /// See [`XdrRow::package_bytes`].
+    #[serde(default)]
+    pub package_bytes: i64,
 }
 
 impl OwnedXdr {
@@ -765,6 +784,8 @@ impl OwnedXdr {
                 source: &self.source,
                 account: self.account.as_deref(),
                 refund_of: self.refund_of,
+                package_seconds: self.package_seconds,
+                package_bytes: self.package_bytes,
             },
             &details,
         );

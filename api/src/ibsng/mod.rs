@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use ratel_engine::catalog::Catalog;
 use ratel_engine::commands::ChangeType;
 use ratel_engine::domain::{Account, AccountKind, ClientChange, JournalKind, NewClient};
+use ratel_engine::packages::{ClientPackage, PackageOp};
 use rust_decimal::Decimal;
 use serde_json::{json, Map, Value};
 
@@ -225,6 +226,12 @@ const METHOD_TABLE: &[(&str, bool)] = &[
     ("isp.addNewISP", false),
     ("isp.updateISP", false),
     ("report.getEvents", false),
+    ("user.getPackages", true),
+    ("user.assignPackage", false),
+    ("user.activatePackage", false),
+    ("user.deactivatePackage", false),
+    ("user.renewPackage", false),
+    ("user.closePackage", false),
 ];
 
 const METHODS: &[&str] = &[
@@ -245,6 +252,12 @@ const METHODS: &[&str] = &[
     "isp.addNewISP",
     "isp.updateISP",
     "report.getEvents",
+    "user.getPackages",
+    "user.assignPackage",
+    "user.activatePackage",
+    "user.deactivatePackage",
+    "user.renewPackage",
+    "user.closePackage",
 ];
 
 fn dispatch(st: &Service, peer: IpAddr, method: &str, p: &Map<String, Value>) -> RpcResult {
@@ -276,6 +289,44 @@ fn dispatch(st: &Service, peer: IpAddr, method: &str, p: &Map<String, Value>) ->
         "isp.addNewISP" => add_isp(st, p),
         "isp.updateISP" => update_isp(st, p),
         "report.getEvents" => events(st, p),
+        "user.getPackages" => get_packages(st, caller.clone(), p),
+        "user.assignPackage" => {
+            let user_id = one_id(p, "user_id")?;
+            let package = str_param(p, "package")?.to_string();
+            package_op(st, &caller, PackageOp::Assign { user_id, package })
+        }
+        "user.activatePackage" => {
+            let id = one_id(p, "id")?;
+            let at = match opt_str(p, "start") {
+                Some(t) => Some(
+                    st.parse_time(t)
+                        .map_err(|r| invalid(format!("start: {r}")))?,
+                ),
+                None => None,
+            };
+            package_op(st, &caller, PackageOp::Activate { id, at })
+        }
+        "user.deactivatePackage" => package_op(
+            st,
+            &caller,
+            PackageOp::Deactivate {
+                id: one_id(p, "id")?,
+            },
+        ),
+        "user.renewPackage" => package_op(
+            st,
+            &caller,
+            PackageOp::Renew {
+                id: one_id(p, "id")?,
+            },
+        ),
+        "user.closePackage" => package_op(
+            st,
+            &caller,
+            PackageOp::Close {
+                id: one_id(p, "id")?,
+            },
+        ),
         _ => unreachable!("listed in METHOD_TABLE"),
     }
 }
@@ -634,6 +685,61 @@ fn change_credit(st: &Service, caller: &Caller, p: &Map<String, Value>) -> RpcRe
     Ok(json!(ids))
 }
 
+/// One id (`12` or `"12"`).
+fn one_id(p: &Map<String, Value>, key: &str) -> Result<i64, RpcError> {
+    match id_list(p, key)?.as_slice() {
+        [id] => Ok(*id),
+        _ => Err(invalid(format!("{key}: expected one id"))),
+    }
+}
+
+/// A client package as this dialect shows it (times as IBSng writes them).
+fn package_json(cat: &Catalog, p: &ClientPackage) -> Value {
+    let t = |s: i64| {
+        if s == 0 {
+            String::new()
+        } else {
+            fmt_time(cat, s)
+        }
+    };
+    json!({
+        "id": p.id,
+        "user_id": p.user_id,
+        "package": p.package,
+        "status": p.status.as_str(),
+        "period_start": t(p.period_start),
+        "period_end": t(p.period_end),
+        "voice_seconds_left": p.voice_left,
+        "data_bytes_left": p.data_left,
+    })
+}
+
+/// Extension: a user's packages (`include_closed` for the closed ones too).
+fn get_packages(st: &Service, caller: Caller, p: &Map<String, Value>) -> RpcResult {
+    let user_id = one_id(p, "user_id")?;
+    // A NORMAL_USER reads its own only (the service refuses others).
+    st.client(&caller, &ClientRef::Id(user_id))
+        .map_err(rpc_error)?;
+    let closed = p
+        .get("include_closed")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let cat = st.catalog.get();
+    let pkgs = st.client_packages(user_id, closed).map_err(rpc_error)?;
+    Ok(Value::Array(
+        pkgs.iter().map(|x| package_json(&cat, x)).collect(),
+    ))
+}
+
+/// Extensions: package operations; answers the packages as the operation left them.
+fn package_op(st: &Service, caller: &Caller, op: PackageOp) -> RpcResult {
+    let cat = st.catalog.get();
+    let pkgs = st.packages(caller, op).map_err(rpc_error)?;
+    Ok(Value::Array(
+        pkgs.iter().map(|x| package_json(&cat, x)).collect(),
+    ))
+}
+
 fn renew(st: &Service, caller: &Caller, p: &Map<String, Value>) -> RpcResult {
     let user_ids = id_list(p, "user_id")?;
     let comment = opt_str(p, "comment").unwrap_or("").to_string();
@@ -918,6 +1024,17 @@ fn info_json(cat: &Catalog, caller: &Caller, v: &crate::service::ClientView) -> 
     for (k, val) in &v.profile {
         attrs.insert(k.clone(), json!(val));
     }
+    // Packages with quota left in their current period (DESIGN.md "Packages and expiry").
+    let now = chrono::Utc::now().timestamp();
+    let with_quota: Vec<Value> = v
+        .packages
+        .iter()
+        .filter(|p| p.has_quota_at(now))
+        .map(|p| package_json(cat, p))
+        .collect();
+    if !with_quota.is_empty() {
+        attrs.insert("packages".into(), Value::Array(with_quota));
+    }
     json!({
         "online_status": !v.online.is_empty(),
         "basic_info": {
@@ -928,7 +1045,9 @@ fn info_json(cat: &Catalog, caller: &Caller, v: &crate::service::ClientView) -> 
             "creation_date": fmt_time(cat, c.created_at),
             "recharge_deposit": 0,
             "user_id": c.user_id,
-            "nearest_exp_date": "",
+            "nearest_exp_date": ratel_engine::packages::nearest_expiry(&v.packages)
+                .map(|t| fmt_time(cat, t))
+                .unwrap_or_default(),
             "credit": money(c.credit),
             "deposit": 0,
             "isp_id": c.company_id,

@@ -51,7 +51,7 @@ fn account_owner(tx: &Transaction<'_>, a: &Account) -> rusqlite::Result<Option<i
 
 impl Ledger {
     /// Runs `f` in one write transaction; commits when it returns `Ok`.
-    fn write<T>(
+    pub(super) fn write<T>(
         &mut self,
         f: impl FnOnce(
             &Transaction<'_>,
@@ -825,7 +825,7 @@ fn account_extra(a: &Account) -> Extra {
     }
 }
 
-fn log(
+pub(super) fn log(
     tx: &Transaction<'_>,
     user_id: i64,
     at: i64,

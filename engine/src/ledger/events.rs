@@ -153,6 +153,7 @@ pub(super) struct Extra {
     pub account: Option<Value>,
     pub changes: Option<Value>,
     pub balance: Option<(Decimal, Decimal)>,
+    pub package: Option<Value>,
 }
 
 /// Writes one event in the transaction `tx` (the change's own).
@@ -177,7 +178,7 @@ pub(super) fn record(
         "time": time,
         "client": client,
         "account": extra.account,
-        "package": Value::Null,
+        "package": extra.package,
         "changes": extra.changes,
         "balance": extra.balance.map(|(b, a)| json!({"before": b.to_string(), "after": a.to_string()})),
     });

@@ -19,9 +19,11 @@ use crate::xdr;
 
 mod clients;
 pub mod events;
+mod packages;
 mod read;
 pub use clients::{ClientBefore, RefundCommit};
 pub use events::{EventStore, EventView, StoredEvent};
+pub use packages::{package_json, PackageFee, PackageWrite};
 pub use read::{
     run_sql, ClientRecord, JournalEntry, LedgerRead, Reader, RuleUsage, SqlAnswer, SqlError,
     SqlLimits,
@@ -192,6 +194,9 @@ pub struct CdrBatchCommit {
     pub first_xdr: u64,
     pub next_xdr: u64,
     pub movements: Vec<Movement>,
+    /// Package quota the batch's calls took: (client package id, voice left, data left),
+    /// in order (the last per package is its state).
+    pub quota: Vec<crate::packages::QuotaChange>,
     /// 16-byte call-id keys of the rated records (for duplicate detection).
     pub call_keys: Vec<u8>,
     pub files: Vec<PendingFile>,
@@ -279,7 +284,7 @@ INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 
 /// The ledger schema version this build writes (`PRAGMA user_version`). Each step of
 /// [`migrate`] brings a ledger one version forward, in one transaction with the rest.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Version 2 (issue 11, DESIGN.md Part 2 "The domain model"): companies, accounts, profile
 /// fields, the client log, refunds; journal rows typed `payment` / `usage` / `package_fee` /
@@ -379,6 +384,9 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if version < 4 {
         tx.execute_batch(events::SCHEMA_V4)?;
+    }
+    if version < 5 {
+        tx.execute_batch(packages::SCHEMA_V5)?;
     }
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -764,6 +772,7 @@ impl Ledger {
                     .map_err(sq)?;
             }
             record_xdr_files(&tx, &self.xdr_root, batch_id, &b.files).map_err(sq)?;
+            packages::store_quota(&tx, &b.quota).map_err(sq)?;
             tx.execute(
                 "INSERT INTO cdr_files(file_hash, path, size, format, done, next_offset, next_line, records, updated_at, head_hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
@@ -842,6 +851,9 @@ pub struct RadiusCommit {
     pub rule_usage: Vec<(i64, String, Decimal, i64, i64)>,
     /// Users whose first session started in this batch: (user id, login time).
     pub first_logins: Vec<(i64, i64)>,
+    /// Package quota the batch's updates took: (client package id, voice left, data
+    /// left), in order.
+    pub quota: Vec<crate::packages::QuotaChange>,
 }
 
 impl Ledger {
@@ -960,6 +972,7 @@ impl Ledger {
                 )
                 .map_err(sq)?;
             }
+            packages::store_quota(&tx, &b.quota).map_err(sq)?;
             let mut fl = tx
                 .prepare_cached("UPDATE users SET first_login = ?2, real_first_login = coalesce(real_first_login, ?2) WHERE user_id = ?1 AND first_login IS NULL")
                 .map_err(sq)?;
@@ -1252,6 +1265,8 @@ pub struct AuthUser {
     pub lock_reason: Option<String>,
     /// The client is archived (refused like a locked one).
     pub archived: bool,
+    /// An active package of the client holds quota now.
+    pub quota_left: bool,
 }
 
 /// A read-only connection to the ledger for the authorization thread: it reads the
@@ -1289,7 +1304,11 @@ impl AuthReader {
         let mut st = self
             .conn
             .prepare_cached(
-                "SELECT u.user_id, u.password, u.group_name, u.credit, u.lock_reason, u.archived
+                "SELECT u.user_id, u.password, u.group_name, u.credit, u.lock_reason, u.archived,
+                   EXISTS(SELECT 1 FROM client_packages p WHERE p.user_id = u.user_id
+                     AND p.status = 'active' AND (p.voice_left > 0 OR p.data_left > 0)
+                     AND p.period_start <= CAST(strftime('%s', 'now') AS INTEGER)
+                     AND p.period_end > CAST(strftime('%s', 'now') AS INTEGER))
                  FROM accounts a JOIN users u ON u.user_id = a.user_id
                  WHERE a.kind = 'radius' AND a.ident = ?1 AND u.deleted_at IS NULL",
             )
@@ -1303,12 +1322,13 @@ impl AuthReader {
                     r.get::<_, String>(3)?,
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, i64>(5)? != 0,
+                    r.get::<_, i64>(6)? != 0,
                 ))
             })
             .optional()
             .map_err(sq)?;
         row.map(
-            |(user_id, password, group_name, credit, lock_reason, archived)| {
+            |(user_id, password, group_name, credit, lock_reason, archived, quota_left)| {
                 Ok(AuthUser {
                     user_id,
                     password,
@@ -1316,6 +1336,7 @@ impl AuthReader {
                     credit: parse_dec(&self.path, "users.credit", &credit)?,
                     lock_reason,
                     archived,
+                    quota_left,
                 })
             },
         )

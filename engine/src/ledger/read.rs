@@ -106,6 +106,17 @@ pub trait LedgerRead: Send {
     fn schema_version(&self) -> Result<i64, LedgerError>;
     /// Runs one read-only statement (see [`SqlLimits`]): column names and rows.
     fn sql(&self, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError>;
+    /// A client's packages (closed ones too when `closed`), by id.
+    fn client_packages(
+        &self,
+        user_id: i64,
+        closed: bool,
+    ) -> Result<Vec<crate::packages::ClientPackage>, LedgerError>;
+    /// One client package by id (closed ones too).
+    fn client_package(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::packages::ClientPackage>, LedgerError>;
     /// Provisioning events after `after` (at most `limit`), each with its delivery state
     /// for every notify hook that takes it.
     fn events(
@@ -530,6 +541,21 @@ impl LedgerRead for Reader {
 
     fn sql(&self, query: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError> {
         run_sql(&self.path, query, limits)
+    }
+
+    fn client_packages(
+        &self,
+        user_id: i64,
+        closed: bool,
+    ) -> Result<Vec<crate::packages::ClientPackage>, LedgerError> {
+        super::packages::of_client(&self.conn, user_id, closed).map_err(self.sq())
+    }
+
+    fn client_package(
+        &self,
+        id: i64,
+    ) -> Result<Option<crate::packages::ClientPackage>, LedgerError> {
+        super::packages::by_id(&self.conn, id).map_err(self.sq())
     }
 
     fn events(

@@ -238,6 +238,11 @@ pub struct Effects {
     pub rule_usage: Vec<(i64, String, Decimal, i64, i64)>,
     /// Sessions of known users opened: (user id, login time).
     pub first_logins: Vec<(i64, i64)>,
+    /// Package quota the updates took: (client package id, voice left, data left).
+    pub quota: Vec<crate::packages::QuotaChange>,
+    /// Users whose package data quota ran out in this batch (prepaid control: at credit
+    /// <= 0 that ends their sessions).
+    pub quota_exhausted: Vec<i64>,
 }
 
 /// Counters for logs and the API.
@@ -678,9 +683,30 @@ impl Accounting {
         if let Some(ui) = s.user_id.and_then(|id| subs.index_of(id)) {
             let u = &mut subs.users[ui as usize];
             if let Some(group) = u.group.map(|g| &catalog.groups[g]) {
+                let free = if u.packages.is_empty() {
+                    0
+                } else {
+                    crate::packages::data_available(&u.packages, usage.moment)
+                };
+                // What the packages covered is taken when the update is (not for a
+                // replay charged already).
+                let take = |u: &mut crate::batch::UserState, covered: u64, fx: &mut Effects| {
+                    if covered == 0 {
+                        return;
+                    }
+                    crate::packages::take_data(
+                        &mut u.packages,
+                        usage.moment,
+                        covered,
+                        &mut fx.quota,
+                    );
+                    if crate::packages::data_available(&u.packages, usage.moment) == 0 {
+                        fx.quota_exhausted.push(u.user_id);
+                    }
+                };
                 match s
                     .charge
-                    .rate(group, &catalog.charge_rules, &catalog.tz, &usage)
+                    .rate(group, &catalog.charge_rules, &catalog.tz, &usage, free)
                 {
                     Err(e) => {
                         self.counters.overflow_anomalies += 1;
@@ -709,6 +735,7 @@ impl Accounting {
                         }
                         if out.delta.is_zero() {
                             s.charge = next;
+                            take(u, out.package_bytes, fx);
                         } else {
                             // The key names the update: its session (by NAS, id and,
                             // when the NAS timestamps its packets, when it began: a
@@ -755,6 +782,7 @@ impl Accounting {
                                 }
                                 u.credit = after;
                                 s.charge = next;
+                                take(u, out.package_bytes, fx);
                                 fx.charges.push(Charge {
                                     user_id: u.user_id,
                                     amount: out.delta,
@@ -918,6 +946,8 @@ impl Accounting {
             source: format!("radius:{}", s.nas),
             account: user.map(|_| s.username.clone()),
             refund_of: None,
+            package_seconds: 0,
+            package_bytes: c.package_bytes.min(i64::MAX as u64) as i64,
         });
         fx.closed.push(key.clone());
     }

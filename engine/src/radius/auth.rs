@@ -329,6 +329,8 @@ pub struct Subscriber<'a> {
     pub status: ClientStatus,
     /// Sessions of this subscriber open now (the core's published `Live`).
     pub open_sessions: usize,
+    /// An active package holds quota now: a reason to accept at zero credit.
+    pub quota_left: bool,
 }
 
 /// Why an Access-Request is rejected (the Reply-Message says it).
@@ -410,7 +412,7 @@ pub fn decide<'g>(
     let Some(group) = user.group else {
         return Decision::Reject(RejectReason::NoGroup);
     };
-    if user.credit <= Decimal::ZERO {
+    if user.credit <= Decimal::ZERO && !user.quota_left {
         return Decision::Reject(RejectReason::NoCredit);
     }
     if group
@@ -419,14 +421,15 @@ pub fn decide<'g>(
     {
         return Decision::Reject(RejectReason::TooManySessions);
     }
-    let s = crate::rating::session_timeout_secs(
-        group,
-        rules,
-        tz,
-        now,
-        user.credit,
-        group.max_session_secs,
-    );
+    // At zero credit with package quota left, the session may last while time costs
+    // nothing: the smallest positive credit buys exactly the free seconds from now.
+    let credit = if user.credit <= Decimal::ZERO {
+        Decimal::new(1, 28)
+    } else {
+        user.credit
+    };
+    let s =
+        crate::rating::session_timeout_secs(group, rules, tz, now, credit, group.max_session_secs);
     if s == 0 {
         return Decision::Reject(RejectReason::NoCredit);
     }
@@ -762,6 +765,7 @@ reply = { "Framed-Pool" = "pool1", "Idle-Timeout" = 600 }
         let user = |credit: &str, open: usize, status: ClientStatus| Subscriber {
             password: Some("pw"),
             credit: credit.parse().unwrap(),
+            quota_left: false,
             group: Some(g),
             status,
             open_sessions: open,

@@ -244,6 +244,7 @@ fn answer(
     let sub = row.as_ref().map(|u| Subscriber {
         password: u.password.as_deref(),
         credit: u.credit,
+        quota_left: u.quota_left,
         group: cat.groups.iter().find(|g| g.name == u.group_name),
         // Locked and archived clients are refused (DESIGN.md "RADIUS authorization").
         status: if u.archived {

@@ -1,0 +1,825 @@
+//! Packages and expiry (DESIGN.md Part 2 "Packages and expiry"): a `[[package]]` is a
+//! periodic fee with included voice seconds and data bytes; a client package moves
+//! `assigned → active → (renewed …) → deactivated | closed`.
+//!
+//! This module holds the pure parts — period arithmetic in the rating time zone, and how
+//! usage takes quota (earliest period end first) — and the core's package operations:
+//! activation, renewal at period end (due renewals done once each, in order, also after a
+//! restart), deactivation and closing. Every fee is a `package_fee` journal row whose
+//! idempotency key names the package, its activation and the period, so a renewal can
+//! never be charged twice; the package row, the fee, the balance and the event commit in
+//! one transaction.
+
+use chrono::{Datelike, LocalResult, NaiveDateTime, TimeZone};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+
+/// How long a package period lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    /// `day` (1), `week` (7) or `"<N> days"`: N local calendar days, same local time.
+    Days(u32),
+    /// `month`: to the same day of the month (clamped to the month's last day, counted from
+    /// the activation's day: Jan 31 → Feb 28/29 → Mar 31), same local time.
+    Month,
+}
+
+/// Longest `"<N> days"` period.
+pub const MAX_PERIOD_DAYS: u32 = 3660;
+
+impl Period {
+    /// Parses `day`, `week`, `month` or `"<N> days"`.
+    pub fn parse(s: &str) -> Result<Period, String> {
+        let t = s.trim().to_ascii_lowercase();
+        match t.as_str() {
+            "day" => return Ok(Period::Days(1)),
+            "week" => return Ok(Period::Days(7)),
+            "month" => return Ok(Period::Month),
+            _ => {}
+        }
+        let n = t
+            .strip_suffix("days")
+            .or_else(|| t.strip_suffix("day"))
+            .map(str::trim)
+            .and_then(|n| n.parse::<u32>().ok())
+            .ok_or_else(|| format!("{s:?}: expected day, week, month or \"<N> days\""))?;
+        if !(1..=MAX_PERIOD_DAYS).contains(&n) {
+            return Err(format!("{s:?}: N must be 1..={MAX_PERIOD_DAYS}"));
+        }
+        Ok(Period::Days(n))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Period::Days(1) => "day".into(),
+            Period::Days(7) => "week".into(),
+            Period::Days(n) => format!("{n} days"),
+            Period::Month => "month".into(),
+        }
+    }
+}
+
+/// A `[[package]]` of the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub fee: Decimal,
+    pub period: Period,
+    pub voice_seconds: i64,
+    pub data_bytes: i64,
+}
+
+/// The instant `n` periods after `anchor` (unix seconds), counted in `tz`'s local time from
+/// the anchor's local date and time: `n` days / months are added to the anchor's local
+/// date (months clamped to the month's last day), and the local time kept. A local time
+/// that does not exist (a DST gap) moves forward to the first one that does; an ambiguous
+/// one (the repeated hour) is the earlier. `None` beyond the calendar's range.
+pub fn boundary(tz: &Tz, period: Period, anchor: i64, n: u32) -> Option<i64> {
+    let local = tz.timestamp_opt(anchor, 0).single()?.naive_local();
+    let date = match period {
+        Period::Days(d) => local
+            .date()
+            .checked_add_days(chrono::Days::new(d as u64 * n as u64))?,
+        Period::Month => local.date().checked_add_months(chrono::Months::new(n))?,
+    };
+    resolve_local(tz, date.and_time(local.time()))
+}
+
+/// A local date-time as an instant: the earlier of an ambiguous pair; a time in a gap moves
+/// forward minute by minute to the first that exists (gaps are at most a few hours).
+fn resolve_local(tz: &Tz, mut t: NaiveDateTime) -> Option<i64> {
+    for _ in 0..(6 * 60) {
+        match tz.from_local_datetime(&t) {
+            LocalResult::Single(x) => return Some(x.timestamp()),
+            LocalResult::Ambiguous(a, b) => return Some(a.timestamp().min(b.timestamp())),
+            LocalResult::None => t += chrono::Duration::minutes(1),
+        }
+    }
+    None
+}
+
+/// Where a client package is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PackageStatus {
+    Assigned,
+    Active,
+    Deactivated,
+    Closed,
+}
+
+impl PackageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageStatus::Assigned => "assigned",
+            PackageStatus::Active => "active",
+            PackageStatus::Deactivated => "deactivated",
+            PackageStatus::Closed => "closed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PackageStatus> {
+        Some(match s {
+            "assigned" => PackageStatus::Assigned,
+            "active" => PackageStatus::Active,
+            "deactivated" => PackageStatus::Deactivated,
+            "closed" => PackageStatus::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// A package assigned to a client: its state as the ledger keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPackage {
+    pub id: i64,
+    pub user_id: i64,
+    /// The `[[package]]` name.
+    pub package: String,
+    pub status: PackageStatus,
+    pub assigned_at: i64,
+    /// Start of the first period of the current activation (the period arithmetic's
+    /// origin); 0 before the first activation.
+    pub anchor: i64,
+    /// Periods since the anchor of the current period (0 = the activation's).
+    pub period_no: u32,
+    /// The current period `[start, end)` (unix seconds); 0 when never active.
+    pub period_start: i64,
+    pub period_end: i64,
+    /// Quota left in the current period (0 unless active).
+    pub voice_left: i64,
+    pub data_left: i64,
+}
+
+impl ClientPackage {
+    /// Active, with its current period covering `at`.
+    pub fn covers(&self, at: i64) -> bool {
+        self.status == PackageStatus::Active && self.period_start <= at && at < self.period_end
+    }
+
+    /// Quota left at `at` (nothing when the period does not cover it).
+    pub fn has_quota_at(&self, at: i64) -> bool {
+        self.covers(at) && (self.voice_left > 0 || self.data_left > 0)
+    }
+}
+
+/// Quota left after usage took some: (client package id, voice left, data left).
+pub type QuotaChange = (i64, i64, i64);
+
+/// Indices of the packages covering `at` that still hold quota of one kind, in the order
+/// usage takes them: the period that ends first, then the older package.
+fn takers(pkgs: &[ClientPackage], at: i64, left: impl Fn(&ClientPackage) -> i64) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..pkgs.len())
+        .filter(|&i| pkgs[i].covers(at) && left(&pkgs[i]) > 0)
+        .collect();
+    v.sort_by_key(|&i| (pkgs[i].period_end, pkgs[i].id));
+    v
+}
+
+/// Voice seconds the packages can cover for a call starting at `at`.
+pub fn voice_available(pkgs: &[ClientPackage], at: i64) -> i64 {
+    pkgs.iter()
+        .filter(|p| p.covers(at))
+        .fold(0i64, |a, p| a.saturating_add(p.voice_left.max(0)))
+}
+
+/// Data bytes the packages can cover for an update at `at`.
+pub fn data_available(pkgs: &[ClientPackage], at: i64) -> u64 {
+    pkgs.iter()
+        .filter(|p| p.covers(at))
+        .fold(0u64, |a, p| a.saturating_add(p.data_left.max(0) as u64))
+}
+
+/// Takes `want` voice seconds (at most what is available) for a call starting at `at`;
+/// returns what was taken and records each package's new quota in `changed`.
+pub fn take_voice(
+    pkgs: &mut [ClientPackage],
+    at: i64,
+    want: i64,
+    changed: &mut Vec<QuotaChange>,
+) -> i64 {
+    let mut taken = 0i64;
+    for i in takers(pkgs, at, |p| p.voice_left) {
+        if taken >= want {
+            break;
+        }
+        let p = &mut pkgs[i];
+        let t = p.voice_left.min(want - taken);
+        p.voice_left -= t;
+        taken += t;
+        changed.push((p.id, p.voice_left, p.data_left));
+    }
+    taken
+}
+
+/// Takes `want` data bytes (at most what is available) for an update at `at`; returns
+/// what was taken and records each package's new quota in `changed`.
+pub fn take_data(
+    pkgs: &mut [ClientPackage],
+    at: i64,
+    want: u64,
+    changed: &mut Vec<QuotaChange>,
+) -> u64 {
+    let mut taken = 0u64;
+    for i in takers(pkgs, at, |p| p.data_left) {
+        if taken >= want {
+            break;
+        }
+        let p = &mut pkgs[i];
+        let t = (p.data_left as u64).min(want - taken);
+        p.data_left -= t as i64;
+        taken += t;
+        changed.push((p.id, p.voice_left, p.data_left));
+    }
+    taken
+}
+
+/// The end of the earliest active period (IBSng's `nearest_exp_date`).
+pub fn nearest_expiry(pkgs: &[ClientPackage]) -> Option<i64> {
+    pkgs.iter()
+        .filter(|p| p.status == PackageStatus::Active)
+        .map(|p| p.period_end)
+        .min()
+}
+
+/// `YYYY-MM-DD HH:MM:SS` of an instant in `tz` (package periods in logs and comments).
+pub fn local_time(tz: &Tz, t: i64) -> String {
+    tz.timestamp_opt(t, 0)
+        .single()
+        .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Days in the month of a local date (for tests and reports).
+pub fn days_in_month(year: i32, month: u32) -> u32 {
+    let first = chrono::NaiveDate::from_ymd_opt(year, month, 1).expect("valid month");
+    let next = first
+        .checked_add_months(chrono::Months::new(1))
+        .expect("in range");
+    (next - first).num_days() as u32 + first.day0()
+}
+
+// ---- The core's package operations ----------------------------------------------------
+
+use crate::batch::BatchRater;
+use crate::catalog::Catalog;
+use crate::commands::{CommandError, EndSessions};
+use crate::ledger::{PackageFee, PackageWrite};
+
+/// Who renews packages at period end (the actor of those journal rows and events).
+pub const SYSTEM_ACTOR: &str = "system";
+
+/// Furthest back an activation may be dated.
+pub const MAX_BACKDATE_SECS: i64 = 366 * 86_400;
+
+/// Most due renewals one transaction commits (the core goes back to RADIUS in between).
+pub const RENEWALS_PER_COMMIT: usize = 2_000;
+
+/// A package operation asked of the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackageOp {
+    /// Assigns a `[[package]]` to a client (nothing charged yet).
+    Assign {
+        user_id: i64,
+        package: String,
+    },
+    /// Activates an assigned or deactivated package: the fee is taken (refused when the
+    /// credit is less), the quota granted, the first period starts at `at` (default now;
+    /// an earlier `at` dates the activation back, and the renewals since are done at once).
+    Activate {
+        id: i64,
+        at: Option<i64>,
+    },
+    Deactivate {
+        id: i64,
+    },
+    /// Renews a package now: a new period from now, the fee taken, the quota reset.
+    Renew {
+        id: i64,
+    },
+    Close {
+        id: i64,
+    },
+    /// Renews every active or deactivated package of a client now (IBSng renewUsers), all
+    /// or none.
+    RenewClient {
+        user_id: i64,
+    },
+}
+
+fn invalid(m: impl Into<String>) -> CommandError {
+    CommandError::Invalid(m.into())
+}
+
+fn ledger_err(e: crate::ledger::LedgerError) -> CommandError {
+    match e {
+        crate::ledger::LedgerError::Rejected(m) => CommandError::Invalid(m),
+        other => CommandError::Ledger(other.to_string()),
+    }
+}
+
+/// The open package `id` as the core holds it.
+fn find(rater: &BatchRater<'_>, id: i64) -> Result<ClientPackage, CommandError> {
+    let not_found = || CommandError::NotFound(format!("no open client package with id {id}"));
+    let stored = rater
+        .ledger
+        .client_package(id)
+        .map_err(ledger_err)?
+        .ok_or_else(not_found)?;
+    rater
+        .subscribers
+        .by_id(stored.user_id)
+        .and_then(|u| u.packages.iter().find(|p| p.id == id).cloned())
+        .ok_or_else(not_found)
+}
+
+/// A package starting a period run at `anchor`: period 0, quota full.
+fn started(
+    catalog: &Catalog,
+    pkg: &Package,
+    mut p: ClientPackage,
+    anchor: i64,
+) -> Result<ClientPackage, CommandError> {
+    let end = boundary(&catalog.tz, pkg.period, anchor, 1)
+        .ok_or_else(|| invalid("the period's end is beyond the calendar"))?;
+    p.status = PackageStatus::Active;
+    p.anchor = anchor;
+    p.period_no = 0;
+    p.period_start = anchor;
+    p.period_end = end;
+    p.voice_left = pkg.voice_seconds;
+    p.data_left = pkg.data_bytes;
+    Ok(p)
+}
+
+/// The fee of a period of `p` (already in its new period) against `credit`.
+fn fee_of(
+    catalog: &Catalog,
+    pkg: &Package,
+    p: &ClientPackage,
+    credit: Decimal,
+) -> Option<PackageFee> {
+    (!pkg.fee.is_zero()).then(|| PackageFee {
+        amount: pkg.fee,
+        balance_after: credit - pkg.fee,
+        idem_key: format!("package:{}:{}:{}", p.id, p.anchor, p.period_no),
+        comment: format!(
+            "{} {} → {}",
+            pkg.name,
+            local_time(&catalog.tz, p.period_start),
+            local_time(&catalog.tz, p.period_end)
+        ),
+    })
+}
+
+fn short_of(u_credit: Decimal, pkg: &Package) -> CommandError {
+    invalid(format!(
+        "credit {u_credit} is less than the fee {} of package {:?}",
+        pkg.fee, pkg.name
+    ))
+}
+
+/// Runs one package operation on the core; answers the packages as it left them.
+pub fn operate(
+    catalog: &Catalog,
+    rater: &mut BatchRater<'_>,
+    op: PackageOp,
+    actor: &str,
+    now: i64,
+    end_sessions: &mut dyn FnMut(i64, EndSessions),
+) -> Result<Vec<ClientPackage>, CommandError> {
+    let config_pkg = |name: &str| {
+        catalog
+            .package(name)
+            .cloned()
+            .ok_or_else(|| invalid(format!("package {name:?} is not in the config")))
+    };
+    let live_credit = |rater: &mut BatchRater<'_>, user_id: i64| {
+        rater
+            .subscribers
+            .live_mut(user_id)
+            .map(|u| u.credit)
+            .ok_or(CommandError::UserNotFound(user_id))
+    };
+    let mut writes: Vec<PackageWrite> = Vec::new();
+    let write = |package, event, fee, comment: String| PackageWrite {
+        package,
+        event,
+        fee,
+        actor: actor.to_string(),
+        comment,
+    };
+    match op {
+        PackageOp::Assign { user_id, package } => {
+            let pkg = config_pkg(&package)?;
+            live_credit(rater, user_id)?;
+            let p = ClientPackage {
+                id: 0,
+                user_id,
+                package: pkg.name.clone(),
+                status: PackageStatus::Assigned,
+                assigned_at: now,
+                anchor: 0,
+                period_no: 0,
+                period_start: 0,
+                period_end: 0,
+                voice_left: 0,
+                data_left: 0,
+            };
+            writes.push(write(p, "clients_packages.assign", None, pkg.name.clone()));
+        }
+        PackageOp::Activate { id, at } => {
+            let p = find(rater, id)?;
+            if !matches!(
+                p.status,
+                PackageStatus::Assigned | PackageStatus::Deactivated
+            ) {
+                return Err(invalid(format!(
+                    "client package {id} is {}: only an assigned or deactivated package can be activated",
+                    p.status.as_str()
+                )));
+            }
+            let pkg = config_pkg(&p.package)?;
+            let credit = live_credit(rater, p.user_id)?;
+            let anchor = at.unwrap_or(now);
+            if anchor > now + 60 {
+                return Err(invalid("start: must not be in the future"));
+            }
+            if anchor < now - MAX_BACKDATE_SECS {
+                return Err(invalid("start: at most 366 days back"));
+            }
+            if credit < pkg.fee {
+                return Err(short_of(credit, &pkg));
+            }
+            let p = started(catalog, &pkg, p, anchor)?;
+            let fee = fee_of(catalog, &pkg, &p, credit);
+            writes.push(write(p, "clients_packages.activate", fee, pkg.name.clone()));
+        }
+        PackageOp::Renew { id } => {
+            let p = find(rater, id)?;
+            if !matches!(p.status, PackageStatus::Active | PackageStatus::Deactivated) {
+                return Err(invalid(format!(
+                    "client package {id} is {}: activate it first",
+                    p.status.as_str()
+                )));
+            }
+            let pkg = config_pkg(&p.package)?;
+            let credit = live_credit(rater, p.user_id)?;
+            if credit < pkg.fee {
+                return Err(short_of(credit, &pkg));
+            }
+            let p = started(catalog, &pkg, p, now)?;
+            let fee = fee_of(catalog, &pkg, &p, credit);
+            writes.push(write(
+                p,
+                "clients_packages.renew",
+                fee,
+                format!("{} renewed now", pkg.name),
+            ));
+        }
+        PackageOp::RenewClient { user_id } => {
+            let mut credit = live_credit(rater, user_id)?;
+            let pkgs: Vec<ClientPackage> = rater
+                .subscribers
+                .by_id(user_id)
+                .map(|u| u.packages.clone())
+                .unwrap_or_default();
+            for p in pkgs
+                .into_iter()
+                .filter(|p| matches!(p.status, PackageStatus::Active | PackageStatus::Deactivated))
+            {
+                let pkg = config_pkg(&p.package)?;
+                if credit < pkg.fee {
+                    return Err(short_of(credit, &pkg));
+                }
+                let p = started(catalog, &pkg, p, now)?;
+                let fee = fee_of(catalog, &pkg, &p, credit);
+                credit -= pkg.fee;
+                writes.push(write(
+                    p,
+                    "clients_packages.renew",
+                    fee,
+                    format!("{} renewed now", pkg.name),
+                ));
+            }
+        }
+        PackageOp::Deactivate { id } => {
+            let mut p = find(rater, id)?;
+            if p.status != PackageStatus::Active {
+                return Err(invalid(format!(
+                    "client package {id} is {}: only an active package can be deactivated",
+                    p.status.as_str()
+                )));
+            }
+            p.status = PackageStatus::Deactivated;
+            p.voice_left = 0;
+            p.data_left = 0;
+            let name = p.package.clone();
+            writes.push(write(p, "clients_packages.deactivate", None, name));
+        }
+        PackageOp::Close { id } => {
+            let mut p = find(rater, id)?;
+            p.status = PackageStatus::Closed;
+            p.voice_left = 0;
+            p.data_left = 0;
+            let name = p.package.clone();
+            writes.push(write(p, "clients_packages.close", None, name));
+        }
+    }
+    let out = commit(rater, writes, now, end_sessions).map_err(ledger_err)?;
+    // A back-dated activation: the periods since are renewed (or the package deactivated)
+    // at once, in order.
+    if let Err(e) = renew_due(catalog, rater, now, end_sessions) {
+        tracing::error!(error = %e, "package renewals failed; will retry");
+    }
+    let ids: Vec<i64> = out.iter().map(|p| p.id).collect();
+    let mut now_state = Vec::with_capacity(ids.len());
+    for (id, p) in ids.into_iter().zip(out) {
+        let cur = rater
+            .subscribers
+            .by_id(p.user_id)
+            .and_then(|u| u.packages.iter().find(|x| x.id == id).cloned())
+            .unwrap_or(p);
+        now_state.push(cur);
+    }
+    Ok(now_state)
+}
+
+/// Commits package writes and applies them to the in-memory state; returns the packages
+/// as written (with their ids).
+fn commit(
+    rater: &mut BatchRater<'_>,
+    writes: Vec<PackageWrite>,
+    now: i64,
+    end_sessions: &mut dyn FnMut(i64, EndSessions),
+) -> Result<Vec<ClientPackage>, crate::ledger::LedgerError> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids = rater.ledger.commit_packages(&writes, now)?;
+    let mut out = Vec::with_capacity(writes.len());
+    for (w, id) in writes.into_iter().zip(ids) {
+        let mut p = w.package;
+        p.id = id;
+        if let Some(fee) = &w.fee {
+            if let Some(u) = rater.subscribers.get_mut(p.user_id) {
+                let before = std::mem::replace(&mut u.credit, fee.balance_after);
+                if before > Decimal::ZERO && fee.balance_after <= Decimal::ZERO {
+                    let quota_left = p.status == PackageStatus::Active && p.data_left > 0
+                        || data_available(&u.packages, now) > 0;
+                    if !quota_left {
+                        end_sessions(p.user_id, EndSessions::CreditExhausted);
+                    }
+                }
+            }
+        }
+        rater.subscribers.put_package(p.clone());
+        out.push(p);
+    }
+    rater.subscribers.refresh_package_due();
+    Ok(out)
+}
+
+/// Renews every package whose period ended by `now`, in period-end order, each once
+/// (several times for one whose activation was dated back): the fee taken when the credit
+/// covers it, else the package deactivated (no fee, no quota). At most
+/// [`RENEWALS_PER_COMMIT`] per transaction; runs until nothing is due. Returns how many.
+pub fn renew_due(
+    catalog: &Catalog,
+    rater: &mut BatchRater<'_>,
+    now: i64,
+    end_sessions: &mut dyn FnMut(i64, EndSessions),
+) -> Result<usize, crate::ledger::LedgerError> {
+    use std::cmp::Reverse;
+    use std::collections::{BinaryHeap, HashMap};
+    let mut done = 0usize;
+    while rater.subscribers.package_due <= now {
+        let mut heap: BinaryHeap<Reverse<(i64, i64)>> = BinaryHeap::new();
+        let mut state: HashMap<i64, (ClientPackage, bool)> = HashMap::new();
+        let mut credit: HashMap<i64, Decimal> = HashMap::new();
+        for u in &rater.subscribers.users {
+            for p in &u.packages {
+                if p.status == PackageStatus::Active && p.period_end <= now {
+                    heap.push(Reverse((p.period_end, p.id)));
+                    state.insert(p.id, (p.clone(), u.deleted));
+                    credit.insert(u.user_id, u.credit);
+                }
+            }
+        }
+        if heap.is_empty() {
+            rater.subscribers.refresh_package_due();
+            break;
+        }
+        let mut writes: Vec<PackageWrite> = Vec::new();
+        while let Some(Reverse((_, id))) = heap.pop() {
+            if writes.len() >= RENEWALS_PER_COMMIT {
+                break;
+            }
+            let (p, deleted) = state
+                .get(&id)
+                .cloned()
+                .expect("queued packages have a state");
+            let balance = credit[&p.user_id];
+            let mut next = p.clone();
+            let pkg = catalog.package(&p.package);
+            let end = pkg.and_then(|k| boundary(&catalog.tz, k.period, p.anchor, p.period_no + 2));
+            let w = match (pkg, end) {
+                _ if deleted => {
+                    next.status = PackageStatus::Closed;
+                    next.voice_left = 0;
+                    next.data_left = 0;
+                    PackageWrite {
+                        package: next.clone(),
+                        event: "clients_packages.close",
+                        fee: None,
+                        actor: SYSTEM_ACTOR.into(),
+                        comment: "the client was deleted".into(),
+                    }
+                }
+                (Some(k), Some(end)) if balance >= k.fee => {
+                    next.period_no += 1;
+                    next.period_start = p.period_end;
+                    next.period_end = end;
+                    next.voice_left = k.voice_seconds;
+                    next.data_left = k.data_bytes;
+                    let fee = fee_of(catalog, k, &next, balance);
+                    credit.insert(p.user_id, balance - k.fee);
+                    PackageWrite {
+                        package: next.clone(),
+                        event: "clients_packages.renew",
+                        fee,
+                        actor: SYSTEM_ACTOR.into(),
+                        comment: format!("{} renewed at period end", k.name),
+                    }
+                }
+                (k, _) => {
+                    next.status = PackageStatus::Deactivated;
+                    next.voice_left = 0;
+                    next.data_left = 0;
+                    let why = match k {
+                        None => format!("{} is no longer in the config", p.package),
+                        Some(k) => format!(
+                            "renewal at {}: credit {balance} is less than the fee {}",
+                            local_time(&catalog.tz, p.period_end),
+                            k.fee
+                        ),
+                    };
+                    tracing::info!(client = p.user_id, package = %p.package, id = p.id, reason = %why, "package deactivated");
+                    PackageWrite {
+                        package: next.clone(),
+                        event: "clients_packages.deactivate",
+                        fee: None,
+                        actor: SYSTEM_ACTOR.into(),
+                        comment: why,
+                    }
+                }
+            };
+            writes.push(w);
+            if next.status == PackageStatus::Active && next.period_end <= now {
+                heap.push(Reverse((next.period_end, id)));
+            }
+            state.insert(id, (next, deleted));
+        }
+        let n = writes.len();
+        commit(rater, writes, now, end_sessions)?;
+        done += n;
+        tracing::info!(
+            renewals = n,
+            "package periods ended: renewed or deactivated"
+        );
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(tz: &Tz, s: &str) -> i64 {
+        let n = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap();
+        tz.from_local_datetime(&n).earliest().unwrap().timestamp()
+    }
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!(Period::parse("day"), Ok(Period::Days(1)));
+        assert_eq!(Period::parse("week"), Ok(Period::Days(7)));
+        assert_eq!(Period::parse("Month"), Ok(Period::Month));
+        assert_eq!(Period::parse("30 days"), Ok(Period::Days(30)));
+        assert_eq!(Period::parse("1 day"), Ok(Period::Days(1)));
+        assert!(Period::parse("0 days").is_err());
+        assert!(Period::parse("fortnight").is_err());
+        assert!(Period::parse("-3 days").is_err());
+        assert!(Period::parse("99999 days").is_err());
+    }
+
+    /// Month ends clamp from the anchor's day: Jan 31 → Feb 28 → Mar 31 → Apr 30; in a
+    /// leap year Feb 29.
+    #[test]
+    fn month_ends_clamp_from_the_anchor() {
+        let tz: Tz = "UTC".parse().unwrap();
+        let a = ts(&tz, "2026-01-31 10:00:00");
+        let want = [
+            "2026-01-31 10:00:00",
+            "2026-02-28 10:00:00",
+            "2026-03-31 10:00:00",
+            "2026-04-30 10:00:00",
+            "2026-05-31 10:00:00",
+            "2026-06-30 10:00:00",
+            "2027-01-31 10:00:00",
+        ];
+        for (n, w) in [0u32, 1, 2, 3, 4, 5, 12].iter().zip(want) {
+            assert_eq!(
+                boundary(&tz, Period::Month, a, *n),
+                Some(ts(&tz, w)),
+                "n={n}"
+            );
+        }
+        let leap = ts(&tz, "2028-01-30 00:00:00");
+        assert_eq!(
+            boundary(&tz, Period::Month, leap, 1),
+            Some(ts(&tz, "2028-02-29 00:00:00"))
+        );
+        assert_eq!(
+            boundary(&tz, Period::Month, leap, 2),
+            Some(ts(&tz, "2028-03-30 00:00:00"))
+        );
+        assert_eq!(days_in_month(2028, 2), 29);
+        assert_eq!(days_in_month(2026, 2), 28);
+    }
+
+    /// Days are local calendar days: across the spring-forward night a day is 23 hours,
+    /// across the fall-back night 25; a local time inside the gap moves forward.
+    #[test]
+    fn days_follow_local_time_across_dst() {
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        // 2026-03-29 02:00 → 03:00 local (CET → CEST).
+        let a = ts(&tz, "2026-03-28 12:00:00");
+        let b = boundary(&tz, Period::Days(1), a, 1).unwrap();
+        assert_eq!(b - a, 23 * 3600);
+        assert_eq!(local_time(&tz, b), "2026-03-29 12:00:00");
+        // 2026-10-25 03:00 → 02:00 local (CEST → CET).
+        let a = ts(&tz, "2026-10-24 12:00:00");
+        assert_eq!(boundary(&tz, Period::Days(1), a, 1).unwrap() - a, 25 * 3600);
+        // An anchor at 02:30 the day before the gap: the next day's 02:30 does not exist;
+        // the boundary is 03:00 CEST.
+        let a = ts(&tz, "2026-03-28 02:30:00");
+        let b = boundary(&tz, Period::Days(1), a, 1).unwrap();
+        assert_eq!(local_time(&tz, b), "2026-03-29 03:00:00");
+        // The repeated hour: the earlier 02:30 (CEST).
+        let a = ts(&tz, "2026-10-24 02:30:00");
+        let b = boundary(&tz, Period::Days(1), a, 1).unwrap();
+        assert_eq!(local_time(&tz, b), "2026-10-25 02:30:00");
+        assert_eq!(b - a, 24 * 3600);
+        // A week is 7 local days whatever the offset did.
+        let a = ts(&tz, "2026-03-25 00:00:00");
+        assert_eq!(
+            local_time(&tz, boundary(&tz, Period::Days(7), a, 1).unwrap()),
+            "2026-04-01 00:00:00"
+        );
+    }
+
+    fn pkg(id: i64, start: i64, end: i64, voice: i64, data: i64) -> ClientPackage {
+        ClientPackage {
+            id,
+            user_id: 1,
+            package: format!("p{id}"),
+            status: PackageStatus::Active,
+            assigned_at: 0,
+            anchor: start,
+            period_no: 0,
+            period_start: start,
+            period_end: end,
+            voice_left: voice,
+            data_left: data,
+        }
+    }
+
+    /// The period that ends first is used first; a take spanning two packages empties the
+    /// first; packages whose period does not cover the moment are not touched.
+    #[test]
+    fn quota_is_taken_earliest_end_first() {
+        let mut pkgs = vec![
+            pkg(1, 0, 2000, 100, 5_000),
+            pkg(2, 0, 1000, 30, 1_000),
+            pkg(3, 1500, 3000, 1000, 1000),
+        ];
+        let mut ch = Vec::new();
+        assert_eq!(voice_available(&pkgs, 500), 130);
+        assert_eq!(take_voice(&mut pkgs, 500, 50, &mut ch), 50);
+        assert_eq!((pkgs[1].voice_left, pkgs[0].voice_left), (0, 80));
+        assert_eq!(ch, vec![(2, 0, 1_000), (1, 80, 5_000)]);
+        ch.clear();
+        assert_eq!(take_voice(&mut pkgs, 500, 500, &mut ch), 80);
+        assert_eq!(take_voice(&mut pkgs, 500, 10, &mut ch), 0);
+        assert_eq!(pkgs[2].voice_left, 1000, "not covering t=500");
+        // Data at t=1200: package 2's period is over, 1 and 3 do not both cover it.
+        assert_eq!(data_available(&pkgs, 1200), 5_000);
+        ch.clear();
+        assert_eq!(take_data(&mut pkgs, 1200, 7_000, &mut ch), 5_000);
+        assert_eq!(ch, vec![(1, 0, 0)]);
+        assert_eq!(data_available(&pkgs, 1600), 1000);
+        assert_eq!(nearest_expiry(&pkgs), Some(1000));
+        pkgs[1].status = PackageStatus::Deactivated;
+        assert_eq!(nearest_expiry(&pkgs), Some(2000));
+    }
+}
