@@ -1,17 +1,21 @@
 //! ratel's HTTP API (axum on tokio), started by `ratel serve`: one listener, every dialect
 //! by path (DESIGN.md Part 2, "API architecture"). The dialects are thin adapters over one
-//! typed service layer ([`service`]): IBSng JSON-RPC at `POST /` ([`ibsng`]), Tariscope
-//! REST at `/api/...` ([`tariscope`]). Reads go to the
+//! typed service layer ([`service`]): IBSng JSON-RPC at `POST /` ([`ibsng`]), JeraSoft VCS
+//! JSON-RPC 2.0 at `POST /jsonrpc/` and its file downloads at `/admin/<module>/<action>`
+//! ([`vcs`]), Tariscope REST at `/api/...` ([`tariscope`]). Reads go to the
 //! ledger through its read trait and to the core's published live state; writes are
 //! commands executed by the serve core, which owns the ledger and every balance.
 
 pub mod auth;
+pub mod clients;
+pub mod export;
 mod http;
 pub mod ibsng;
 mod metrics;
 pub mod report;
 pub mod service;
 pub mod tariscope;
+pub mod vcs;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,8 @@ pub struct ApiState {
     pub service: Service,
     /// Requests executing at once (each holds a blocking worker thread).
     workers: Arc<tokio::sync::Semaphore>,
+    /// File downloads streaming at once (each holds a blocking thread while it streams).
+    downloads: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
@@ -46,6 +52,7 @@ impl ApiState {
         Ok(ApiState {
             service: Service::new(cell, live, commands)?,
             workers: Arc::new(tokio::sync::Semaphore::new(max)),
+            downloads: Arc::new(tokio::sync::Semaphore::new(vcs::files::MAX_DOWNLOADS)),
         })
     }
 }
@@ -60,6 +67,9 @@ pub async fn run(
     let limits = state.service.catalog.get().api_limits;
     let app = Router::new()
         .route("/", post(ibsng::handle))
+        .route("/jsonrpc", post(vcs::handle))
+        .route("/jsonrpc/", post(vcs::handle))
+        .route("/admin/{module}/{action}", any(vcs::files::handle))
         .route("/api", any(tariscope::handle))
         .route("/api/", any(tariscope::handle))
         .route("/api/{*rest}", any(tariscope::handle))

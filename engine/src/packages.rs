@@ -148,6 +148,9 @@ pub struct ClientPackage {
     /// Quota left in the current period (0 unless active).
     pub voice_left: i64,
     pub data_left: i64,
+    /// Periods that took a fee so far (activations, renewals): the fee of cycle `n` has
+    /// the idempotency key `package:<id>:<n>`, so no period is ever charged twice.
+    pub cycle: u32,
 }
 
 impl ClientPackage {
@@ -348,6 +351,7 @@ fn started(
     p.period_end = end;
     p.voice_left = pkg.voice_seconds;
     p.data_left = pkg.data_bytes;
+    p.cycle += 1;
     Ok(p)
 }
 
@@ -361,7 +365,7 @@ fn fee_of(
     (!pkg.fee.is_zero()).then(|| PackageFee {
         amount: pkg.fee,
         balance_after: credit - pkg.fee,
-        idem_key: format!("package:{}:{}:{}", p.id, p.anchor, p.period_no),
+        idem_key: format!("package:{}:{}", p.id, p.cycle),
         comment: format!(
             "{} {} → {}",
             pkg.name,
@@ -424,6 +428,7 @@ pub fn operate(
                 period_end: 0,
                 voice_left: 0,
                 data_left: 0,
+                cycle: 0,
             };
             writes.push(write(p, "clients_packages.assign", None, pkg.name.clone()));
         }
@@ -641,6 +646,7 @@ pub fn renew_due(
                     next.period_end = end;
                     next.voice_left = k.voice_seconds;
                     next.data_left = k.data_bytes;
+                    next.cycle += 1;
                     let fee = fee_of(catalog, k, &next, balance);
                     credit.insert(p.user_id, balance - k.fee);
                     PackageWrite {
@@ -791,6 +797,7 @@ mod tests {
             period_end: end,
             voice_left: voice,
             data_left: data,
+            cycle: 1,
         }
     }
 

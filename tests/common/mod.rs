@@ -496,3 +496,215 @@ pub fn counts(summary: &str) -> [u64; 6] {
 pub fn users(c: [&str; 3]) -> Vec<(String, Decimal)> {
     (0..3).map(|i| (format!("user{i}"), d(c[i]))).collect()
 }
+
+/// An HTTP/1.1 answer: status, headers (names lowercased, in order), body (de-chunked).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// The body came with `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+}
+
+impl HttpAnswer {
+    /// The value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (from the local address `from` when
+/// given, e.g. 127.0.0.2: another client IP), `Connection: close`, read to the end.
+pub fn http_request(
+    from: Option<std::net::IpAddr>,
+    api: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    use std::io::{Read, Write};
+    let mut s: std::net::TcpStream = match from {
+        None => std::net::TcpStream::connect(api).unwrap(),
+        Some(ip) => {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&SocketAddr::new(ip, 0).into()).unwrap();
+            sock.connect(&api.into()).unwrap();
+            sock.into()
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let rest = &raw[split + 4..];
+    let body = if chunked {
+        dechunk(rest).unwrap_or_else(|| panic!("truncated chunked body ({} bytes)", rest.len()))
+    } else {
+        rest.to_vec()
+    };
+    HttpAnswer {
+        status,
+        headers,
+        body,
+        chunked,
+    }
+}
+
+/// A chunked body decoded; `None` when it does not end with the last (zero) chunk.
+pub fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&b[..eol])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
+            16,
+        )
+        .ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// A temp dir holding a test's own config (and the files it names: rate decks, ...), with
+/// the spool and data dir the config points at (`spool`, `data`): the launcher of the
+/// dialect tests.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// Writes `ratel.toml` = `config` and each `(name, content)` of `files`.
+    pub fn new(config: &str, files: &[(&str, &str)]) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ratel.toml"), config).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
+        Site { dir }
+    }
+
+    pub fn config(&self) -> String {
+        self.dir.path().join("ratel.toml").display().to_string()
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// `ratel serve`: (server, RADIUS accounting address, API address).
+    pub fn serve(&self) -> (Server, SocketAddr, SocketAddr) {
+        serve_config(&self.config())
+    }
+
+    /// Drops a CDR file into the spool (written under a hidden name, then renamed).
+    pub fn drop_cdr(&self, name: &str, content: &str) {
+        let tmp = self.spool().join(format!(".{name}.part"));
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, self.spool().join(name)).unwrap();
+    }
+
+    /// Waits (at most 20 s) until `n` spool files are in `spool/done/`; none may fail.
+    pub fn wait_spool_done(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let count = |sub: &str| {
+                std::fs::read_dir(self.spool().join(sub))
+                    .map(|d| d.flatten().count())
+                    .unwrap_or(0)
+            };
+            assert_eq!(count("failed"), 0, "spool files failed");
+            let got = count("done");
+            if got >= n {
+                assert_eq!(got, n, "files in spool/done");
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {got} of {n} spool files rated within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The ledger opened read-only beside the running server.
+    pub fn ledger_ro(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_with_flags(
+            self.data().join("ledger.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c
+    }
+
+    /// Waits (at most 10 s) until no xDR waits in the outbox (all are in Parquet files).
+    pub fn wait_outbox_empty(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let n: i64 = self
+                .ledger_ro()
+                .query_row("SELECT count(*) FROM xdr_outbox", [], |r| r.get(0))
+                .unwrap();
+            if n == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} xDRs still in the outbox after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -131,7 +131,7 @@ fn respond(status: StatusCode, body: Value, xml_form: bool) -> Response {
 }
 
 /// Percent-decoding of a query component (`+` is a space).
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

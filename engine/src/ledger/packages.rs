@@ -26,12 +26,13 @@ CREATE TABLE IF NOT EXISTS client_packages(
   period_end INTEGER NOT NULL DEFAULT 0,
   voice_left INTEGER NOT NULL DEFAULT 0,
   data_left INTEGER NOT NULL DEFAULT 0,
+  cycle INTEGER NOT NULL DEFAULT 0,
   changed_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS client_packages_user ON client_packages(user_id);
 ";
 
 const COLUMNS: &str = "id, user_id, package, status, assigned_at, anchor, period_no, \
-                       period_start, period_end, voice_left, data_left";
+                       period_start, period_end, voice_left, data_left, cycle";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientPackage> {
     let status: String = r.get(3)?;
@@ -47,6 +48,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ClientPackage> {
         period_end: r.get(8)?,
         voice_left: r.get(9)?,
         data_left: r.get(10)?,
+        cycle: r.get::<_, i64>(11)?.clamp(0, u32::MAX as i64) as u32,
     })
 }
 
@@ -56,7 +58,7 @@ pub struct PackageFee {
     /// The fee (> 0), taken from the credit.
     pub amount: Decimal,
     pub balance_after: Decimal,
-    /// `package:<id>:<anchor>:<period>`: one fee per period of an activation, ever.
+    /// `package:<id>:<cycle>`: one fee per fee-taking cycle of the package, ever.
     pub idem_key: String,
     pub comment: String,
 }
@@ -168,18 +170,18 @@ impl Ledger {
                 let p = &op.package;
                 let id = if p.id == 0 {
                     tx.execute(
-                        "INSERT INTO client_packages(user_id, package, status, assigned_at, anchor, period_no, period_start, period_end, voice_left, data_left, changed_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                        params![p.user_id, p.package, p.status.as_str(), p.assigned_at, p.anchor, p.period_no, p.period_start, p.period_end, p.voice_left, p.data_left, now],
+                        "INSERT INTO client_packages(user_id, package, status, assigned_at, anchor, period_no, period_start, period_end, voice_left, data_left, cycle, changed_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                        params![p.user_id, p.package, p.status.as_str(), p.assigned_at, p.anchor, p.period_no, p.period_start, p.period_end, p.voice_left, p.data_left, p.cycle, now],
                     )
                     .map_err(sq)?;
                     tx.last_insert_rowid()
                 } else {
                     let n = tx
                         .execute(
-                            "UPDATE client_packages SET status = ?2, anchor = ?3, period_no = ?4, period_start = ?5, period_end = ?6, voice_left = ?7, data_left = ?8, changed_at = ?9
+                            "UPDATE client_packages SET status = ?2, anchor = ?3, period_no = ?4, period_start = ?5, period_end = ?6, voice_left = ?7, data_left = ?8, cycle = ?9, changed_at = ?10
                              WHERE id = ?1 AND status <> 'closed'",
-                            params![p.id, p.status.as_str(), p.anchor, p.period_no, p.period_start, p.period_end, p.voice_left, p.data_left, now],
+                            params![p.id, p.status.as_str(), p.anchor, p.period_no, p.period_start, p.period_end, p.voice_left, p.data_left, p.cycle, now],
                         )
                         .map_err(sq)?;
                     if n == 0 {

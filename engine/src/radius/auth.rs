@@ -737,12 +737,23 @@ start = "00:00"
 end = "08:00"
 price_per_minute = "0.0050"
 price_per_gb = "0"
+[[charge_rule]]
+name = "free"
+days = ["mon","tue","wed","thu","fri","sat","sun"]
+start = "00:00"
+end = "24:00"
+price_per_minute = "0"
+price_per_gb = "1.0"
 [[group]]
 name = "g"
 charge_rules = ["night", "day"]
 max_sessions = 1
 max_session_secs = 3600
 reply = { "Framed-Pool" = "pool1", "Idle-Timeout" = 600 }
+[[group]]
+name = "data"
+charge_rules = ["free"]
+max_session_secs = 7200
 "#;
 
     fn catalog() -> Catalog {
@@ -858,6 +869,48 @@ reply = { "Framed-Pool" = "pool1", "Idle-Timeout" = 600 }
         );
     }
 
+    /// Package quota left is a reason to accept at zero credit (DESIGN.md "RADIUS
+    /// authorization"): the session may last while time costs nothing — the group's cap
+    /// when time is free, a rejection when time is priced; no quota, no accept.
+    #[test]
+    fn quota_left_accepts_at_zero_credit_while_time_is_free() {
+        let c = catalog();
+        let (g, data) = (&c.groups[0], &c.groups[1]);
+        let auth = [3u8; 16];
+        let req = request(auth, &[(1, b"u".to_vec()), (2, hide(b"pw", &auth))], false);
+        let req = decode_access_request(&req, SECRET, false).unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-02T12:00:00Z")
+            .unwrap()
+            .timestamp();
+        let user = |credit: &str, quota_left: bool, group| Subscriber {
+            password: Some("pw"),
+            credit: credit.parse().unwrap(),
+            quota_left,
+            group: Some(group),
+            status: ClientStatus::Active,
+            open_sessions: 0,
+        };
+        let cases = [
+            (user("0", true, data), Some(7200)),
+            (user("-2.5", true, data), Some(7200)),
+            (user("0", false, data), None),
+            (user("0", true, g), None),
+            (user("0.01", true, g), Some(60)),
+        ];
+        for (i, (u, want)) in cases.into_iter().enumerate() {
+            let got = decide(&req, SECRET, Some(&u), &c.charge_rules, &c.tz, 300, now);
+            let want = match want {
+                Some(s) => Decision::Accept {
+                    session_timeout_secs: s,
+                    interim_interval_secs: 300,
+                    reply: &u.group.unwrap().reply,
+                },
+                None => Decision::Reject(RejectReason::NoCredit),
+            };
+            assert_eq!(got, want, "case {i}");
+        }
+    }
+
     /// The reply checked against a hand computation: attributes in order (Message-
     /// Authenticator first, Proxy-States last), the HMAC over the reply with the Request
     /// Authenticator, the Response Authenticator over all of it.
@@ -943,12 +996,10 @@ reply = { "Framed-Pool" = "pool1", "Idle-Timeout" = 600 }
         assert_eq!(c.auth_listen.as_deref(), Some("127.0.0.1:1812"));
         assert!(!c.nas[0].require_message_authenticator);
         assert_eq!(c.nas[0].coa_port, 1700);
+        let h = c.groups.last().unwrap();
+        assert_eq!(h.name, "h");
         assert_eq!(
-            (
-                c.groups[1].max_sessions,
-                c.groups[1].max_session_secs,
-                c.groups[1].reply.len()
-            ),
+            (h.max_sessions, h.max_session_secs, h.reply.len()),
             (None, 86_400, 0)
         );
         let cases = [
@@ -958,11 +1009,11 @@ reply = { "Framed-Pool" = "pool1", "Idle-Timeout" = 600 }
             ),
             (
                 "[[group]]\nname = \"h\"\nreply = { \"Idle-Timeout\" = \"ten\" }\n",
-                "t.toml: group[1] (h).reply: Idle-Timeout: an integer expected",
+                "t.toml: group[2] (h).reply: Idle-Timeout: an integer expected",
             ),
             (
                 "[[group]]\nname = \"h\"\nmax_session_secs = 0\n",
-                "t.toml: group[1] (h).max_session_secs: 0 is outside 1..=2678400 (31 days)",
+                "t.toml: group[2] (h).max_session_secs: 0 is outside 1..=2678400 (31 days)",
             ),
         ];
         for (extra, want) in cases {
@@ -973,7 +1024,7 @@ reply = { "Framed-Pool" = "pool1", "Idle-Timeout" = 600 }
             .to_string();
         assert!(
             e.starts_with(
-                "t.toml: group[1] (h).reply: \"Framed-Poool\" is not a reply attribute ratel knows"
+                "t.toml: group[2] (h).reply: \"Framed-Poool\" is not a reply attribute ratel knows"
             ),
             "{e}"
         );
