@@ -81,6 +81,9 @@ for f in files:
     t = pq.read_table(f)
     assert str(t.schema.field("refund_of").type) == "uint64", f"{f}: refund_of is {t.schema.field('refund_of').type}"
     assert str(t.schema.field("account").type) == "string", f"{f}: account is {t.schema.field('account').type}"
+    for c in ("package_seconds", "package_bytes"):
+        assert str(t.schema.field(c).type) == "int64", f"{f}: {c} is {t.schema.field(c).type}"
+        assert min(t.column(c).to_pylist()) >= 0, f"{f}: negative {c}"
     rows += t.select(["xdr_id", "username", "account", "status", "logout_time", "credit_used", "refund_of"]).to_pylist()
 by_id = {r["xdr_id"]: r for r in rows}
 assert len(by_id) == len(rows), "an xDR id appears twice"

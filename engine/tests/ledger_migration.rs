@@ -333,7 +333,12 @@ fn old_users() -> Vec<UserRow> {
 fn check_migrated(data: &Path) {
     let c = reader(data);
     assert_eq!(version(&c), ratel_engine::ledger::SCHEMA_VERSION);
-    assert_eq!(version(&c), 4);
+    assert_eq!(version(&c), 5);
+    // Version 5: client packages, empty after a migration.
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM client_packages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
     // Version 3: closed sessions remember when they ended (unknown for older rows).
     let ended: Vec<Option<i64>> = c
         .prepare("SELECT ended FROM radius_closed")
@@ -866,12 +871,12 @@ fn a_version_1_ledger_is_migrated_to_version_2() {
     );
     drop(c);
 
-    // Still version 4 after the writes and another open.
+    // Still version 5 after the writes and another open.
     drop(ledger);
     drop(lock);
     let _lock = DataDirLock::acquire(&data).unwrap();
     let ledger = Ledger::open(&data).unwrap();
-    assert_eq!(version(&reader(&data)), 4);
+    assert_eq!(version(&reader(&data)), 5);
     assert_eq!(ledger.load_users().unwrap().len(), 6);
 }
 
