@@ -192,7 +192,7 @@ fn assign(api: SocketAddr, id: i64, package: &str) -> i64 {
         json!({"user_id": id, "package": package}),
     );
     assert_eq!(r[0]["status"], "assigned", "{r}");
-    r[0]["id"].as_i64().unwrap()
+    r[0]["id_clients_packages"].as_i64().unwrap()
 }
 
 /// The `package_fee` journal rows of a client: (amount, comment).
@@ -427,7 +427,10 @@ fn monthly_periods_clamp_to_month_ends() {
     let info = ok(api, "user.getUserInfo", json!({"user_id": id}));
     let info = &info[id.to_string()];
     assert_eq!(info["basic_info"]["nearest_exp_date"], fmt_local(end));
-    assert_eq!(info["attrs"]["packages"][0]["id"], pid, "{info}");
+    assert_eq!(
+        info["attrs"]["packages"][0]["id_clients_packages"], pid,
+        "{info}"
+    );
     assert_eq!(
         credit(api, id),
         d("1000") - Decimal::from(10 * (1 + renewals))

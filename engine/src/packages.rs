@@ -168,72 +168,94 @@ impl ClientPackage {
 /// Quota left after usage took some: (client package id, voice left, data left).
 pub type QuotaChange = (i64, i64, i64);
 
-/// Indices of the packages covering `at` that still hold quota of one kind, in the order
-/// usage takes them: the period that ends first, then the older package.
-fn takers(pkgs: &[ClientPackage], at: i64, left: impl Fn(&ClientPackage) -> i64) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..pkgs.len())
-        .filter(|&i| pkgs[i].covers(at) && left(&pkgs[i]) > 0)
+/// One kind of quota a package holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Quota {
+    Voice,
+    Data,
+}
+
+impl Quota {
+    fn get(self, p: &ClientPackage) -> i64 {
+        match self {
+            Quota::Voice => p.voice_left,
+            Quota::Data => p.data_left,
+        }
+    }
+
+    fn left(self, p: &mut ClientPackage) -> &mut i64 {
+        match self {
+            Quota::Voice => &mut p.voice_left,
+            Quota::Data => &mut p.data_left,
+        }
+    }
+}
+
+/// What the packages covering `at` hold of one quota.
+fn available(pkgs: &[ClientPackage], at: i64, q: Quota) -> u64 {
+    pkgs.iter()
+        .filter(|p| p.covers(at))
+        .map(|p| q.get(p))
+        .fold(0u64, |a, n| a.saturating_add(n.max(0) as u64))
+}
+
+/// Takes `want` of one quota (at most what is available) from the packages covering `at`,
+/// in the order usage takes them — the period that ends first, then the older package;
+/// records each package's new quota in `changed` and returns what was taken.
+fn take(
+    pkgs: &mut [ClientPackage],
+    at: i64,
+    want: u64,
+    q: Quota,
+    changed: &mut Vec<QuotaChange>,
+) -> u64 {
+    let mut order: Vec<usize> = (0..pkgs.len())
+        .filter(|&i| pkgs[i].covers(at) && q.get(&pkgs[i]) > 0)
         .collect();
-    v.sort_by_key(|&i| (pkgs[i].period_end, pkgs[i].id));
-    v
+    order.sort_by_key(|&i| (pkgs[i].period_end, pkgs[i].id));
+    let mut taken = 0u64;
+    for i in order {
+        if taken >= want {
+            break;
+        }
+        let p = &mut pkgs[i];
+        let left = q.left(p);
+        let t = (*left as u64).min(want - taken);
+        *left -= t as i64;
+        taken += t;
+        changed.push((p.id, p.voice_left, p.data_left));
+    }
+    taken
 }
 
 /// Voice seconds the packages can cover for a call starting at `at`.
 pub fn voice_available(pkgs: &[ClientPackage], at: i64) -> i64 {
-    pkgs.iter()
-        .filter(|p| p.covers(at))
-        .fold(0i64, |a, p| a.saturating_add(p.voice_left.max(0)))
+    available(pkgs, at, Quota::Voice).min(i64::MAX as u64) as i64
 }
 
 /// Data bytes the packages can cover for an update at `at`.
 pub fn data_available(pkgs: &[ClientPackage], at: i64) -> u64 {
-    pkgs.iter()
-        .filter(|p| p.covers(at))
-        .fold(0u64, |a, p| a.saturating_add(p.data_left.max(0) as u64))
+    available(pkgs, at, Quota::Data)
 }
 
-/// Takes `want` voice seconds (at most what is available) for a call starting at `at`;
-/// returns what was taken and records each package's new quota in `changed`.
+/// Takes `want` voice seconds (at most what is available) for a call starting at `at`.
 pub fn take_voice(
     pkgs: &mut [ClientPackage],
     at: i64,
     want: i64,
     changed: &mut Vec<QuotaChange>,
 ) -> i64 {
-    let mut taken = 0i64;
-    for i in takers(pkgs, at, |p| p.voice_left) {
-        if taken >= want {
-            break;
-        }
-        let p = &mut pkgs[i];
-        let t = p.voice_left.min(want - taken);
-        p.voice_left -= t;
-        taken += t;
-        changed.push((p.id, p.voice_left, p.data_left));
-    }
-    taken
+    take(pkgs, at, want.max(0) as u64, Quota::Voice, changed) as i64
 }
 
-/// Takes `want` data bytes (at most what is available) for an update at `at`; returns
-/// what was taken and records each package's new quota in `changed`.
+/// Takes `want` data bytes (at most what is available) for an update at `at`.
 pub fn take_data(
     pkgs: &mut [ClientPackage],
     at: i64,
     want: u64,
     changed: &mut Vec<QuotaChange>,
 ) -> u64 {
-    let mut taken = 0u64;
-    for i in takers(pkgs, at, |p| p.data_left) {
-        if taken >= want {
-            break;
-        }
-        let p = &mut pkgs[i];
-        let t = (p.data_left as u64).min(want - taken);
-        p.data_left -= t as i64;
-        taken += t;
-        changed.push((p.id, p.voice_left, p.data_left));
-    }
-    taken
+    take(pkgs, at, want, Quota::Data, changed)
 }
 
 /// The end of the earliest active period (IBSng's `nearest_exp_date`).

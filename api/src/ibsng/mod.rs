@@ -695,23 +695,7 @@ fn one_id(p: &Map<String, Value>, key: &str) -> Result<i64, RpcError> {
 
 /// A client package as this dialect shows it (times as IBSng writes them).
 fn package_json(cat: &Catalog, p: &ClientPackage) -> Value {
-    let t = |s: i64| {
-        if s == 0 {
-            String::new()
-        } else {
-            fmt_time(cat, s)
-        }
-    };
-    json!({
-        "id": p.id,
-        "user_id": p.user_id,
-        "package": p.package,
-        "status": p.status.as_str(),
-        "period_start": t(p.period_start),
-        "period_end": t(p.period_end),
-        "voice_seconds_left": p.voice_left,
-        "data_bytes_left": p.data_left,
-    })
+    ratel_engine::ledger::package_json_with(p, |t| fmt_time(cat, t))
 }
 
 /// Extension: a user's packages (`include_closed` for the closed ones too).

@@ -23,7 +23,7 @@ mod packages;
 mod read;
 pub use clients::{ClientBefore, RefundCommit};
 pub use events::{EventStore, EventView, StoredEvent};
-pub use packages::{package_json, PackageFee, PackageWrite};
+pub use packages::{package_json, package_json_with, PackageFee, PackageWrite};
 pub use read::{
     run_sql, ClientRecord, JournalEntry, LedgerRead, Reader, RuleUsage, SqlAnswer, SqlError,
     SqlLimits,

@@ -94,14 +94,19 @@ pub(super) fn store_quota(tx: &Transaction<'_>, quota: &[QuotaChange]) -> rusqli
     Ok(())
 }
 
-/// A client package as events and the API show it.
+/// A client package as events show it (times RFC 3339 UTC).
 pub fn package_json(p: &ClientPackage) -> Value {
-    let t = |s: i64| {
-        (s != 0)
-            .then(|| chrono::DateTime::<chrono::Utc>::from_timestamp(s, 0))
-            .flatten()
+    package_json_with(p, |s| {
+        chrono::DateTime::<chrono::Utc>::from_timestamp(s, 0)
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-    };
+            .unwrap_or_default()
+    })
+}
+
+/// A client package with its times written by `time` (a dialect's format); a time never
+/// set is null.
+pub fn package_json_with(p: &ClientPackage, time: impl Fn(i64) -> String) -> Value {
+    let t = |s: i64| (s != 0).then(|| time(s));
     json!({
         "id_clients_packages": p.id,
         "id_clients": p.user_id,
