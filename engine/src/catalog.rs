@@ -969,6 +969,34 @@ mod tests {
         Catalog::build(&lc)
     }
 
+    /// `[[package]]` errors name the file, line and key; the demo's package builds.
+    #[test]
+    fn package_config_errors() {
+        let c = Catalog::build(&LoadedConfig::demo()).unwrap();
+        let p = c.package("home-50").unwrap();
+        assert_eq!(
+            (p.fee, p.period, p.voice_seconds, p.data_bytes),
+            (
+                "10.00".parse().unwrap(),
+                crate::packages::Period::Month,
+                6000,
+                50_000_000_000
+            )
+        );
+        let pkg = |body: &str| format!("[[package]]\nname = \"p\"\n{body}\n");
+        let cases = [
+            (pkg("fee = \"1\"\nperiod = \"fortnight\""), "t.toml:1: package[0].period: \"fortnight\": expected day, week, month or \"<N> days\""),
+            (pkg("fee = \"-1\"\nperiod = \"day\""), "t.toml:1: package[0].fee: \"-1\" is negative"),
+            (pkg("fee = \"1.x\"\nperiod = \"day\""), "t.toml:1: package[0].fee: \"1.x\" is not a decimal number"),
+            (pkg("fee = \"1\"\nperiod = \"0 days\""), "t.toml:1: package[0].period: \"0 days\": N must be 1..=3660"),
+            (pkg("fee = \"1\"\nperiod = \"day\"\nvoice_seconds = -5"), "t.toml:1: package[0].voice_seconds: -5 is negative"),
+            (format!("{}{}", pkg("fee = \"1\"\nperiod = \"day\""), pkg("fee = \"2\"\nperiod = \"week\"")), "t.toml:5: package[1].name: \"p\" is defined twice"),
+        ];
+        for (toml, want) in cases {
+            assert_eq!(build(&toml).unwrap_err().to_string(), want, "{toml}");
+        }
+    }
+
     #[test]
     fn demo_config_builds() {
         let c = Catalog::build(&LoadedConfig::demo()).unwrap();
