@@ -509,13 +509,7 @@ fn read_matching(
 ) -> parquet::errors::Result<()> {
     // A file whose commit the snapshot saw may still be under its temp name (the rename
     // follows the commit); its content is complete either way.
-    let file = match std::fs::File::open(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::File::open(ratel_engine::xdr::temp_path(path))
-                .or_else(|_| std::fs::File::open(path))?
-        }
-        other => other?,
-    };
+    let file = ratel_engine::xdr::open_listed(path)?;
     let meta = file_metadata(st, path, &file)?;
     let groups = candidate_row_groups(meta.metadata(), f);
     if groups.is_empty() {

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod catalog;
 pub mod cdr;
 pub mod commands;
+pub mod compact;
 pub mod config;
 pub mod csv;
 pub mod domain;

@@ -287,6 +287,7 @@ pub fn run(
     let mut carried_counters = None;
     let (mut socket, mut drops, mut spool_files, mut disconnect) =
         (socket, DropLog::default(), 0u64, disconnect);
+    let mut compactor = crate::compact::Compactor::default();
     loop {
         let catalog: &Catalog = generation.as_deref().unwrap_or(catalog);
         let mut rater = match state.take() {
@@ -314,6 +315,7 @@ pub fn run(
             last_flush: Instant::now(),
             spool_files,
             disconnect,
+            compactor,
         };
         // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
         let mut last_housekeeping = Instant::now() - Duration::from_secs(2);
@@ -363,6 +365,7 @@ pub fn run(
             drops,
             spool_files,
             disconnect,
+            compactor,
             ..
         } = core;
         if let Some(r) = &reloader {
@@ -427,6 +430,7 @@ fn stop_gracefully(
     // Graceful stop: every received packet has been committed and answered above; flush
     // the outbox so every xDR is in Parquet.
     while core.flush_outbox(&mut rater)? > 0 {}
+    core.compactor.finish(rater.ledger, now_secs());
     let dc = core.disconnect.counters.clone();
     drop(core.disconnect);
     let _ = disconnect_sender.join();
@@ -646,6 +650,8 @@ struct Core<'c> {
     spool_files: u64,
     /// Hands Disconnect-Requests to the sender thread (never blocks).
     disconnect: crate::radius::disconnect::Disconnector,
+    /// Merges closed days' xDR files (carried across config generations).
+    compactor: crate::compact::Compactor,
 }
 
 impl Core<'_> {
@@ -1100,6 +1106,7 @@ impl Core<'_> {
                 self.reload(rater, acct)?;
             }
         }
+        self.compactor.tick(rater.ledger, now);
         self.scan_spool(rater);
         Ok(())
     }

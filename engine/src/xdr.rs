@@ -507,6 +507,39 @@ pub fn final_of_temp(p: &Path) -> Option<PathBuf> {
     Some(p.with_file_name(inner))
 }
 
+/// Where a file replaced by a compaction waits out its grace period:
+/// `<data>/xdr-trash/<partition>/<name>` for `<data>/xdr/<partition>/<name>` (outside the
+/// tree readers glob, so they never see a day twice).
+pub fn trash_path(final_path: &Path) -> Option<PathBuf> {
+    let name = final_path.file_name()?;
+    let part = final_path.parent()?;
+    let data = part.parent()?.parent()?;
+    Some(data.join("xdr-trash").join(part.file_name()?).join(name))
+}
+
+/// Opens an xDR file a reader listed from the ledger: under its name, else under its temp
+/// name (committed, not yet renamed), else in the compaction trash (replaced since it was
+/// listed: its rows are the same, and the reader's listing did not include the new file).
+pub fn open_listed(path: &Path) -> std::io::Result<File> {
+    let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    match File::open(path) {
+        Err(e) if not_found(&e) => {}
+        r => return r,
+    }
+    match File::open(temp_path(path)) {
+        Err(e) if not_found(&e) => {}
+        r => return r,
+    }
+    if let Some(t) = trash_path(path) {
+        match File::open(t) {
+            Err(e) if not_found(&e) => {}
+            r => return r,
+        }
+    }
+    // Renamed between the two tries above.
+    File::open(path)
+}
+
 /// Fsyncs a directory so a created or renamed entry in it is durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

@@ -517,6 +517,7 @@ impl Ledger {
             xdr_root,
         };
         ledger.recover_files()?;
+        ledger.recover_trash()?;
         ledger.fold_pending(chrono::Utc::now().timestamp())?;
         Ok(ledger)
     }
@@ -1199,6 +1200,150 @@ fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite
         params![first, last],
     )?;
     Ok(())
+}
+
+impl Ledger {
+    /// Every xDR file the ledger references (for compaction).
+    pub fn xdr_day_files(&self) -> Result<Vec<crate::compact::DayFile>, LedgerError> {
+        let mut st = self
+            .conn
+            .prepare("SELECT path, rows, min_login, max_logout FROM xdr_files ORDER BY path")
+            .map_err(self.sq())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(crate::compact::DayFile {
+                    path: r.get(0)?,
+                    rows: r.get::<_, i64>(1)?.max(0) as u64,
+                    min_login: r.get(2)?,
+                    max_logout: r.get(3)?,
+                })
+            })
+            .map_err(self.sq())?;
+        rows.collect::<Result<_, _>>().map_err(self.sq())
+    }
+
+    /// Replaces a compacted day's files by the merged one (under its temp name, durable) in
+    /// one transaction — the old paths go to `xdr_trash`, deleted after `delete_after` —
+    /// then renames the merged file. Refused, changing nothing, when a planned file is no
+    /// longer referenced.
+    pub fn commit_compaction(
+        &mut self,
+        old: &[crate::compact::DayFile],
+        merged: &PendingFile,
+        delete_after: i64,
+    ) -> Result<(), LedgerError> {
+        let path = self.path.display().to_string();
+        let sq = |source| LedgerError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        for f in old {
+            let n = tx
+                .execute("DELETE FROM xdr_files WHERE path = ?1", [&f.path])
+                .map_err(sq)?;
+            if n != 1 {
+                return Err(LedgerError::Rejected(format!(
+                    "compaction: {} is no longer an xDR file of the ledger",
+                    f.path
+                )));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO xdr_trash(path, delete_after) VALUES (?1, ?2)",
+                params![f.path, delete_after],
+            )
+            .map_err(sq)?;
+        }
+        record_xdr_files(&tx, &self.xdr_root, 0, std::slice::from_ref(merged)).map_err(sq)?;
+        tx.commit().map_err(sq)?;
+        publish_files(std::slice::from_ref(merged))?;
+        self.move_to_trash(old.iter().map(|f| f.path.as_str()))
+    }
+
+    /// Moves replaced files out of the xDR tree into the trash (a reader that listed them
+    /// still finds them there, see [`xdr::open_listed`]); one already moved is skipped.
+    fn move_to_trash<'p>(&self, rel: impl Iterator<Item = &'p str>) -> Result<(), LedgerError> {
+        let io = |p: &Path| {
+            let p = p.display().to_string();
+            move |source| LedgerError::Io { path: p, source }
+        };
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for r in rel {
+            let from = self.xdr_root.join(r);
+            let Some(to) = xdr::trash_path(&from) else {
+                continue;
+            };
+            if !from.exists() {
+                continue;
+            }
+            let dir = to
+                .parent()
+                .expect("a trash path has a directory")
+                .to_path_buf();
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            std::fs::rename(&from, &to).map_err(io(&from))?;
+            for d in [from.parent().map(Path::to_path_buf), Some(dir)]
+                .into_iter()
+                .flatten()
+            {
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+        for d in dirs {
+            xdr::sync_dir(&d).map_err(io(&d))?;
+        }
+        Ok(())
+    }
+
+    /// Finishes what a crash interrupted after a compaction committed: replaced files still
+    /// in the tree go to the trash.
+    fn recover_trash(&self) -> Result<(), LedgerError> {
+        let paths: Vec<String> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT path FROM xdr_trash")
+                .map_err(self.sq())?;
+            let rows = st.query_map([], |r| r.get(0)).map_err(self.sq())?;
+            rows.collect::<Result<_, _>>().map_err(self.sq())?
+        };
+        self.move_to_trash(paths.iter().map(String::as_str))
+    }
+
+    /// Deletes the replaced xDR files whose grace period ended by `now`, then forgets them.
+    /// Returns how many.
+    pub fn empty_xdr_trash(&mut self, now: i64) -> Result<usize, LedgerError> {
+        let due: Vec<String> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT path FROM xdr_trash WHERE delete_after <= ?1")
+                .map_err(self.sq())?;
+            let rows = st.query_map([now], |r| r.get(0)).map_err(self.sq())?;
+            rows.collect::<Result<_, _>>().map_err(self.sq())?
+        };
+        for p in &due {
+            let file =
+                xdr::trash_path(&self.xdr_root.join(p)).unwrap_or_else(|| self.xdr_root.join(p));
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(LedgerError::Io {
+                        path: file.display().to_string(),
+                        source,
+                    })
+                }
+            }
+            self.conn
+                .execute("DELETE FROM xdr_trash WHERE path = ?1", [p])
+                .map_err(self.sq())?;
+        }
+        Ok(due.len())
+    }
 }
 
 /// `p` relative to the xDR root, as `xdr_files.path` stores it.

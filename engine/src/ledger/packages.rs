@@ -12,7 +12,8 @@ use super::events::{self, Extra};
 use super::{Ledger, LedgerError};
 use crate::packages::{ClientPackage, PackageStatus, QuotaChange};
 
-/// Version 5 of the schema: client packages.
+/// Version 5 of the schema: client packages; xDR files replaced by a compaction, to be
+/// deleted after a grace period (`compact.rs`).
 pub(super) const SCHEMA_V5: &str = "
 CREATE TABLE IF NOT EXISTS client_packages(
   id INTEGER PRIMARY KEY,
@@ -29,6 +30,9 @@ CREATE TABLE IF NOT EXISTS client_packages(
   cycle INTEGER NOT NULL DEFAULT 0,
   changed_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS client_packages_user ON client_packages(user_id);
+CREATE TABLE IF NOT EXISTS xdr_trash(
+  path TEXT PRIMARY KEY,
+  delete_after INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 const COLUMNS: &str = "id, user_id, package, status, assigned_at, anchor, period_no, \

@@ -1,0 +1,267 @@
+//! Compaction of a closed day's xDR files (issue 17, "Reports"): RADIUS outbox flushes and
+//! CDR blocks leave many small files per UTC day; a report for one subscriber opens every
+//! file of the days it spans. Once a day is closed, its files are merged into one file in
+//! (username, xdr_id) order — the order every file already has, so the username page index
+//! and bloom filter find one subscriber's rows in one place.
+//!
+//! The exactly-once handshake is the one new xDR files go through: the merged file is
+//! written under its temp name and fsynced ([`merge`], off the core thread), then one
+//! ledger transaction replaces the old files' rows by the new one and puts the old paths in
+//! `xdr_trash` ([`crate::ledger::Ledger::commit_compaction`]), then the temp file is renamed.
+//! A crash before the commit leaves a temp file the next open deletes; after it, one the
+//! next open renames. The old files are deleted [`GRACE_SECS`] later, so a report or a
+//! download that listed them just before the swap still reads them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{
+    new_null_array, Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::ledger::PendingFile;
+use crate::xdr;
+
+/// A day with at least this many files is compacted.
+pub const MIN_FILES: usize = 8;
+/// A day is compacted once it ended this long ago (late Stops land in their logout's day).
+pub const CLOSED_AFTER_SECS: i64 = 3600;
+/// Most rows one compaction merges (they are held in memory).
+pub const MAX_ROWS: u64 = 2_000_000;
+/// Replaced files are deleted this long after the swap.
+pub const GRACE_SECS: i64 = 600;
+/// Rows per batch of the merged file.
+const OUT_BATCH_ROWS: usize = 65_536;
+
+/// One file of a day, as the ledger lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayFile {
+    /// Relative to the xDR root.
+    pub path: String,
+    pub rows: u64,
+    pub min_login: i64,
+    pub max_logout: i64,
+}
+
+/// A day to compact: its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// `date=YYYY-MM-DD`.
+    pub partition: String,
+    pub files: Vec<DayFile>,
+}
+
+/// Why a compaction failed (nothing changed; it is tried again later).
+#[derive(Debug, thiserror::Error)]
+pub enum CompactError {
+    #[error("{path}: {message}")]
+    Read { path: String, message: String },
+    #[error("{0}")]
+    Write(#[from] xdr::SinkError),
+}
+
+/// The day to compact among the ledger's files, if any: closed at `now`, with
+/// [`MIN_FILES`] files or more and [`MAX_ROWS`] rows at most (the day with the most files).
+pub fn choose(files: Vec<DayFile>, now: i64) -> Option<Plan> {
+    let mut days: std::collections::BTreeMap<String, Vec<DayFile>> = Default::default();
+    for f in files {
+        let Some((part, _)) = f.path.split_once('/') else {
+            continue;
+        };
+        days.entry(part.to_string()).or_default().push(f);
+    }
+    days.into_iter()
+        .filter(|(part, files)| {
+            let closed = part
+                .strip_prefix("date=")
+                .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+                .and_then(|d| d.succ_opt())
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .is_some_and(|end| end.and_utc().timestamp() + CLOSED_AFTER_SECS <= now);
+            closed
+                && files.len() >= MIN_FILES
+                && files.iter().map(|f| f.rows).sum::<u64>() <= MAX_ROWS
+        })
+        .max_by_key(|(_, files)| files.len())
+        .map(|(partition, mut files)| {
+            files.sort_by(|a, b| a.path.cmp(&b.path));
+            Plan { partition, files }
+        })
+}
+
+/// A batch of an older file in today's schema: columns by name, a column the file lacks
+/// (added since) null, or 0 for the non-null counters.
+fn conform(b: &RecordBatch, schema: &arrow_schema::SchemaRef) -> Result<RecordBatch, String> {
+    let n = b.num_rows();
+    let cols: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match b.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Err(format!(
+                "column {} is {} where xDRs have {}",
+                f.name(),
+                c.data_type(),
+                f.data_type()
+            )),
+            None if f.is_nullable() => Ok(new_null_array(f.data_type(), n)),
+            None => Ok(Arc::new(Int64Array::from(vec![0i64; n])) as ArrayRef),
+        })
+        .collect::<Result<_, String>>()?;
+    RecordBatch::try_new(schema.clone(), cols).map_err(|e| e.to_string())
+}
+
+/// Reads the plan's files, merges their rows in (username, xdr_id) order and writes them
+/// to the merged file under its temp name (fsynced). Returns the file to commit.
+pub fn merge(xdr_root: &Path, plan: &Plan) -> Result<PendingFile, CompactError> {
+    let schema = xdr::schema();
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    for f in &plan.files {
+        let path = xdr_root.join(&f.path);
+        let read_err = |message: String| CompactError::Read {
+            path: path.display().to_string(),
+            message,
+        };
+        let file = std::fs::File::open(&path).map_err(|e| read_err(e.to_string()))?;
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(OUT_BATCH_ROWS).build())
+            .map_err(|e| read_err(e.to_string()))?;
+        for b in reader {
+            let b = b.map_err(|e| read_err(e.to_string()))?;
+            batches.push(conform(&b, &schema).map_err(read_err)?);
+        }
+    }
+    // The merge order: (username, xdr_id) across every batch.
+    let mut order: Vec<(usize, usize)> = Vec::new();
+    let mut keys: Vec<(&str, u64)> = Vec::new();
+    let cols: Vec<(StringArray, UInt64Array)> = batches
+        .iter()
+        .map(|b| {
+            let u = b
+                .column_by_name("username")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .cloned()
+                .expect("conformed to the schema");
+            let id = b
+                .column_by_name("xdr_id")
+                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+                .cloned()
+                .expect("conformed to the schema");
+            (u, id)
+        })
+        .collect();
+    for (bi, (u, id)) in cols.iter().enumerate() {
+        for r in 0..u.len() {
+            order.push((bi, r));
+            keys.push((u.value(r), id.value(r)));
+        }
+    }
+    let mut perm: Vec<usize> = (0..order.len()).collect();
+    perm.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
+    let refs: Vec<&RecordBatch> = batches.iter().collect();
+    let mut out = Vec::with_capacity(perm.len().div_ceil(OUT_BATCH_ROWS));
+    for chunk in perm.chunks(OUT_BATCH_ROWS) {
+        let idx: Vec<(usize, usize)> = chunk.iter().map(|&i| order[i]).collect();
+        let b = arrow_select::interleave::interleave_record_batch(&refs, &idx).map_err(|e| {
+            CompactError::Read {
+                path: plan.partition.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        out.push(b);
+    }
+    let (lo, hi) = (
+        keys.iter().map(|k| k.1).min().unwrap_or(0),
+        keys.iter().map(|k| k.1).max().unwrap_or(0),
+    );
+    let final_path: PathBuf = xdr_root
+        .join(&plan.partition)
+        .join(format!("compact-{lo:020}-{hi:020}-{}.parquet", order.len()));
+    xdr::write_temp_batches(&final_path, &out)?;
+    Ok(PendingFile {
+        final_path,
+        rows: order.len() as u64,
+        min_login: plan.files.iter().map(|f| f.min_login).min().unwrap_or(0),
+        max_logout: plan.files.iter().map(|f| f.max_logout).max().unwrap_or(0),
+    })
+}
+
+/// Drives compaction from the serve core's housekeeping: looks for a day to compact every
+/// [`CHECK_EVERY`], merges it on a thread of its own (the core goes on), commits the swap
+/// on the core when the merge is done, and deletes replaced files after their grace.
+#[derive(Default)]
+pub struct Compactor {
+    job: Option<(
+        Plan,
+        std::thread::JoinHandle<Result<PendingFile, CompactError>>,
+    )>,
+    last_check: Option<std::time::Instant>,
+}
+
+/// How often the core looks for a day to compact.
+pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Compactor {
+    /// One step; never blocks on a merge.
+    pub fn tick(&mut self, ledger: &mut crate::ledger::Ledger, now: i64) {
+        if let Err(e) = ledger.empty_xdr_trash(now) {
+            tracing::warn!(error = %e, "deleting replaced xDR files failed; will retry");
+        }
+        if let Some((_, h)) = &self.job {
+            if !h.is_finished() {
+                return;
+            }
+            let (plan, h) = self.job.take().expect("checked above");
+            match h.join() {
+                Ok(Ok(merged)) => {
+                    let files = plan.files.len();
+                    match ledger.commit_compaction(&plan.files, &merged, now + GRACE_SECS) {
+                        Ok(()) => {
+                            tracing::info!(day = %plan.partition, files, rows = merged.rows, file = %merged.final_path.display(), "xDR files of a closed day compacted into one")
+                        }
+                        Err(e) => {
+                            let _ = std::fs::remove_file(xdr::temp_path(&merged.final_path));
+                            tracing::warn!(day = %plan.partition, error = %e, "compaction not committed; will retry");
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(day = %plan.partition, error = %e, "compaction failed; will retry")
+                }
+                Err(_) => tracing::error!(day = %plan.partition, "compaction thread panicked"),
+            }
+        }
+        if self.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
+            return;
+        }
+        self.last_check = Some(std::time::Instant::now());
+        let files = match ledger.xdr_day_files() {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing xDR files for compaction failed");
+                return;
+            }
+        };
+        let Some(plan) = choose(files, now) else {
+            return;
+        };
+        let (root, p) = (ledger.xdr_root().to_path_buf(), plan.clone());
+        match std::thread::Builder::new()
+            .name("xdr-compact".into())
+            .spawn(move || merge(&root, &p))
+        {
+            Ok(h) => self.job = Some((plan, h)),
+            Err(e) => tracing::warn!(error = %e, "cannot start the compaction thread"),
+        }
+    }
+
+    /// At a graceful stop: commits a merge that is done; one still running is abandoned
+    /// (its temp file is removed at the next open, the day compacted again later).
+    pub fn finish(&mut self, ledger: &mut crate::ledger::Ledger, now: i64) {
+        if self.job.as_ref().is_some_and(|(_, h)| h.is_finished()) {
+            self.last_check = Some(std::time::Instant::now());
+            self.tick(ledger, now);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Compaction of a closed day's xDR files (compact.rs): rows kept exactly (same ids, same
+//! money), written in (username, xdr_id) order in one file; the replaced files stay for
+//! their grace period, then go; a crash at either side of the ledger commit is repaired by
+//! `Ledger::open`; files written before newer columns existed merge with those columns
+//! null/0.
+
+use std::path::{Path, PathBuf};
+
+use arrow_array::{Array, Decimal128Array, Int64Array, StringArray, UInt64Array};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use ratel_engine::batch::{BatchRater, NoProgress};
+use ratel_engine::catalog::{Catalog, CdrFormat};
+use ratel_engine::compact::{self, GRACE_SECS};
+use ratel_engine::config::{ConfigSource, LoadedConfig};
+use ratel_engine::domain::NewClient;
+use ratel_engine::ledger::{DataDirLock, Ledger};
+use rust_decimal::Decimal;
+
+fn catalog(data: &Path) -> Catalog {
+    let deck = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/demo/rates/std.csv");
+    let toml = format!(
+        "[storage]\ndata_dir = {:?}\n[[group]]\nname = \"g\"\ntariff = \"std\"\n[[tariff]]\nname = \"std\"\nrates = {:?}\n",
+        data.display().to_string(),
+        deck.display().to_string()
+    );
+    Catalog::build(
+        &LoadedConfig::from_str(&toml, ConfigSource::File("t.toml".into()), ".".into()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// (xdr_id, username, credit_used, package_seconds) of every row of one file, in file order.
+fn rows_of(f: &Path) -> Vec<(u64, String, Decimal, i64)> {
+    let mut out = Vec::new();
+    for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(f).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+    {
+        let b = b.unwrap();
+        let c = |n: &str| b.column_by_name(n).unwrap().clone();
+        let (id, u, cu, ps) = (
+            c("xdr_id"),
+            c("username"),
+            c("credit_used"),
+            c("package_seconds"),
+        );
+        let id = id.as_any().downcast_ref::<UInt64Array>().unwrap();
+        let u = u.as_any().downcast_ref::<StringArray>().unwrap();
+        let cu = cu.as_any().downcast_ref::<Decimal128Array>().unwrap();
+        let ps = ps.as_any().downcast_ref::<Int64Array>().unwrap();
+        for r in 0..b.num_rows() {
+            out.push((
+                id.value(r),
+                u.value(r).to_string(),
+                Decimal::from_i128_with_scale(cu.value(r), 10),
+                ps.value(r),
+            ));
+        }
+    }
+    out
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The plan for one day (the choice among closed days is checked on its own).
+fn plan_for(ledger: &Ledger, day: &str, now: i64) -> compact::Plan {
+    let files = ledger
+        .xdr_day_files()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.path.starts_with(&format!("{day}/")))
+        .collect();
+    let plan = compact::choose(files, now).expect("the day is a candidate");
+    assert_eq!(plan.partition, day);
+    plan
+}
+
+/// 2,000 calls by 9 users over two UTC days, rated in small blocks: many files per day.
+fn rate_many_small_files(dir: &Path) -> (PathBuf, Catalog) {
+    let data = dir.join("data");
+    let cat = catalog(&data);
+    let mut s = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+    for i in 0..2000usize {
+        let day = 1 + i % 2;
+        s.push_str(&format!(
+            "c{i},555,15551234567,2026-10-0{day}T{:02}:{:02}:00Z,{},ANSWERED,u{}\n",
+            (i / 60) % 24,
+            i % 60,
+            1 + (i * 37) % 180,
+            (i * 5) % 9
+        ));
+    }
+    let cdrs = dir.join("cdrs.csv");
+    std::fs::write(&cdrs, s).unwrap();
+    let mut ledger = Ledger::open(&data).unwrap();
+    let users: Vec<NewClient> = (0..9)
+        .map(|u| NewClient {
+            username: Some(format!("u{u}")),
+            group: "g".into(),
+            credit: Decimal::from(100),
+            ..Default::default()
+        })
+        .collect();
+    ledger.add_clients(&users, "test", 0).unwrap();
+    let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+    rater.block_bytes = 8 << 10;
+    rater
+        .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    (data, cat)
+}
+
+#[test]
+fn a_closed_day_is_merged_in_order_and_the_old_files_go_after_their_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _cat) = rate_many_small_files(dir.path());
+    let _lock = DataDirLock::acquire(&data).unwrap();
+    let mut ledger = Ledger::open(&data).unwrap();
+    let day = data.join("xdr").join("date=2026-10-01");
+    let before_files = files_in(&day);
+    assert!(before_files.len() >= compact::MIN_FILES, "{before_files:?}");
+    let mut before: Vec<_> = before_files.iter().flat_map(|f| rows_of(f)).collect();
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp();
+    // Not closed yet an hour before its end + CLOSED_AFTER: nothing to do.
+    let early = chrono::DateTime::parse_from_rfc3339("2026-10-02T00:30:00Z")
+        .unwrap()
+        .timestamp();
+    assert!(compact::choose(ledger.xdr_day_files().unwrap(), early).is_none());
+    let plan = plan_for(&ledger, "date=2026-10-01", now);
+    let merged = compact::merge(ledger.xdr_root(), &plan).unwrap();
+    ledger
+        .commit_compaction(&plan.files, &merged, now + GRACE_SECS)
+        .unwrap();
+    // One new file with every row, in (username, xdr_id) order; the old files still there.
+    let new_file = merged.final_path.clone();
+    let after = rows_of(&new_file);
+    let mut sorted = before.clone();
+    sorted.sort_by(|a, b| (a.1.as_str(), a.0).cmp(&(b.1.as_str(), b.0)));
+    assert_eq!(after.len(), sorted.len());
+    assert!(
+        after == sorted,
+        "rows kept exactly, in (username, xdr_id) order"
+    );
+    before.sort();
+    let mut again = after.clone();
+    again.sort();
+    assert!(again == before);
+    let listed: Vec<String> = ledger
+        .xdr_day_files()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.path.starts_with("date=2026-10-01/"))
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    // The tree holds the new file only (a glob never sees the day twice); a reader that
+    // listed an old file before the swap still opens it, from the trash.
+    assert_eq!(files_in(&day), vec![new_file.clone()]);
+    for f in &before_files {
+        assert!(ratel_engine::xdr::open_listed(f).is_ok(), "{f:?}");
+    }
+    // The other day is still many files (it is compacted in a later step).
+    assert!(files_in(&data.join("xdr").join("date=2026-10-02")).len() >= compact::MIN_FILES);
+    // Grace: nothing deleted a second early, everything at its end.
+    assert_eq!(ledger.empty_xdr_trash(now + GRACE_SECS - 1).unwrap(), 0);
+    assert_eq!(
+        ledger.empty_xdr_trash(now + GRACE_SECS).unwrap(),
+        before_files.len()
+    );
+    assert_eq!(files_in(&day), vec![new_file]);
+    assert!(ratel_engine::xdr::open_listed(&before_files[0]).is_err());
+    // The compacted day is no longer a candidate; the other one is.
+    let next = compact::choose(ledger.xdr_day_files().unwrap(), now).unwrap();
+    assert_eq!(next.partition, "date=2026-10-02");
+}
+
+/// A crash after the merge but before the commit leaves a temp file that the next open
+/// removes (the old files stay the day's); a crash after the commit but before the rename
+/// leaves one that the next open renames.
+#[test]
+fn a_crash_on_either_side_of_the_commit_is_repaired_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _cat) = rate_many_small_files(dir.path());
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp();
+    let day = data.join("xdr").join("date=2026-10-01");
+    let n_before = files_in(&day).len();
+    {
+        let _lock = DataDirLock::acquire(&data).unwrap();
+        let ledger = Ledger::open(&data).unwrap();
+        let plan = plan_for(&ledger, "date=2026-10-01", now);
+        let merged = compact::merge(ledger.xdr_root(), &plan).unwrap();
+        assert!(ratel_engine::xdr::temp_path(&merged.final_path).exists());
+        // Crash: no commit.
+    }
+    {
+        let _lock = DataDirLock::acquire(&data).unwrap();
+        let ledger = Ledger::open(&data).unwrap();
+        assert_eq!(
+            files_in(&day).len(),
+            n_before,
+            "the uncommitted merge removed"
+        );
+        assert!(files_in(&day).iter().all(|f| !f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with('.')));
+        let _ = ledger;
+    }
+    // Commit, then "crash" before the rename: put the file back under its temp name.
+    let final_path = {
+        let _lock = DataDirLock::acquire(&data).unwrap();
+        let mut ledger = Ledger::open(&data).unwrap();
+        let plan = plan_for(&ledger, "date=2026-10-01", now);
+        let merged = compact::merge(ledger.xdr_root(), &plan).unwrap();
+        ledger
+            .commit_compaction(&plan.files, &merged, now + GRACE_SECS)
+            .unwrap();
+        std::fs::rename(
+            &merged.final_path,
+            ratel_engine::xdr::temp_path(&merged.final_path),
+        )
+        .unwrap();
+        // ... and the old files back in the tree, as before the move to the trash.
+        for f in &plan.files {
+            let p = ledger.xdr_root().join(&f.path);
+            std::fs::rename(ratel_engine::xdr::trash_path(&p).unwrap(), &p).unwrap();
+        }
+        assert_eq!(
+            files_in(&day).len(),
+            n_before + 1,
+            "the old files and the temp one"
+        );
+        merged.final_path
+    };
+    let _lock = DataDirLock::acquire(&data).unwrap();
+    let mut ledger = Ledger::open(&data).unwrap();
+    assert!(final_path.exists(), "renamed at open");
+    assert_eq!(
+        files_in(&day),
+        vec![final_path.clone()],
+        "the old files moved at open"
+    );
+    assert_eq!(ledger.empty_xdr_trash(now + GRACE_SECS).unwrap(), n_before);
+    assert_eq!(files_in(&day), vec![final_path]);
+}
