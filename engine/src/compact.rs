@@ -218,7 +218,9 @@ impl Compactor {
                     let files = plan.files.len();
                     match ledger.commit_compaction(&plan.files, &merged, now + GRACE_SECS) {
                         Ok(()) => {
-                            tracing::info!(day = %plan.partition, files, rows = merged.rows, file = %merged.final_path.display(), "xDR files of a closed day compacted into one")
+                            tracing::info!(day = %plan.partition, files, rows = merged.rows, file = %merged.final_path.display(), "xDR files of a closed day compacted into one");
+                            // More days may wait: look again at once.
+                            self.last_check = None;
                         }
                         Err(e) => {
                             let _ = std::fs::remove_file(xdr::temp_path(&merged.final_path));
