@@ -155,11 +155,21 @@ enum BenchCommand {
     /// Drive `ratel serve` (started here) or any accounting server with RADIUS load.
     Radius {
         /// Concurrent RADIUS sessions the load cycles through.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 20_000)]
         sessions: usize,
-        /// Requests awaiting an answer at once.
-        #[arg(long, default_value_t = 512)]
+        /// Requests awaiting an answer at once (a NAS fleet keeps tens per server).
+        #[arg(long, default_value_t = 64)]
         in_flight: usize,
+        /// One run per number of requests in flight, e.g. `1,8,64,512` (a fresh `ratel
+        /// serve` each); replaces --in-flight.
+        #[arg(long, value_delimiter = ',')]
+        sweep: Vec<usize>,
+        /// Append one CSV row per run to this file (the header first when it is new).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+        /// The server's name in the CSV rows (default: `ratel`, or the --server address).
+        #[arg(long)]
+        label: Option<String>,
         /// Seconds of load.
         #[arg(long, default_value_t = 10)]
         duration: u64,
@@ -167,7 +177,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 0)]
         rate: u64,
         /// Subscribers the sessions belong to.
-        #[arg(long, default_value_t = 1_000)]
+        #[arg(long, default_value_t = 100_000)]
         users: usize,
         /// Interim-Updates per session between its Start and Stop.
         #[arg(long, default_value_t = 3)]
@@ -191,11 +201,11 @@ enum BenchCommand {
     },
     /// Generate a generic CDR file, rate deck and users; rate the file; report records/s.
     Cdr {
-        /// CDR records to generate.
-        #[arg(long, default_value_t = 1_000_000)]
+        /// CDR records to generate (a month of a mid-size operator's calls).
+        #[arg(long, default_value_t = 2_000_000)]
         rows: u64,
         /// Subscriber accounts the calls are spread over.
-        #[arg(long, default_value_t = 10_000)]
+        #[arg(long, default_value_t = 100_000)]
         accounts: usize,
         /// Prefixes of the generated rate deck.
         #[arg(long, default_value_t = 50_000)]
@@ -350,6 +360,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     dir,
                     json,
                     auth,
+                    sweep,
+                    csv,
+                    label,
                 },
         } => bench::radius(bench::RadiusArgs {
             sessions,
@@ -363,6 +376,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dir,
             json,
             auth,
+            sweep,
+            csv,
+            label,
         }),
         Command::Bench {
             command:

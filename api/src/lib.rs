@@ -70,6 +70,7 @@ pub async fn run(
         .route("/jsonrpc", post(vcs::handle))
         .route("/jsonrpc/", post(vcs::handle))
         .route("/admin/{module}/{action}", any(vcs::files::handle))
+        .route("/admin/{module}/{action}/", any(vcs::files::handle))
         .route("/api", any(tariscope::handle))
         .route("/api/", any(tariscope::handle))
         .route("/api/{*rest}", any(tariscope::handle))

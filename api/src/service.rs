@@ -640,9 +640,14 @@ impl Service {
     /// for a user whose credit does not cover the fees), then the service period restarts.
     pub fn renew(&self, caller: &Caller, user_ids: Vec<i64>, comment: String) -> ServiceResult<()> {
         let actor = caller.actor();
-        for &user_id in &user_ids {
-            self.packages(caller, PackageOp::RenewClient { user_id })?;
-        }
+        // Asked first for every client; the core then renews the packages of all of them
+        // or none, in the step that restarts their service period.
+        self.package_allowed(
+            caller,
+            &PackageOp::RenewClients {
+                user_ids: user_ids.clone(),
+            },
+        )?;
         self.command(|reply| Command::Renew {
             user_ids,
             comment,
@@ -820,7 +825,20 @@ impl Service {
     /// "Packages and expiry"); veto hooks taking `clients_packages.<action>` are asked
     /// first. Answers the packages as the operation left them.
     pub fn packages(&self, caller: &Caller, op: PackageOp) -> ServiceResult<Vec<ClientPackage>> {
-        let (event, user_id, package) = match &op {
+        self.package_allowed(caller, &op)?;
+        let actor = caller.actor();
+        self.command(|reply| Command::Package { op, actor, reply })
+    }
+
+    /// Whether `caller` may run `op` on its client(s), veto hooks asked.
+    fn package_allowed(&self, caller: &Caller, op: &PackageOp) -> ServiceResult<()> {
+        if let PackageOp::RenewClients { user_ids } = op {
+            for &user_id in user_ids {
+                self.package_allowed_for(caller, "clients_packages.renew", user_id, None)?;
+            }
+            return Ok(());
+        }
+        let (event, user_id, package) = match op {
             PackageOp::Assign { user_id, package } => {
                 let cat = self.catalog.get();
                 if cat.package(package).is_none() {
@@ -833,13 +851,13 @@ impl Service {
                 let p = serde_json::json!({"id_clients_packages": null, "id_clients": user_id, "package": package, "status": "assigned"});
                 ("clients_packages.assign", *user_id, Some(p))
             }
-            PackageOp::RenewClient { user_id } => ("clients_packages.renew", *user_id, None),
+            PackageOp::RenewClients { .. } => unreachable!("handled above"),
             PackageOp::Activate { id, .. }
             | PackageOp::Deactivate { id }
             | PackageOp::Renew { id }
             | PackageOp::Close { id } => {
                 let p = self.client_package(*id)?;
-                let event = match &op {
+                let event = match op {
                     PackageOp::Activate { .. } => "clients_packages.activate",
                     PackageOp::Deactivate { .. } => "clients_packages.deactivate",
                     PackageOp::Renew { .. } => "clients_packages.renew",
@@ -852,6 +870,16 @@ impl Service {
                 )
             }
         };
+        self.package_allowed_for(caller, event, user_id, package)
+    }
+
+    fn package_allowed_for(
+        &self,
+        caller: &Caller,
+        event: &str,
+        user_id: i64,
+        package: Option<serde_json::Value>,
+    ) -> ServiceResult<()> {
         let current = self.client(caller, &ClientRef::Id(user_id))?;
         let hooks_want = {
             let cat = self.catalog.get();
@@ -862,8 +890,7 @@ impl Service {
         if hooks_want {
             self.veto_with(event, client_json(&current), None, package)?;
         }
-        let actor = caller.actor();
-        self.command(|reply| Command::Package { op, actor, reply })
+        Ok(())
     }
 
     // ---- online sessions ----------------------------------------------------------------

@@ -4,6 +4,7 @@
 # queries, the stock SQLite settings: rollback journal, synchronous=FULL). Started and
 # stopped by pid; prints the generator's JSON line last. Not run by CI. Needs root for apt.
 #   benches/peers/freeradius.sh detail|sqlite [SESSIONS] [IN_FLIGHT] [SECONDS]
+# With FR_SERVE_ONLY=1 it only starts the server and waits (stop it by its pid).
 # Note: the detail module does not fsync per request, so its acknowledgements are not
 # durable the way ratel's are; rlm_sql/SQLite commits (and fsyncs) every statement.
 set -euo pipefail
@@ -57,6 +58,12 @@ for _ in $(seq 50); do
 	kill -0 $PID 2>/dev/null || { cat "$FR/run.log" >&2; exit 1; }
 	sleep 0.2
 done
+if [ -n "${FR_SERVE_ONLY:-}" ]; then
+	# Only serve (benches/peers/sweep.sh drives it): until this script is killed.
+	echo "FreeRADIUS ($MODE) ready on 127.0.0.1:18140"
+	wait $PID
+	exit 0
+fi
 R=${RATEL:-target/release/ratel}
 [ -n "${RATEL:-}" ] || cargo build --release --quiet
 "$R" bench radius --server 127.0.0.1:18140 --secret testing123 \

@@ -24,6 +24,9 @@ fr_sqlite=$(benches/peers/freeradius.sh sqlite 10000 512 20 | grep '^{')
 rad64=$($R bench radius --users 100000 --sessions 20000 --in-flight 64 --duration 20 --dir "$WORK/radius64" --json | tail -1)
 fr64=$(RATEL=$R benches/peers/freeradius.sh detail 20000 64 20 | grep '^{')
 ceil64=$(RATEL=$R benches/peers/ceiling.sh 20000 64 20 | grep '^{')
+# By requests in flight (1, 8, 64, 512): ratel, FreeRADIUS + detail and the ceiling, point by
+# point; CSV and chart in benches/results/.
+RATEL=$R benches/peers/sweep.sh 10 1,8,64,512 > "$WORK/sweep.txt"
 rad_mem=$($R bench radius --users 1000000 --sessions 100000 --in-flight 512 --duration 30 --dir "$WORK/radius-mem" --json | tail -1)
 api_report=$($R bench api --xdrs 10000000 --users 10000 --duration 10 --clients 1 --mix report --dir "$WORK/api" --json | tail -1)
 api_info=$($R bench api --xdrs 10000000 --users 10000 --duration 10 --clients 8 --mix info --reuse --dir "$WORK/api" --json | tail -1)
@@ -74,6 +77,21 @@ print("| server | acks/s | p50 ms | p99 ms | / ceiling |")
 print("|---|---|---|---|---|")
 for name, x in (("ratel serve (durable)", r64), ("FreeRADIUS + detail (not fsynced)", fr64), ("ceiling (durable, does nothing else)", c64)):
     print(f"| {name} | {x['acks_per_sec']:,} | {x['p50_ms']} | {x['p99_ms']} | {x['acks_per_sec'] / max(c64['acks_per_sec'], 1):.2f}x |")
+sweep = "benches/results/radius-sweep.csv"
+if os.path.exists(sweep):
+    import csv
+    rows = list(csv.DictReader(open(sweep)))
+    print("\n## RADIUS by requests in flight: ratel, FreeRADIUS + detail, the ceiling\n")
+    print("`benches/peers/sweep.sh 10 1,8,64,512` (`ratel bench radius --in-flight N --users 100000 "
+          "--sessions 20000 --duration 10 --csv ...` against each server, the three back to back at each point).\n")
+    print("| in flight | server | acks/s | p50 ms | p99 ms | ratel / server |")
+    print("|---|---|---|---|---|---|")
+    by = {(r["server"], r["in_flight"]): r for r in rows}
+    for r in rows:
+        me = by.get(("ratel", r["in_flight"]))
+        ratio = "" if r["server"] == "ratel" or not me else f"{float(me['acks_per_sec']) / max(float(r['acks_per_sec']), 1):.2f}x"
+        print(f"| {r['in_flight']} | {r['server']} | {int(float(r['acks_per_sec'])):,} | {r['p50_ms']} | {r['p99_ms']} | {ratio} |")
+    print("\n![acks/s and p99 by requests in flight](benches/results/radius-sweep.png)")
 print("\n## Memory: 1M subscribers, 100k open sessions\n")
 print(f"`ratel bench radius --users 1000000 --sessions 100000 --in-flight 512 --duration 30`: "
       f"{rmem['max_open_sessions']:,} sessions open at once, {rmem['acks_per_sec']:,} acks/s, "

@@ -242,11 +242,13 @@ fn copy_ledger(data_dir: &Path, dest_ledger: &Path) -> Result<Vec<String>, Backu
 
 /// Copies one committed xDR file: under its final name, or under its temp name when the
 /// copy was taken between the commit that recorded it and its rename (bounded retries: the
-/// rename follows the commit at once).
+/// rename follows the commit at once), or from the compaction trash when a compaction
+/// replaced it since the copy was taken (it waits there for its grace period).
 fn copy_xdr(src_final: &Path, to: &Path) -> Result<(u64, String), BackupError> {
     let src_temp = xdr::temp_path(src_final);
+    let src_trash = xdr::trash_path(src_final).unwrap_or_else(|| src_final.to_path_buf());
     for _ in 0..200 {
-        for from in [src_final, src_temp.as_path()] {
+        for from in [src_final, src_temp.as_path(), src_trash.as_path()] {
             match copy_hashed(from, to) {
                 Ok(r) => return Ok(r),
                 Err(BackupError::Io { source, .. })
@@ -501,6 +503,21 @@ mod tests {
         let b = std::fs::read(dest.join("xdr/date=2026-11-02/b.parquet")).unwrap();
         assert_eq!(b, b"temp");
         assert_eq!(verify(&dest).unwrap(), m);
+    }
+
+    /// A compaction that swaps a day after the ledger was copied moves the files the copy
+    /// names to the trash: they are copied from there.
+    #[test]
+    fn a_file_replaced_by_a_compaction_since_the_copy_is_copied_from_the_trash() {
+        let d = data_dir_recording(&["a.parquet"]);
+        let trash = d.path().join("xdr-trash/date=2026-11-02");
+        std::fs::create_dir_all(&trash).unwrap();
+        std::fs::write(trash.join("a.parquet"), b"replaced").unwrap();
+        let dest = d.path().join("b1");
+        let m = backup(d.path(), &dest, "2026-11-02T00:00:00Z").unwrap();
+        assert_eq!(m.files.len(), 2);
+        let b = std::fs::read(dest.join("xdr/date=2026-11-02/a.parquet")).unwrap();
+        assert_eq!(b, b"replaced");
     }
 
     #[test]

@@ -287,6 +287,19 @@ pub fn execute(
                         return Err(CommandError::UserNotFound(*id));
                     }
                 }
+                // Every package of these clients renewed now (IBSng renewUsers), all or
+                // none, in this same core step: a refusal renews nothing, so a retry never
+                // takes a fee twice.
+                crate::packages::operate(
+                    catalog,
+                    rater,
+                    crate::packages::PackageOp::RenewClients {
+                        user_ids: user_ids.clone(),
+                    },
+                    &actor,
+                    now,
+                    end_sessions,
+                )?;
                 rater
                     .ledger
                     .renew(&user_ids, &comment, &actor, now)

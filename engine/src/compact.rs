@@ -29,6 +29,8 @@ pub const MIN_FILES: usize = 8;
 pub const CLOSED_AFTER_SECS: i64 = 3600;
 /// Most rows one compaction merges (they are held in memory).
 pub const MAX_ROWS: u64 = 2_000_000;
+/// Most files one compaction merges.
+pub const MAX_FILES: usize = 4096;
 /// Replaced files are deleted this long after the swap.
 pub const GRACE_SECS: i64 = 600;
 /// Rows per batch of the merged file.
@@ -62,8 +64,18 @@ pub enum CompactError {
 }
 
 /// The day to compact among the ledger's files, if any: closed at `now`, with
-/// [`MIN_FILES`] files or more and [`MAX_ROWS`] rows at most (the day with the most files).
+/// [`MIN_FILES`] files or more that together hold [`MAX_ROWS`] rows at most (the day with
+/// the most such files). A day with more rows is compacted in parts: its smallest files
+/// first, as many as fit (at most [`MAX_FILES`]); the parts are merged again while they fit
+/// together, so even the busiest days (a RADIUS outbox flush a second) end up a few files.
 pub fn choose(files: Vec<DayFile>, now: i64) -> Option<Plan> {
+    choose_except(files, now, &[])
+}
+
+/// [`choose`], passing over a day whose files are exactly those of a plan in `failed` (its
+/// merge failed: tried again once the day's files change, or after a restart, not every
+/// [`CHECK_EVERY`] while other days wait).
+pub fn choose_except(files: Vec<DayFile>, now: i64, failed: &[Plan]) -> Option<Plan> {
     let mut days: std::collections::BTreeMap<String, Vec<DayFile>> = Default::default();
     for f in files {
         let Some((part, _)) = f.path.split_once('/') else {
@@ -72,22 +84,30 @@ pub fn choose(files: Vec<DayFile>, now: i64) -> Option<Plan> {
         days.entry(part.to_string()).or_default().push(f);
     }
     days.into_iter()
-        .filter(|(part, files)| {
-            let closed = part
-                .strip_prefix("date=")
+        .filter(|(part, _)| {
+            part.strip_prefix("date=")
                 .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
                 .and_then(|d| d.succ_opt())
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .is_some_and(|end| end.and_utc().timestamp() + CLOSED_AFTER_SECS <= now);
-            closed
-                && files.len() >= MIN_FILES
-                && files.iter().map(|f| f.rows).sum::<u64>() <= MAX_ROWS
+                .is_some_and(|end| end.and_utc().timestamp() + CLOSED_AFTER_SECS <= now)
         })
-        .max_by_key(|(_, files)| files.len())
-        .map(|(partition, mut files)| {
+        .filter_map(|(partition, mut files)| {
+            files.sort_by(|a, b| (a.rows, &a.path).cmp(&(b.rows, &b.path)));
+            let mut rows = 0u64;
+            let fit = files
+                .iter()
+                .take_while(|f| {
+                    rows = rows.saturating_add(f.rows);
+                    rows <= MAX_ROWS
+                })
+                .count()
+                .min(MAX_FILES);
+            files.truncate(fit);
             files.sort_by(|a, b| a.path.cmp(&b.path));
-            Plan { partition, files }
+            (files.len() >= MIN_FILES).then_some(Plan { partition, files })
         })
+        .filter(|plan| !failed.contains(plan))
+        .max_by_key(|plan| plan.files.len())
 }
 
 /// A batch of an older file in today's schema: columns by name, a column the file lacks
@@ -123,7 +143,8 @@ pub fn merge(xdr_root: &Path, plan: &Plan) -> Result<PendingFile, CompactError> 
             path: path.display().to_string(),
             message,
         };
-        let file = std::fs::File::open(&path).map_err(|e| read_err(e.to_string()))?;
+        // Under its temp name still if the rename after its commit failed.
+        let file = xdr::open_listed(&path).map_err(|e| read_err(e.to_string()))?;
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .and_then(|b| b.with_batch_size(OUT_BATCH_ROWS).build())
             .map_err(|e| read_err(e.to_string()))?;
@@ -157,6 +178,18 @@ pub fn merge(xdr_root: &Path, plan: &Plan) -> Result<PendingFile, CompactError> 
             keys.push((u.value(r), id.value(r)));
         }
     }
+    // Every row the ledger recorded, no more, no less: a file that reads short (or long)
+    // is not merged (its rows would be lost, or counted twice, with the swap).
+    let recorded: u64 = plan.files.iter().map(|f| f.rows).sum();
+    if order.len() as u64 != recorded {
+        return Err(CompactError::Read {
+            path: plan.partition.clone(),
+            message: format!(
+                "the files hold {} rows where the ledger recorded {recorded}",
+                order.len()
+            ),
+        });
+    }
     let mut perm: Vec<usize> = (0..order.len()).collect();
     perm.sort_unstable_by(|&a, &b| keys[a].cmp(&keys[b]));
     let refs: Vec<&RecordBatch> = batches.iter().collect();
@@ -178,7 +211,10 @@ pub fn merge(xdr_root: &Path, plan: &Plan) -> Result<PendingFile, CompactError> 
     let final_path: PathBuf = xdr_root
         .join(&plan.partition)
         .join(format!("compact-{lo:020}-{hi:020}-{}.parquet", order.len()));
-    xdr::write_temp_batches(&final_path, &out)?;
+    if let Err(e) = xdr::write_temp_batches(&final_path, &out) {
+        let _ = std::fs::remove_file(xdr::temp_path(&final_path));
+        return Err(e.into());
+    }
     Ok(PendingFile {
         final_path,
         rows: order.len() as u64,
@@ -197,6 +233,8 @@ pub struct Compactor {
         std::thread::JoinHandle<Result<PendingFile, CompactError>>,
     )>,
     last_check: Option<std::time::Instant>,
+    /// Plans whose merge failed (a damaged or unreadable file): not tried again as they are.
+    failed: Vec<Plan>,
 }
 
 /// How often the core looks for a day to compact.
@@ -223,15 +261,21 @@ impl Compactor {
                             self.last_check = None;
                         }
                         Err(e) => {
-                            let _ = std::fs::remove_file(xdr::temp_path(&merged.final_path));
-                            tracing::warn!(day = %plan.partition, error = %e, "compaction not committed; will retry");
+                            // Not the place to remove the merged file: the error may have
+                            // come after the commit (commit_compaction removes it when
+                            // nothing was committed).
+                            tracing::warn!(day = %plan.partition, error = %e, "compaction failed; will retry");
                         }
                     }
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(day = %plan.partition, error = %e, "compaction failed; will retry")
+                    tracing::warn!(day = %plan.partition, error = %e, "compaction failed; the day is tried again once its files change");
+                    self.remember_failed(plan);
                 }
-                Err(_) => tracing::error!(day = %plan.partition, "compaction thread panicked"),
+                Err(_) => {
+                    tracing::error!(day = %plan.partition, "compaction thread panicked");
+                    self.remember_failed(plan);
+                }
             }
         }
         if self.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
@@ -245,7 +289,7 @@ impl Compactor {
                 return;
             }
         };
-        let Some(plan) = choose(files, now) else {
+        let Some(plan) = choose_except(files, now, &self.failed) else {
             return;
         };
         let (root, p) = (ledger.xdr_root().to_path_buf(), plan.clone());
@@ -256,6 +300,15 @@ impl Compactor {
             Ok(h) => self.job = Some((plan, h)),
             Err(e) => tracing::warn!(error = %e, "cannot start the compaction thread"),
         }
+    }
+
+    fn remember_failed(&mut self, plan: Plan) {
+        // Bounded: a plan per day at most, the oldest forgotten first.
+        self.failed.retain(|p| p.partition != plan.partition);
+        if self.failed.len() >= 1024 {
+            self.failed.remove(0);
+        }
+        self.failed.push(plan);
     }
 
     /// At a graceful stop: commits a merge that is done; one still running is abandoned

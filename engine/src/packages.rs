@@ -324,10 +324,11 @@ pub enum PackageOp {
     Close {
         id: i64,
     },
-    /// Renews every active or deactivated package of a client now (IBSng renewUsers), all
-    /// or none.
-    RenewClient {
-        user_id: i64,
+    /// Renews every active or deactivated package of these clients now (IBSng
+    /// renewUsers), all or none: one client short of a fee renews nothing (a retry after
+    /// the refusal must not charge the others twice).
+    RenewClients {
+        user_ids: Vec<i64>,
     },
 }
 
@@ -503,30 +504,36 @@ pub fn operate(
                 format!("{} renewed now", pkg.name),
             ));
         }
-        PackageOp::RenewClient { user_id } => {
-            let mut credit = live_credit(rater, user_id)?;
-            let pkgs: Vec<ClientPackage> = rater
-                .subscribers
-                .by_id(user_id)
-                .map(|u| u.packages.clone())
-                .unwrap_or_default();
-            for p in pkgs
-                .into_iter()
-                .filter(|p| matches!(p.status, PackageStatus::Active | PackageStatus::Deactivated))
-            {
-                let pkg = config_pkg(&p.package)?;
-                if credit < pkg.fee {
-                    return Err(short_of(credit, &pkg));
+        PackageOp::RenewClients { mut user_ids } => {
+            user_ids.sort_unstable();
+            user_ids.dedup();
+            for user_id in user_ids {
+                let mut credit = live_credit(rater, user_id)?;
+                let pkgs: Vec<ClientPackage> = rater
+                    .subscribers
+                    .by_id(user_id)
+                    .map(|u| u.packages.clone())
+                    .unwrap_or_default();
+                for p in pkgs.into_iter().filter(|p| {
+                    matches!(p.status, PackageStatus::Active | PackageStatus::Deactivated)
+                }) {
+                    let pkg = config_pkg(&p.package)?;
+                    if credit < pkg.fee {
+                        return Err(invalid(format!(
+                            "client {user_id}: credit {credit} is less than the fee {} of package {:?}",
+                            pkg.fee, pkg.name
+                        )));
+                    }
+                    let p = started(catalog, &pkg, p, now)?;
+                    let fee = fee_of(catalog, &pkg, &p, credit);
+                    credit -= pkg.fee;
+                    writes.push(write(
+                        p,
+                        "clients_packages.renew",
+                        fee,
+                        format!("{} renewed now", pkg.name),
+                    ));
                 }
-                let p = started(catalog, &pkg, p, now)?;
-                let fee = fee_of(catalog, &pkg, &p, credit);
-                credit -= pkg.fee;
-                writes.push(write(
-                    p,
-                    "clients_packages.renew",
-                    fee,
-                    format!("{} renewed now", pkg.name),
-                ));
             }
         }
         PackageOp::Deactivate { id } => {
@@ -554,8 +561,10 @@ pub fn operate(
     }
     let out = commit(rater, writes, now, end_sessions).map_err(ledger_err)?;
     // A back-dated activation: the periods since are renewed (or the package deactivated)
-    // at once, in order.
-    if let Err(e) = renew_due(catalog, rater, now, end_sessions) {
+    // at once, in order (bounded like housekeeping's: renewals of other clients still due
+    // are left to it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    if let Err(e) = renew_due_until(catalog, rater, now, end_sessions, Some(deadline)) {
         tracing::error!(error = %e, "package renewals failed; will retry");
     }
     let ids: Vec<i64> = out.iter().map(|p| p.id).collect();
@@ -584,25 +593,43 @@ fn commit(
     }
     let ids = rater.ledger.commit_packages(&writes, now)?;
     let mut out = Vec::with_capacity(writes.len());
+    // Per client touched: (credit before, an active package held data quota before — also
+    // one whose period just ended: the renewal that deactivates it runs after its end).
+    let mut before: Vec<(i64, Decimal, bool)> = Vec::new();
     for (w, id) in writes.into_iter().zip(ids) {
         let mut p = w.package;
         p.id = id;
-        if let Some(fee) = &w.fee {
-            if let Some(u) = rater.subscribers.get_mut(p.user_id) {
-                let before = std::mem::replace(&mut u.credit, fee.balance_after);
-                if before > Decimal::ZERO && fee.balance_after <= Decimal::ZERO {
-                    let quota_left = p.status == PackageStatus::Active && p.data_left > 0
-                        || data_available(&u.packages, now) > 0;
-                    if !quota_left {
-                        end_sessions(p.user_id, EndSessions::CreditExhausted);
-                    }
-                }
+        if let Some(u) = rater.subscribers.get_mut(p.user_id) {
+            if !before.iter().any(|b| b.0 == p.user_id) {
+                let had_data = u
+                    .packages
+                    .iter()
+                    .any(|x| x.status == PackageStatus::Active && x.data_left > 0);
+                before.push((p.user_id, u.credit, had_data));
+            }
+            if let Some(fee) = &w.fee {
+                u.credit = fee.balance_after;
             }
         }
         rater.subscribers.put_package(p.clone());
         out.push(p);
     }
     rater.subscribers.refresh_package_due();
+    // Prepaid control: a client left at credit <= 0 with no data quota covering now, whose
+    // credit these fees took from above zero or whose quota these operations took away
+    // (deactivated, closed, renewed into a period without data), has its sessions ended:
+    // no later charge would cross zero from above.
+    for (user_id, credit_before, had_quota) in before {
+        let Some(u) = rater.subscribers.by_id(user_id) else {
+            continue;
+        };
+        let has_quota = data_available(&u.packages, now) > 0;
+        let crossed = credit_before > Decimal::ZERO && u.credit <= Decimal::ZERO;
+        let lost_quota = had_quota && u.credit <= Decimal::ZERO;
+        if !has_quota && (crossed || lost_quota) {
+            end_sessions(user_id, EndSessions::CreditExhausted);
+        }
+    }
     Ok(out)
 }
 
@@ -616,10 +643,27 @@ pub fn renew_due(
     now: i64,
     end_sessions: &mut dyn FnMut(i64, EndSessions),
 ) -> Result<usize, crate::ledger::LedgerError> {
+    renew_due_until(catalog, rater, now, end_sessions, None)
+}
+
+/// [`renew_due`] that starts no new transaction once `deadline` has passed (the serve
+/// core's housekeeping: RADIUS is not read while renewals run, so a mass of renewals due
+/// at one moment is done a few transactions per second, the core answering in between;
+/// what is left is still due and done at the next call, in the same order).
+pub fn renew_due_until(
+    catalog: &Catalog,
+    rater: &mut BatchRater<'_>,
+    now: i64,
+    end_sessions: &mut dyn FnMut(i64, EndSessions),
+    deadline: Option<std::time::Instant>,
+) -> Result<usize, crate::ledger::LedgerError> {
     use std::cmp::Reverse;
     use std::collections::{BinaryHeap, HashMap};
     let mut done = 0usize;
     while rater.subscribers.package_due <= now {
+        if done > 0 && deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
         let mut heap: BinaryHeap<Reverse<(i64, i64)>> = BinaryHeap::new();
         let mut state: HashMap<i64, (ClientPackage, bool)> = HashMap::new();
         let mut credit: HashMap<i64, Decimal> = HashMap::new();
@@ -648,8 +692,20 @@ pub fn renew_due(
             let balance = credit[&p.user_id];
             let mut next = p.clone();
             let pkg = catalog.package(&p.package);
-            let end = pkg.and_then(|k| boundary(&catalog.tz, k.period, p.anchor, p.period_no + 2));
-            let w = match (pkg, end) {
+            // The next period, counted from the anchor while the configured period (and time
+            // zone) is the one the current period was counted in; after a reload changed it,
+            // from the current period's end (counting the new period from the old anchor
+            // would land in the past and renew, fee by fee, up to now).
+            let next_period = pkg.and_then(|k| {
+                let tz = &catalog.tz;
+                if boundary(tz, k.period, p.anchor, p.period_no + 1) == Some(p.period_end) {
+                    boundary(tz, k.period, p.anchor, p.period_no + 2)
+                        .map(|e| (p.anchor, p.period_no + 1, e))
+                } else {
+                    boundary(tz, k.period, p.period_end, 1).map(|e| (p.period_end, 0, e))
+                }
+            });
+            let w = match (pkg, next_period) {
                 _ if deleted => {
                     next.status = PackageStatus::Closed;
                     next.voice_left = 0;
@@ -662,8 +718,9 @@ pub fn renew_due(
                         comment: "the client was deleted".into(),
                     }
                 }
-                (Some(k), Some(end)) if balance >= k.fee => {
-                    next.period_no += 1;
+                (Some(k), Some((anchor, period_no, end))) if balance >= k.fee => {
+                    next.anchor = anchor;
+                    next.period_no = period_no;
                     next.period_start = p.period_end;
                     next.period_end = end;
                     next.voice_left = k.voice_seconds;
@@ -850,5 +907,319 @@ mod tests {
         assert_eq!(nearest_expiry(&pkgs), Some(1000));
         pkgs[1].status = PackageStatus::Deactivated;
         assert_eq!(nearest_expiry(&pkgs), Some(2000));
+    }
+}
+
+/// The core's package operations against a real ledger (reviewer's findings).
+#[cfg(test)]
+mod core_tests {
+    use super::*;
+    use crate::config::{ConfigSource, LoadedConfig};
+    use crate::domain::NewClient;
+    use crate::ledger::Ledger;
+
+    fn catalog(data: &std::path::Path, period: &str) -> Catalog {
+        let toml = format!(
+            "[storage]\ndata_dir = {:?}\n[rating]\ntime_zone = \"UTC\"\n[[group]]\nname = \"g\"\n\
+             [[package]]\nname = \"p\"\nfee = \"1\"\nperiod = \"{period}\"\nvoice_seconds = 60\ndata_bytes = 100\n\
+             [[package]]\nname = \"voice\"\nfee = \"1\"\nperiod = \"month\"\nvoice_seconds = 60\n",
+            data.display().to_string()
+        );
+        Catalog::build(
+            &LoadedConfig::from_str(&toml, ConfigSource::File("t.toml".into()), ".".into())
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn utc(s: &str) -> i64 {
+        chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp()
+    }
+
+    fn client(ledger: &mut Ledger, name: &str, credit: &str, now: i64) -> i64 {
+        ledger
+            .add_clients(
+                &[NewClient {
+                    username: Some(name.into()),
+                    group: "g".into(),
+                    credit: credit.parse().unwrap(),
+                    ..Default::default()
+                }],
+                "test",
+                now,
+            )
+            .unwrap()[0]
+    }
+
+    fn op(
+        catalog: &Catalog,
+        rater: &mut BatchRater<'_>,
+        op: PackageOp,
+        now: i64,
+        ended: &mut Vec<i64>,
+    ) -> Vec<ClientPackage> {
+        operate(catalog, rater, op, "admin", now, &mut |id, _| {
+            ended.push(id)
+        })
+        .unwrap()
+    }
+
+    fn fees(ledger: &Ledger, user: i64) -> Decimal {
+        -ledger.journal_sum(user, Some("package_fee")).unwrap()
+    }
+
+    /// A config reload that changes a package's period (month → day) renews the package
+    /// once at its period end, into a period of the new length — never one fee for each
+    /// "day since the anchor" that the old month periods had already covered.
+    #[test]
+    fn a_period_changed_by_a_reload_renews_once_from_the_period_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (monthly, daily) = (catalog(dir.path(), "month"), catalog(dir.path(), "day"));
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let u = client(&mut ledger, "ann", "500", t0);
+        let mut rater = BatchRater::new(&monthly, &mut ledger).unwrap();
+        let mut ended = Vec::new();
+        let pid = op(
+            &monthly,
+            &mut rater,
+            PackageOp::Assign {
+                user_id: u,
+                package: "p".into(),
+            },
+            t0,
+            &mut ended,
+        )[0]
+        .id;
+        op(
+            &monthly,
+            &mut rater,
+            PackageOp::Activate { id: pid, at: None },
+            t0,
+            &mut ended,
+        );
+        // Two month ends pass: Feb 1 and Mar 1.
+        let n = renew_due(
+            &monthly,
+            &mut rater,
+            utc("2026-03-12T00:00:00Z"),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(fees(rater.ledger, u), Decimal::from(3));
+        // The config now says "day"; the month [Mar 1, Apr 1) ends.
+        let now = utc("2026-04-01T01:00:00Z");
+        let n = renew_due(&daily, &mut rater, now, &mut |_, _| {}).unwrap();
+        assert_eq!(n, 1, "one renewal: the period that ended");
+        assert_eq!(fees(rater.ledger, u), Decimal::from(4));
+        let p = rater.ledger.client_package(pid).unwrap().unwrap();
+        assert_eq!(
+            (p.status, p.period_start, p.period_end),
+            (
+                PackageStatus::Active,
+                utc("2026-04-01T00:00:00Z"),
+                utc("2026-04-02T00:00:00Z")
+            )
+        );
+        // ... and from there on day by day.
+        let n = renew_due(
+            &daily,
+            &mut rater,
+            utc("2026-04-03T00:30:00Z"),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(n, 2);
+        let p = rater.ledger.client_package(pid).unwrap().unwrap();
+        assert_eq!(p.period_end, utc("2026-04-04T00:00:00Z"));
+        assert_eq!(fees(rater.ledger, u), Decimal::from(6));
+    }
+
+    /// A client at zero credit surfing on package data gets its sessions ended when the
+    /// package stops covering (deactivated at period end for want of credit, or by an
+    /// operator): nothing else would ever end them, as no charge crosses zero from above.
+    #[test]
+    fn losing_the_last_data_quota_at_zero_credit_ends_the_sessions() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path(), "day");
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let a = client(&mut ledger, "ann", "1", t0);
+        let b = client(&mut ledger, "bob", "1", t0);
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        let mut ended = Vec::new();
+        let pa = op(
+            &cat,
+            &mut rater,
+            PackageOp::Assign {
+                user_id: a,
+                package: "p".into(),
+            },
+            t0,
+            &mut ended,
+        )[0]
+        .id;
+        let pb = op(
+            &cat,
+            &mut rater,
+            PackageOp::Assign {
+                user_id: b,
+                package: "p".into(),
+            },
+            t0,
+            &mut ended,
+        )[0]
+        .id;
+        op(
+            &cat,
+            &mut rater,
+            PackageOp::Activate { id: pa, at: None },
+            t0,
+            &mut ended,
+        );
+        op(
+            &cat,
+            &mut rater,
+            PackageOp::Activate { id: pb, at: None },
+            t0,
+            &mut ended,
+        );
+        // The fee took each credit from 1 to 0, but the data quota is left: sessions go on.
+        assert!(ended.is_empty(), "{ended:?}");
+        // The operator deactivates bob's package: no quota, no credit.
+        op(
+            &cat,
+            &mut rater,
+            PackageOp::Deactivate { id: pb },
+            t0 + 10,
+            &mut ended,
+        );
+        assert_eq!(ended, vec![b]);
+        ended.clear();
+        // Ann's period ends; credit 0 < fee 1: deactivated, and her sessions end.
+        renew_due(&cat, &mut rater, t0 + 86_400 + 5, &mut |id, _| {
+            ended.push(id)
+        })
+        .unwrap();
+        assert_eq!(ended, vec![a]);
+    }
+
+    /// renewUsers for several clients renews all or none: one client short of its fee
+    /// leaves the others uncharged (a retry after the refusal must not charge them twice);
+    /// a client named twice is renewed once.
+    #[test]
+    fn renewing_several_clients_is_all_or_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path(), "month");
+        let t0 = utc("2026-01-01T00:00:00Z");
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let a = client(&mut ledger, "ann", "5", t0);
+        let b = client(&mut ledger, "bob", "1", t0);
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        let mut ended = Vec::new();
+        for u in [a, b] {
+            let id = op(
+                &cat,
+                &mut rater,
+                PackageOp::Assign {
+                    user_id: u,
+                    package: "p".into(),
+                },
+                t0,
+                &mut ended,
+            )[0]
+            .id;
+            op(
+                &cat,
+                &mut rater,
+                PackageOp::Activate { id, at: None },
+                t0,
+                &mut ended,
+            );
+        }
+        // Bob has 0 left: the renewal of both is refused, ann is not charged.
+        let r = operate(
+            &cat,
+            &mut rater,
+            PackageOp::RenewClients {
+                user_ids: vec![a, b],
+            },
+            "admin",
+            t0 + 60,
+            &mut |_, _| {},
+        );
+        assert!(matches!(r, Err(CommandError::Invalid(_))), "{r:?}");
+        assert_eq!(
+            (fees(rater.ledger, a), fees(rater.ledger, b)),
+            (Decimal::ONE, Decimal::ONE)
+        );
+        // Ann named twice: one renewal, one fee.
+        op(
+            &cat,
+            &mut rater,
+            PackageOp::RenewClients {
+                user_ids: vec![a, a],
+            },
+            t0 + 120,
+            &mut ended,
+        );
+        assert_eq!(fees(rater.ledger, a), Decimal::from(2));
+    }
+
+    /// Authorization at zero credit needs *data* quota: a voice-only package does not pay
+    /// for internet traffic, so a client with no credit and only voice seconds left is
+    /// refused (it would otherwise surf into negative credit with nothing to end it).
+    #[test]
+    fn only_data_quota_is_quota_left_for_authorization() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = catalog(dir.path(), "month");
+        let now = chrono::Utc::now().timestamp();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let v = client(&mut ledger, "vic", "1", now);
+        let d = client(&mut ledger, "dan", "1", now);
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        let mut ended = Vec::new();
+        let pv = op(
+            &cat,
+            &mut rater,
+            PackageOp::Assign {
+                user_id: v,
+                package: "voice".into(),
+            },
+            now,
+            &mut ended,
+        )[0]
+        .id;
+        let pd = op(
+            &cat,
+            &mut rater,
+            PackageOp::Assign {
+                user_id: d,
+                package: "p".into(),
+            },
+            now,
+            &mut ended,
+        )[0]
+        .id;
+        op(
+            &cat,
+            &mut rater,
+            PackageOp::Activate { id: pv, at: None },
+            now,
+            &mut ended,
+        );
+        op(
+            &cat,
+            &mut rater,
+            PackageOp::Activate { id: pd, at: None },
+            now,
+            &mut ended,
+        );
+        let auth = crate::ledger::AuthReader::open(dir.path()).unwrap();
+        let vic = auth.user("vic").unwrap().unwrap();
+        let dan = auth.user("dan").unwrap().unwrap();
+        assert_eq!((vic.credit, vic.quota_left), (Decimal::ZERO, false));
+        assert_eq!((dan.credit, dan.quota_left), (Decimal::ZERO, true));
     }
 }

@@ -256,3 +256,138 @@ fn a_crash_on_either_side_of_the_commit_is_repaired_at_open() {
     assert_eq!(ledger.empty_xdr_trash(now + GRACE_SECS).unwrap(), n_before);
     assert_eq!(files_in(&day), vec![final_path]);
 }
+
+/// The move of the replaced files to the trash failed after the commit (they are still in
+/// the tree, beside the merged file): the next `empty_xdr_trash` moves them, so a glob over
+/// the tree does not count the day twice — not until a restart, and not forever once their
+/// trash rows are forgotten after the grace.
+#[test]
+fn replaced_files_a_failed_move_left_in_the_tree_are_moved_by_the_next_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _cat) = rate_many_small_files(dir.path());
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp();
+    let day = data.join("xdr").join("date=2026-10-01");
+    let _lock = DataDirLock::acquire(&data).unwrap();
+    let mut ledger = Ledger::open(&data).unwrap();
+    let plan = plan_for(&ledger, "date=2026-10-01", now);
+    let merged = compact::merge(ledger.xdr_root(), &plan).unwrap();
+    ledger
+        .commit_compaction(&plan.files, &merged, now + GRACE_SECS)
+        .unwrap();
+    // As if the move had failed: the old files back in the tree.
+    for f in &plan.files {
+        let p = ledger.xdr_root().join(&f.path);
+        std::fs::rename(ratel_engine::xdr::trash_path(&p).unwrap(), &p).unwrap();
+    }
+    assert_eq!(files_in(&day).len(), plan.files.len() + 1);
+    // A sweep within the grace deletes nothing but moves them out of the tree.
+    assert_eq!(ledger.empty_xdr_trash(now + 1).unwrap(), 0);
+    assert_eq!(files_in(&day), vec![merged.final_path.clone()]);
+    for f in &plan.files {
+        assert!(ratel_engine::xdr::open_listed(&ledger.xdr_root().join(&f.path)).is_ok());
+    }
+    assert_eq!(
+        ledger.empty_xdr_trash(now + GRACE_SECS).unwrap(),
+        plan.files.len()
+    );
+    assert_eq!(files_in(&day), vec![merged.final_path]);
+}
+
+/// A file that reads fewer rows than the ledger recorded for it is not merged: the swap
+/// would drop the missing rows with the file.
+#[test]
+fn a_file_that_reads_short_is_not_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _cat) = rate_many_small_files(dir.path());
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp();
+    let _lock = DataDirLock::acquire(&data).unwrap();
+    let ledger = Ledger::open(&data).unwrap();
+    let mut plan = plan_for(&ledger, "date=2026-10-01", now);
+    plan.files[0].rows += 1;
+    let e = compact::merge(ledger.xdr_root(), &plan).unwrap_err();
+    assert!(e.to_string().contains("rows"), "{e}");
+    // Nothing left behind in the tree.
+    let day = data.join("xdr").join("date=2026-10-01");
+    assert!(files_in(&day).iter().all(|f| !f
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with('.')));
+}
+
+/// A day whose merge failed is passed over while its files are unchanged (not merged again
+/// every minute, keeping the other days waiting), and chosen again once they change.
+#[test]
+fn a_failed_day_is_passed_over_until_its_files_change() {
+    let f = |path: &str| compact::DayFile {
+        path: path.into(),
+        rows: 1,
+        min_login: 0,
+        max_logout: 0,
+    };
+    let day = |d: &str, n: usize| -> Vec<compact::DayFile> {
+        (0..n)
+            .map(|i| f(&format!("date={d}/f{i}.parquet")))
+            .collect()
+    };
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp();
+    let mut files = day("2026-10-01", 9);
+    files.extend(day("2026-10-02", 8));
+    let bad = compact::choose(files.clone(), now).unwrap();
+    assert_eq!(bad.partition, "date=2026-10-01");
+    let next = compact::choose_except(files.clone(), now, std::slice::from_ref(&bad)).unwrap();
+    assert_eq!(next.partition, "date=2026-10-02");
+    files.push(f("date=2026-10-01/late.parquet"));
+    let again = compact::choose_except(files, now, &[bad]).unwrap();
+    assert_eq!(again.partition, "date=2026-10-01");
+}
+
+/// A day holding more than MAX_ROWS rows (a busy server: a RADIUS outbox flush a second)
+/// is compacted in parts, smallest files first, and the parts again while they fit: it does
+/// not stay tens of thousands of files for ever.
+#[test]
+fn a_day_beyond_max_rows_is_compacted_in_parts() {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp();
+    let per = compact::MAX_ROWS / 1000;
+    let mut files: Vec<compact::DayFile> = (0..3000)
+        .map(|i| compact::DayFile {
+            path: format!("date=2026-10-01/radius-{i:06}.parquet"),
+            rows: per,
+            min_login: 0,
+            max_logout: 0,
+        })
+        .collect();
+    let mut rounds = 0;
+    while let Some(plan) = compact::choose(files.clone(), now) {
+        rounds += 1;
+        assert!(plan.files.iter().map(|f| f.rows).sum::<u64>() <= compact::MAX_ROWS);
+        assert!(plan.files.len() >= compact::MIN_FILES);
+        let rows = plan.files.iter().map(|f| f.rows).sum();
+        files.retain(|f| !plan.files.contains(f));
+        files.push(compact::DayFile {
+            path: format!("date=2026-10-01/compact-{rounds}.parquet"),
+            rows,
+            min_login: 0,
+            max_logout: 0,
+        });
+        assert!(rounds < 100);
+    }
+    assert!(
+        files.len() < compact::MIN_FILES,
+        "{} files left",
+        files.len()
+    );
+    assert_eq!(
+        files.iter().map(|f| f.rows).sum::<u64>(),
+        3000 * per,
+        "every row in some file"
+    );
+}

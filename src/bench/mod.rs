@@ -29,7 +29,16 @@ pub struct RadiusArgs {
     pub json: bool,
     /// Also drive the authorization listener (PAP Access-Requests) during the run.
     pub auth: bool,
+    /// Requests in flight of each run (`--sweep 1,8,64,512`); empty: `in_flight` only.
+    pub sweep: Vec<usize>,
+    /// Append one CSV row per run to this file (header written when it is new).
+    pub csv: Option<std::path::PathBuf>,
+    /// The server's name in the CSV (`ratel` when this command starts serve).
+    pub label: Option<String>,
 }
+
+/// The CSV columns of `ratel bench radius --csv` (one row per run).
+pub const RADIUS_CSV_HEADER: &str = "server,in_flight,users,sessions,duration_s,cores,acks_per_sec,p50_ms,p90_ms,p99_ms,p999_ms,retransmissions,unanswered,ledger_check";
 
 const CONFIG: &str = r#"
 [radius]
@@ -142,7 +151,38 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// `ratel bench radius`: one run at `--in-flight`, or one per `--sweep` point (a fresh
+/// server each when this command starts `ratel serve`), each appended to `--csv`.
 pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
+    let points = if a.sweep.is_empty() {
+        vec![a.in_flight]
+    } else {
+        a.sweep.clone()
+    };
+    let mut code = ExitCode::SUCCESS;
+    for in_flight in points {
+        let (c, row) = radius_run(&a, in_flight)?;
+        if c != ExitCode::SUCCESS {
+            code = c;
+        }
+        if let Some(path) = &a.csv {
+            let new = !path.exists();
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("--csv {}", path.display()))?;
+            if new {
+                writeln!(f, "{RADIUS_CSV_HEADER}")?;
+            }
+            writeln!(f, "{row}")?;
+        }
+    }
+    Ok(code)
+}
+
+/// One run at `in_flight`; returns its exit code and its CSV row.
+fn radius_run(a: &RadiusArgs, in_flight: usize) -> anyhow::Result<(ExitCode, String)> {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -184,7 +224,7 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
         server,
         secret: secret.into_bytes(),
         sessions: a.sessions,
-        in_flight: a.in_flight,
+        in_flight,
         duration: Duration::from_secs(a.duration_secs),
         rate: a.rate,
         interims: a.interims,
@@ -197,7 +237,7 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
             let spec = loadgen::AuthLoadSpec {
                 server: to,
                 secret: spec.secret.clone(),
-                in_flight: a.in_flight.min(256),
+                in_flight: in_flight.min(256),
                 duration: spec.duration,
                 users: spec.users,
                 password: b"pw".to_vec(),
@@ -218,7 +258,7 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
     println!(
         "ratel bench radius: {} sessions, {} in flight, {} s, rate {}, {} users, {cores} cores, server {server}",
         a.sessions,
-        a.in_flight,
+        in_flight,
         a.duration_secs,
         if a.rate == 0 { "max".to_string() } else { a.rate.to_string() },
         a.users
@@ -312,7 +352,7 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
     }
     if a.json {
         println!(
-            "{{\"bench\":\"radius\",\"cores\":{cores},\"acknowledged\":{},\"acks_per_sec\":{:.0},\"retransmissions\":{},\"unanswered\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"ledger_check_ok\":{},\"max_open_sessions\":{},\"users\":{},\"serve_peak_rss_mib\":{}}}",
+            "{{\"bench\":\"radius\",\"cores\":{cores},\"in_flight\":{in_flight},\"acknowledged\":{},\"acks_per_sec\":{:.0},\"retransmissions\":{},\"unanswered\":{},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"ledger_check_ok\":{},\"max_open_sessions\":{},\"users\":{},\"serve_peak_rss_mib\":{}}}",
             r.acknowledged,
             r.acks_per_sec(),
             r.retransmissions,
@@ -328,11 +368,33 @@ pub fn radius(a: RadiusArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "null".into())
         );
     }
-    Ok(if check.starts_with("MISMATCH") {
+    let label = a.label.clone().unwrap_or_else(|| {
+        if a.server.is_some() {
+            server.to_string()
+        } else {
+            "ratel".to_string()
+        }
+    });
+    let row = format!(
+        "{label},{in_flight},{},{},{},{cores},{:.0},{:.3},{:.3},{:.3},{:.3},{},{},{}",
+        a.users,
+        a.sessions,
+        a.duration_secs,
+        r.acks_per_sec(),
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(0.999),
+        r.retransmissions,
+        r.unanswered,
+        check.split([':', ' ']).next().unwrap_or("")
+    );
+    let code = if check.starts_with("MISMATCH") {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
-    })
+    };
+    Ok((code, row))
 }
 
 /// Which calls each `bench api` client makes.

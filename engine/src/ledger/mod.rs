@@ -17,6 +17,7 @@ use rust_decimal::Decimal;
 
 use crate::xdr;
 
+pub mod checkpoint;
 mod clients;
 pub mod events;
 mod packages;
@@ -388,6 +389,8 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     if version < 5 {
         tx.execute_batch(packages::SCHEMA_V5)?;
     }
+    // `xdr_trash` joined version 5 after the first ledgers of it were written.
+    tx.execute_batch(packages::XDR_TRASH)?;
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tracing::info!(
@@ -527,6 +530,14 @@ impl Ledger {
             path: self.path.display().to_string(),
             source,
         }
+    }
+
+    /// WAL pages after which a commit checkpoints by itself (SQLite's default 1000); `serve`
+    /// sets 0 and leaves checkpoints to its [`checkpoint`] thread.
+    pub fn set_wal_autocheckpoint(&self, pages: u32) -> Result<(), LedgerError> {
+        self.conn
+            .pragma_update(None, "wal_autocheckpoint", pages)
+            .map_err(self.sq())
     }
 
     /// Root of the xDR Parquet tree.
@@ -932,11 +943,9 @@ impl Ledger {
                 ob.execute(params![*id as i64, row]).map_err(sq)?;
             }
             if !b.xdrs.is_empty() {
-                tx.execute(
-                    "UPDATE seq SET value = ?1 WHERE name = 'xdr'",
-                    [b.next_xdr as i64],
-                )
-                .map_err(sq)?;
+                tx.prepare_cached("UPDATE seq SET value = ?1 WHERE name = 'xdr'")
+                    .and_then(|mut st| st.execute([b.next_xdr as i64]))
+                    .map_err(sq)?;
             }
             // Summed per (user, rule) within the batch first: one read and write each.
             let mut usage: std::collections::BTreeMap<(i64, &str), (Decimal, i64, i64)> =
@@ -952,25 +961,28 @@ impl Ledger {
             }
             for ((user_id, rule), (credit, secs, bytes)) in &usage {
                 let old: Option<(String, i64, i64)> = tx
-                    .query_row("SELECT credit, seconds, bytes FROM rule_usage WHERE user_id = ?1 AND rule = ?2", params![user_id, rule], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    .prepare_cached("SELECT credit, seconds, bytes FROM rule_usage WHERE user_id = ?1 AND rule = ?2")
+                    .and_then(|mut st| {
+                        st.query_row(params![user_id, rule], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .optional()
                     })
-                    .optional()
                     .map_err(sq)?;
                 let (c0, s0, b0) = match old {
                     Some((c, s, b)) => (c.parse::<Decimal>().unwrap_or_default(), s, b),
                     None => (Decimal::ZERO, 0, 0),
                 };
-                tx.execute(
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO rule_usage(user_id, rule, credit, seconds, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![
+                )
+                .and_then(|mut st| st.execute(params![
                         user_id,
                         rule,
                         c0.checked_add(*credit).unwrap_or(Decimal::MAX).to_string(),
                         s0.saturating_add(*secs),
                         b0.saturating_add(*bytes)
-                    ],
-                )
+                    ]))
                 .map_err(sq)?;
             }
             packages::store_quota(&tx, &b.quota).map_err(sq)?;
@@ -985,11 +997,9 @@ impl Ledger {
                 fl.execute(params![user_id, at]).map_err(sq)?;
             }
             if b.forget_closed_before > 0 {
-                tx.execute(
-                    "DELETE FROM radius_closed WHERE closed_at < ?1",
-                    [b.forget_closed_before],
-                )
-                .map_err(sq)?;
+                tx.prepare_cached("DELETE FROM radius_closed WHERE closed_at < ?1")
+                    .and_then(|mut st| st.execute([b.forget_closed_before]))
+                    .map_err(sq)?;
             }
         }
         tx.commit().map_err(sq)
@@ -1224,8 +1234,12 @@ impl Ledger {
 
     /// Replaces a compacted day's files by the merged one (under its temp name, durable) in
     /// one transaction — the old paths go to `xdr_trash`, deleted after `delete_after` —
-    /// then renames the merged file. Refused, changing nothing, when a planned file is no
-    /// longer referenced.
+    /// then renames the merged file and moves the old ones to the trash. Refused, changing
+    /// nothing and removing the merged temp file, when a planned file is no longer
+    /// referenced. An error after the commit leaves the committed merged file where it is
+    /// (under its temp name if the rename failed: readers and `ratel backup` open it there,
+    /// the next open renames it) and old files still in the tree are moved by the next
+    /// [`Ledger::empty_xdr_trash`]: the merged file must never be removed once committed.
     pub fn commit_compaction(
         &mut self,
         old: &[crate::compact::DayFile],
@@ -1237,27 +1251,44 @@ impl Ledger {
             path: path.clone(),
             source,
         };
+        let merged_rel = rel_to(&self.xdr_root, &merged.final_path);
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sq)?;
-        for f in old {
-            let n = tx
-                .execute("DELETE FROM xdr_files WHERE path = ?1", [&f.path])
+        let staged = (|| {
+            for f in old {
+                if f.path == merged_rel {
+                    // The merged file would replace itself (and then go to the trash).
+                    return Err(LedgerError::Rejected(format!(
+                        "compaction: {} is one of the files it replaces",
+                        f.path
+                    )));
+                }
+                let n = tx
+                    .execute("DELETE FROM xdr_files WHERE path = ?1", [&f.path])
+                    .map_err(sq)?;
+                if n != 1 {
+                    return Err(LedgerError::Rejected(format!(
+                        "compaction: {} is no longer an xDR file of the ledger",
+                        f.path
+                    )));
+                }
+                tx.execute(
+                    "INSERT OR REPLACE INTO xdr_trash(path, delete_after) VALUES (?1, ?2)",
+                    params![f.path, delete_after],
+                )
                 .map_err(sq)?;
-            if n != 1 {
-                return Err(LedgerError::Rejected(format!(
-                    "compaction: {} is no longer an xDR file of the ledger",
-                    f.path
-                )));
             }
-            tx.execute(
-                "INSERT OR REPLACE INTO xdr_trash(path, delete_after) VALUES (?1, ?2)",
-                params![f.path, delete_after],
-            )
-            .map_err(sq)?;
+            record_xdr_files(&tx, &self.xdr_root, 0, std::slice::from_ref(merged)).map_err(sq)
+        })();
+        if let Err(e) = staged {
+            drop(tx);
+            let _ = std::fs::remove_file(xdr::temp_path(&merged.final_path));
+            return Err(e);
         }
-        record_xdr_files(&tx, &self.xdr_root, 0, std::slice::from_ref(merged)).map_err(sq)?;
+        // A failed COMMIT may still have committed: the temp file is left to the next open,
+        // which renames or removes it by what the ledger holds.
         tx.commit().map_err(sq)?;
         publish_files(std::slice::from_ref(merged))?;
         self.move_to_trash(old.iter().map(|f| f.path.as_str()))
@@ -1306,7 +1337,9 @@ impl Ledger {
         let paths: Vec<String> = {
             let mut st = self
                 .conn
-                .prepare("SELECT path FROM xdr_trash")
+                .prepare(
+                    "SELECT path FROM xdr_trash WHERE path NOT IN (SELECT path FROM xdr_files)",
+                )
                 .map_err(self.sq())?;
             let rows = st.query_map([], |r| r.get(0)).map_err(self.sq())?;
             rows.collect::<Result<_, _>>().map_err(self.sq())?
@@ -1317,6 +1350,9 @@ impl Ledger {
     /// Deletes the replaced xDR files whose grace period ended by `now`, then forgets them.
     /// Returns how many.
     pub fn empty_xdr_trash(&mut self, now: i64) -> Result<usize, LedgerError> {
+        // Replaced files a failed move left in the tree go first (else a glob over the tree
+        // would count their rows twice, and once forgotten below they would stay there).
+        self.recover_trash()?;
         let due: Vec<String> = {
             let mut st = self
                 .conn
@@ -1410,7 +1446,8 @@ pub struct AuthUser {
     pub lock_reason: Option<String>,
     /// The client is archived (refused like a locked one).
     pub archived: bool,
-    /// An active package of the client holds quota now.
+    /// An active package of the client holds data quota now (voice seconds do not pay for
+    /// an internet session).
     pub quota_left: bool,
 }
 
@@ -1451,7 +1488,7 @@ impl AuthReader {
             .prepare_cached(
                 "SELECT u.user_id, u.password, u.group_name, u.credit, u.lock_reason, u.archived,
                    EXISTS(SELECT 1 FROM client_packages p WHERE p.user_id = u.user_id
-                     AND p.status = 'active' AND (p.voice_left > 0 OR p.data_left > 0)
+                     AND p.status = 'active' AND p.data_left > 0
                      AND p.period_start <= CAST(strftime('%s', 'now') AS INTEGER)
                      AND p.period_end > CAST(strftime('%s', 'now') AS INTEGER))
                  FROM accounts a JOIN users u ON u.user_id = a.user_id

@@ -30,6 +30,10 @@ CREATE TABLE IF NOT EXISTS client_packages(
   cycle INTEGER NOT NULL DEFAULT 0,
   changed_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS client_packages_user ON client_packages(user_id);
+";
+
+/// Files replaced by a compaction, deleted after their grace (`compact.rs`).
+pub(super) const XDR_TRASH: &str = "
 CREATE TABLE IF NOT EXISTS xdr_trash(
   path TEXT PRIMARY KEY,
   delete_after INTEGER NOT NULL) WITHOUT ROWID;

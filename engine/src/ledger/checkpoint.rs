@@ -1,0 +1,104 @@
+//! The WAL checkpointer of `serve`: a thread with a connection of its own copies committed
+//! WAL frames into the database file, so the core's commits never do.
+//!
+//! With SQLite's automatic checkpoint the commit that pushed the WAL past 1000 pages copied
+//! them into the database and fsynced it before returning: every acknowledgement of that
+//! batch (and of the packets queued behind it) waited for it. Here the core's connection has
+//! `wal_autocheckpoint = 0` ([`super::Ledger::set_wal_autocheckpoint`]) and this thread runs a
+//! PASSIVE checkpoint every [`PERIOD`] (it never blocks a writer). A passive checkpoint cannot
+//! rewind the WAL while commits keep appending to it, so once the WAL holds more than
+//! [`RESTART_FRAMES`] it runs a RESTART checkpoint: that one takes the writer lock, but only
+//! for the frames the last passive pass left (a few ms), and the next commit writes the WAL
+//! from its start again, overwriting blocks of the file instead of growing it.
+//!
+//! Checkpoints do not make anything durable: a commit is durable when its own WAL fsync
+//! returns (`synchronous=FULL`); a checkpoint only moves committed pages.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::Connection;
+
+use super::LedgerError;
+
+/// How often the checkpointer looks at the WAL.
+pub const PERIOD: Duration = Duration::from_millis(50);
+/// WAL size (frames, 4 KiB pages) past which the WAL is rewound (RESTART).
+pub const RESTART_FRAMES: i64 = 16_384;
+
+/// The running checkpointer; stopped and joined when dropped.
+pub struct Checkpointer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Starts the checkpointer of the ledger in `data_dir` (which [`super::Ledger::open`] opened
+/// and recovered).
+pub fn spawn(data_dir: &Path) -> Result<Checkpointer, LedgerError> {
+    let path = data_dir.join("ledger.sqlite");
+    let sq = |source| LedgerError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    };
+    let conn = Connection::open(&path).map_err(sq)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sq)?;
+    // A RESTART waits this long for readers and the writer, then is tried again later.
+    conn.busy_timeout(Duration::from_millis(100)).map_err(sq)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("ledger-checkpoint".into())
+        .spawn(move || run(conn, &flag))
+        .map_err(|source| LedgerError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(Checkpointer {
+        stop,
+        handle: Some(handle),
+    })
+}
+
+fn run(conn: Connection, stop: &AtomicBool) {
+    let checkpoint = |mode: &str| -> rusqlite::Result<(i64, i64, i64)> {
+        conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+    };
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(PERIOD);
+        let result = checkpoint("PASSIVE").and_then(|(busy, log, done)| {
+            if busy == 0 && log >= RESTART_FRAMES && done >= log - 256 {
+                checkpoint("RESTART").map(|_| ())
+            } else {
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => failing = false,
+            // Busy (a reader or the writer held on past the timeout): next period.
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy => {}
+            Err(e) => {
+                if !failing {
+                    tracing::error!(error = %e, "WAL checkpoint failed; will retry");
+                }
+                failing = true;
+            }
+        }
+    }
+}
