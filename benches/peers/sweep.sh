@@ -30,7 +30,7 @@ if [ -d "$TOOL" ]; then
 	rm -rf "$WORK/ceiling-src" && cp -r "$TOOL" "$WORK/ceiling-src" && chmod -R u+w "$WORK/ceiling-src"
 	CARGO_TARGET_DIR="$WORK/ceiling-target" cargo build --release --quiet --manifest-path "$WORK/ceiling-src/Cargo.toml"
 	rm -f "$WORK/acct.log"
-	"$WORK/ceiling-target/release/ceiling" serve --port 18130 --variant a --log "$WORK/acct.log" > "$WORK/ceiling.out" 2>&1 &
+	"$WORK/ceiling-target/release/ceiling" serve --port 18130 --variant a --log "$WORK/acct.log" --max-secs 3600 > "$WORK/ceiling.out" 2>&1 &
 	CEIL=$!
 fi
 trap 'kill $FR ${CEIL} 2>/dev/null || true' EXIT

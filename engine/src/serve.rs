@@ -1,16 +1,11 @@
 //! The `ratel serve` core: one thread that owns the ledger and runs the ordered hot path
 //! receive a batch → decode and verify → rate → one ledger commit (one fsync) → acknowledge.
 //!
-//! The path is a two-stage pipeline: while the commit thread (`serve/committer.rs`) commits
-//! batch N and then sends its responses, this thread receives, verifies and applies batch
-//! N + 1; batch N + 1 is handed over only once batch N came back, so commits keep the order
-//! in which batches were applied. WAL checkpoints run on a thread of their own
-//! (`ledger/checkpoint.rs`), never inside a commit.
-//!
-//! The Accounting-Response to a packet is sent only after the commit that holds its effects
-//! returned. If a commit fails (a full disk, say), nothing of the batch is acknowledged, the
-//! in-memory state is reloaded from the ledger, and the NAS's retransmissions are processed
-//! again once the ledger accepts writes. If the ledger refuses a batch for something in it
+//! WAL checkpoints run on a thread of their own (`ledger/checkpoint.rs`), never inside a
+//! commit. The Accounting-Response to a packet is sent only after the commit that holds its
+//! effects returned. If a commit fails (a full disk, say), nothing of the batch is
+//! acknowledged, the in-memory state is reloaded from the ledger, and the NAS's
+//! retransmissions are processed again once the ledger accepts writes. If the ledger refuses a batch for something in it
 //! (a constraint: a replay rebuilding an idempotency key that exists), no single packet may
 //! hold up the others: the batch is re-applied with the existing keys marked as charged, and
 //! bisected if it still fails, until every packet is committed or is one the ledger refuses
@@ -33,15 +28,9 @@ use crate::radius::accounting::{
 use crate::radius::codec::{self, DecodeError};
 use crate::xdr::{self, XdrBuilder};
 
-mod committer;
-
 /// How long the core waits for a first datagram before it looks at API commands and
 /// housekeeping again: an operator's write on an idle server waits at most this long.
 pub const IDLE_WAIT: Duration = Duration::from_millis(10);
-
-/// How long [`Core::receive_batch`] keeps batches flowing through the pipeline before it
-/// lets the core loop run commands and housekeeping (waiting for the batch in flight).
-pub const PIPELINE_SLICE: Duration = IDLE_WAIT;
 
 /// Most packets in one group commit.
 pub const MAX_BATCH: usize = 2048;
@@ -133,31 +122,33 @@ pub struct Live {
 
 impl Live {
     fn apply(&self, acct: &Accounting, fx: &Effects) {
-        self.publish(LiveChanges::of(acct, fx));
-    }
-
-    /// Publishes what a commit changed (taken from memory when its batch was sealed).
-    fn publish(&self, c: LiveChanges) {
-        if c.upserts.is_empty() && c.closed.is_empty() {
+        if fx.upserts.is_empty() && fx.closed.is_empty() {
             return;
         }
         let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
-        for (uid, key, session_id) in &c.closed {
-            if let Some(v) = online.get_mut(uid) {
-                v.retain(|o| !(o.nas_key == *key && o.session_id == *session_id));
+        // Every closed session has its xDR in the same effects: it names the user, and its
+        // source (`radius:<key>`) the session's NAS key.
+        for x in &fx.xdrs {
+            let key = x.source.strip_prefix("radius:").unwrap_or(&x.source);
+            let uid = x.user_id.unwrap_or(UNKNOWN_USER);
+            if let Some(v) = online.get_mut(&uid) {
+                v.retain(|o| !(o.nas_key == key && o.session_id == x.session_id));
                 if v.is_empty() {
-                    online.remove(uid);
+                    online.remove(&uid);
                 }
             }
         }
-        for (uid, o) in c.upserts {
-            let v = online.entry(uid).or_default();
-            match v
-                .iter_mut()
-                .find(|x| x.nas_key == o.nas_key && x.session_id == o.session_id)
-            {
-                Some(x) => *x = o,
-                None => v.push(o),
+        for k in &fx.upserts {
+            if let Some(s) = acct.sessions.get(k) {
+                let v = online.entry(s.user_id.unwrap_or(UNKNOWN_USER)).or_default();
+                let o = OnlineSession::of(s);
+                match v
+                    .iter_mut()
+                    .find(|x| x.nas_key == o.nas_key && x.session_id == o.session_id)
+                {
+                    Some(x) => *x = o,
+                    None => v.push(o),
+                }
             }
         }
     }
@@ -171,37 +162,6 @@ impl Live {
                 .or_default()
                 .push(OnlineSession::of(s));
         }
-    }
-}
-
-/// What one commit changes in [`Live`]: sessions closed (user, NAS key, session id) and
-/// the new state of sessions still open.
-#[derive(Default)]
-struct LiveChanges {
-    closed: Vec<(i64, String, String)>,
-    upserts: Vec<(i64, OnlineSession)>,
-}
-
-impl LiveChanges {
-    fn of(acct: &Accounting, fx: &Effects) -> Self {
-        let mut c = LiveChanges::default();
-        if fx.upserts.is_empty() && fx.closed.is_empty() {
-            return c;
-        }
-        // Every closed session has its xDR in the same effects: it names the user, and its
-        // source (`radius:<key>`) the session's NAS key.
-        for x in &fx.xdrs {
-            let key = x.source.strip_prefix("radius:").unwrap_or(&x.source);
-            let uid = x.user_id.unwrap_or(UNKNOWN_USER);
-            c.closed.push((uid, key.to_string(), x.session_id.clone()));
-        }
-        for k in &fx.upserts {
-            if let Some(s) = acct.sessions.get(k) {
-                c.upserts
-                    .push((s.user_id.unwrap_or(UNKNOWN_USER), OnlineSession::of(s)));
-            }
-        }
-        c
     }
 }
 
@@ -265,8 +225,6 @@ pub fn run(
     // Checkpoints run on a thread of their own, never inside a commit (ledger/checkpoint.rs).
     ledger.set_wal_autocheckpoint(0)?;
     let _checkpointer = crate::ledger::checkpoint::spawn(&catalog.data_dir)?;
-    // The commit stage of the RADIUS pipeline: its own connection, answers after its commit.
-    let committer = committer::Committer::spawn(&catalog.data_dir, &socket, live.clone())?;
     // The ledger exists and is recovered: readers (the API) may open it now.
     on_ready()?;
     // Prepaid control: the authorization listener and the Disconnect-Request sender, each
@@ -362,11 +320,6 @@ pub fn run(
             spool_files,
             disconnect,
             compactor,
-            committer: &committer,
-            spare_pending: Vec::with_capacity(MAX_BATCH),
-            spare_arena: Vec::new(),
-            sealed_spare: Default::default(),
-            nonblocking: None,
         };
         // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
         let mut last_housekeeping = Instant::now() - Duration::from_secs(2);
@@ -703,104 +656,24 @@ struct Core<'c> {
     disconnect: crate::radius::disconnect::Disconnector,
     /// Merges closed days' xDR files (carried across config generations).
     compactor: crate::compact::Compactor,
-    /// The commit stage of the RADIUS pipeline.
-    committer: &'c committer::Committer,
-    /// Buffers of the last committed batch, reused by the next.
-    spare_pending: Vec<Pending>,
-    spare_arena: Vec<u8>,
-    sealed_spare: committer::Sealed,
-    /// The socket's mode, once set ([`Core::set_nonblocking`]).
-    nonblocking: Option<bool>,
-}
-
-/// A batch whose commit is running on the committer thread: what the core does once it
-/// comes back committed, and what it needs to apply its packets again if it does not.
-struct InFlight {
-    pending: Vec<Pending>,
-    arena: Vec<u8>,
-    retransmits: Vec<Retransmit>,
-    fx: Effects,
-    /// Users whose credit (and quota) the batch exhausted ([`exhausted_users`]).
-    disconnect: Vec<i64>,
-    now: i64,
 }
 
 impl Core<'_> {
-    /// The RADIUS hot path, pipelined (two stages: this thread and the committer). Receive a
-    /// batch (the first datagram waits up to [`IDLE_WAIT`] when nothing is in flight; the rest
-    /// is what is already queued, for at most `commit_wait_ms`), apply it, seal it (its ledger
-    /// writes and its encoded responses) and hand it to the committer, which commits it and
-    /// sends the responses once the commit's fsync returned. While that commit runs, receive
-    /// and apply the next batch; when the socket is empty, wait for the commit, publish it,
-    /// and seal the next. Returns with nothing in flight once the socket is empty or
-    /// [`PIPELINE_SLICE`] passed, so commands and housekeeping run between committed batches.
+    /// Receives up to [`MAX_BATCH`] datagrams (the first waits up to [`IDLE_WAIT`], the rest are
+    /// what is already queued, for at most `commit_wait_ms`), applies them, commits once
+    /// and answers them.
     fn receive_batch(
         &mut self,
         rater: &mut BatchRater<'_>,
         acct: &mut Accounting,
     ) -> Result<(), ServeError> {
-        let started = Instant::now();
-        let mut inflight: Option<InFlight> = None;
         let mut fx = Effects::default();
         let mut retransmits: Vec<Retransmit> = Vec::new();
         self.pending.clear();
         self.arena.clear();
-        let mut now = now_secs();
-        let mut wait = true;
-        loop {
-            self.receive(rater, acct, now, &mut fx, &mut retransmits, wait);
-            wait = false;
-            if let Some(f) = inflight.take() {
-                // The socket is empty (or the batch full): the commit in flight first.
-                let done = self.committer.wait()?;
-                if let Err(e) = done.result {
-                    self.sealed_spare = done.sealed;
-                    return self.commit_failed(rater, acct, f, fx, now, e);
-                }
-                self.finish(acct, f, done.sealed);
-            }
-            if !self.pending.is_empty() || !fx.closed.is_empty() {
-                inflight = Some(self.seal(rater, acct, fx, retransmits, now)?);
-                fx = Effects::default();
-                retransmits = Vec::new();
-            } else if !retransmits.is_empty() {
-                // Nothing in flight: the packets they repeat were committed.
-                let arena = std::mem::take(&mut self.arena);
-                self.answer_retransmits(&retransmits, &arena);
-                self.arena = arena;
-                retransmits.clear();
-            }
-            let Some(f) = inflight.take() else {
-                return Ok(());
-            };
-            if started.elapsed() >= PIPELINE_SLICE {
-                let done = self.committer.wait()?;
-                if let Err(e) = done.result {
-                    self.sealed_spare = done.sealed;
-                    return self.commit_failed(rater, acct, f, Effects::default(), now, e);
-                }
-                self.finish(acct, f, done.sealed);
-                return Ok(());
-            }
-            inflight = Some(f);
-            now = now_secs();
-        }
-    }
-
-    /// Receives into the batch in hand up to [`MAX_BATCH`] datagrams: what is queued, the
-    /// first one waiting up to [`IDLE_WAIT`] when `wait`, and for at most `commit_wait_ms`
-    /// after the first.
-    fn receive(
-        &mut self,
-        rater: &mut BatchRater<'_>,
-        acct: &mut Accounting,
-        now: i64,
-        fx: &mut Effects,
-        retransmits: &mut Vec<Retransmit>,
-        wait: bool,
-    ) {
-        self.set_nonblocking(!wait);
+        let _ = self.socket.set_read_timeout(Some(IDLE_WAIT));
         let mut deadline: Option<Instant> = None;
+        let now = now_secs();
         loop {
             if self.pending.len() + retransmits.len() >= MAX_BATCH {
                 break;
@@ -822,138 +695,61 @@ impl Core<'_> {
                     break;
                 }
             };
-            match deadline {
-                None => {
-                    // From the second datagram on, drain what is queued and commit as soon
-                    // as the socket is empty (or `commit_wait_ms` passed): waiting for more
-                    // only delays every acknowledgement of the batch.
-                    let wait = Duration::from_millis(self.catalog.commit_wait_ms);
-                    deadline = Some(Instant::now() + wait);
-                    self.set_nonblocking(true);
-                }
-                Some(d) if Instant::now() >= d => {
+            if deadline.is_none() {
+                // From the second datagram on, drain what is queued and commit as soon as
+                // the socket is empty (or `commit_wait_ms` passed): waiting for more only
+                // delays every acknowledgement of the batch.
+                let wait = Duration::from_millis(self.catalog.commit_wait_ms);
+                deadline = Some(Instant::now() + wait);
+                let _ = self.socket.set_nonblocking(true);
+            } else if let Some(d) = deadline {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     // Keep this datagram, then commit.
-                    self.accept(rater, acct, n, src, now, fx, retransmits);
+                    self.accept(rater, acct, n, src, now, &mut fx, &mut retransmits);
                     break;
                 }
-                Some(_) => {}
             }
-            self.accept(rater, acct, n, src, now, fx, retransmits);
+            self.accept(rater, acct, n, src, now, &mut fx, &mut retransmits);
         }
-    }
-
-    /// Switches the socket between draining (non-blocking) and waiting up to [`IDLE_WAIT`].
-    fn set_nonblocking(&mut self, on: bool) {
-        if self.nonblocking == Some(on) {
-            return;
+        if deadline.is_some() {
+            let _ = self.socket.set_nonblocking(false);
         }
-        if self.nonblocking.is_none() {
-            let _ = self.socket.set_read_timeout(Some(IDLE_WAIT));
+        if self.pending.is_empty() && retransmits.is_empty() && fx.xdrs.is_empty() {
+            return Ok(());
         }
-        let _ = self.socket.set_nonblocking(on);
-        self.nonblocking = Some(on);
-    }
-
-    /// Hands the batch in hand to the committer: its ledger writes and its responses,
-    /// encoded now. Returns what the core keeps until the commit comes back.
-    fn seal(
-        &mut self,
-        rater: &BatchRater<'_>,
-        acct: &Accounting,
-        fx: Effects,
-        retransmits: Vec<Retransmit>,
-        now: i64,
-    ) -> Result<InFlight, ServeError> {
-        let mut sealed = std::mem::take(&mut self.sealed_spare);
-        sealed.commit = self.radius_commit(rater, acct, &fx, now);
-        sealed.replies.clear();
-        sealed.reply_to.clear();
-        for p in &self.pending {
-            let secret = &self.catalog.nas[p.nas as usize].secret;
-            codec::write_response(&mut self.resp, &self.arena[p.bytes.clone()], secret);
-            sealed.replies.extend_from_slice(&self.resp);
-            sealed.reply_to.push((sealed.replies.len(), p.to));
+        let mut committed = true;
+        if !self.pending.is_empty() || !fx.closed.is_empty() {
+            committed = match self.commit(rater, acct, &fx, now) {
+                Ok(()) => true,
+                Err(e) if refused_for_content(&e) => {
+                    tracing::warn!(error = %e, packets = self.pending.len(), "ledger refused the batch for something in it: applying its packets again to commit all but the one at fault");
+                    self.isolate(rater, acct, &fx, now)?;
+                    false
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, packets = self.pending.len(), "ledger commit failed: NOT acknowledging this batch; the NAS will retransmit");
+                    for p in &self.pending {
+                        acct.forget_seen(p.nas, p.ident, &p.auth);
+                    }
+                    self.reload(rater, acct)?;
+                    std::thread::sleep(Duration::from_millis(200));
+                    return Ok(());
+                }
+            };
         }
-        sealed.live = LiveChanges::of(acct, &fx);
-        let disconnect = exhausted_users(&rater.subscribers, &fx, now);
-        self.committer.submit(sealed)?;
-        let pending = std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare_pending));
-        let arena = std::mem::replace(&mut self.arena, std::mem::take(&mut self.spare_arena));
-        self.pending.clear();
-        self.arena.clear();
-        Ok(InFlight {
-            pending,
-            arena,
-            retransmits,
-            fx,
-            disconnect,
-            now,
-        })
-    }
-
-    /// A batch came back committed (the committer has published it in [`Live`] and sent
-    /// its responses): Disconnect-Requests for the users it exhausted, counters, buffers.
-    fn finish(&mut self, acct: &mut Accounting, f: InFlight, sealed: committer::Sealed) {
-        self.sealed_spare = sealed;
-        for id in f.disconnect {
-            self.disconnect
-                .user_exhausted(self.catalog, &self.live, id, f.now);
+        if committed {
+            self.acknowledge(acct, 0..self.pending.len());
+            self.live.metrics.batch_committed(self.pending.len());
         }
-        acct.counters.acknowledged += f.pending.len() as u64;
-        self.live.metrics.batch_committed(f.pending.len());
-        // Retransmissions of packets committed before it get the same answer again.
-        self.answer_retransmits(&f.retransmits, &f.arena);
-        self.spare_pending = f.pending;
-        self.spare_arena = f.arena;
-    }
-
-    /// Answers retransmissions of committed packets (each with its own Proxy-States).
-    fn answer_retransmits(&mut self, retransmits: &[Retransmit], arena: &[u8]) {
+        // Retransmissions of packets committed earlier get the same answer again (with
+        // their own Proxy-States).
         for r in retransmits {
             let secret = &self.catalog.nas[r.nas as usize].secret;
-            codec::write_response(&mut self.resp, &arena[r.bytes.clone()], secret);
+            codec::write_response(&mut self.resp, &self.arena[r.bytes], secret);
             let _ = self.socket.send_to(&self.resp, r.to);
             self.live.metrics.retransmit_answered();
         }
-    }
-
-    /// The commit of batch `f` failed, the batch in hand (`fx`) already applied on top of
-    /// it: the two become one batch (`f`'s packets first) whose commit failed, handled as
-    /// any failed commit (memory reloaded from the ledger; isolated and committed in parts
-    /// when the ledger refused something in it, else nothing acknowledged). Retransmissions
-    /// waiting in either are not answered (the NAS sends them again).
-    fn commit_failed(
-        &mut self,
-        rater: &mut BatchRater<'_>,
-        acct: &mut Accounting,
-        f: InFlight,
-        mut fx: Effects,
-        now: i64,
-        e: LedgerError,
-    ) -> Result<(), ServeError> {
-        let shift = f.arena.len();
-        let mut pending = f.pending;
-        pending.extend(self.pending.drain(..).map(|mut p| {
-            p.bytes = p.bytes.start + shift..p.bytes.end + shift;
-            p
-        }));
-        let mut arena = f.arena;
-        arena.extend_from_slice(&self.arena);
-        self.pending = pending;
-        self.arena = arena;
-        let mut all = f.fx;
-        all.charges.append(&mut fx.charges);
-        let now = now.max(f.now);
-        if refused_for_content(&e) {
-            tracing::warn!(error = %e, packets = self.pending.len(), "ledger refused the batch for something in it: applying its packets again to commit all but the one at fault");
-            return self.isolate(rater, acct, &all, now);
-        }
-        tracing::error!(error = %e, packets = self.pending.len(), "ledger commit failed: NOT acknowledging this batch; the NAS will retransmit");
-        for p in &self.pending {
-            acct.forget_seen(p.nas, p.ident, &p.auth);
-        }
-        self.reload(rater, acct)?;
-        std::thread::sleep(Duration::from_millis(200));
         Ok(())
     }
 
@@ -1171,7 +967,7 @@ impl Core<'_> {
         );
     }
 
-    /// One ledger transaction for the effects of a batch, on this thread.
+    /// One ledger transaction for the effects of a batch.
     fn commit(
         &mut self,
         rater: &mut BatchRater<'_>,
@@ -1179,24 +975,6 @@ impl Core<'_> {
         fx: &Effects,
         now: i64,
     ) -> Result<(), LedgerError> {
-        let c = self.radius_commit(rater, acct, fx, now);
-        let started = self.live.metrics.commit_started();
-        let committed = rater.ledger.commit_radius(&c);
-        self.live.metrics.commit_finished(started);
-        committed?;
-        self.live.apply(acct, fx);
-        self.disconnect_exhausted(&rater.subscribers, fx, now);
-        Ok(())
-    }
-
-    /// The ledger writes of a batch's effects (session states as they are in memory now).
-    fn radius_commit(
-        &self,
-        rater: &BatchRater<'_>,
-        acct: &Accounting,
-        fx: &Effects,
-        now: i64,
-    ) -> RadiusCommit {
         let mut c = RadiusCommit {
             now,
             next_xdr: rater.next_xdr,
@@ -1237,7 +1015,13 @@ impl Core<'_> {
         c.rule_usage = fx.rule_usage.clone();
         c.first_logins = fx.first_logins.clone();
         c.quota = fx.quota.clone();
-        c
+        let started = self.live.metrics.commit_started();
+        let committed = rater.ledger.commit_radius(&c);
+        self.live.metrics.commit_finished(started);
+        committed?;
+        self.live.apply(acct, fx);
+        self.disconnect_exhausted(&rater.subscribers, fx, now);
+        Ok(())
     }
 
     /// Prepaid control after a commit: each user whose credit these charges took from
@@ -1246,7 +1030,29 @@ impl Core<'_> {
     /// for every session still open (one series per session per crossing; the sender
     /// thread does the waiting).
     fn disconnect_exhausted(&mut self, subs: &crate::batch::Subscribers, fx: &Effects, now: i64) {
-        for id in exhausted_users(subs, fx, now) {
+        let zero = rust_decimal::Decimal::ZERO;
+        let mut users: Vec<i64> = Vec::new();
+        let no_quota = |id: i64| {
+            subs.by_id(id)
+                .is_none_or(|u| crate::packages::data_available(&u.packages, now) == 0)
+        };
+        for ch in &fx.charges {
+            let before = ch.balance_after.checked_add(ch.amount).unwrap_or(zero);
+            if before > zero
+                && ch.balance_after <= zero
+                && !users.contains(&ch.user_id)
+                && no_quota(ch.user_id)
+            {
+                users.push(ch.user_id);
+            }
+        }
+        for &id in &fx.quota_exhausted {
+            let broke = subs.by_id(id).is_some_and(|u| u.credit <= zero);
+            if broke && !users.contains(&id) && no_quota(id) {
+                users.push(id);
+            }
+        }
+        for id in users {
             self.disconnect
                 .user_exhausted(self.catalog, &self.live, id, now);
         }
@@ -1436,35 +1242,6 @@ impl Core<'_> {
             }
         }
     }
-}
-
-/// The users [`Core::disconnect_exhausted`] disconnects after the commit of `fx`, by the
-/// balances and quotas in `subs` as that batch left them (the pipeline computes it when the
-/// batch is sealed, before the next batch is applied).
-fn exhausted_users(subs: &crate::batch::Subscribers, fx: &Effects, now: i64) -> Vec<i64> {
-    let zero = rust_decimal::Decimal::ZERO;
-    let mut users: Vec<i64> = Vec::new();
-    let no_quota = |id: i64| {
-        subs.by_id(id)
-            .is_none_or(|u| crate::packages::data_available(&u.packages, now) == 0)
-    };
-    for ch in &fx.charges {
-        let before = ch.balance_after.checked_add(ch.amount).unwrap_or(zero);
-        if before > zero
-            && ch.balance_after <= zero
-            && !users.contains(&ch.user_id)
-            && no_quota(ch.user_id)
-        {
-            users.push(ch.user_id);
-        }
-    }
-    for &id in &fx.quota_exhausted {
-        let broke = subs.by_id(id).is_some_and(|u| u.credit <= zero);
-        if broke && !users.contains(&id) && no_quota(id) {
-            users.push(id);
-        }
-    }
-    users
 }
 
 /// Moves `file` into `dir` (created), writing `<name>.err` beside it when given an error.
