@@ -964,6 +964,39 @@ mod core_tests {
         .unwrap()
     }
 
+    /// Assigns `package` to `user`: the new client package id.
+    fn assign(
+        catalog: &Catalog,
+        rater: &mut BatchRater<'_>,
+        user: i64,
+        package: &str,
+        now: i64,
+        ended: &mut Vec<i64>,
+    ) -> i64 {
+        let a = PackageOp::Assign {
+            user_id: user,
+            package: package.into(),
+        };
+        op(catalog, rater, a, now, ended)[0].id
+    }
+
+    /// Activates client package `id` now.
+    fn activate(
+        catalog: &Catalog,
+        rater: &mut BatchRater<'_>,
+        id: i64,
+        now: i64,
+        ended: &mut Vec<i64>,
+    ) -> Vec<ClientPackage> {
+        op(
+            catalog,
+            rater,
+            PackageOp::Activate { id, at: None },
+            now,
+            ended,
+        )
+    }
+
     fn fees(ledger: &Ledger, user: i64) -> Decimal {
         -ledger.journal_sum(user, Some("package_fee")).unwrap()
     }
@@ -980,24 +1013,8 @@ mod core_tests {
         let u = client(&mut ledger, "ann", "500", t0);
         let mut rater = BatchRater::new(&monthly, &mut ledger).unwrap();
         let mut ended = Vec::new();
-        let pid = op(
-            &monthly,
-            &mut rater,
-            PackageOp::Assign {
-                user_id: u,
-                package: "p".into(),
-            },
-            t0,
-            &mut ended,
-        )[0]
-        .id;
-        op(
-            &monthly,
-            &mut rater,
-            PackageOp::Activate { id: pid, at: None },
-            t0,
-            &mut ended,
-        );
+        let pid = assign(&monthly, &mut rater, u, "p", t0, &mut ended);
+        activate(&monthly, &mut rater, pid, t0, &mut ended);
         // Two month ends pass: Feb 1 and Mar 1.
         let n = renew_due(
             &monthly,
@@ -1049,42 +1066,10 @@ mod core_tests {
         let b = client(&mut ledger, "bob", "1", t0);
         let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
         let mut ended = Vec::new();
-        let pa = op(
-            &cat,
-            &mut rater,
-            PackageOp::Assign {
-                user_id: a,
-                package: "p".into(),
-            },
-            t0,
-            &mut ended,
-        )[0]
-        .id;
-        let pb = op(
-            &cat,
-            &mut rater,
-            PackageOp::Assign {
-                user_id: b,
-                package: "p".into(),
-            },
-            t0,
-            &mut ended,
-        )[0]
-        .id;
-        op(
-            &cat,
-            &mut rater,
-            PackageOp::Activate { id: pa, at: None },
-            t0,
-            &mut ended,
-        );
-        op(
-            &cat,
-            &mut rater,
-            PackageOp::Activate { id: pb, at: None },
-            t0,
-            &mut ended,
-        );
+        let pa = assign(&cat, &mut rater, a, "p", t0, &mut ended);
+        let pb = assign(&cat, &mut rater, b, "p", t0, &mut ended);
+        activate(&cat, &mut rater, pa, t0, &mut ended);
+        activate(&cat, &mut rater, pb, t0, &mut ended);
         // The fee took each credit from 1 to 0, but the data quota is left: sessions go on.
         assert!(ended.is_empty(), "{ended:?}");
         // The operator deactivates bob's package: no quota, no credit.
@@ -1119,24 +1104,8 @@ mod core_tests {
         let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
         let mut ended = Vec::new();
         for u in [a, b] {
-            let id = op(
-                &cat,
-                &mut rater,
-                PackageOp::Assign {
-                    user_id: u,
-                    package: "p".into(),
-                },
-                t0,
-                &mut ended,
-            )[0]
-            .id;
-            op(
-                &cat,
-                &mut rater,
-                PackageOp::Activate { id, at: None },
-                t0,
-                &mut ended,
-            );
+            let id = assign(&cat, &mut rater, u, "p", t0, &mut ended);
+            activate(&cat, &mut rater, id, t0, &mut ended);
         }
         // Bob has 0 left: the renewal of both is refused, ann is not charged.
         let r = operate(
@@ -1180,42 +1149,10 @@ mod core_tests {
         let d = client(&mut ledger, "dan", "1", now);
         let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
         let mut ended = Vec::new();
-        let pv = op(
-            &cat,
-            &mut rater,
-            PackageOp::Assign {
-                user_id: v,
-                package: "voice".into(),
-            },
-            now,
-            &mut ended,
-        )[0]
-        .id;
-        let pd = op(
-            &cat,
-            &mut rater,
-            PackageOp::Assign {
-                user_id: d,
-                package: "p".into(),
-            },
-            now,
-            &mut ended,
-        )[0]
-        .id;
-        op(
-            &cat,
-            &mut rater,
-            PackageOp::Activate { id: pv, at: None },
-            now,
-            &mut ended,
-        );
-        op(
-            &cat,
-            &mut rater,
-            PackageOp::Activate { id: pd, at: None },
-            now,
-            &mut ended,
-        );
+        let pv = assign(&cat, &mut rater, v, "voice", now, &mut ended);
+        let pd = assign(&cat, &mut rater, d, "p", now, &mut ended);
+        activate(&cat, &mut rater, pv, now, &mut ended);
+        activate(&cat, &mut rater, pd, now, &mut ended);
         let auth = crate::ledger::AuthReader::open(dir.path()).unwrap();
         let vic = auth.user("vic").unwrap().unwrap();
         let dan = auth.user("dan").unwrap().unwrap();
