@@ -18,13 +18,13 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use arrow_array::{Decimal128Array, Int64Array, StringArray};
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use common::{col, d, serve_config, stop, Server, SECRET};
+use common::{col, d, stop, Site, SECRET};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use radius::core::code::Code;
 use radius::core::packet::Packet;
@@ -95,34 +95,9 @@ const RATES: &str =
 1,USA,0.0100,0,60,60\n\
 44,UK,0.0300,0.0100,30,6\n";
 
-struct T {
-    dir: tempfile::TempDir,
-}
-
-impl T {
-    fn new() -> T {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ratel.toml"), CONFIG).unwrap();
-        std::fs::write(dir.path().join("rates.csv"), RATES).unwrap();
-        std::fs::create_dir_all(dir.path().join("spool")).unwrap();
-        T { dir }
-    }
-
-    fn config(&self) -> String {
-        self.dir.path().join("ratel.toml").display().to_string()
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn serve(&self) -> (Server, SocketAddr, SocketAddr) {
-        serve_config(&self.config())
-    }
-
-    fn ledger(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.data().join("ledger.sqlite")).unwrap()
-    }
+/// A data dir with the config above and its rate deck.
+fn site() -> Site {
+    Site::new(CONFIG, &[("rates.csv", RATES)])
 }
 
 // ---- JSON-RPC ---------------------------------------------------------------------------
@@ -296,7 +271,7 @@ fn events_named(api: SocketAddr, name: &str) -> Vec<Value> {
 /// no quota). A restart renews nothing again.
 #[test]
 fn a_month_of_daily_renewals_until_the_credit_runs_out() {
-    let t = T::new();
+    let t = site();
     let (srv, _, api) = t.serve();
     let id = new_client(api, "dora", "20.00");
     let pid = assign(api, id, "daily");
@@ -358,7 +333,7 @@ fn a_month_of_daily_renewals_until_the_credit_runs_out() {
     assert_eq!(credit(api, id), d("4.00"));
     stop(srv);
     // The ledger agrees: fee rows sum to what the credit lost to packages.
-    let db = t.ledger();
+    let db = t.ledger_ro();
     let (n, keys): (i64, i64) = db
         .query_row(
             "SELECT count(*), count(DISTINCT idem_key) FROM journal WHERE kind = 'package_fee' AND user_id = ?1",
@@ -378,7 +353,7 @@ fn fees_count(api: SocketAddr, id: i64) -> usize {
 /// current period is the one holding now and `nearest_exp_date` is its end.
 #[test]
 fn monthly_periods_clamp_to_month_ends() {
-    let t = T::new();
+    let t = site();
     let (srv, _, api) = t.serve();
     let id = new_client(api, "mona", "1000");
     let pid = assign(api, id, "monthly");
@@ -443,7 +418,7 @@ fn monthly_periods_clamp_to_month_ends() {
 /// update (exhausted mid-session); renewUsers renews the package now (fee, quota back).
 #[test]
 fn usage_takes_package_quota_first() {
-    let t = T::new();
+    let t = site();
     let (srv, radius, api) = t.serve();
     let id = new_client(api, "quinn", "100");
     let pid = assign(api, id, "monthly");
@@ -472,13 +447,8 @@ fn usage_takes_package_quota_first() {
         iso(-3500),
         iso(-3400)
     );
-    let spool = t.dir.path().join("spool");
-    std::fs::write(spool.join(".q.csv.part"), cdrs).unwrap();
-    std::fs::rename(spool.join(".q.csv.part"), spool.join("q.csv")).unwrap();
-    wait_for(
-        || spool.join("done").join("q.csv").exists(),
-        "the CDR file rated",
-    );
+    t.drop_cdr("q.csv", &cdrs);
+    t.wait_spool_done(1);
     assert_eq!(credit(api, id), d("90.00") - d("0.053"));
     // RADIUS, a session of the same client: Interim at 60 s with 600 MB, Stop at 120 s
     // with 1.5 GB. Interim: 60 s × 0.02/min = 0.02, 600 MB covered → 0.02. Stop: 0.02 more
@@ -560,7 +530,7 @@ fn usage_takes_package_quota_first() {
         );
     }
     // The journal: usage + fees + payments = the credit.
-    let db = t.ledger();
+    let db = t.ledger_ro();
     let sum: String = db
         .query_row(
             "SELECT group_concat(amount, ' ') FROM journal WHERE user_id = ?1",
@@ -575,7 +545,7 @@ fn usage_takes_package_quota_first() {
 /// Clear refusals for operations the package's state does not allow.
 #[test]
 fn package_operations_refused_with_reasons() {
-    let t = T::new();
+    let t = site();
     let (srv, _, api) = t.serve();
     let id = new_client(api, "rita", "5.00");
     let e = refused(
@@ -640,7 +610,7 @@ fn package_operations_refused_with_reasons() {
 #[test]
 fn kill9_during_renewals_never_charges_a_fee_twice() {
     const N: usize = 40;
-    let t = T::new();
+    let t = site();
     let (mut srv, _, mut api) = t.serve();
     let ids: Vec<i64> = (0..N)
         .map(|i| new_client(api, &format!("k{i}"), "100"))
