@@ -14,6 +14,7 @@ pub mod domain;
 pub mod events;
 pub mod ledger;
 pub mod metrics;
+pub mod outbox;
 pub mod packages;
 pub mod radius;
 pub mod rating;

@@ -21,12 +21,11 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{BatchError, BatchRater, NoProgress};
 use crate::catalog::Catalog;
-use crate::ledger::{DataDirLock, Ledger, LedgerError, PendingFile, RadiusCommit};
+use crate::ledger::{DataDirLock, Ledger, LedgerError, RadiusCommit};
 use crate::radius::accounting::{
     Accounting, Closed, Effects, Session, SessionKey, CLOSED_MEMORY_SECS,
 };
 use crate::radius::codec::{self, DecodeError};
-use crate::xdr::{self, XdrBuilder};
 
 /// How long the core waits for a first datagram before it looks at API commands and
 /// housekeeping again: an operator's write on an idle server waits at most this long.
@@ -225,6 +224,12 @@ pub fn run(
     // Checkpoints run on a thread of their own, never inside a commit (ledger/checkpoint.rs).
     ledger.set_wal_autocheckpoint(0)?;
     let _checkpointer = crate::ledger::checkpoint::spawn(&catalog.data_dir)?;
+    // RADIUS xDRs go from the outbox to Parquet on a thread of their own; the core only
+    // commits the files it hands over (outbox.rs).
+    let mut flusher = Some(crate::outbox::Flusher::spawn(
+        &catalog.data_dir,
+        ledger.xdr_root().to_path_buf(),
+    )?);
     // The ledger exists and is recovered: readers (the API) may open it now.
     on_ready()?;
     // Prepaid control: the authorization listener and the Disconnect-Request sender, each
@@ -316,7 +321,6 @@ pub fn run(
             pending: Vec::with_capacity(MAX_BATCH),
             arena: Vec::new(),
             drops,
-            last_flush: Instant::now(),
             spool_files,
             disconnect,
             compactor,
@@ -326,6 +330,12 @@ pub fn run(
         let mut next: Option<Arc<Catalog>> = None;
         while !shutdown.load(Ordering::Relaxed) {
             core.receive_batch(&mut rater, &mut acct)?;
+            if let Some(p) = flusher.as_ref().and_then(|f| f.take()) {
+                let ok = core.commit_flush(&mut rater, p);
+                if let Some(f) = &flusher {
+                    f.answer(ok);
+                }
+            }
             while let Ok(cmd) = commands.try_recv() {
                 let (disconnect, live) = (&mut core.disconnect, &core.live);
                 execute(catalog, &mut rater, cmd, &mut |id, why| match why {
@@ -358,7 +368,7 @@ pub fn run(
             }
         }
         let Some(new) = next else {
-            return stop_gracefully(core, rater, acct, disconnect_sender, auth);
+            return stop_gracefully(core, rater, acct, flusher.take(), disconnect_sender, auth);
         };
         // Between batches: everything received is committed and answered. Carry the
         // socket, balances and counters over to the new config.
@@ -425,6 +435,7 @@ fn stop_gracefully(
     mut core: Core<'_>,
     mut rater: BatchRater<'_>,
     acct: Accounting,
+    flusher: Option<crate::outbox::Flusher>,
     disconnect_sender: std::thread::JoinHandle<()>,
     auth: Option<(
         std::thread::JoinHandle<()>,
@@ -432,7 +443,11 @@ fn stop_gracefully(
     )>,
 ) -> Result<ServeSummary, ServeError> {
     // Graceful stop: every received packet has been committed and answered above; flush
-    // the outbox so every xDR is in Parquet.
+    // the outbox so every xDR is in Parquet: what the flusher thread has written first,
+    // then the rest here.
+    if let Some(f) = flusher {
+        f.stop(|p| core.commit_flush(&mut rater, p));
+    }
     while core.flush_outbox(&mut rater)? > 0 {}
     core.compactor.finish(rater.ledger, now_secs());
     let dc = core.disconnect.counters.clone();
@@ -650,7 +665,6 @@ struct Core<'c> {
     /// The bytes of the batch's pending datagrams.
     arena: Vec<u8>,
     drops: DropLog,
-    last_flush: Instant,
     spool_files: u64,
     /// Hands Disconnect-Requests to the sender thread (never blocks).
     disconnect: crate::radius::disconnect::Disconnector,
@@ -1093,12 +1107,6 @@ impl Core<'_> {
                 self.reload(rater, acct)?;
             }
         }
-        if self.last_flush.elapsed() >= Duration::from_secs(1) {
-            if let Err(e) = self.flush_outbox(rater) {
-                tracing::error!(error = %e, "xDR outbox flush failed; will retry");
-            }
-            self.last_flush = Instant::now();
-        }
         if now >= rater.subscribers.package_due {
             let (disconnect, live, catalog) = (&mut self.disconnect, &self.live, self.catalog);
             // At most ~half a second of renewal transactions per housekeeping: RADIUS is
@@ -1126,65 +1134,45 @@ impl Core<'_> {
         Ok(())
     }
 
-    /// Writes waiting outbox xDRs to Parquet (temp name, fsync), commits, renames.
-    fn flush_outbox(&mut self, rater: &mut BatchRater<'_>) -> Result<usize, ServeError> {
-        let rows = rater.ledger.outbox(OUTBOX_FLUSH_ROWS)?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let first = rows[0].xdr_id;
-        let last = rows[rows.len() - 1].xdr_id;
-        let mut by_day: Vec<(i64, XdrBuilder, i64, i64)> = Vec::new();
-        // (username, xdr_id) order within a file, as the CDR writer does.
-        let mut sorted: Vec<&_> = rows.iter().collect();
-        sorted.sort_unstable_by(|a, b| a.username.cmp(&b.username).then(a.xdr_id.cmp(&b.xdr_id)));
-        for x in sorted {
-            let day = xdr::day_of(x.logout_time);
-            let i = match by_day.iter().position(|b| b.0 == day) {
-                Some(i) => i,
-                None => {
-                    by_day.push((
-                        day,
-                        XdrBuilder::with_capacity(rows.len()),
-                        i64::MAX,
-                        i64::MIN,
-                    ));
-                    by_day.len() - 1
-                }
-            };
-            x.push_to(&mut by_day[i].1);
-            by_day[i].2 = by_day[i].2.min(x.login_time);
-            by_day[i].3 = by_day[i].3.max(x.logout_time);
-        }
-        let mut files = Vec::new();
-        for (k, (day, b, lo, hi)) in by_day.into_iter().enumerate() {
-            let path = xdr::partition_dir(rater.ledger.xdr_root(), day * 86_400)
-                .join(format!("radius-{first:020}-{k:04}.parquet"));
-            let batch = b.finish().map_err(BatchError::from)?;
-            xdr::write_temp(&path, &batch).map_err(BatchError::from)?;
-            files.push(PendingFile {
-                final_path: path,
-                rows: batch.num_rows() as u64,
-                min_login: lo,
-                max_logout: hi,
-            });
-        }
-        if let Err(e) = rater
+    /// Commits outbox xDR files written under temp names (by the flusher thread, or by
+    /// [`Core::flush_outbox`]) and renames them; on failure deletes them. True if committed.
+    fn commit_flush(&mut self, rater: &mut BatchRater<'_>, p: crate::outbox::Prepared) -> bool {
+        match rater
             .ledger
-            .commit_outbox_flush(&files, first, last, now_secs())
+            .commit_outbox_flush(&p.files, p.first, p.last, now_secs())
         {
-            for f in &files {
-                let _ = std::fs::remove_file(xdr::temp_path(&f.final_path));
+            Ok(()) => {
+                tracing::debug!(
+                    rows = p.rows,
+                    files = p.files.len(),
+                    "xDR outbox flushed to Parquet"
+                );
+                self.live.metrics.outbox_flushed(p.rows);
+                true
             }
-            return Err(e.into());
+            Err(e) => {
+                p.discard();
+                tracing::error!(error = %e, "xDR outbox flush failed; will retry");
+                false
+            }
         }
-        tracing::debug!(
-            rows = rows.len(),
-            files = files.len(),
-            "xDR outbox flushed to Parquet"
-        );
-        self.live.metrics.outbox_flushed(rows.len());
-        Ok(rows.len())
+    }
+
+    /// Writes waiting outbox xDRs to Parquet on this thread (at a graceful stop, after the
+    /// flusher thread stopped), commits, renames. Returns the rows flushed.
+    fn flush_outbox(&mut self, rater: &mut BatchRater<'_>) -> Result<usize, ServeError> {
+        let rows = rater.ledger.outbox(crate::outbox::FLUSH_ROWS)?;
+        let Some(p) = crate::outbox::write_files(rater.ledger.xdr_root(), &rows)? else {
+            return Ok(0);
+        };
+        let n = p.rows;
+        if !self.commit_flush(rater, p) {
+            return Err(ServeError::Batch(BatchError::Io {
+                path: rater.ledger.xdr_root().display().to_string(),
+                source: std::io::Error::other("xDR outbox flush not committed"),
+            }));
+        }
+        Ok(n)
     }
 
     /// Rates CDR files dropped into the spool; moves each to `done/` or `failed/`.

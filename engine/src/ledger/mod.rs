@@ -1082,25 +1082,7 @@ impl Ledger {
 
     /// Up to `limit` xDRs waiting in the outbox, oldest first.
     pub fn outbox(&self, limit: usize) -> Result<Vec<xdr::OwnedXdr>, LedgerError> {
-        let mut st = self
-            .conn
-            .prepare("SELECT row FROM xdr_outbox ORDER BY xdr_id LIMIT ?1")
-            .map_err(self.sq())?;
-        let rows = st
-            .query_map([limit as i64], |r| r.get::<_, String>(0))
-            .map_err(self.sq())?;
-        let mut out = Vec::new();
-        for r in rows {
-            let text = r.map_err(self.sq())?;
-            out.push(
-                serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt {
-                    path: self.path.display().to_string(),
-                    what: format!("xdr_outbox row ({e})"),
-                    value: text.chars().take(80).collect(),
-                })?,
-            );
-        }
-        Ok(out)
+        read_outbox(&self.conn, &self.path, limit)
     }
 
     /// Records flushed outbox xDRs: their files (already durable under temp names) replace
@@ -1129,15 +1111,55 @@ impl Ledger {
             .map_err(sq)?;
             let batch_id = tx.last_insert_rowid();
             record_xdr_files(&tx, &self.xdr_root, batch_id, files).map_err(sq)?;
-            tx.execute(
-                "DELETE FROM xdr_outbox WHERE xdr_id <= ?1",
-                [max_xdr_id as i64],
-            )
-            .map_err(sq)?;
+            // Exactly the rows written to the files: a flush prepared off the core from an
+            // older snapshot must not delete rows it did not write.
+            let gone = tx
+                .execute(
+                    "DELETE FROM xdr_outbox WHERE xdr_id BETWEEN ?1 AND ?2",
+                    [first_xdr as i64, max_xdr_id as i64],
+                )
+                .map_err(sq)?;
+            let written: u64 = files.iter().map(|f| f.rows).sum();
+            if gone as u64 != written {
+                return Err(LedgerError::Rejected(format!(
+                    "outbox flush of xDRs {first_xdr}..={max_xdr_id} wrote {written} rows but the outbox holds {gone} there; not committed"
+                )));
+            }
         }
         tx.commit().map_err(sq)?;
         publish_files(files)
     }
+}
+
+/// The oldest `limit` outbox xDRs in id order, through any connection to the ledger at
+/// `path` (the core's, or the outbox flusher's own).
+pub fn read_outbox(
+    conn: &rusqlite::Connection,
+    path: &Path,
+    limit: usize,
+) -> Result<Vec<xdr::OwnedXdr>, LedgerError> {
+    let sq = |source| LedgerError::Sqlite {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut st = conn
+        .prepare_cached("SELECT row FROM xdr_outbox ORDER BY xdr_id LIMIT ?1")
+        .map_err(sq)?;
+    let rows = st
+        .query_map([limit as i64], |r| r.get::<_, String>(0))
+        .map_err(sq)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let text = r.map_err(sq)?;
+        out.push(
+            serde_json::from_str(&text).map_err(|e| LedgerError::Corrupt {
+                path: path.display().to_string(),
+                what: format!("xdr_outbox row ({e})"),
+                value: text.chars().take(80).collect(),
+            })?,
+        );
+    }
+    Ok(out)
 }
 
 /// Unfolded CDR batches after which a commit folds them.
