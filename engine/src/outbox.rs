@@ -126,6 +126,7 @@ impl Flusher {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sq)?;
+        crate::ledger::stable_plans(&conn).map_err(sq)?;
         conn.busy_timeout(Duration::from_secs(2)).map_err(sq)?;
         let (ready_tx, ready) = crossbeam_channel::bounded(1);
         let (answer, answer_rx) = crossbeam_channel::bounded(1);
@@ -253,5 +254,137 @@ fn run(
                 Err(RecvTimeoutError::Disconnected) => break 'outer,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{Ledger, RadiusCommit};
+    use std::time::Instant;
+
+    fn xdr(id: u64, user: &str, logout: i64) -> (u64, String) {
+        let x = OwnedXdr {
+            xdr_id: id,
+            service_type: "Internet".into(),
+            status: "OK".into(),
+            username: user.into(),
+            login_time: logout - 60,
+            logout_time: logout,
+            duration_seconds: 60,
+            ..Default::default()
+        };
+        (id, serde_json::to_string(&x).unwrap())
+    }
+
+    fn outbox_ids(l: &Ledger) -> Vec<u64> {
+        l.outbox(1000).unwrap().iter().map(|x| x.xdr_id).collect()
+    }
+
+    fn parquet_ids(path: &Path) -> Vec<u64> {
+        use arrow_array::cast::AsArray;
+        let f = std::fs::File::open(path).unwrap();
+        let r = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut ids = Vec::new();
+        for b in r {
+            let b = b.unwrap();
+            let col = b.column_by_name("xdr_id").unwrap();
+            ids.extend(
+                col.as_primitive::<arrow_array::types::UInt64Type>()
+                    .values(),
+            );
+        }
+        ids
+    }
+
+    /// The thread writes what the outbox held when it read (two days, two files, rows in
+    /// (username, xdr_id) order); the core commits exactly those rows, so an xDR that
+    /// arrived after the read stays in the outbox for the next flush.
+    #[test]
+    fn the_thread_writes_the_outbox_and_the_core_commits_exactly_those_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path()).unwrap();
+        let day = 1_764_633_600; // 2025-12-02 00:00 UTC
+        l.commit_radius(&RadiusCommit {
+            xdrs: vec![
+                xdr(1, "bob", day + 100),
+                xdr(2, "alice", day + 200),
+                xdr(3, "carol", day + 86_400 + 5),
+            ],
+            next_xdr: 4,
+            now: day,
+            ..Default::default()
+        })
+        .unwrap();
+        let f = Flusher::spawn(dir.path(), l.xdr_root().to_path_buf()).unwrap();
+        let t = Instant::now();
+        let p = loop {
+            if let Some(p) = f.take() {
+                break p;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "nothing handed over");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!((p.first, p.last, p.rows, p.files.len()), (1, 3, 3, 2));
+        // Committed by the core after the thread read: not in these files.
+        l.commit_radius(&RadiusCommit {
+            xdrs: vec![xdr(4, "dave", day + 300)],
+            next_xdr: 5,
+            now: day,
+            ..Default::default()
+        })
+        .unwrap();
+        l.commit_outbox_flush(&p.files, p.first, p.last, day)
+            .unwrap();
+        f.answer(true);
+        assert_eq!(outbox_ids(&l), vec![4]);
+        let first = &p.files[0].final_path;
+        assert!(first.exists() && !xdr::temp_path(first).exists());
+        assert_eq!(parquet_ids(first), vec![2, 1], "alice before bob");
+        assert_eq!(parquet_ids(&p.files[1].final_path), vec![3]);
+        // The stop hands over the rest (xDR 4) or leaves it to the caller; nothing twice.
+        let mut handed = Vec::new();
+        f.stop(|p| {
+            l.commit_outbox_flush(&p.files, p.first, p.last, day)
+                .unwrap();
+            handed.push((p.first, p.last));
+            true
+        });
+        let left = outbox_ids(&l);
+        assert!(
+            (handed == vec![(4, 4)] && left.is_empty()) || (handed.is_empty() && left == vec![4]),
+            "handed {handed:?}, left {left:?}"
+        );
+    }
+
+    /// A hand-over whose rows are not all in the outbox (flushed meanwhile) is refused and
+    /// changes nothing.
+    #[test]
+    fn a_flush_of_rows_the_outbox_no_longer_holds_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path()).unwrap();
+        let day = 1_764_633_600;
+        l.commit_radius(&RadiusCommit {
+            xdrs: vec![xdr(1, "a", day + 1), xdr(2, "b", day + 2)],
+            next_xdr: 3,
+            now: day,
+            ..Default::default()
+        })
+        .unwrap();
+        let rows = l.outbox(10).unwrap();
+        let a = write_files(l.xdr_root(), &rows).unwrap().unwrap();
+        let b = write_files(l.xdr_root(), &rows[1..]).unwrap().unwrap();
+        l.commit_outbox_flush(&a.files, a.first, a.last, day)
+            .unwrap();
+        // `b` names xDR 2, committed with `a` already.
+        let err = l
+            .commit_outbox_flush(&b.files, b.first, b.last, day)
+            .unwrap_err();
+        assert!(err.to_string().contains("not committed"), "{err}");
+        b.discard();
+        assert!(outbox_ids(&l).is_empty());
     }
 }

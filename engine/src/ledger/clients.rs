@@ -41,12 +41,10 @@ fn rejected(m: impl Into<String>) -> LedgerError {
 
 /// The user id owning `account`, if any.
 fn account_owner(tx: &Transaction<'_>, a: &Account) -> rusqlite::Result<Option<i64>> {
-    tx.query_row(
-        "SELECT user_id FROM accounts WHERE kind = ?1 AND ident = ?2",
-        params![a.kind.as_str(), a.ident],
-        |r| r.get(0),
-    )
-    .optional()
+    // Cached: an import asks this for every account of every client.
+    tx.prepare_cached("SELECT user_id FROM accounts WHERE kind = ?1 AND ident = ?2")?
+        .query_row(params![a.kind.as_str(), a.ident], |r| r.get(0))
+        .optional()
 }
 
 impl Ledger {
@@ -155,11 +153,10 @@ impl Ledger {
                 let (company_id, company_name) = company_of(tx, c.company.as_deref(), sq)?;
                 let mut accounts: Vec<Account> = Vec::new();
                 if let Some(name) = &c.username {
-                    let taken: bool = tx
-                        .query_row("SELECT 1 FROM users WHERE username = ?1", [name], |_| Ok(()))
-                        .optional()
-                        .map_err(sq)?
-                        .is_some();
+                    let taken = tx
+                        .prepare_cached("SELECT 1 FROM users WHERE username = ?1")
+                        .and_then(|mut st| st.exists([name]))
+                        .map_err(sq)?;
                     if taken {
                         return Err(rejected(format!("username {name:?} exists already")));
                     }
@@ -782,19 +779,14 @@ fn company_of(
 ) -> Result<(i64, String), LedgerError> {
     let row: Option<(i64, String)> = match name {
         None => tx
-            .query_row(
-                "SELECT company_id, name FROM companies WHERE company_id = ?1",
-                [MAIN_COMPANY],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional(),
+            .prepare_cached("SELECT company_id, name FROM companies WHERE company_id = ?1")
+            .and_then(|mut st| {
+                st.query_row([MAIN_COMPANY], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            }),
         Some(n) => tx
-            .query_row(
-                "SELECT company_id, name FROM companies WHERE name = ?1",
-                [n],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional(),
+            .prepare_cached("SELECT company_id, name FROM companies WHERE name = ?1")
+            .and_then(|mut st| st.query_row([n], |r| Ok((r.get(0)?, r.get(1)?))).optional()),
     }
     .map_err(sq)?;
     row.ok_or_else(|| match name {

@@ -60,28 +60,28 @@ pub type Wants<'a> = Box<dyn Fn(&str) -> bool + 'a>;
 /// profile fields. Read inside the transaction that raised the event (so it is the state
 /// the change left).
 pub(super) fn client_json(tx: &Transaction<'_>, user_id: i64) -> rusqlite::Result<Value> {
+    // Cached: every event of every client of an import asks this.
     let row: Option<ClientRow> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT u.username, u.deleted_username, u.group_name, u.company_id, c.name, u.credit,
                     u.lock_reason, u.archived, u.created_at, u.deleted_at
              FROM users u LEFT JOIN companies c ON c.company_id = u.company_id
              WHERE u.user_id = ?1",
-            [user_id],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                ))
-            },
-        )
+        )?
+        .query_row([user_id], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+            ))
+        })
         .optional()?;
     let Some((
         username,
@@ -257,6 +257,7 @@ impl EventStore {
             source,
         };
         let conn = Connection::open(&path).map_err(sq)?;
+        super::stable_plans(&conn).map_err(sq)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sq)?;
         conn.pragma_update(None, "synchronous", "FULL")
