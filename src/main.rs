@@ -142,6 +142,9 @@ enum BenchCommand {
         /// Which calls each client makes: both, info (getUserInfo) or report (getConnections).
         #[arg(long, value_enum, default_value_t = bench::Mix::Both)]
         mix: bench::Mix,
+        /// Days each getConnections asks for, from the first generated day (30: the month).
+        #[arg(long, default_value_t = 1)]
+        report_days: u32,
         /// Reuse the data dir a previous run built with the same --xdrs and --users.
         #[arg(long)]
         reuse: bool,
@@ -244,6 +247,8 @@ enum UsersCommand {
 }
 
 fn main() -> ExitCode {
+    // Before the big allocations: rating and serving run faster without THP (lib.rs).
+    ratel_engine::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
@@ -332,6 +337,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     duration,
                     clients,
                     mix,
+                    report_days,
                     reuse,
                     dir,
                     json,
@@ -342,6 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             duration_secs: duration,
             clients,
             mix,
+            report_days,
             reuse,
             dir,
             json,

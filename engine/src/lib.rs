@@ -24,3 +24,25 @@ pub mod serve;
 pub mod template;
 pub mod users;
 pub mod xdr;
+
+/// Turns transparent huge pages off for this process (Linux `PR_SET_THP_DISABLE`; inherited
+/// by children), unless `RATEL_THP=on`. With THP `always`, every first touch of a 2 MiB
+/// aligned range of the allocator's arenas faulted in and zeroed a whole huge page: `ratel
+/// rate` on a month-long 2M-row file spent 28% of its CPU in the kernel's `clear_page`
+/// (measured with `perf`). Off: +30% rows/s and 1/4 of the kernel time there; RADIUS
+/// throughput unchanged, RSS lower. Returns whether it was turned off.
+pub fn disable_transparent_huge_pages() -> bool {
+    if std::env::var("RATEL_THP").is_ok_and(|v| v == "on") {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments only and changes a
+        // flag of this process; no memory is passed.
+        unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}

@@ -425,6 +425,8 @@ pub struct ApiArgs {
     /// Concurrent HTTP clients, each with its own keep-alive connection.
     pub clients: usize,
     pub mix: Mix,
+    /// Days each getConnections asks for, from the first generated day.
+    pub report_days: u32,
     /// Reuse a data dir this command built before with the same --xdrs and --users.
     pub reuse: bool,
     pub dir: std::path::PathBuf,
@@ -553,6 +555,14 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
     }
     let serve = Serve::start(&exe, &config)?;
     let api = serve.api;
+    // The generated calls start 2026-11-02 00:00:00 UTC (gen.rs).
+    let report_to = (chrono::NaiveDate::from_ymd_opt(2026, 11, 2).expect("a date")
+        + chrono::Days::new(u64::from(a.report_days.max(1))))
+    .and_hms_opt(0, 0, 0)
+    .expect("midnight")
+        - chrono::Duration::seconds(1);
+    let report_to = report_to.format("%Y-%m-%d %H:%M:%S").to_string();
+    let report_to = report_to.as_str();
     let duration = Duration::from_secs(a.duration_secs);
     let started = std::time::Instant::now();
     let results: Vec<anyhow::Result<ClientLatencies>> = std::thread::scope(|scope| {
@@ -577,7 +587,7 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
                         if mix != Mix::Info {
                             let t = std::time::Instant::now();
                             let r = client.call(&format!(
-                                r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{"username": "acc{u}", "login_time_from": "2026-11-02 00:00:00", "login_time_from_unit": "gregorian", "login_time_to": "2026-11-02 23:59:59", "login_time_to_unit": "gregorian"}}, "from": 0, "to": 50}}}}"#
+                                r#"{{"method": "report.getConnections", "params": {{{auth}, "conds": {{"username": "acc{u}", "login_time_from": "2026-11-02 00:00:00", "login_time_from_unit": "gregorian", "login_time_to": "{report_to}", "login_time_to_unit": "gregorian"}}, "from": 0, "to": 50}}}}"#
                             ))?;
                             out.report_us.push(t.elapsed().as_micros() as u64);
                             out.rows_seen += r["total_rows"].as_u64().unwrap_or(0);
@@ -628,7 +638,8 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
     }
     if !report_us.is_empty() {
         println!(
-            "  report.getConnections (one user, one day): {} calls ({:.0}/s), {:.1} rows each, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
+            "  report.getConnections (one user, {} day(s)): {} calls ({:.0}/s), {:.1} rows each, p50 {:.3} ms, p90 {:.3}, p99 {:.3}, p99.9 {:.3}, max {:.3}",
+            a.report_days.max(1),
             report_us.len(),
             report_us.len() as f64 / elapsed,
             all.rows_seen as f64 / report_us.len().max(1) as f64,
