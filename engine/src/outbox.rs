@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::batch::BatchError;
 use crate::ledger::{LedgerError, PendingFile};
@@ -149,10 +149,7 @@ impl Flusher {
 
     /// Files the thread has written and waits to have committed, if any (never blocks).
     pub fn take(&self) -> Option<Prepared> {
-        match self.ready.try_recv() {
-            Ok(p) => Some(p),
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => None,
-        }
+        self.ready.try_recv().ok()
     }
 
     /// Tells the thread how the commit of what [`Flusher::take`] gave went.
