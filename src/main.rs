@@ -173,6 +173,11 @@ enum BenchCommand {
         /// The server's name in the CSV rows (default: `ratel`, or the --server address).
         #[arg(long)]
         label: Option<String>,
+        /// Drop a generated CDR file of this many calls (30 days, the subscribers' own
+        /// accounts, a 50k-prefix deck) into serve's spool 2 s into the run: acks while
+        /// serve rates it.
+        #[arg(long, default_value_t = 0)]
+        spool_rows: u64,
         /// Seconds of load.
         #[arg(long, default_value_t = 10)]
         duration: u64,
@@ -370,6 +375,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     sweep,
                     csv,
                     label,
+                    spool_rows,
                 },
         } => bench::radius(bench::RadiusArgs {
             sessions,
@@ -386,6 +392,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sweep,
             csv,
             label,
+            spool_rows,
         }),
         Command::Bench {
             command:

@@ -180,6 +180,177 @@ fn spool_files_are_rated_by_serve_and_rate_refuses_meanwhile() {
     assert_eq!((x[0].1.as_str(), x[0].2.as_str()), ("NO_RATE", "x1"));
 }
 
+/// Whether any CDR xDR file exists under the data dir (rating of a spool file has begun).
+fn cdr_files_exist(data: &std::path::Path) -> bool {
+    let Ok(parts) = std::fs::read_dir(data.join("xdr")) else {
+        return false;
+    };
+    parts.flatten().any(|p| {
+        std::fs::read_dir(p.path()).is_ok_and(|fs| {
+            fs.flatten().any(|f| {
+                let n = f.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("cdr-") || n.starts_with(".cdr-")
+            })
+        })
+    })
+}
+
+/// A generic CDR file of `rows` calls (`c<i>`, 60 s each, prefix 1) spread over `users`
+/// subscribers `user<i>`: ~70 bytes a call.
+fn calls_csv(rows: usize, users: usize) -> String {
+    use std::fmt::Write;
+    let mut csv = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+    for i in 0..rows {
+        writeln!(
+            csv,
+            "c{i},1,15551234567,2026-11-02T1{}:{:02}:{:02}Z,60,ANSWERED,user{}",
+            i % 8,
+            (i / 60) % 60,
+            i % 60,
+            i % users
+        )
+        .unwrap();
+    }
+    csv
+}
+
+/// Sessions `s<k>` (Start, then Stop at 60 s; one request in flight, each retransmitted
+/// until answered) of `user<k % users>`, from `*k` on, until `until()`; counts the
+/// answers that came while `during()` held.
+fn sessions_until(
+    c: &std::net::UdpSocket,
+    addr: std::net::SocketAddr,
+    users: usize,
+    k: &mut usize,
+    mut until: impl FnMut() -> bool,
+    mut during: impl FnMut() -> bool,
+) -> usize {
+    let mut answered_during = 0;
+    let started = std::time::Instant::now();
+    while !until() && started.elapsed() < Duration::from_secs(240) {
+        let (user, sid) = (format!("user{}", *k % users), format!("s{k}"));
+        for (status, secs) in [(1u32, 0u32), (2, 60)] {
+            let id = (2 * *k + status as usize) as u8;
+            let req = acct(id, status, &user, &sid, secs, 0, 0, None);
+            let mut tries = 0;
+            while send(c, addr, &req).is_none() {
+                tries += 1;
+                assert!(tries < 40, "session {sid} not answered");
+            }
+            if during() {
+                answered_during += 1;
+            }
+        }
+        *k += 1;
+    }
+    answered_during
+}
+
+/// After everything settled: one xDR per call of the file and per session, none twice,
+/// and every credit equal to 1000 less that subscriber's xDRs (0.01 each).
+fn assert_each_charged_once(env: &Env, rows: usize, sessions: usize) {
+    let x = xdrs(&env.data());
+    let ids: std::collections::HashSet<&str> = x.iter().map(|r| r.2.as_str()).collect();
+    assert_eq!(ids.len(), x.len(), "an xDR written twice");
+    assert_eq!(x.len(), rows + sessions, "one xDR per call and per session");
+    let mut used: std::collections::HashMap<&str, Decimal> = Default::default();
+    for r in &x {
+        assert_eq!(r.5, d("0.01"), "{r:?}");
+        *used.entry(r.0.as_str()).or_default() += r.5;
+    }
+    for (name, credit) in env.credits() {
+        let u = used.get(name.as_str()).copied().unwrap_or_default();
+        assert_eq!(credit, d("1000") - u, "{name}");
+    }
+}
+
+/// A spool file of several blocks is rated a block at a time, and RADIUS accounting is
+/// answered between the blocks: acknowledgements arrive after the file's first xDRs are
+/// written and before it is moved to done/ (before, the socket was not read until the
+/// whole file was rated, so none could). Every call and every session is charged once:
+/// credits equal what the test computes from what it sent.
+#[test]
+fn radius_is_answered_while_a_big_spool_file_is_rated() {
+    let users = 50;
+    let env = Env::new_with_users(users, "1000");
+    let spool = env.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    // ~11 MiB: three blocks of serve's 4 MiB.
+    let rows = 160_000usize;
+    let (child, addr) = env.serve();
+    std::fs::write(spool.join(".calls.tmp"), calls_csv(rows, users)).unwrap();
+    std::fs::rename(spool.join(".calls.tmp"), spool.join("calls.csv")).unwrap();
+    let (waiting, done) = (spool.join("calls.csv"), spool.join("done/calls.csv"));
+    let c = client();
+    let mut k = 0;
+    let during = sessions_until(
+        &c,
+        addr,
+        users,
+        &mut k,
+        || done.exists(),
+        || waiting.exists() && cdr_files_exist(&env.data()),
+    );
+    assert!(done.exists(), "spool file not rated in time");
+    assert!(
+        during >= 2,
+        "only {during} RADIUS answers while the spool file was being rated"
+    );
+    stop(child);
+    // Exactly: 3,200 calls per subscriber plus its sessions, 0.01 each.
+    let x = xdrs(&env.data());
+    let sessions_of = |u: usize| (0..k).filter(|s| s % users == u).count();
+    for (name, credit) in env.credits() {
+        let u: usize = name.trim_start_matches("user").parse().unwrap();
+        let n = rows / users + sessions_of(u);
+        assert_eq!(credit, d("1000") - d("0.01") * Decimal::from(n), "{name}");
+    }
+    assert_eq!(x.len(), rows + k);
+}
+
+/// SIGKILL while a spool file is rated in parts between RADIUS batches: after the
+/// restart the file goes on from its last committed block, and no call, session or
+/// balance is lost or counted twice (the RADIUS commits between blocks wrote balances
+/// while part of the file was rated).
+#[test]
+fn kill_9_while_a_spool_file_is_rated_between_radius_batches() {
+    let users = 50;
+    let env = Env::new_with_users(users, "1000");
+    let spool = env.dir.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let rows = 160_000usize;
+    let (mut child, addr) = env.serve();
+    std::fs::write(spool.join(".calls.tmp"), calls_csv(rows, users)).unwrap();
+    std::fs::rename(spool.join(".calls.tmp"), spool.join("calls.csv")).unwrap();
+    let (waiting, done) = (spool.join("calls.csv"), spool.join("done/calls.csv"));
+    let c = client();
+    let mut k = 0;
+    // Until the file is part rated and sessions were answered meanwhile, then kill.
+    let mut answered = 0;
+    sessions_until(
+        &c,
+        addr,
+        users,
+        &mut k,
+        || {
+            answered += 1;
+            answered > 3 && cdr_files_exist(&env.data()) || done.exists()
+        },
+        || false,
+    );
+    assert!(waiting.exists(), "the file was rated before the kill");
+    child.kill9();
+    let (child, addr) = env.serve();
+    sessions_until(&c, addr, users, &mut k, || done.exists(), || false);
+    assert!(
+        done.exists(),
+        "spool file not rated in time after the restart"
+    );
+    stop(child);
+    assert_each_charged_once(&env, rows, k);
+}
+
 /// An Accounting-Request like [`acct`], with its Event-Timestamp given explicitly.
 #[allow(clippy::too_many_arguments)]
 fn acct_at(

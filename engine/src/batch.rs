@@ -106,6 +106,35 @@ pub struct FileSummary {
     pub charged: Decimal,
     pub elapsed: Duration,
     pub times: StageTimes,
+    /// The file is rated to its end (false: a [`BatchRater::block_budget`] stopped the run
+    /// after its blocks were committed; the next call goes on from there).
+    pub finished: bool,
+}
+
+impl FileSummary {
+    /// Adds the counts of a later part of the same file (a budgeted run in several calls).
+    pub fn absorb(&mut self, part: &FileSummary) {
+        self.records += part.records;
+        self.xdrs += part.xdrs;
+        self.ok += part.ok;
+        self.unanswered += part.unanswered;
+        self.no_rate += part.no_rate;
+        self.unknown_user += part.unknown_user;
+        self.duplicates += part.duplicates;
+        self.bad_lines += part.bad_lines;
+        for b in &part.bad_samples {
+            if self.bad_samples.len() < BAD_SAMPLES {
+                self.bad_samples.push(b.clone());
+            }
+        }
+        self.charged += part.charged;
+        self.elapsed += part.elapsed;
+        self.already_rated |= part.already_rated;
+        if self.rejects.is_none() {
+            self.rejects = part.rejects.clone();
+        }
+        self.finished = part.finished;
+    }
 }
 
 /// A subscriber during a run.
@@ -695,6 +724,8 @@ struct RatedBlock {
     done: bool,
     records: u64,
     bytes: u64,
+    /// Fold the ledger's pending CDR movements into balances with this block's commit.
+    fold: bool,
 }
 
 // Not boxed: a box per record is an allocation on the hot path; the Vec of outcomes is
@@ -901,6 +932,18 @@ pub struct BatchRater<'a> {
     /// Test seam simulating a crash: stop with an error after this many committed batches.
     #[doc(hidden)]
     pub crash_after_batches: Option<u64>,
+    /// Blocks one [`BatchRater::rate_file`] call rates at most (`serve`: 1, so RADIUS is
+    /// answered between blocks); `None`: the whole file. A call stopped by it has
+    /// committed and folded every block it rated (the ledger equals memory), and returns
+    /// `finished: false`; calling again goes on from the recorded offset.
+    pub block_budget: Option<usize>,
+    /// With a budget: stop at the budget only when this says someone waits (RADIUS
+    /// datagrams, API commands); `None`: always. An idle `serve` rates a file in one call.
+    #[allow(clippy::type_complexity)]
+    pub pause: Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// The identity of the file a budgeted call stopped in, with its length and mtime: the
+    /// next call does not hash the whole file again.
+    id_cache: Option<(PathBuf, u64, std::time::SystemTime, FileIdentity)>,
 }
 
 impl<'a> BatchRater<'a> {
@@ -918,6 +961,9 @@ impl<'a> BatchRater<'a> {
             block_bytes: BLOCK_BYTES,
             force: false,
             crash_after_batches: None,
+            block_budget: None,
+            pause: None,
+            id_cache: None,
         })
     }
 
@@ -949,6 +995,9 @@ impl<'a> BatchRater<'a> {
             block_bytes: BLOCK_BYTES,
             force: false,
             crash_after_batches: None,
+            block_budget: None,
+            pause: None,
+            id_cache: None,
         }
     }
 
@@ -977,7 +1026,20 @@ impl<'a> BatchRater<'a> {
         let cuts: Vec<u64> = candidates.iter().map(|c| c.size).collect();
         let template = self.catalog.template(format);
         let head_lines = if template.header { 2 } else { 1 };
-        let id = identify_file(path, &cuts, head_lines)?;
+        // A file a budgeted call stopped in, unchanged since: its identity is known.
+        let stamp = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)));
+        let cached = match (self.id_cache.take(), stamp) {
+            (Some((p, len, mtime, id)), Some((l, m))) if p == path && len == l && mtime == m => {
+                Some(id)
+            }
+            _ => None,
+        };
+        let id = match cached {
+            Some(id) => id,
+            None => identify_file(path, &cuts, head_lines)?,
+        };
         let (file_hash, size) = (id.hash.clone(), id.size);
         let mut summary = FileSummary {
             path: path.display().to_string(),
@@ -989,6 +1051,7 @@ impl<'a> BatchRater<'a> {
         if let Some(p) = &prior {
             if p.done {
                 summary.already_rated = true;
+                summary.finished = true;
                 summary.elapsed = started.elapsed();
                 tracing::info!(file = %path.display(), first_rated_as = %p.path, "already rated (same content hash): nothing charged");
                 return Ok(summary);
@@ -1098,6 +1161,11 @@ impl<'a> BatchRater<'a> {
         let call_keys = &mut self.call_keys;
         let next_xdr = &mut self.next_xdr;
         let summary_ref = &mut summary;
+        let budget = self.block_budget;
+        let pause = self.pause.clone();
+        let head_hash = id.head_hash.clone();
+        let mut stopped_early = false;
+        let stopped_ref = &mut stopped_early;
         let result: Result<(), BatchError> = std::thread::scope(|scope| {
             // Stage 1: read blocks.
             let block_bytes = self.block_bytes.max(1);
@@ -1146,10 +1214,11 @@ impl<'a> BatchRater<'a> {
                         path: pstr.clone(),
                         format: format_name.clone(),
                         file_size: size,
-                        head_hash: id.head_hash.clone(),
+                        head_hash: head_hash.clone(),
                         next_offset: rb.next_offset,
                         next_line: rb.next_line,
                         done: rb.done,
+                        fold: rb.fold,
                         records: rb.records,
                         first_xdr: rb.first_xdr,
                         next_xdr: rb.next_xdr,
@@ -1173,6 +1242,7 @@ impl<'a> BatchRater<'a> {
             // Stage 2: rate, in this thread.
             let stage2 = || -> Result<(), BatchError> {
                 let threads = rayon::current_num_threads().max(1);
+                let mut blocks = 0usize;
                 for block in block_rx {
                     let block = block.map_err(|source| BatchError::Io {
                         path: path_str.clone(),
@@ -1319,6 +1389,10 @@ impl<'a> BatchRater<'a> {
                         })
                         .collect();
                     summary_ref.times.build += t.elapsed();
+                    blocks += 1;
+                    let out_of_budget = !block.eof
+                        && budget.is_some_and(|b| blocks >= b)
+                        && pause.as_ref().is_none_or(|p| p());
                     let rb = RatedBlock {
                         batches,
                         movements,
@@ -1331,9 +1405,16 @@ impl<'a> BatchRater<'a> {
                         done: block.eof,
                         records,
                         bytes: block.next_offset - block.offset,
+                        fold: out_of_budget,
                     };
                     if rated_tx.send(rb).is_err() {
                         // The writer stopped on an error; it reports it.
+                        break;
+                    }
+                    if out_of_budget {
+                        // The reader sees the channel closed and stops; what it read ahead
+                        // is read again by the next call, from the committed offset.
+                        *stopped_ref = true;
                         break;
                     }
                 }
@@ -1359,6 +1440,14 @@ impl<'a> BatchRater<'a> {
             return Err(e);
         }
         summary.elapsed = started.elapsed();
+        summary.finished = !stopped_early;
+        if stopped_early {
+            if let Some((len, mtime)) = stamp {
+                self.id_cache = Some((path.to_path_buf(), len, mtime, id));
+            }
+            tracing::debug!(file = %path.display(), records = summary.records, charged = %summary.charged, "part of a file rated; the rest at the next call");
+            return Ok(summary);
+        }
         tracing::info!(
             file = %path.display(), records = summary.records, xdrs = summary.xdrs, charged = %summary.charged,
             bad = summary.bad_lines, duplicates = summary.duplicates, secs = summary.elapsed.as_secs_f64(),

@@ -180,7 +180,7 @@ impl Health {
     }
 
     /// Whether a datagram waits in the accounting socket.
-    fn packets_waiting(&self) -> bool {
+    pub fn packets_waiting(&self) -> bool {
         let Some(s) = self.socket.get() else {
             return false;
         };

@@ -115,6 +115,7 @@ pub fn write_users(path: &Path, accounts: usize, group: &str) -> std::io::Result
 
 /// Writes `rows` generic CDRs spread evenly over `days` days from `day_start` (unix
 /// seconds, UTC): real CDR files span days (a month-long Master.csv).
+#[allow(clippy::too_many_arguments)]
 pub fn write_cdrs(
     path: &Path,
     rows: u64,
@@ -122,6 +123,7 @@ pub fn write_cdrs(
     prefixes: &[String],
     day_start: i64,
     days: u32,
+    account_prefix: &str,
     rng: &mut Rng,
 ) -> std::io::Result<()> {
     let span = 86_400 * i64::from(days.max(1));
@@ -160,7 +162,7 @@ pub fn write_cdrs(
         }
         writeln!(
             line,
-            ",{date}T{h:02}:{m:02}:{s:02}Z,{d},{},acc{acc}",
+            ",{date}T{h:02}:{m:02}:{s:02}Z,{d},{},{account_prefix}{acc}",
             if answered {
                 "ANSWERED"
             } else if rng.below(2) == 0 {
@@ -212,6 +214,7 @@ pub fn prepare_cdr_bench(
         &prefix_list,
         1_793_577_600,
         days,
+        "acc",
         &mut rng,
     )?;
     Ok(CdrBench {

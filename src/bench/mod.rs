@@ -35,6 +35,8 @@ pub struct RadiusArgs {
     pub csv: Option<std::path::PathBuf>,
     /// The server's name in the CSV (`ratel` when this command starts serve).
     pub label: Option<String>,
+    /// A generated CDR file of this many calls dropped into serve's spool 2 s into the run.
+    pub spool_rows: u64,
 }
 
 /// The CSV columns of `ratel bench radius --csv` (one row per run).
@@ -202,6 +204,28 @@ fn radius_run(a: &RadiusArgs, in_flight: usize) -> anyhow::Result<(ExitCode, Str
             std::fs::create_dir_all(&a.dir)?;
             let cfg = a.dir.join("ratel.toml");
             let mut text = CONFIG.replace("SECRET", &a.secret);
+            if a.spool_rows > 0 {
+                // The subscribers' calls, rated on a deck, arriving in the spool.
+                let mut rng = gen::Rng::new(5);
+                let prefixes = gen::write_rate_deck(&a.dir.join("rates.csv"), 50_000, &mut rng)?;
+                std::fs::create_dir_all(a.dir.join("spool"))?;
+                gen::write_cdrs(
+                    &a.dir.join("spool").join(".cdrs.tmp"),
+                    a.spool_rows,
+                    a.users.max(1),
+                    &prefixes,
+                    1_793_577_600,
+                    30,
+                    "user",
+                    &mut rng,
+                )?;
+                text = text.replace(
+                    "name = \"bench\"\ncharge_rules",
+                    "name = \"bench\"\ntariff = \"deck\"\ncharge_rules",
+                );
+                text.push_str("[[tariff]]\nname = \"deck\"\nrates = \"rates.csv\"\n");
+                text.push_str("[cdr]\nspool = \"spool\"\nformat = \"generic\"\n");
+            }
             if a.auth {
                 text = text.replace("[radius]\n", "[radius]\nauth_listen = \"127.0.0.1:0\"\n");
             }
@@ -247,7 +271,27 @@ fn radius_run(a: &RadiusArgs, in_flight: usize) -> anyhow::Result<(ExitCode, Str
         }
         _ => None,
     };
+    let dropper = (a.spool_rows > 0 && a.server.is_none()).then(|| {
+        let spool = a.dir.join("spool");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = std::fs::rename(spool.join(".cdrs.tmp"), spool.join("cdrs.csv"));
+        })
+    });
     let r = loadgen::run(&spec)?;
+    if let Some(h) = dropper {
+        let _ = h.join();
+        let done = a.dir.join("spool").join("done").join("cdrs.csv").exists();
+        println!(
+            "  spool: {} calls dropped 2 s into the run; {}",
+            a.spool_rows,
+            if done {
+                "rated to the end during the run"
+            } else {
+                "still being rated when the load stopped"
+            }
+        );
+    }
     let auth_report = match auth_load {
         Some(h) => Some(
             h.join()
@@ -308,7 +352,13 @@ fn radius_run(a: &RadiusArgs, in_flight: usize) -> anyhow::Result<(ExitCode, Str
         let xdr_total: Decimal = rep["total_credit"].to_string().parse().unwrap_or_default();
         let mut taken = Decimal::ZERO;
         // Session k belongs to user k % users: only the first `sessions` users can have moved.
-        for i in 0..a.users.min(a.sessions) {
+        // (With a spool file, calls of any subscriber may have moved credit.)
+        let moved = if a.spool_rows > 0 {
+            a.users
+        } else {
+            a.users.min(a.sessions)
+        };
+        for i in 0..moved {
             let info = client.call(&format!(
                 r#"{{"method": "user.getUserInfo", "params": {{{auth}, "normal_username": "user{i}"}}}}"#
             ))?;

@@ -190,6 +190,9 @@ pub struct CdrBatchCommit {
     pub next_offset: u64,
     pub next_line: u64,
     pub done: bool,
+    /// Fold pending movements into balances with this commit even if not `done` (the end
+    /// of a budgeted run: whatever commits next may write balances).
+    pub fold: bool,
     pub records: u64,
     /// First xDR id of the batch and the next free id after it.
     pub first_xdr: u64,
@@ -804,7 +807,7 @@ impl Ledger {
                     r.get(0)
                 })
                 .map_err(sq)?;
-            if b.done || pending >= FOLD_EVERY_BATCHES {
+            if b.done || b.fold || pending >= FOLD_EVERY_BATCHES {
                 fold_pending(&tx, b.now).map_err(sq)?;
             }
         }
