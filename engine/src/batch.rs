@@ -943,7 +943,28 @@ pub struct BatchRater<'a> {
     pub pause: Option<std::sync::Arc<dyn Fn() -> bool + Send + Sync>>,
     /// The identity of the file a budgeted call stopped in, with its length and mtime: the
     /// next call does not hash the whole file again.
-    id_cache: Option<(PathBuf, u64, std::time::SystemTime, FileIdentity)>,
+    id_cache: Option<(PathBuf, FileStamp, FileIdentity)>,
+}
+
+/// What tells a file on disk from another at the same path: length, mtime and (Unix) the
+/// device, inode and ctime (a copy with `cp -p`/`rsync -a` keeps length and mtime).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    mtime: std::time::SystemTime,
+    #[cfg(unix)]
+    node: (u64, u64, i64, i64),
+}
+
+fn file_stamp(m: &std::fs::Metadata) -> Option<FileStamp> {
+    #[cfg(unix)]
+    use std::os::unix::fs::MetadataExt;
+    Some(FileStamp {
+        len: m.len(),
+        mtime: m.modified().ok()?,
+        #[cfg(unix)]
+        node: (m.dev(), m.ino(), m.ctime(), m.ctime_nsec()),
+    })
 }
 
 impl<'a> BatchRater<'a> {
@@ -1018,7 +1039,8 @@ impl<'a> BatchRater<'a> {
         // file's bytes: hash our prefix at the size of every shorter rated file.
         // (A compressed file's size says nothing of its content's: every rated file is
         // then a candidate.)
-        let meta_size = match Compression::of(path).map_err(io)? {
+        let compression = Compression::of(path).map_err(io)?;
+        let meta_size = match compression {
             Compression::None => std::fs::metadata(path).map_err(io)?.len(),
             _ => u64::MAX,
         };
@@ -1027,13 +1049,9 @@ impl<'a> BatchRater<'a> {
         let template = self.catalog.template(format);
         let head_lines = if template.header { 2 } else { 1 };
         // A file a budgeted call stopped in, unchanged since: its identity is known.
-        let stamp = std::fs::metadata(path)
-            .ok()
-            .and_then(|m| Some((m.len(), m.modified().ok()?)));
-        let cached = match (self.id_cache.take(), stamp) {
-            (Some((p, len, mtime, id)), Some((l, m))) if p == path && len == l && mtime == m => {
-                Some(id)
-            }
+        let stamp = std::fs::metadata(path).ok().and_then(|m| file_stamp(&m));
+        let cached = match (self.id_cache.take(), &stamp) {
+            (Some((p, was, id)), Some(now)) if p == path && was == *now => Some(id),
             _ => None,
         };
         let id = match cached {
@@ -1161,7 +1179,10 @@ impl<'a> BatchRater<'a> {
         let call_keys = &mut self.call_keys;
         let next_xdr = &mut self.next_xdr;
         let summary_ref = &mut summary;
-        let budget = self.block_budget;
+        // A compressed file is decompressed from its start at every call: rated in one.
+        let budget = self
+            .block_budget
+            .filter(|_| compression == Compression::None);
         let pause = self.pause.clone();
         let head_hash = id.head_hash.clone();
         let mut stopped_early = false;
@@ -1229,8 +1250,11 @@ impl<'a> BatchRater<'a> {
                         now: chrono::Utc::now().timestamp(),
                     };
                     if let Err(e) = ledger.commit_cdr_batch(&commit) {
-                        for f in &commit.files {
-                            let _ = std::fs::remove_file(xdr::temp_path(&f.final_path));
+                        // Files the ledger may have recorded stay for the next open.
+                        if e.before_commit() {
+                            for f in &commit.files {
+                                let _ = std::fs::remove_file(xdr::temp_path(&f.final_path));
+                            }
                         }
                         return Err(e.into());
                     }
@@ -1442,8 +1466,8 @@ impl<'a> BatchRater<'a> {
         summary.elapsed = started.elapsed();
         summary.finished = !stopped_early;
         if stopped_early {
-            if let Some((len, mtime)) = stamp {
-                self.id_cache = Some((path.to_path_buf(), len, mtime, id));
+            if let Some(stamp) = stamp {
+                self.id_cache = Some((path.to_path_buf(), stamp, id));
             }
             tracing::debug!(file = %path.display(), records = summary.records, charged = %summary.charged, "part of a file rated; the rest at the next call");
             return Ok(summary);

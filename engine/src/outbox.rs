@@ -152,6 +152,11 @@ impl Flusher {
         self.ready.try_recv().ok()
     }
 
+    /// The thread has ended (it panicked: it only ends on its own when told to stop).
+    pub fn stopped(&self) -> bool {
+        self.handle.as_ref().is_none_or(|h| h.is_finished())
+    }
+
     /// Tells the thread how the commit of what [`Flusher::take`] gave went.
     pub fn answer(&self, committed: bool) {
         let _ = self.answer.send(committed);

@@ -311,8 +311,14 @@ pub fn run(
         rater.block_bytes = SPOOL_BLOCK_BYTES;
         rater.block_budget = Some(1);
         rater.pause = Some({
-            let (live, commands) = (live.clone(), commands.clone());
-            Arc::new(move || live.metrics.health().packets_waiting() || !commands.is_empty())
+            let (live, commands, stop) = (live.clone(), commands.clone(), shutdown.clone());
+            let reload = reloader.as_ref().map(|r| r.requested.clone());
+            Arc::new(move || {
+                live.metrics.health().packets_waiting()
+                    || !commands.is_empty()
+                    || stop.load(Ordering::Relaxed)
+                    || reload.as_ref().is_some_and(|r| r.load(Ordering::Relaxed))
+            })
         });
         let mut acct = load_accounting(catalog, &rater)?;
         if let Some(c) = carried_counters.take() {
@@ -334,6 +340,7 @@ pub fn run(
             drops,
             spool_files,
             spool_current,
+            last_flush: Instant::now(),
             disconnect,
             compactor,
         };
@@ -345,6 +352,18 @@ pub fn run(
             if core.spool_current.is_some() {
                 // The next block of the spool file being rated.
                 core.scan_spool(&mut rater);
+            }
+            if flusher.as_ref().is_some_and(|f| f.stopped()) {
+                tracing::error!(
+                    "the xDR outbox thread stopped; the core flushes the outbox itself from now on"
+                );
+                flusher = None;
+            }
+            if flusher.is_none() && core.last_flush.elapsed() >= Duration::from_secs(1) {
+                if let Err(e) = core.flush_outbox(&mut rater) {
+                    tracing::error!(error = %e, "xDR outbox flush failed; will retry");
+                }
+                core.last_flush = Instant::now();
             }
             if let Some(p) = flusher.as_ref().and_then(|f| f.take()) {
                 let ok = core.commit_flush(&mut rater, p);
@@ -686,6 +705,8 @@ struct Core<'c> {
     arena: Vec<u8>,
     drops: DropLog,
     spool_files: u64,
+    /// When the core last flushed the outbox itself (only without the flusher thread).
+    last_flush: Instant,
     /// The spool file being rated a block at a time, with what its earlier blocks did.
     spool_current: Option<(PathBuf, crate::batch::FileSummary)>,
     /// Hands Disconnect-Requests to the sender thread (never blocks).
@@ -1176,7 +1197,9 @@ impl Core<'_> {
                 true
             }
             Err(e) => {
-                p.discard();
+                if e.before_commit() {
+                    p.discard();
+                }
                 tracing::error!(error = %e, "xDR outbox flush failed; will retry");
                 false
             }

@@ -57,6 +57,18 @@ pub enum LedgerError {
     Rejected(String),
     #[error("no user with id {0}")]
     NoSuchClient(i64),
+    /// The COMMIT failed or a file rename after it did: the commit may have happened, so
+    /// the temp files must stay (the next open renames those the ledger recorded and
+    /// deletes the others). Callers delete temp files only on the other errors.
+    #[error("{0} (at or after the commit: its xDR files are left for the next open to settle)")]
+    AtCommit(Box<LedgerError>),
+}
+
+impl LedgerError {
+    /// Whether the failed commit's temp files may be deleted (it certainly did not happen).
+    pub fn before_commit(&self) -> bool {
+        !matches!(self, LedgerError::AtCommit(_))
+    }
 }
 
 /// Creates `dir` and missing parents readable by the owner only (0700 on Unix): the ledger
@@ -811,8 +823,9 @@ impl Ledger {
                 fold_pending(&tx, b.now).map_err(sq)?;
             }
         }
-        tx.commit().map_err(sq)?;
-        publish_files(&b.files)
+        tx.commit()
+            .map_err(|e| LedgerError::AtCommit(Box::new(sq(e))))?;
+        publish_files(&b.files).map_err(|e| LedgerError::AtCommit(Box::new(e)))
     }
 
     /// Folds CDR batches' movements into journal rows and balances (see [`fold_pending`]).
@@ -1130,8 +1143,9 @@ impl Ledger {
                 )));
             }
         }
-        tx.commit().map_err(sq)?;
-        publish_files(files)
+        tx.commit()
+            .map_err(|e| LedgerError::AtCommit(Box::new(sq(e))))?;
+        publish_files(files).map_err(|e| LedgerError::AtCommit(Box::new(e)))
     }
 }
 
