@@ -944,7 +944,14 @@ pub struct BatchRater<'a> {
     /// The identity of the file a budgeted call stopped in, with its length and mtime: the
     /// next call does not hash the whole file again.
     id_cache: Option<(PathBuf, FileStamp, FileIdentity)>,
+    /// Per client id, the sum of the CDR movements committed but not yet folded into the
+    /// stored balance (negative: charges). A RADIUS commit stores its balance less these
+    /// (`balance_to_store`); the fold adds them to the stored balance.
+    pub(crate) unfolded: Unfolded,
 }
+
+/// Client id to the CDR amounts committed but not folded.
+pub(crate) type Unfolded = HashMap<i64, Decimal, ahash::RandomState>;
 
 /// What tells a file on disk from another at the same path: length, mtime and (Unix) the
 /// device, inode and ctime (a copy with `cp -p`/`rsync -a` keeps length and mtime).
@@ -985,6 +992,7 @@ impl<'a> BatchRater<'a> {
             block_budget: None,
             pause: None,
             id_cache: None,
+            unfolded: Unfolded::default(),
         })
     }
 
@@ -1019,6 +1027,7 @@ impl<'a> BatchRater<'a> {
             block_budget: None,
             pause: None,
             id_cache: None,
+            unfolded: Unfolded::default(),
         }
     }
 
@@ -1179,6 +1188,8 @@ impl<'a> BatchRater<'a> {
         let call_keys = &mut self.call_keys;
         let next_xdr = &mut self.next_xdr;
         let summary_ref = &mut summary;
+        let unfolded = std::mem::take(&mut self.unfolded);
+        let unfolded_back = &mut self.unfolded;
         // A compressed file is decompressed from its start at every call: rated in one.
         let budget = self
             .block_budget
@@ -1204,65 +1215,77 @@ impl<'a> BatchRater<'a> {
             // Stage 3: Parquet + ledger.
             let fhash = file_hash.clone();
             let pstr = path_str.clone();
-            let writer = scope.spawn(move || -> Result<(Duration, Duration), BatchError> {
-                let (mut pq, mut lg) = (Duration::ZERO, Duration::ZERO);
-                for (committed, rb) in rated_rx.into_iter().enumerate() {
-                    if crash_after == Some(committed as u64) {
-                        return Err(BatchError::Io {
-                            path: pstr.clone(),
-                            source: std::io::Error::other("simulated crash"),
-                        });
-                    }
-                    let t = Instant::now();
-                    // One file at a time; its columns are encoded in parallel.
-                    let files: Vec<PendingFile> = rb
-                        .batches
-                        .iter()
-                        .map(|(final_path, batches, min_login, max_logout)| {
-                            xdr::write_temp_batches(final_path, batches)?;
-                            Ok(PendingFile {
-                                final_path: final_path.clone(),
-                                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
-                                min_login: *min_login,
-                                max_logout: *max_logout,
+            let writer = scope.spawn(
+                move || -> Result<(Duration, Duration, Unfolded), BatchError> {
+                    let (mut pq, mut lg) = (Duration::ZERO, Duration::ZERO);
+                    let mut unfolded = unfolded;
+                    for (committed, rb) in rated_rx.into_iter().enumerate() {
+                        if crash_after == Some(committed as u64) {
+                            return Err(BatchError::Io {
+                                path: pstr.clone(),
+                                source: std::io::Error::other("simulated crash"),
+                            });
+                        }
+                        let t = Instant::now();
+                        // One file at a time; its columns are encoded in parallel.
+                        let files: Vec<PendingFile> = rb
+                            .batches
+                            .iter()
+                            .map(|(final_path, batches, min_login, max_logout)| {
+                                xdr::write_temp_batches(final_path, batches)?;
+                                Ok(PendingFile {
+                                    final_path: final_path.clone(),
+                                    rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+                                    min_login: *min_login,
+                                    max_logout: *max_logout,
+                                })
                             })
-                        })
-                        .collect::<Result<_, BatchError>>()?;
-                    pq += t.elapsed();
-                    let t = Instant::now();
-                    let commit = CdrBatchCommit {
-                        file_hash: fhash.clone(),
-                        path: pstr.clone(),
-                        format: format_name.clone(),
-                        file_size: size,
-                        head_hash: head_hash.clone(),
-                        next_offset: rb.next_offset,
-                        next_line: rb.next_line,
-                        done: rb.done,
-                        fold: rb.fold,
-                        records: rb.records,
-                        first_xdr: rb.first_xdr,
-                        next_xdr: rb.next_xdr,
-                        movements: rb.movements,
-                        quota: rb.quota,
-                        call_keys: rb.call_keys,
-                        files,
-                        now: chrono::Utc::now().timestamp(),
-                    };
-                    if let Err(e) = ledger.commit_cdr_batch(&commit) {
-                        // Files the ledger may have recorded stay for the next open.
-                        if e.before_commit() {
-                            for f in &commit.files {
-                                let _ = std::fs::remove_file(xdr::temp_path(&f.final_path));
+                            .collect::<Result<_, BatchError>>()?;
+                        pq += t.elapsed();
+                        let t = Instant::now();
+                        let commit = CdrBatchCommit {
+                            file_hash: fhash.clone(),
+                            path: pstr.clone(),
+                            format: format_name.clone(),
+                            file_size: size,
+                            head_hash: head_hash.clone(),
+                            next_offset: rb.next_offset,
+                            next_line: rb.next_line,
+                            done: rb.done,
+                            fold: rb.fold,
+                            records: rb.records,
+                            first_xdr: rb.first_xdr,
+                            next_xdr: rb.next_xdr,
+                            movements: rb.movements,
+                            quota: rb.quota,
+                            call_keys: rb.call_keys,
+                            files,
+                            now: chrono::Utc::now().timestamp(),
+                        };
+                        match ledger.commit_cdr_batch(&commit) {
+                            // Every pending movement is in the stored balances now.
+                            Ok(true) => unfolded.clear(),
+                            Ok(false) => {
+                                for m in &commit.movements {
+                                    *unfolded.entry(m.user_id).or_default() += m.amount;
+                                }
+                            }
+                            Err(e) => {
+                                // Files the ledger may have recorded stay for the next open.
+                                if e.before_commit() {
+                                    for f in &commit.files {
+                                        let _ = std::fs::remove_file(xdr::temp_path(&f.final_path));
+                                    }
+                                }
+                                return Err(e.into());
                             }
                         }
-                        return Err(e.into());
+                        lg += t.elapsed();
+                        progress.advanced(rb.bytes);
                     }
-                    lg += t.elapsed();
-                    progress.advanced(rb.bytes);
-                }
-                Ok((pq, lg))
-            });
+                    Ok((pq, lg, unfolded))
+                },
+            );
             // Stage 2: rate, in this thread.
             let stage2 = || -> Result<(), BatchError> {
                 let threads = rayon::current_num_threads().max(1);
@@ -1429,7 +1452,9 @@ impl<'a> BatchRater<'a> {
                         done: block.eof,
                         records,
                         bytes: block.next_offset - block.offset,
-                        fold: out_of_budget,
+                        // Not folded at a pause: RADIUS commits in between store
+                        // balances without the unfolded amounts (`unfolded`).
+                        fold: false,
                     };
                     if rated_tx.send(rb).is_err() {
                         // The writer stopped on an error; it reports it.
@@ -1448,7 +1473,8 @@ impl<'a> BatchRater<'a> {
             let r2 = stage2();
             let rw = writer.join().expect("writer thread does not panic");
             r2?;
-            let (pq, lg) = rw?;
+            let (pq, lg, unfolded) = rw?;
+            *unfolded_back = unfolded;
             summary_ref.times.parquet = pq;
             summary_ref.times.ledger = lg;
             Ok(())
@@ -1480,10 +1506,37 @@ impl<'a> BatchRater<'a> {
         Ok(summary)
     }
 
+    /// Folds the committed CDR movements into the stored balances (before anything that
+    /// stores a balance without knowing of them: payments, fees, refunds).
+    pub fn fold_pending(&mut self) -> Result<(), BatchError> {
+        if self.ledger.has_pending_batches()? {
+            self.ledger.fold_pending(chrono::Utc::now().timestamp())?;
+        }
+        self.unfolded.clear();
+        Ok(())
+    }
+
+    /// [`BatchRater::fold_pending`] when CDR movements wait unfolded (cheap otherwise).
+    pub fn fold_if_unfolded(&mut self) -> Result<(), BatchError> {
+        if self.unfolded.is_empty() {
+            return Ok(());
+        }
+        self.fold_pending()
+    }
+
+    /// The balance a commit stores for `user_id` whose in-memory balance is `in_memory`:
+    /// without the CDR amounts not yet folded (the fold adds them).
+    pub fn balance_to_store(&self, user_id: i64, in_memory: Decimal) -> Decimal {
+        match self.unfolded.get(&user_id) {
+            Some(a) => in_memory.checked_sub(*a).unwrap_or(in_memory),
+            None => in_memory,
+        }
+    }
+
     /// Reloads the in-memory state from the ledger (after a failed batch).
     pub(crate) fn reload(&mut self) -> Result<(), BatchError> {
         // Batches committed before the failure hold movements not yet folded.
-        self.ledger.fold_pending(chrono::Utc::now().timestamp())?;
+        self.fold_pending()?;
         self.subscribers = Subscribers::load(self.catalog, self.ledger)?;
         self.call_keys = self.ledger.load_call_keys()?;
         self.next_xdr = self.ledger.next_xdr_id()?;

@@ -371,6 +371,13 @@ pub fn run(
                     f.answer(ok);
                 }
             }
+            if !commands.is_empty() {
+                // Commands store balances as they are in memory: fold first.
+                if let Err(e) = rater.fold_if_unfolded() {
+                    tracing::error!(error = %e, "folding CDR movements failed; reloading");
+                    core.reload(&mut rater, &mut acct)?;
+                }
+            }
             while let Ok(cmd) = commands.try_recv() {
                 let (disconnect, live) = (&mut core.disconnect, &core.live);
                 execute(catalog, &mut rater, cmd, &mut |id, why| match why {
@@ -447,6 +454,8 @@ fn try_reload(
     acct: &Accounting,
 ) -> Result<Arc<Catalog>, String> {
     let new = (r.load)()?;
+    // The in-memory state goes on under the new config without the unfolded amounts.
+    rater.fold_pending().map_err(|e| e.to_string())?;
     let sessions: Vec<&Session> = acct.sessions.values().collect();
     crate::reload::check(old, &new, &sessions).map_err(|e| e.to_string())?;
     let mut states = Vec::with_capacity(sessions.len());
@@ -1042,7 +1051,9 @@ impl Core<'_> {
             c.charges.push((
                 ch.user_id,
                 ch.amount,
-                ch.balance_after,
+                // Without the CDR amounts of a spool file not yet folded (the fold adds
+                // them to what is stored).
+                rater.balance_to_store(ch.user_id, ch.balance_after),
                 ch.idem_key.clone(),
                 ch.legacy_key.clone(),
             ));
@@ -1151,6 +1162,8 @@ impl Core<'_> {
             }
         }
         if now >= rater.subscribers.package_due {
+            // Fees store balances as they are in memory: fold first.
+            rater.fold_if_unfolded()?;
             let (disconnect, live, catalog) = (&mut self.disconnect, &self.live, self.catalog);
             // At most ~half a second of renewal transactions per housekeeping: RADIUS is
             // not read meanwhile (the rest is done at the next one, in order).

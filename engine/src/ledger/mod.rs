@@ -765,7 +765,8 @@ impl Ledger {
     /// its call keys, its xDR files, the file's progress and the xDR sequence — atomically.
     /// The files must already be durable under their temp names; they are renamed here
     /// after the commit.
-    pub fn commit_cdr_batch(&mut self, b: &CdrBatchCommit) -> Result<(), LedgerError> {
+    /// Returns whether the commit folded the pending movements into balances.
+    pub fn commit_cdr_batch(&mut self, b: &CdrBatchCommit) -> Result<bool, LedgerError> {
         let path = self.path.display().to_string();
         let sq = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -775,6 +776,7 @@ impl Ledger {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sq)?;
+        let folded;
         {
             tx.execute(
                 "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at, movements, applied)
@@ -819,13 +821,26 @@ impl Ledger {
                     r.get(0)
                 })
                 .map_err(sq)?;
-            if b.done || b.fold || pending >= FOLD_EVERY_BATCHES {
+            folded = b.done || b.fold || pending >= FOLD_EVERY_BATCHES;
+            if folded {
                 fold_pending(&tx, b.now).map_err(sq)?;
             }
         }
         tx.commit()
             .map_err(|e| LedgerError::AtCommit(Box::new(sq(e))))?;
-        publish_files(&b.files).map_err(|e| LedgerError::AtCommit(Box::new(e)))
+        publish_files(&b.files).map_err(|e| LedgerError::AtCommit(Box::new(e)))?;
+        Ok(folded)
+    }
+
+    /// Whether committed CDR batches wait to be folded into balances.
+    pub fn has_pending_batches(&self) -> Result<bool, LedgerError> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM batches WHERE applied = 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.sq())
     }
 
     /// Folds CDR batches' movements into journal rows and balances (see [`fold_pending`]).
@@ -1222,8 +1237,12 @@ fn decode_movements(b: &[u8]) -> impl Iterator<Item = (i64, Decimal, Decimal)> +
 ///
 /// A CDR block commit stores its credit movements compactly in its batch row (one write,
 /// however many subscribers it touched); folding turns them into journal rows and
-/// `users.credit` every few batches, at the end of a file, and at open. Balances in the
-/// movements are absolute and in file order, so the last one per user is the balance.
+/// `users.credit` every few batches, at the end of a file, and at open. The sum of a user's
+/// amounts is added to the stored balance (read here): `serve` answers RADIUS between
+/// blocks of a spool file and its commits store balances without the CDR movements not
+/// yet folded (`BatchRater::unfolded`), so the stored balance plus the pending amounts is
+/// the balance whatever was committed in between. (Alone, as in `ratel rate`, that equals
+/// the last movement's balance.)
 fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite::Error> {
     let mut st =
         tx.prepare("SELECT batch_id, movements FROM batches WHERE applied = 0 ORDER BY batch_id")?;
@@ -1247,7 +1266,20 @@ fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite
         "INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'usage', ?4, ?5)",
     )?;
     let mut up = tx.prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")?;
-    for (id, (amount, after)) in per_user {
+    let mut get = tx.prepare_cached("SELECT credit FROM users WHERE user_id = ?1")?;
+    for (id, (amount, _)) in per_user {
+        let stored: String = get.query_row([id], |r| r.get(0))?;
+        let bad = |what: &str| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("users.credit of user {id}: {what}").into(),
+            )
+        };
+        let stored: Decimal = stored.parse().map_err(|_| bad("not a decimal"))?;
+        let after = stored
+            .checked_add(amount)
+            .ok_or_else(|| bad("out of range after the CDR charges"))?;
         jr.execute(params![
             id,
             amount.to_string(),
