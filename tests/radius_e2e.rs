@@ -287,8 +287,9 @@ fn assert_each_charged_once(env: &Env, rows: usize, sessions: usize) {
 /// A spool file of several blocks is rated a block at a time, and RADIUS accounting is
 /// answered between the blocks: acknowledgements arrive after the file's first xDRs are
 /// written and before it is moved to done/ (before, the socket was not read until the
-/// whole file was rated, so none could). Every call and every session is charged once:
-/// credits equal what the test computes from what it sent.
+/// whole file was rated, so none could). Payments made over the API meanwhile land
+/// between blocks too. Every call, session and payment counts once: credits equal what
+/// the test computes from what it sent.
 #[test]
 fn radius_is_answered_while_a_big_spool_file_is_rated() {
     let users = 50;
@@ -297,19 +298,36 @@ fn radius_is_answered_while_a_big_spool_file_is_rated() {
     std::fs::create_dir_all(&spool).unwrap();
     // ~18 MiB: five blocks of serve's 4 MiB, four chances to answer between them.
     let rows = 300_000usize;
-    let (child, addr) = env.serve();
+    let (child, addr, api) = env.serve_all();
     std::fs::write(spool.join(".calls.tmp"), calls_csv(rows, users)).unwrap();
     std::fs::rename(spool.join(".calls.tmp"), spool.join("calls.csv")).unwrap();
     let (waiting, done) = (spool.join("calls.csv"), spool.join("done/calls.csv"));
     let c = client();
     let mut k = 0;
+    // A payment of 1.00 to user0 (client id 1) at every fourth answer while the file is
+    // half rated: it must not take the file's unfolded charges a second time.
+    let (mut answers, mut paid) = (0, 0i64);
     let during = sessions_until(
         &c,
         addr,
         users,
         &mut k,
         || done.exists(),
-        || waiting.exists() && cdr_files_exist(&env.data()),
+        || {
+            let now = waiting.exists() && cdr_files_exist(&env.data());
+            answers += 1;
+            if now && answers % 4 == 0 {
+                let (_, e) = rpc(
+                    api,
+                    "user.changeCreditExtended",
+                    serde_json::json!({"auth_type": "ADMIN", "auth_name": "system", "auth_pass": "sys",
+                        "user_id": "1", "credit": "1.00", "change_type": "ADD", "credit_comment": "during"}),
+                );
+                assert!(e.is_null(), "{e}");
+                paid += 1;
+            }
+            now
+        },
     );
     assert!(done.exists(), "spool file not rated in time");
     assert!(
@@ -320,10 +338,20 @@ fn radius_is_answered_while_a_big_spool_file_is_rated() {
     // Exactly: 6,000 calls per subscriber plus its sessions, 0.01 each.
     let x = xdrs(&env.data());
     let sessions_of = |u: usize| (0..k).filter(|s| s % users == u).count();
+    assert!(paid > 0, "no payment made while the file was half rated");
     for (name, credit) in env.credits() {
         let u: usize = name.trim_start_matches("user").parse().unwrap();
         let n = rows / users + sessions_of(u);
-        assert_eq!(credit, d("1000") - d("0.01") * Decimal::from(n), "{name}");
+        let topped = if u == 0 {
+            Decimal::from(paid)
+        } else {
+            Decimal::ZERO
+        };
+        assert_eq!(
+            credit,
+            d("1000") + topped - d("0.01") * Decimal::from(n),
+            "{name}"
+        );
     }
     assert_eq!(x.len(), rows + k);
 }

@@ -948,6 +948,8 @@ pub struct BatchRater<'a> {
     /// stored balance (negative: charges). A RADIUS commit stores its balance less these
     /// (`balance_to_store`); the fold adds them to the stored balance.
     pub(crate) unfolded: Unfolded,
+    /// A failed run could not reload its state from the ledger: memory may be ahead of it.
+    pub stale: bool,
 }
 
 /// Client id to the CDR amounts committed but not folded.
@@ -993,6 +995,7 @@ impl<'a> BatchRater<'a> {
             pause: None,
             id_cache: None,
             unfolded: Unfolded::default(),
+            stale: false,
         })
     }
 
@@ -1028,6 +1031,7 @@ impl<'a> BatchRater<'a> {
             pause: None,
             id_cache: None,
             unfolded: Unfolded::default(),
+            stale: false,
         }
     }
 
@@ -1215,10 +1219,11 @@ impl<'a> BatchRater<'a> {
             // Stage 3: Parquet + ledger.
             let fhash = file_hash.clone();
             let pstr = path_str.clone();
-            let writer = scope.spawn(
-                move || -> Result<(Duration, Duration, Unfolded), BatchError> {
+            let writer = scope.spawn(move || {
+                // The map comes back whatever happens: it says what the ledger holds.
+                let mut unfolded = unfolded;
+                let run = || -> Result<(Duration, Duration), BatchError> {
                     let (mut pq, mut lg) = (Duration::ZERO, Duration::ZERO);
-                    let mut unfolded = unfolded;
                     for (committed, rb) in rated_rx.into_iter().enumerate() {
                         if crash_after == Some(committed as u64) {
                             return Err(BatchError::Io {
@@ -1283,9 +1288,11 @@ impl<'a> BatchRater<'a> {
                         lg += t.elapsed();
                         progress.advanced(rb.bytes);
                     }
-                    Ok((pq, lg, unfolded))
-                },
-            );
+                    Ok((pq, lg))
+                };
+                let r = run();
+                (r, unfolded)
+            });
             // Stage 2: rate, in this thread.
             let stage2 = || -> Result<(), BatchError> {
                 let threads = rayon::current_num_threads().max(1);
@@ -1471,10 +1478,10 @@ impl<'a> BatchRater<'a> {
                 Ok(())
             };
             let r2 = stage2();
-            let rw = writer.join().expect("writer thread does not panic");
-            r2?;
-            let (pq, lg, unfolded) = rw?;
+            let (rw, unfolded) = writer.join().expect("writer thread does not panic");
             *unfolded_back = unfolded;
+            r2?;
+            let (pq, lg) = rw?;
             summary_ref.times.parquet = pq;
             summary_ref.times.ledger = lg;
             Ok(())
@@ -1486,7 +1493,12 @@ impl<'a> BatchRater<'a> {
         }
         if let Err(e) = result {
             // The in-memory state may be ahead of the ledger: reload it before any reuse.
-            self.reload()?;
+            if let Err(r) = self.reload() {
+                // Balances in memory may hold charges the ledger does not: nothing may
+                // commit from this state (`serve` stops; its next start reloads).
+                self.stale = true;
+                return Err(r);
+            }
             return Err(e);
         }
         summary.elapsed = started.elapsed();
@@ -1524,13 +1536,10 @@ impl<'a> BatchRater<'a> {
         self.fold_pending()
     }
 
-    /// The balance a commit stores for `user_id` whose in-memory balance is `in_memory`:
-    /// without the CDR amounts not yet folded (the fold adds them).
-    pub fn balance_to_store(&self, user_id: i64, in_memory: Decimal) -> Decimal {
-        match self.unfolded.get(&user_id) {
-            Some(a) => in_memory.checked_sub(*a).unwrap_or(in_memory),
-            None => in_memory,
-        }
+    /// The CDR amount committed but not yet folded for `user_id`, if any: a commit stores
+    /// the balance less it (the fold adds it).
+    pub fn unfolded_of(&self, user_id: i64) -> Option<Decimal> {
+        self.unfolded.get(&user_id).copied()
     }
 
     /// Reloads the in-memory state from the ledger (after a failed batch).
@@ -1540,6 +1549,7 @@ impl<'a> BatchRater<'a> {
         self.subscribers = Subscribers::load(self.catalog, self.ledger)?;
         self.call_keys = self.ledger.load_call_keys()?;
         self.next_xdr = self.ledger.next_xdr_id()?;
+        self.stale = false;
         Ok(())
     }
 }

@@ -351,7 +351,7 @@ pub fn run(
             core.receive_batch(&mut rater, &mut acct)?;
             if core.spool_current.is_some() {
                 // The next block of the spool file being rated.
-                core.scan_spool(&mut rater);
+                core.scan_spool(&mut rater)?;
             }
             if flusher.as_ref().is_some_and(|f| f.stopped()) {
                 tracing::error!(
@@ -371,14 +371,11 @@ pub fn run(
                     f.answer(ok);
                 }
             }
-            if !commands.is_empty() {
-                // Commands store balances as they are in memory: fold first.
-                if let Err(e) = rater.fold_if_unfolded() {
-                    tracing::error!(error = %e, "folding CDR movements failed; reloading");
-                    core.reload(&mut rater, &mut acct)?;
-                }
-            }
             while let Ok(cmd) = commands.try_recv() {
+                // Commands store balances as they are in memory: fold first (a no-op
+                // unless a spool file is half rated). A failure stops serve: its next
+                // start folds at open.
+                rater.fold_if_unfolded()?;
                 let (disconnect, live) = (&mut core.disconnect, &core.live);
                 execute(catalog, &mut rater, cmd, &mut |id, why| match why {
                     EndSessions::CreditExhausted => {
@@ -1048,12 +1045,15 @@ impl Core<'_> {
             ..Default::default()
         };
         for ch in &fx.charges {
+            // The stored balance leaves out the CDR amounts of a spool file not yet folded
+            // (the fold adds them); journal rows and events use the real balance.
+            if let Some(a) = rater.unfolded_of(ch.user_id) {
+                c.unfolded.insert(ch.user_id, a);
+            }
             c.charges.push((
                 ch.user_id,
                 ch.amount,
-                // Without the CDR amounts of a spool file not yet folded (the fold adds
-                // them to what is stored).
-                rater.balance_to_store(ch.user_id, ch.balance_after),
+                ch.balance_after,
                 ch.idem_key.clone(),
                 ch.legacy_key.clone(),
             ));
@@ -1188,7 +1188,7 @@ impl Core<'_> {
         self.compactor.tick(rater.ledger, now);
         if self.spool_current.is_none() {
             // (A file in hand goes on a block per loop, between RADIUS batches.)
-            self.scan_spool(rater);
+            self.scan_spool(rater)?;
         }
         Ok(())
     }
@@ -1239,13 +1239,13 @@ impl Core<'_> {
     /// Rates CDR files dropped into the spool, a block per call ([`SPOOL_BLOCK_BYTES`]):
     /// the file in hand first, else the first waiting one; moves each to `done/` or
     /// `failed/` once rated to its end.
-    fn scan_spool(&mut self, rater: &mut BatchRater<'_>) {
+    fn scan_spool(&mut self, rater: &mut BatchRater<'_>) -> Result<(), ServeError> {
         let spool = self.catalog.spool_dir.clone();
         let (f, mut so_far) = match self.spool_current.take() {
             Some((f, s)) if f.exists() => (f, s),
             _ => match self.next_spool_file() {
                 Some(f) => (f, crate::batch::FileSummary::default()),
-                None => return,
+                None => return Ok(()),
             },
         };
         let format = self.catalog.spool_format_of(&f);
@@ -1270,11 +1270,16 @@ impl Core<'_> {
                 tracing::error!(file = %f.display(), error = %e, records_before = so_far.records, "spool file failed");
                 move_into(&f, &spool.join("failed"), Some(&e.to_string()));
                 self.live.metrics.cdr_file_failed();
+                if rater.stale {
+                    // Memory may hold charges the ledger does not: stop before any commit.
+                    return Err(ServeError::Batch(e));
+                }
                 self.spool_current = self
                     .next_spool_file()
                     .map(|f| (f, crate::batch::FileSummary::default()));
             }
         }
+        Ok(())
     }
 
     /// The first complete file waiting in the spool (or its per-format subdirectories).

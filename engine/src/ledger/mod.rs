@@ -898,6 +898,9 @@ pub struct RadiusCommit {
     /// Package quota the batch's updates took: (client package id, voice left, data
     /// left), in order.
     pub quota: Vec<crate::packages::QuotaChange>,
+    /// Per user, the CDR amount committed but not yet folded (negative): the stored
+    /// balance is the balance after less it, as the fold will add it.
+    pub unfolded: std::collections::HashMap<i64, Decimal>,
 }
 
 impl Ledger {
@@ -949,7 +952,15 @@ impl Ledger {
                 last.insert(*user_id, *after);
             }
             for (user_id, after) in last {
-                up.execute(params![user_id, after.to_string()])
+                let stored = match b.unfolded.get(&user_id) {
+                    Some(a) => after.checked_sub(*a).ok_or_else(|| {
+                        LedgerError::Rejected(format!(
+                            "balance of user {user_id} out of range with the unfolded CDR amount {a}"
+                        ))
+                    })?,
+                    None => after,
+                };
+                up.execute(params![user_id, stored.to_string()])
                     .map_err(sq)?;
             }
             let mut ss = tx
