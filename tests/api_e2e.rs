@@ -324,6 +324,9 @@ fn one_user_reports_over_many_pages() {
     let env = Env::new_with_users(users, "1000");
     // Independent expectations: prefix 1 at 0.01/min, 60/60, no connect fee.
     let mut expect: Vec<(usize, rust_decimal::Decimal)> = vec![(0, d("0")); users];
+    // Each call's cost, by call id: a report row must come back whole (the report reads
+    // the summary columns of every row, then the rest of the kept rows only).
+    let mut per_call: std::collections::HashMap<String, rust_decimal::Decimal> = Default::default();
     let mut csv =
         String::from("call_id,caller,callee,start_time,duration_s,disposition,account,trunk\n");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -338,8 +341,10 @@ fn one_user_reports_over_many_pages() {
         csv.push_str(&format!(
             "c-{i},5550000,15551230000,2026-11-02T{h:02}:{m:02}:00Z,{dur},ANSWERED,user{u},t1\n"
         ));
+        let cost = rust_decimal::Decimal::from(dur.div_ceil(60)) * d("0.01");
         expect[u].0 += 1;
-        expect[u].1 += rust_decimal::Decimal::from(dur.div_ceil(60)) * d("0.01");
+        expect[u].1 += cost;
+        per_call.insert(format!("c-{i}"), cost);
     }
     let cdrs = env.dir.path().join("cdrs.csv");
     std::fs::write(&cdrs, csv).unwrap();
@@ -402,12 +407,52 @@ fn one_user_reports_over_many_pages() {
             "credit of user{u}"
         );
         assert_eq!(r["report"].as_array().unwrap().len(), *rows);
-        assert!(r["report"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|row| row["username"] == format!("user{u}")));
+        for row in r["report"].as_array().unwrap() {
+            assert_eq!(row["username"], format!("user{u}"));
+            let call = row["unique_id_value"].as_str().unwrap();
+            let cost = d(row["credit_used"].to_string().trim_matches('"'));
+            assert_eq!(cost, per_call[call], "cost of {call}");
+            // Columns outside the summary pass are there too.
+            assert!(
+                row["details"]
+                    .as_array()
+                    .unwrap()
+                    .contains(&json!(["called_number", "15551230000"])),
+                "{row}"
+            );
+            let details = row["charge_rule_details"].as_array().unwrap();
+            let parts: rust_decimal::Decimal =
+                details.iter().map(|p| d(p[3].as_str().unwrap())).sum();
+            assert_eq!(parts, cost, "charge_rule_details of {call}: {row}");
+            assert!(!row["before_credit"].is_null(), "{row}");
+        }
     }
+    // A short page in login order, newest first: the same rows as the whole list's head.
+    let (all, e) = rpc(
+        api,
+        "report.getConnections",
+        admin(
+            &s,
+            json!({"conds": {"username": "user7"}, "from": 0, "to": 10000,
+                   "sort_by": "login_time", "desc": true}),
+        ),
+    );
+    assert_eq!(e, Value::Null, "{e}");
+    let (head, e) = rpc(
+        api,
+        "report.getConnections",
+        admin(
+            &s,
+            json!({"conds": {"username": "user7"}, "from": 2, "to": 7,
+                   "sort_by": "login_time", "desc": true}),
+        ),
+    );
+    assert_eq!(e, Value::Null, "{e}");
+    assert_eq!(head["total_rows"], all["total_rows"]);
+    assert_eq!(
+        head["report"].as_array().unwrap()[..],
+        all["report"].as_array().unwrap()[2..7]
+    );
     // A name between two users' pages, and one after the last: nothing.
     for name in ["user1a", "zzz"] {
         let (r, e) = rpc(

@@ -204,6 +204,9 @@ struct Ranked {
     key: Decimal,
     desc: bool,
     x: OwnedXdr,
+    /// Index of the file the row came from when only its summary columns were read
+    /// ([`read_files`] fetches the rest for the kept rows); `None` when the row is whole.
+    file: Option<usize>,
 }
 
 impl Ord for Ranked {
@@ -264,6 +267,12 @@ impl Page {
 
     /// Counts a matching row and keeps it when it is among the `keep` first.
     fn push(&mut self, x: OwnedXdr) -> Result<(), String> {
+        self.push_from(x, None)
+    }
+
+    /// [`Page::push`] for a row of which only the summary columns were read, from file
+    /// `file` (`None`: the row is whole).
+    fn push_from(&mut self, x: OwnedXdr, file: Option<usize>) -> Result<(), String> {
         let t = &mut self.totals;
         t.rows += 1;
         t.credit = t
@@ -277,6 +286,7 @@ impl Page {
             key: self.order.sort_by.key(&x),
             desc: self.order.desc,
             x,
+            file,
         };
         self.keep_ranked(r);
         Ok(())
@@ -449,9 +459,40 @@ fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Optio
     ))
 }
 
+/// Columns a report row needs before it is known to be kept: the filter's, the totals' and
+/// the sort key's. The other columns are read only for the kept rows.
+fn summary_columns(f: &Filter) -> Vec<&'static str> {
+    let mut c = vec![
+        "xdr_id",
+        "username",
+        "login_time",
+        "logout_time",
+        "duration_seconds",
+        "bytes_in",
+        "bytes_out",
+        "credit_used",
+    ];
+    let optional = [
+        (f.user_ids.is_some(), "user_id"),
+        (f.service.is_some(), "service_type"),
+        (f.successful.is_some(), "status"),
+        (f.ras_ip.is_some(), "nas_ip"),
+        (f.remote_ip.is_some(), "remote_ip"),
+        (f.caller_id.is_some(), "caller_id"),
+    ];
+    c.extend(optional.iter().filter(|(on, _)| *on).map(|(_, n)| *n));
+    c
+}
+
 /// Reads the matching rows of `files` into a page of `order` keeping `keep` rows, a few
 /// files at a time in parallel (one reader per core; files are independent and each read
 /// is mostly decompression), each reader with its own page, merged at the end.
+///
+/// A report page is read in two passes: every matching row's summary columns
+/// ([`summary_columns`]) for the totals and the order, then the whole of the kept rows,
+/// from the few files they are in. A month of one subscriber spans thirty files or more and
+/// each column chunk read costs a codec and a page decompressed, so reading a third of the
+/// columns of every file and all of them from two or three is the cheaper path.
 fn read_files(
     st: &Service,
     files: &[String],
@@ -459,27 +500,122 @@ fn read_files(
     order: Order,
     keep: usize,
 ) -> Result<Page, ServiceError> {
+    let fail = |f: &String, e: parquet::errors::ParquetError| {
+        tracing::error!(file = %f, error = %e, "report: cannot read xDR file");
+        ServiceError::Internal("an xDR file could not be read".into())
+    };
+    let two_pass = keep <= MAX_PAGE;
+    let summary = two_pass.then(|| summary_columns(filter));
+    let parts = in_parallel(
+        files.len(),
+        |out: &mut Page, i| {
+            let file = two_pass.then_some(i);
+            let columns = summary.as_deref();
+            read_matching(
+                st,
+                &st.xdr_root.join(&files[i]),
+                filter,
+                columns,
+                None,
+                &mut |x| out.push_from(x, file),
+            )
+            .map_err(|e| fail(&files[i], e))
+        },
+        || Page::new(order, keep),
+    )?;
+    let mut page = Page::new(order, keep);
+    for p in parts {
+        page.merge(p).map_err(|e| {
+            tracing::error!(error = %e, "report totals");
+            ServiceError::Internal("report totals out of range".into())
+        })?;
+    }
+    if !two_pass {
+        return Ok(page);
+    }
+    // The kept rows whole: by file, the ids to fetch.
+    let mut wanted: std::collections::BTreeMap<usize, std::collections::HashSet<u64>> =
+        Default::default();
+    for r in page.heap.iter() {
+        if let Some(i) = r.file {
+            wanted.entry(i).or_default().insert(r.x.xdr_id);
+        }
+    }
+    let wanted: Vec<(usize, std::collections::HashSet<u64>)> = wanted.into_iter().collect();
+    let fetched = in_parallel(
+        wanted.len(),
+        |out: &mut std::collections::HashMap<u64, OwnedXdr>, k| {
+            let (i, ids) = &wanted[k];
+            read_matching(
+                st,
+                &st.xdr_root.join(&files[*i]),
+                filter,
+                None,
+                Some(ids),
+                &mut |x| {
+                    out.insert(x.xdr_id, x);
+                    Ok(())
+                },
+            )
+            .map_err(|e| fail(&files[*i], e))
+        },
+        Default::default,
+    )?;
+    let mut whole: std::collections::HashMap<u64, OwnedXdr> = Default::default();
+    for part in fetched {
+        whole.extend(part);
+    }
+    let mut rows = std::mem::take(&mut page.heap).into_vec();
+    for r in rows.iter_mut().filter(|r| r.file.is_some()) {
+        // Files never change once listed (a compaction's replaced files stay readable for
+        // its grace period), so the second pass finds every row the first one kept.
+        let Some(x) = whole.remove(&r.x.xdr_id) else {
+            tracing::error!(
+                xdr_id = r.x.xdr_id,
+                "report: a kept row was not found again"
+            );
+            return Err(ServiceError::Internal(
+                "an xDR file changed while read".into(),
+            ));
+        };
+        r.x = x;
+        r.file = None;
+    }
+    page.heap = BinaryHeap::from(rows);
+    Ok(page)
+}
+
+/// Runs `work(acc, i)` for every `i` in `0..n` on one thread per core (at most `n`), each
+/// thread with its own accumulator from `init`; the accumulators, or the first error.
+fn in_parallel<A: Send>(
+    n: usize,
+    work: impl Fn(&mut A, usize) -> Result<(), ServiceError> + Sync,
+    init: impl Fn() -> A + Sync,
+) -> Result<Vec<A>, ServiceError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .min(files.len());
-    let read = |f: &String, out: &mut Page| {
-        read_matching(st, &st.xdr_root.join(f), filter, out).map_err(|e| {
-            tracing::error!(file = %f, error = %e, "report: cannot read xDR file");
-            ServiceError::Internal("an xDR file could not be read".into())
-        })
-    };
+        .min(n);
+    if workers <= 1 {
+        let mut acc = init();
+        for i in 0..n {
+            work(&mut acc, i)?;
+        }
+        return Ok(vec![acc]);
+    }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let parts: Vec<Result<Page, ServiceError>> = std::thread::scope(|scope| {
+    std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut out = Page::new(order, keep);
+                    let mut acc = init();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(f) = files.get(i) else { break };
-                        read(f, &mut out)?;
+                        if i >= n {
+                            break;
+                        }
+                        work(&mut acc, i)?;
                     }
-                    Ok(out)
+                    Ok(acc)
                 })
             })
             .collect();
@@ -490,22 +626,18 @@ fn read_files(
                     .unwrap_or_else(|_| Err(ServiceError::Internal("an xDR reader failed".into())))
             })
             .collect()
-    });
-    let mut page = Page::new(order, keep);
-    for p in parts {
-        page.merge(p?).map_err(|e| {
-            tracing::error!(error = %e, "report totals");
-            ServiceError::Internal("report totals out of range".into())
-        })?;
-    }
-    Ok(page)
+    })
 }
 
+/// The matching rows of one file into `sink`: only `columns` when given (the others stay
+/// empty), only the rows whose id is in `ids` when given.
 fn read_matching(
     st: &Service,
     path: &Path,
     f: &Filter,
-    out: &mut Page,
+    columns: Option<&[&str]>,
+    ids: Option<&std::collections::HashSet<u64>>,
+    sink: &mut dyn FnMut(OwnedXdr) -> Result<(), String>,
 ) -> parquet::errors::Result<()> {
     // A file whose commit the snapshot saw may still be under its temp name (the rename
     // follows the commit); its content is complete either way.
@@ -527,31 +659,65 @@ fn read_matching(
     if let Some(sel) = selection {
         builder = builder.with_row_selection(sel);
     }
+    if let Some(names) = columns {
+        let schema = builder.parquet_schema();
+        let leaves: Vec<usize> = names.iter().filter_map(|n| leaf(schema, n)).collect();
+        let mask = ProjectionMask::leaves(schema, leaves);
+        builder = builder.with_projection(mask);
+    }
+    // Cheap columns first, the others only for rows that pass: the user, then the ids.
+    let mut predicates: Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>> = Vec::new();
     if let Some(user) = f.username.clone() {
-        // Decode the username column first; the other columns only for matching rows.
         let schema = builder.parquet_schema();
         if let Some(col) = leaf(schema, "username") {
             let mask = ProjectionMask::leaves(schema, [col]);
-            let pred = ArrowPredicateFn::new(mask, move |batch: RecordBatch| {
-                let names = batch.column(0).as_any().downcast_ref::<StringArray>();
-                Ok(BooleanArray::from_iter(
-                    (0..batch.num_rows()).map(|i| Some(names.is_some_and(|a| a.value(i) == user))),
-                ))
-            });
-            builder = builder.with_row_filter(RowFilter::new(vec![Box::new(pred)]));
+            predicates.push(Box::new(ArrowPredicateFn::new(
+                mask,
+                move |batch: RecordBatch| {
+                    let names = batch.column(0).as_any().downcast_ref::<StringArray>();
+                    Ok(BooleanArray::from_iter(
+                        (0..batch.num_rows())
+                            .map(|i| Some(names.is_some_and(|a| a.value(i) == user))),
+                    ))
+                },
+            )));
         }
+    }
+    if let Some(ids) = ids {
+        let schema = builder.parquet_schema();
+        if let Some(col) = leaf(schema, "xdr_id") {
+            let mask = ProjectionMask::leaves(schema, [col]);
+            let ids = ids.clone();
+            predicates.push(Box::new(ArrowPredicateFn::new(
+                mask,
+                move |batch: RecordBatch| {
+                    let a = batch.column(0).as_any().downcast_ref::<UInt64Array>();
+                    Ok(BooleanArray::from_iter((0..batch.num_rows()).map(|i| {
+                        Some(a.is_some_and(|a| ids.contains(&a.value(i))))
+                    })))
+                },
+            )));
+        }
+    }
+    if !predicates.is_empty() {
+        builder = builder.with_row_filter(RowFilter::new(predicates));
     }
     let reader = builder.build()?;
     for batch in reader {
         let b = batch.map_err(|e| parquet::errors::ParquetError::General(e.to_string()))?;
-        extract(&b, f, out).map_err(parquet::errors::ParquetError::General)?;
+        extract(&b, f, ids, sink).map_err(parquet::errors::ParquetError::General)?;
     }
     Ok(())
 }
 
-/// The matching rows of one record batch into `out`; an error for a money value beyond a
+/// The matching rows of one record batch (of `ids` when given) into `out`; an error for a money value beyond a
 /// Decimal (a damaged or foreign file), never a panic.
-fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
+fn extract(
+    b: &RecordBatch,
+    f: &Filter,
+    wanted: Option<&std::collections::HashSet<u64>>,
+    out: &mut dyn FnMut(OwnedXdr) -> Result<(), String>,
+) -> Result<(), String> {
     let s = |n: &str| {
         b.column_by_name(n)
             .and_then(|c| c.as_any().downcast_ref::<StringArray>())
@@ -689,7 +855,7 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
             package_seconds: package_seconds.as_ref().map_or(0, |a| a.value(r)),
             package_bytes: package_bytes.as_ref().map_or(0, |a| a.value(r)),
         };
-        if !f.matches(&x) {
+        if !f.matches(&x) || wanted.is_some_and(|w| !w.contains(&x.xdr_id)) {
             continue;
         }
         if let Some(l) = &details {
@@ -734,7 +900,7 @@ fn extract(b: &RecordBatch, f: &Filter, out: &mut Page) -> Result<(), String> {
                 }
             }
         }
-        out.push(x)?;
+        out(x)?;
     }
     Ok(())
 }
@@ -891,7 +1057,8 @@ mod tests {
         let meta = meta.metadata();
         let groups: Vec<usize> = (0..meta.num_row_groups()).collect();
         // One user's 10 rows: at most the two pages around them, never the whole file.
-        let sel = username_pages(meta, &groups, "user01000").expect("page index present");
+        let middle = format!("user{:05}", rows / 20);
+        let sel = username_pages(meta, &groups, &middle).expect("page index present");
         let selected = sel.row_count();
         assert!(
             (10..=2 * PAGE_ROWS).contains(&selected) && selected < rows,

@@ -29,8 +29,7 @@ pub const MONEY_PRECISION: u8 = 38;
 pub const MONEY_SCALE: i8 = 10;
 /// Rows per Parquet row group at most. A file is one block's xDRs of one day (a few hundred
 /// thousand rows) or one outbox flush, so this keeps it to one row group: a one-user read
-/// then opens one column chunk (one dictionary page) per column and file, and the page
-/// index does the rest.
+/// then opens one column chunk per column and file, and the page index does the rest.
 pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 
 /// Errors of the xDR sink.
@@ -456,11 +455,38 @@ impl DetailColumns {
 }
 
 /// Rows per data page at most (the page index then narrows a one-user read to a few pages).
-pub const PAGE_ROWS: usize = 4096;
+pub const PAGE_ROWS: usize = 1024;
+
+/// Largest dictionary page of a column chunk; past it the chunk's later pages are plain.
+pub const DICTIONARY_PAGE_BYTES: usize = 16 * 1024;
+
+/// Columns whose values repeat within a file (everything else is plain).
+const DICTIONARY_COLUMNS: &[&str] = &[
+    "service_type",
+    "status",
+    "group_name",
+    "duration_seconds",
+    "billed_seconds",
+    "bytes_in",
+    "bytes_out",
+    "ras_description",
+    "nas_ip",
+    "remote_ip",
+    "terminate_cause",
+    "destination",
+    "destination_name",
+    "charge_rule_details.list.item.rule",
+    "charge_rule_details.list.item.seconds",
+    "charge_rule_details.list.item.bytes_in",
+    "charge_rule_details.list.item.bytes_out",
+    "refund_of",
+    "package_seconds",
+    "package_bytes",
+];
 
 /// Parquet settings, every knob explicit.
 pub fn writer_properties(expected_rows: usize) -> WriterProperties {
-    WriterProperties::builder()
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(1).expect("zstd level 1"),
         ))
@@ -468,15 +494,17 @@ pub fn writer_properties(expected_rows: usize) -> WriterProperties {
         // Rows are in username order: small pages let a one-user read skip the rest.
         .set_data_page_row_count_limit(PAGE_ROWS)
         .set_statistics_enabled(EnabledStatistics::Chunk)
-        .set_dictionary_enabled(true)
-        // Unique per row: a dictionary only costs time there.
-        .set_column_dictionary_enabled(ColumnPath::from("session_id"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("unique_id_value"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("source"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("xdr_id"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("called_number"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("login_time"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("logout_time"), false)
+        // A one-user read decodes every column chunk's dictionary page whole, whatever rows
+        // it selects: dictionaries only where values repeat (names, addresses, causes,
+        // small counters), each bounded, so a read costs a few small pages per column.
+        // Unique or near-unique columns (ids, times, balances) are plain; zstd packs them.
+        .set_dictionary_enabled(false)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES);
+    for col in DICTIONARY_COLUMNS {
+        let path = ColumnPath::new(col.split('.').map(String::from).collect());
+        b = b.set_column_dictionary_enabled(path, true);
+    }
+    b
         // Statistics where reports prune: time ranges and users.
         .set_column_statistics_enabled(ColumnPath::from("login_time"), EnabledStatistics::Page)
         .set_column_statistics_enabled(ColumnPath::from("logout_time"), EnabledStatistics::Page)
