@@ -428,26 +428,20 @@ fn one_user_reports_over_many_pages() {
         }
     }
     // A short page in login order, newest first: the same rows as the whole list's head.
-    let (all, e) = rpc(
-        api,
-        "report.getConnections",
-        admin(
-            &s,
-            json!({"conds": {"username": "user7"}, "from": 0, "to": 10000,
-                   "sort_by": "login_time", "desc": true}),
-        ),
-    );
-    assert_eq!(e, Value::Null, "{e}");
-    let (head, e) = rpc(
-        api,
-        "report.getConnections",
-        admin(
-            &s,
-            json!({"conds": {"username": "user7"}, "from": 2, "to": 7,
-                   "sort_by": "login_time", "desc": true}),
-        ),
-    );
-    assert_eq!(e, Value::Null, "{e}");
+    let newest_first = |from: usize, to: usize| {
+        let (r, e) = rpc(
+            api,
+            "report.getConnections",
+            admin(
+                &s,
+                json!({"conds": {"username": "user7"}, "from": from, "to": to,
+                       "sort_by": "login_time", "desc": true}),
+            ),
+        );
+        assert_eq!(e, Value::Null, "{e}");
+        r
+    };
+    let (all, head) = (newest_first(0, 10000), newest_first(2, 7));
     assert_eq!(head["total_rows"], all["total_rows"]);
     assert_eq!(
         head["report"].as_array().unwrap()[..],

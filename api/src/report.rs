@@ -710,8 +710,8 @@ fn read_matching(
     Ok(())
 }
 
-/// The matching rows of one record batch (of `ids` when given) into `out`; an error for a money value beyond a
-/// Decimal (a damaged or foreign file), never a panic.
+/// The matching rows of one record batch (only those in `wanted` when given) into `out`; an
+/// error for a money value beyond a Decimal (a damaged or foreign file), never a panic.
 fn extract(
     b: &RecordBatch,
     f: &Filter,
