@@ -599,6 +599,17 @@ pub fn api(a: ApiArgs) -> anyhow::Result<ExitCode> {
             bail!("rating the generated CDRs failed");
         }
         rate_secs = Some(t.elapsed().as_secs_f64());
+        // A month of history as `serve` keeps it: every closed day compacted into one file.
+        let t = std::time::Instant::now();
+        let days = {
+            let _lock = ratel_engine::ledger::DataDirLock::acquire(&files.data_dir)?;
+            let mut ledger = ratel_engine::ledger::Ledger::open(&files.data_dir)?;
+            ratel_engine::compact::compact_closed_days(&mut ledger, chrono::Utc::now().timestamp())?
+        };
+        eprintln!(
+            "ratel bench api: {days} closed day(s) compacted in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
         // The CDR file is only needed to build the data dir.
         let _ = std::fs::remove_file(&files.cdrs);
         std::fs::write(&marker, &want_marker)?;
