@@ -592,9 +592,11 @@ fn in_parallel<A: Send>(
     work: impl Fn(&mut A, usize) -> Result<(), ServiceError> + Sync,
     init: impl Fn() -> A + Sync,
 ) -> Result<Vec<A>, ServiceError> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(n);
+    // Asked once: `available_parallelism` reads the cgroup files (open, read, close) on
+    // every call, twice per report otherwise.
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let workers =
+        (*CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))).min(n);
     if workers <= 1 {
         let mut acc = init();
         for i in 0..n {
