@@ -83,6 +83,19 @@ fn plan_for(ledger: &Ledger, day: &str, now: i64) -> compact::Plan {
     plan
 }
 
+/// Clients u0..u{n-1} in group g, 100 of credit each.
+fn add_users(ledger: &mut Ledger, n: usize) {
+    let users: Vec<NewClient> = (0..n)
+        .map(|u| NewClient {
+            username: Some(format!("u{u}")),
+            group: "g".into(),
+            credit: Decimal::from(100),
+            ..Default::default()
+        })
+        .collect();
+    ledger.add_clients(&users, "test", 0).unwrap();
+}
+
 /// 2,000 calls by 9 users over two UTC days, rated in small blocks: many files per day.
 fn rate_many_small_files(dir: &Path) -> (PathBuf, Catalog) {
     let data = dir.join("data");
@@ -101,15 +114,7 @@ fn rate_many_small_files(dir: &Path) -> (PathBuf, Catalog) {
     let cdrs = dir.join("cdrs.csv");
     std::fs::write(&cdrs, s).unwrap();
     let mut ledger = Ledger::open(&data).unwrap();
-    let users: Vec<NewClient> = (0..9)
-        .map(|u| NewClient {
-            username: Some(format!("u{u}")),
-            group: "g".into(),
-            credit: Decimal::from(100),
-            ..Default::default()
-        })
-        .collect();
-    ledger.add_clients(&users, "test", 0).unwrap();
+    add_users(&mut ledger, 9);
     let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
     rater.block_bytes = 8 << 10;
     rater
@@ -403,15 +408,7 @@ fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     let data = dir.path().join("data");
     let cat = catalog(&data);
     let mut ledger = Ledger::open(&data).unwrap();
-    let users: Vec<NewClient> = (0..3)
-        .map(|u| NewClient {
-            username: Some(format!("u{u}")),
-            group: "g".into(),
-            credit: Decimal::from(100),
-            ..Default::default()
-        })
-        .collect();
-    ledger.add_clients(&users, "test", 0).unwrap();
+    add_users(&mut ledger, 3);
     // Day 1 in two files, day 2 in one, day 4 (not closed at `now`) in two.
     let header = "call_id,caller,callee,start_time,duration_s,disposition,account\n";
     let file = |name: &str, prefix: &str, days: &[u32]| {
