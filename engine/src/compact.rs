@@ -13,6 +13,7 @@
 //! download that listed them just before the swap still reads them.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arrow_array::{
@@ -64,6 +65,9 @@ pub enum CompactError {
     Read { path: String, message: String },
     #[error("{0}")]
     Write(#[from] xdr::SinkError),
+    /// The server is stopping: the merge stopped before writing (nothing left behind).
+    #[error("stopped: the server is shutting down")]
+    Cancelled,
 }
 
 /// The day to compact among the ledger's files, if any: closed at `now`, with
@@ -138,9 +142,23 @@ fn conform(b: &RecordBatch, schema: &arrow_schema::SchemaRef) -> Result<RecordBa
 /// Reads the plan's files, merges their rows in (username, xdr_id) order and writes them
 /// to the merged file under its temp name (fsynced). Returns the file to commit.
 pub fn merge(xdr_root: &Path, plan: &Plan) -> Result<PendingFile, CompactError> {
+    merge_unless(xdr_root, plan, &AtomicBool::new(false))
+}
+
+/// [`merge`], giving up with [`CompactError::Cancelled`] once `stop` is set — checked after
+/// each file read and before the write, so a stopping server waits at most for one file
+/// read or the write in progress, and no temp file is left in the tree.
+pub fn merge_unless(
+    xdr_root: &Path,
+    plan: &Plan,
+    stop: &AtomicBool,
+) -> Result<PendingFile, CompactError> {
     let schema = xdr::schema();
     let mut batches: Vec<RecordBatch> = Vec::new();
     for f in &plan.files {
+        if stop.load(Ordering::Relaxed) {
+            return Err(CompactError::Cancelled);
+        }
         let path = xdr_root.join(&f.path);
         let read_err = |message: String| CompactError::Read {
             path: path.display().to_string(),
@@ -214,6 +232,9 @@ pub fn merge(xdr_root: &Path, plan: &Plan) -> Result<PendingFile, CompactError> 
     let final_path: PathBuf = xdr_root
         .join(&plan.partition)
         .join(format!("compact-{lo:020}-{hi:020}-{}.parquet", order.len()));
+    if stop.load(Ordering::Relaxed) {
+        return Err(CompactError::Cancelled);
+    }
     if let Err(e) = xdr::write_temp_batches(&final_path, &out) {
         let _ = std::fs::remove_file(xdr::temp_path(&final_path));
         return Err(e.into());
@@ -259,13 +280,18 @@ pub fn compact_closed_days(
 /// on the core when the merge is done, and deletes replaced files after their grace.
 #[derive(Default)]
 pub struct Compactor {
-    job: Option<(
-        Plan,
-        std::thread::JoinHandle<Result<PendingFile, CompactError>>,
-    )>,
+    job: Option<Job>,
     last_check: Option<std::time::Instant>,
     /// Plans whose merge failed (a damaged or unreadable file): not tried again as they are.
     failed: Vec<Plan>,
+}
+
+/// A merge running on its thread.
+struct Job {
+    plan: Plan,
+    handle: std::thread::JoinHandle<Result<PendingFile, CompactError>>,
+    /// Set at a graceful stop: the merge gives up before its write.
+    stop: Arc<AtomicBool>,
 }
 
 /// How often the core looks for a day to compact.
@@ -277,37 +303,12 @@ impl Compactor {
         if let Err(e) = ledger.empty_xdr_trash(now) {
             tracing::warn!(error = %e, "deleting replaced xDR files failed; will retry");
         }
-        if let Some((_, h)) = &self.job {
-            if !h.is_finished() {
+        if let Some(job) = &self.job {
+            if !job.handle.is_finished() {
                 return;
             }
-            let (plan, h) = self.job.take().expect("checked above");
-            match h.join() {
-                Ok(Ok(merged)) => {
-                    let files = plan.files.len();
-                    match ledger.commit_compaction(&plan.files, &merged, now + GRACE_SECS) {
-                        Ok(()) => {
-                            tracing::info!(day = %plan.partition, files, rows = merged.rows, file = %merged.final_path.display(), "xDR files of a closed day compacted into one");
-                            // More days may wait: look again at once.
-                            self.last_check = None;
-                        }
-                        Err(e) => {
-                            // Not the place to remove the merged file: the error may have
-                            // come after the commit (commit_compaction removes it when
-                            // nothing was committed).
-                            tracing::warn!(day = %plan.partition, error = %e, "compaction failed; will retry");
-                        }
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(day = %plan.partition, error = %e, "compaction failed; the day is tried again once its files change");
-                    self.remember_failed(plan);
-                }
-                Err(_) => {
-                    tracing::error!(day = %plan.partition, "compaction thread panicked");
-                    self.remember_failed(plan);
-                }
-            }
+            let job = self.job.take().expect("checked above");
+            self.settle(ledger, job, now);
         }
         if self.last_check.is_some_and(|t| t.elapsed() < CHECK_EVERY) {
             return;
@@ -324,12 +325,48 @@ impl Compactor {
             return;
         };
         let (root, p) = (ledger.xdr_root().to_path_buf(), plan.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
         match std::thread::Builder::new()
             .name("xdr-compact".into())
-            .spawn(move || merge(&root, &p))
+            .spawn(move || merge_unless(&root, &p, &flag))
         {
-            Ok(h) => self.job = Some((plan, h)),
+            Ok(handle) => self.job = Some(Job { plan, handle, stop }),
             Err(e) => tracing::warn!(error = %e, "cannot start the compaction thread"),
+        }
+    }
+
+    /// Commits a finished merge, or records why it failed.
+    fn settle(&mut self, ledger: &mut crate::ledger::Ledger, job: Job, now: i64) {
+        let Job { plan, handle, .. } = job;
+        match handle.join() {
+            Ok(Ok(merged)) => {
+                let files = plan.files.len();
+                match ledger.commit_compaction(&plan.files, &merged, now + GRACE_SECS) {
+                    Ok(()) => {
+                        tracing::info!(day = %plan.partition, files, rows = merged.rows, file = %merged.final_path.display(), "xDR files of a closed day compacted into one");
+                        // More days may wait: look again at once.
+                        self.last_check = None;
+                    }
+                    Err(e) => {
+                        // Not the place to remove the merged file: the error may have
+                        // come after the commit (commit_compaction removes it when
+                        // nothing was committed).
+                        tracing::warn!(day = %plan.partition, error = %e, "compaction failed; will retry");
+                    }
+                }
+            }
+            Ok(Err(CompactError::Cancelled)) => {
+                tracing::info!(day = %plan.partition, "compaction stopped with the server; the day is compacted after the next start");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(day = %plan.partition, error = %e, "compaction failed; the day is tried again once its files change");
+                self.remember_failed(plan);
+            }
+            Err(_) => {
+                tracing::error!(day = %plan.partition, "compaction thread panicked");
+                self.remember_failed(plan);
+            }
         }
     }
 
@@ -342,12 +379,14 @@ impl Compactor {
         self.failed.push(plan);
     }
 
-    /// At a graceful stop: commits a merge that is done; one still running is abandoned
-    /// (its temp file is removed at the next open, the day compacted again later).
+    /// At a graceful stop: a merge still running is told to stop and waited for (it gives
+    /// up before its write, or finishes the write in progress); a merge that finished is
+    /// committed. Nothing is left in the tree: a temp file there means a crash, which the
+    /// next open repairs.
     pub fn finish(&mut self, ledger: &mut crate::ledger::Ledger, now: i64) {
-        if self.job.as_ref().is_some_and(|(_, h)| h.is_finished()) {
-            self.last_check = Some(std::time::Instant::now());
-            self.tick(ledger, now);
+        if let Some(job) = self.job.take() {
+            job.stop.store(true, Ordering::Relaxed);
+            self.settle(ledger, job, now);
         }
     }
 }

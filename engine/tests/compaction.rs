@@ -4,6 +4,7 @@
 //! `Ledger::open`; files written before newer columns existed merge with those columns
 //! null/0.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use arrow_array::{Array, Decimal128Array, Int64Array, StringArray, UInt64Array};
@@ -461,4 +462,52 @@ fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     assert_eq!(files_in(&day(2)), day2);
     assert_eq!(files_in(&day(4)).len(), 2);
     assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 0);
+}
+
+/// A graceful stop while a merge runs (`Compactor::finish` right after the tick that
+/// started it): the merge either gave up before writing or finished and was committed —
+/// the day's directory holds only the files the ledger lists, every row once, and no temp
+/// file (before, the merge was abandoned and its temp file stayed in the tree until the
+/// next open).
+#[test]
+fn a_graceful_stop_leaves_no_merge_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, _cat) = rate_many_small_files(dir.path());
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp();
+    let _lock = DataDirLock::acquire(&data).unwrap();
+    let mut ledger = Ledger::open(&data).unwrap();
+    let mut before: Vec<_> = ["date=2026-10-01", "date=2026-10-02"]
+        .iter()
+        .flat_map(|d| files_in(&data.join("xdr").join(d)))
+        .flat_map(|f| rows_of(&f))
+        .collect();
+    // Told to stop before it starts: it gives up, nothing written.
+    let plan = plan_for(&ledger, "date=2026-10-01", now);
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let e = compact::merge_unless(ledger.xdr_root(), &plan, &stop).unwrap_err();
+    assert!(matches!(e, compact::CompactError::Cancelled), "{e}");
+    let mut c = compact::Compactor::default();
+    c.tick(&mut ledger, now);
+    c.finish(&mut ledger, now);
+    let listed: HashSet<PathBuf> = ledger
+        .xdr_day_files()
+        .unwrap()
+        .into_iter()
+        .map(|f| ledger.xdr_root().join(f.path))
+        .collect();
+    let mut after = Vec::new();
+    for d in ["date=2026-10-01", "date=2026-10-02"] {
+        for f in files_in(&data.join("xdr").join(d)) {
+            assert!(
+                listed.contains(&f),
+                "{f:?} in the tree but not in the ledger"
+            );
+            after.extend(rows_of(&f));
+        }
+    }
+    before.sort();
+    after.sort();
+    assert_eq!(after, before);
 }
