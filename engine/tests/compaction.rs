@@ -84,6 +84,13 @@ fn plan_for(ledger: &Ledger, day: &str, now: i64) -> compact::Plan {
     plan
 }
 
+/// 2026-10-05 00:00 UTC: both days `rate_many_small_files` writes are closed.
+fn both_days_closed() -> i64 {
+    chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
+        .unwrap()
+        .timestamp()
+}
+
 /// Clients u0..u{n-1} in group g, 100 of credit each.
 fn add_users(ledger: &mut Ledger, n: usize) {
     let users: Vec<NewClient> = (0..n)
@@ -134,9 +141,7 @@ fn a_closed_day_is_merged_in_order_and_the_old_files_go_after_their_grace() {
     let before_files = files_in(&day);
     assert!(before_files.len() >= compact::MIN_FILES, "{before_files:?}");
     let mut before: Vec<_> = before_files.iter().flat_map(|f| rows_of(f)).collect();
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
-        .unwrap()
-        .timestamp();
+    let now = both_days_closed();
     // Not closed yet an hour before its end + CLOSED_AFTER: nothing to do.
     let early = chrono::DateTime::parse_from_rfc3339("2026-10-02T00:30:00Z")
         .unwrap()
@@ -197,9 +202,7 @@ fn a_closed_day_is_merged_in_order_and_the_old_files_go_after_their_grace() {
 fn a_crash_on_either_side_of_the_commit_is_repaired_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _cat) = rate_many_small_files(dir.path());
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
-        .unwrap()
-        .timestamp();
+    let now = both_days_closed();
     let day = data.join("xdr").join("date=2026-10-01");
     let n_before = files_in(&day).len();
     {
@@ -271,9 +274,7 @@ fn a_crash_on_either_side_of_the_commit_is_repaired_at_open() {
 fn replaced_files_a_failed_move_left_in_the_tree_are_moved_by_the_next_sweep() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _cat) = rate_many_small_files(dir.path());
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
-        .unwrap()
-        .timestamp();
+    let now = both_days_closed();
     let day = data.join("xdr").join("date=2026-10-01");
     let _lock = DataDirLock::acquire(&data).unwrap();
     let mut ledger = Ledger::open(&data).unwrap();
@@ -307,9 +308,7 @@ fn replaced_files_a_failed_move_left_in_the_tree_are_moved_by_the_next_sweep() {
 fn a_file_that_reads_short_is_not_merged() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _cat) = rate_many_small_files(dir.path());
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
-        .unwrap()
-        .timestamp();
+    let now = both_days_closed();
     let _lock = DataDirLock::acquire(&data).unwrap();
     let ledger = Ledger::open(&data).unwrap();
     let mut plan = plan_for(&ledger, "date=2026-10-01", now);
@@ -340,9 +339,7 @@ fn a_failed_day_is_passed_over_until_its_files_change() {
             .map(|i| f(&format!("date={d}/f{i}.parquet")))
             .collect()
     };
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
-        .unwrap()
-        .timestamp();
+    let now = both_days_closed();
     let mut files = day("2026-10-01", 9);
     files.extend(day("2026-10-02", 8));
     let bad = compact::choose(files.clone(), now).unwrap();
@@ -359,9 +356,7 @@ fn a_failed_day_is_passed_over_until_its_files_change() {
 /// not stay tens of thousands of files for ever.
 #[test]
 fn a_day_beyond_max_rows_is_compacted_in_parts() {
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
-        .unwrap()
-        .timestamp();
+    let now = both_days_closed();
     let per = compact::MAX_ROWS / 1000;
     let mut files: Vec<compact::DayFile> = (0..3000)
         .map(|i| compact::DayFile {
@@ -473,9 +468,7 @@ fn every_closed_day_of_two_files_or_more_becomes_one_file() {
 fn a_graceful_stop_leaves_no_merge_behind() {
     let dir = tempfile::tempdir().unwrap();
     let (data, _cat) = rate_many_small_files(dir.path());
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
-        .unwrap()
-        .timestamp();
+    let now = both_days_closed();
     let _lock = DataDirLock::acquire(&data).unwrap();
     let mut ledger = Ledger::open(&data).unwrap();
     let mut before: Vec<_> = ["date=2026-10-01", "date=2026-10-02"]
