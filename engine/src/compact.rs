@@ -265,14 +265,26 @@ pub fn compact_closed_days(
             return Ok(done);
         };
         let merged = merge(ledger.xdr_root(), &plan)?;
-        if let Err(e) = ledger.commit_compaction(&plan.files, &merged, now + GRACE_SECS) {
+        if let Err(e) = swap_in(ledger, &plan, &merged, now) {
             tracing::warn!(day = %plan.partition, error = %e, "compaction failed");
             failed.push(plan);
             continue;
         }
-        tracing::info!(day = %plan.partition, files = plan.files.len(), rows = merged.rows, "xDR files of a closed day compacted into one");
         done += 1;
     }
+}
+
+/// Commits a merged file in place of the plan's files (their deletion due after
+/// [`GRACE_SECS`]) and says so in the log.
+fn swap_in(
+    ledger: &mut crate::ledger::Ledger,
+    plan: &Plan,
+    merged: &PendingFile,
+    now: i64,
+) -> Result<(), crate::ledger::LedgerError> {
+    ledger.commit_compaction(&plan.files, merged, now + GRACE_SECS)?;
+    tracing::info!(day = %plan.partition, files = plan.files.len(), rows = merged.rows, file = %merged.final_path.display(), "xDR files of a closed day compacted into one");
+    Ok(())
 }
 
 /// Drives compaction from the serve core's housekeeping: looks for a day to compact every
@@ -341,10 +353,8 @@ impl Compactor {
         let Job { plan, handle, .. } = job;
         match handle.join() {
             Ok(Ok(merged)) => {
-                let files = plan.files.len();
-                match ledger.commit_compaction(&plan.files, &merged, now + GRACE_SECS) {
+                match swap_in(ledger, &plan, &merged, now) {
                     Ok(()) => {
-                        tracing::info!(day = %plan.partition, files, rows = merged.rows, file = %merged.final_path.display(), "xDR files of a closed day compacted into one");
                         // More days may wait: look again at once.
                         self.last_check = None;
                     }
