@@ -478,9 +478,16 @@ impl Subscribers {
                 .username
                 .cmp(&self.users[b as usize].username)
         });
+        // Equal names share a rank (an account name reused over time): ranks order rows
+        // exactly as their names do.
         self.name_rank = vec![0; idx.len()];
-        for (rank, &i) in idx.iter().enumerate() {
-            self.name_rank[i as usize] = rank as u32;
+        let mut rank = 0u32;
+        for (k, &i) in idx.iter().enumerate() {
+            if k > 0 && self.users[i as usize].username != self.users[idx[k - 1] as usize].username
+            {
+                rank += 1;
+            }
+            self.name_rank[i as usize] = rank;
         }
     }
 
@@ -763,9 +770,10 @@ impl RatedCdr<'_> {
 }
 
 /// Writes rated records in (username, xdr_id) order so that a reader looking for one
-/// subscriber prunes pages by the username page index (ARCHITECTURE.md). Known users sort
-/// by their precomputed name rank (integer compares); accounts that are not subscribers
-/// go last, by name.
+/// subscriber prunes pages by the username page index (ARCHITECTURE.md), and a compaction
+/// merges a day's files as sorted runs. Two subscribers compare by their precomputed name
+/// rank (integer compares); an account that is not a subscriber (its name is the row's
+/// username) by name.
 fn xdr_order<'o, 'a>(subs: &Subscribers, outcomes: &'o [Outcome<'a>]) -> Vec<&'o RatedCdr<'a>> {
     use rayon::prelude::*;
     let mut order: Vec<(u32, u64, &RatedCdr<'_>)> = outcomes
@@ -781,16 +789,19 @@ fn xdr_order<'o, 'a>(subs: &Subscribers, outcomes: &'o [Outcome<'a>]) -> Vec<&'o
             _ => None,
         })
         .collect();
+    fn name<'x>(subs: &'x Subscribers, e: &'x (u32, u64, &'x RatedCdr<'x>)) -> &'x str {
+        match e.2.user {
+            Some(ui) if e.0 != u32::MAX => subs.users[ui as usize].username.as_str(),
+            _ => e.2.cdr.account.as_ref(),
+        }
+    }
     order.par_sort_unstable_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| {
-                if a.0 == u32::MAX {
-                    a.2.cdr.account.cmp(&b.2.cdr.account)
-                } else {
-                    std::cmp::Ordering::Equal
-                }
-            })
-            .then(a.1.cmp(&b.1))
+        if a.0 != u32::MAX && b.0 != u32::MAX {
+            a.0.cmp(&b.0)
+        } else {
+            name(subs, a).cmp(name(subs, b))
+        }
+        .then(a.1.cmp(&b.1))
     });
     order.into_iter().map(|(_, _, r)| r).collect()
 }

@@ -145,10 +145,282 @@ pub fn merge(xdr_root: &Path, plan: &Plan) -> Result<PendingFile, CompactError> 
     merge_unless(xdr_root, plan, &AtomicBool::new(false))
 }
 
-/// [`merge`], giving up with [`CompactError::Cancelled`] once `stop` is set — checked after
-/// each file read and before the write, so a stopping server waits at most for one file
-/// read or the write in progress, and no temp file is left in the tree.
+/// [`merge`], giving up with [`CompactError::Cancelled`] once `stop` is set — checked
+/// every output batch, so a stopping server waits at most for one batch, and no temp file
+/// is left in the tree.
+///
+/// The files are streamed through a k-way merge (each is in (username, xdr_id) order
+/// already): what is held is a batch per file and one output batch, not the day. A file
+/// found out of that order (written by an older version) sends the day through
+/// [`merge_in_memory`] instead.
 pub fn merge_unless(
+    xdr_root: &Path,
+    plan: &Plan,
+    stop: &AtomicBool,
+) -> Result<PendingFile, CompactError> {
+    match merge_streaming(xdr_root, plan, stop) {
+        Err(Streaming::NotSorted(path)) => {
+            tracing::info!(day = %plan.partition, file = %path, "an xDR file not in (username, xdr_id) order: this day is merged in memory");
+            merge_in_memory(xdr_root, plan, stop)
+        }
+        Err(Streaming::Failed(e)) => Err(e),
+        Ok(merged) => Ok(merged),
+    }
+}
+
+/// Why a streaming merge stopped.
+enum Streaming {
+    /// A file's rows are not in (username, xdr_id) order (nothing was left behind).
+    NotSorted(String),
+    Failed(CompactError),
+}
+
+impl From<CompactError> for Streaming {
+    fn from(e: CompactError) -> Self {
+        Streaming::Failed(e)
+    }
+}
+
+/// Rows held per input file at most: 512k rows over the files, between 1,024 and 65,536
+/// each.
+fn input_batch_rows(files: usize) -> usize {
+    (512 * 1024 / files.max(1)).clamp(1024, OUT_BATCH_ROWS)
+}
+
+/// One input of the streaming merge: a file read batch by batch.
+struct Run {
+    path: String,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    /// Its current batch's place in the merge's batch list.
+    slot: usize,
+    users: StringArray,
+    ids: UInt64Array,
+    row: usize,
+}
+
+impl Run {
+    fn key(&self) -> (&str, u64) {
+        (self.users.value(self.row), self.ids.value(self.row))
+    }
+
+    /// The next non-empty batch of the file (conformed), with its key columns; `None` at
+    /// the end.
+    fn next_batch(
+        &mut self,
+        schema: &arrow_schema::SchemaRef,
+    ) -> Result<Option<(RecordBatch, StringArray, UInt64Array)>, CompactError> {
+        let read_err = |message: String| CompactError::Read {
+            path: self.path.clone(),
+            message,
+        };
+        for b in self.reader.by_ref() {
+            let b = conform(&b.map_err(|e| read_err(e.to_string()))?, schema).map_err(read_err)?;
+            if b.num_rows() == 0 {
+                continue;
+            }
+            let (u, id) = key_columns(&b);
+            return Ok(Some((b, u, id)));
+        }
+        Ok(None)
+    }
+}
+
+/// A file of a plan, opened to be read `batch_rows` rows at a time; its path for errors.
+fn open_input(
+    xdr_root: &Path,
+    f: &DayFile,
+    batch_rows: usize,
+) -> Result<
+    (
+        String,
+        parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    ),
+    CompactError,
+> {
+    let path = xdr_root.join(&f.path);
+    let read_err = |message: String| CompactError::Read {
+        path: path.display().to_string(),
+        message,
+    };
+    // Under its temp name still if the rename after its commit failed.
+    let file = xdr::open_listed(&path).map_err(|e| read_err(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.with_batch_size(batch_rows).build())
+        .map_err(|e| read_err(e.to_string()))?;
+    Ok((path.display().to_string(), reader))
+}
+
+/// The (username, xdr_id) columns of a conformed batch.
+fn key_columns(b: &RecordBatch) -> (StringArray, UInt64Array) {
+    let u = b
+        .column_by_name("username")
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .cloned()
+        .expect("conformed to the schema");
+    let id = b
+        .column_by_name("xdr_id")
+        .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
+        .cloned()
+        .expect("conformed to the schema");
+    (u, id)
+}
+
+fn merge_streaming(
+    xdr_root: &Path,
+    plan: &Plan,
+    stop: &AtomicBool,
+) -> Result<PendingFile, Streaming> {
+    let schema = xdr::schema();
+    let batch_rows = input_batch_rows(plan.files.len());
+    let mut slots: Vec<RecordBatch> = Vec::new();
+    let mut runs: Vec<Run> = Vec::with_capacity(plan.files.len());
+    for f in &plan.files {
+        let (path, reader) = open_input(xdr_root, f, batch_rows)?;
+        let mut run = Run {
+            path,
+            reader,
+            slot: 0,
+            users: StringArray::from(Vec::<&str>::new()),
+            ids: UInt64Array::from(Vec::<u64>::new()),
+            row: 0,
+        };
+        if let Some((b, u, id)) = run.next_batch(&schema)? {
+            run.slot = slots.len();
+            slots.push(b);
+            (run.users, run.ids) = (u, id);
+            runs.push(run);
+        }
+    }
+    // A min-heap of runs by their current key (ties by run: deterministic).
+    let less = |runs: &[Run], a: usize, b: usize| (runs[a].key(), a) < (runs[b].key(), b);
+    let sift_down = |runs: &[Run], heap: &mut [usize], mut i: usize| loop {
+        let (l, r) = (2 * i + 1, 2 * i + 2);
+        let mut m = i;
+        if l < heap.len() && less(runs, heap[l], heap[m]) {
+            m = l;
+        }
+        if r < heap.len() && less(runs, heap[r], heap[m]) {
+            m = r;
+        }
+        if m == i {
+            break;
+        }
+        heap.swap(i, m);
+        i = m;
+    };
+    let mut heap: Vec<usize> = (0..runs.len()).collect();
+    for i in (0..heap.len() / 2).rev() {
+        sift_down(&runs, &mut heap, i);
+    }
+    let expected: u64 = plan.files.iter().map(|f| f.rows).sum();
+    let dir = xdr_root.join(&plan.partition);
+    let merging = dir.join("compact-merging.parquet");
+    let mut out = xdr::TempWriter::create(&merging, schema.clone(), expected as usize)
+        .map_err(CompactError::from)?;
+    let mut pending: Vec<(usize, usize)> = Vec::with_capacity(OUT_BATCH_ROWS);
+    let (mut rows, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
+    let result = (|| -> Result<(), Streaming> {
+        while let Some(&top) = heap.first() {
+            let run = &mut runs[top];
+            let id = run.ids.value(run.row);
+            (lo, hi) = (lo.min(id), hi.max(id));
+            pending.push((run.slot, run.row));
+            rows += 1;
+            if run.row + 1 < run.users.len() {
+                run.row += 1;
+                let prev = (run.users.value(run.row - 1), run.ids.value(run.row - 1));
+                if prev >= run.key() {
+                    return Err(Streaming::NotSorted(run.path.clone()));
+                }
+            } else {
+                match run.next_batch(&schema)? {
+                    Some((b, u, id)) => {
+                        let last = (run.users.value(run.row), run.ids.value(run.row));
+                        if last >= (u.value(0), id.value(0)) {
+                            return Err(Streaming::NotSorted(run.path.clone()));
+                        }
+                        run.slot = slots.len();
+                        slots.push(b);
+                        (run.users, run.ids, run.row) = (u, id, 0);
+                    }
+                    None => {
+                        let last = heap.pop().expect("not empty");
+                        if !heap.is_empty() {
+                            heap[0] = last;
+                        }
+                    }
+                }
+            }
+            sift_down(&runs, &mut heap, 0);
+            if pending.len() == OUT_BATCH_ROWS || heap.is_empty() {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(CompactError::Cancelled.into());
+                }
+                let refs: Vec<&RecordBatch> = slots.iter().collect();
+                let b = arrow_select::interleave::interleave_record_batch(&refs, &pending)
+                    .map_err(|e| CompactError::Read {
+                        path: plan.partition.clone(),
+                        message: e.to_string(),
+                    })?;
+                out.write(&b).map_err(CompactError::from)?;
+                pending.clear();
+                // Keep only the batches the runs are still reading.
+                let live: Vec<RecordBatch> = runs
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let b = slots[r.slot].clone();
+                        r.slot = i;
+                        b
+                    })
+                    .collect();
+                slots = live;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        out.abandon();
+        return Err(e);
+    }
+    // Every row the ledger recorded, no more, no less: a file that reads short (or long)
+    // is not merged (its rows would be lost, or counted twice, with the swap).
+    if rows != expected {
+        out.abandon();
+        return Err(CompactError::Read {
+            path: plan.partition.clone(),
+            message: format!("the files hold {rows} rows where the ledger recorded {expected}"),
+        }
+        .into());
+    }
+    let tmp = out.finish().map_err(CompactError::from)?;
+    let final_path = dir.join(format!("compact-{lo:020}-{hi:020}-{rows}.parquet"));
+    let io = |e: std::io::Error| {
+        let _ = std::fs::remove_file(&tmp);
+        CompactError::Write(xdr::SinkError::Io {
+            path: tmp.display().to_string(),
+            source: e,
+        })
+    };
+    std::fs::rename(&tmp, xdr::temp_path(&final_path)).map_err(io)?;
+    xdr::sync_dir(&dir).map_err(|e| {
+        let _ = std::fs::remove_file(xdr::temp_path(&final_path));
+        CompactError::Write(xdr::SinkError::Io {
+            path: dir.display().to_string(),
+            source: e,
+        })
+    })?;
+    Ok(PendingFile {
+        final_path,
+        rows,
+        min_login: plan.files.iter().map(|f| f.min_login).min().unwrap_or(0),
+        max_logout: plan.files.iter().map(|f| f.max_logout).max().unwrap_or(0),
+    })
+}
+
+/// The merge with every row in memory, sorted at once: for a day with a file out of
+/// (username, xdr_id) order. Gives up like [`merge_unless`].
+fn merge_in_memory(
     xdr_root: &Path,
     plan: &Plan,
     stop: &AtomicBool,
@@ -159,16 +431,11 @@ pub fn merge_unless(
         if stop.load(Ordering::Relaxed) {
             return Err(CompactError::Cancelled);
         }
-        let path = xdr_root.join(&f.path);
+        let (path, reader) = open_input(xdr_root, f, OUT_BATCH_ROWS)?;
         let read_err = |message: String| CompactError::Read {
-            path: path.display().to_string(),
+            path: path.clone(),
             message,
         };
-        // Under its temp name still if the rename after its commit failed.
-        let file = xdr::open_listed(&path).map_err(|e| read_err(e.to_string()))?;
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .and_then(|b| b.with_batch_size(OUT_BATCH_ROWS).build())
-            .map_err(|e| read_err(e.to_string()))?;
         for b in reader {
             let b = b.map_err(|e| read_err(e.to_string()))?;
             batches.push(conform(&b, &schema).map_err(read_err)?);
@@ -177,22 +444,7 @@ pub fn merge_unless(
     // The merge order: (username, xdr_id) across every batch.
     let mut order: Vec<(usize, usize)> = Vec::new();
     let mut keys: Vec<(&str, u64)> = Vec::new();
-    let cols: Vec<(StringArray, UInt64Array)> = batches
-        .iter()
-        .map(|b| {
-            let u = b
-                .column_by_name("username")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .cloned()
-                .expect("conformed to the schema");
-            let id = b
-                .column_by_name("xdr_id")
-                .and_then(|c| c.as_any().downcast_ref::<UInt64Array>())
-                .cloned()
-                .expect("conformed to the schema");
-            (u, id)
-        })
-        .collect();
+    let cols: Vec<(StringArray, UInt64Array)> = batches.iter().map(key_columns).collect();
     for (bi, (u, id)) in cols.iter().enumerate() {
         for r in 0..u.len() {
             order.push((bi, r));

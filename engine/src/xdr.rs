@@ -4,7 +4,7 @@
 //! final name happens after the ledger commit — see [`crate::store`]).
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -580,92 +580,175 @@ pub fn write_temp(final_path: &Path, batch: &RecordBatch) -> Result<PathBuf, Sin
 }
 
 /// Writes `batches` (one schema, in order) as one file durably under the temp name of
-/// `final_path`. Row groups hold up to [`ROW_GROUP_ROWS`] rows; the columns of a row group
-/// are encoded in parallel (rayon), then appended in schema order.
+/// `final_path`. Row groups hold up to [`ROW_GROUP_ROWS`] rows; the columns of each batch
+/// are encoded in parallel (rayon).
 pub fn write_temp_batches(
     final_path: &Path,
     batches: &[RecordBatch],
 ) -> Result<PathBuf, SinkError> {
-    use rayon::prelude::*;
-    let tmp = temp_path(final_path);
-    let io = |source| SinkError::Io {
-        path: tmp.display().to_string(),
-        source,
-    };
-    let pq = |e: parquet::errors::ParquetError| SinkError::Parquet {
-        path: tmp.display().to_string(),
-        message: e.to_string(),
-    };
     let schema = match batches.first() {
         Some(b) => b.schema(),
         None => self::schema(),
     };
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let dir = final_path.parent().expect("xdr files live in a directory");
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let file = File::create(&tmp).map_err(io)?;
-    // ArrowWriter sets up the Parquet schema and the embedded Arrow schema; its lower-level
-    // halves then let each column be encoded on its own thread.
-    let (mut writer, factory) = ArrowWriter::try_new(
-        BufWriter::with_capacity(1 << 20, file),
-        schema.clone(),
-        Some(writer_properties(rows)),
-    )
-    .and_then(|w| w.into_serialized_writer())
-    .map_err(pq)?;
-    // Row groups: consecutive slices of the batches, ROW_GROUP_ROWS rows each at most.
-    let mut groups: Vec<Vec<RecordBatch>> = Vec::new();
-    let mut in_group = ROW_GROUP_ROWS;
+    let mut w = TempWriter::create(final_path, schema, rows)?;
     for b in batches {
+        if let Err(e) = w.write(b) {
+            w.abandon();
+            return Err(e);
+        }
+    }
+    w.finish()
+}
+
+/// An xDR file written batch by batch under the temp name of its final path: what it holds
+/// in memory is the open row group's encoded pages and the batch being written, not the
+/// file's rows (a compaction streams a day through it).
+pub struct TempWriter {
+    tmp: PathBuf,
+    dir: PathBuf,
+    schema: SchemaRef,
+    writer: parquet::file::writer::SerializedFileWriter<BufWriter<File>>,
+    factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
+    /// The open row group's column writers (empty when none is open) and its rows so far.
+    columns: Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>,
+    groups: usize,
+    in_group: usize,
+}
+
+impl TempWriter {
+    /// Creates the temp file of `final_path` (and its directory). `expected_rows` sizes the
+    /// username bloom filter.
+    pub fn create(
+        final_path: &Path,
+        schema: SchemaRef,
+        expected_rows: usize,
+    ) -> Result<Self, SinkError> {
+        let tmp = temp_path(final_path);
+        let dir = final_path
+            .parent()
+            .expect("xdr files live in a directory")
+            .to_path_buf();
+        let io = |source| SinkError::Io {
+            path: tmp.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let file = File::create(&tmp).map_err(io)?;
+        // ArrowWriter sets up the Parquet schema and the embedded Arrow schema; its
+        // lower-level halves then let each column be encoded on its own thread.
+        let (writer, factory) = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            schema.clone(),
+            Some(writer_properties(expected_rows)),
+        )
+        .and_then(|w| w.into_serialized_writer())
+        .map_err(|e| parquet_err(&tmp, e))?;
+        Ok(TempWriter {
+            tmp,
+            dir,
+            schema,
+            writer,
+            factory,
+            columns: Vec::new(),
+            groups: 0,
+            in_group: 0,
+        })
+    }
+
+    /// Appends `batch`'s rows (row groups close at [`ROW_GROUP_ROWS`]).
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), SinkError> {
         let mut off = 0;
-        while off < b.num_rows() {
-            if in_group == ROW_GROUP_ROWS {
-                groups.push(Vec::new());
-                in_group = 0;
+        while off < batch.num_rows() {
+            if self.columns.is_empty() {
+                self.columns = self
+                    .factory
+                    .create_column_writers(self.groups)
+                    .map_err(|e| parquet_err(&self.tmp, e))?;
+                self.in_group = 0;
             }
-            let n = (b.num_rows() - off).min(ROW_GROUP_ROWS - in_group);
-            groups.last_mut().expect("pushed").push(b.slice(off, n));
+            let n = (batch.num_rows() - off).min(ROW_GROUP_ROWS - self.in_group);
+            self.write_slice(&batch.slice(off, n))?;
             off += n;
-            in_group += n;
+            self.in_group += n;
+            if self.in_group == ROW_GROUP_ROWS {
+                self.close_group()?;
+            }
         }
+        Ok(())
     }
-    for (g, slices) in groups.iter().enumerate() {
-        // Leaf columns of every slice, in the order of the column writers.
-        let leaves: Vec<Vec<ArrowLeafColumn>> = slices
-            .iter()
-            .map(|b| {
-                let mut out = Vec::new();
-                for (field, col) in schema.fields().iter().zip(b.columns()) {
-                    out.extend(compute_leaves(field, col)?);
-                }
-                Ok(out)
-            })
-            .collect::<parquet::errors::Result<_>>()
-            .map_err(pq)?;
-        let chunks: Vec<ArrowColumnChunk> = factory
-            .create_column_writers(g)
-            .map_err(pq)?
+
+    fn write_slice(&mut self, b: &RecordBatch) -> Result<(), SinkError> {
+        use rayon::prelude::*;
+        let mut leaves: Vec<ArrowLeafColumn> = Vec::with_capacity(self.columns.len());
+        for (field, col) in self.schema.fields().iter().zip(b.columns()) {
+            leaves.extend(compute_leaves(field, col).map_err(|e| parquet_err(&self.tmp, e))?);
+        }
+        self.columns
+            .par_iter_mut()
+            .zip(leaves.par_iter())
+            .try_for_each(|(w, l)| w.write(l))
+            .map_err(|e| parquet_err(&self.tmp, e))
+    }
+
+    fn close_group(&mut self) -> Result<(), SinkError> {
+        use rayon::prelude::*;
+        let chunks: Vec<ArrowColumnChunk> = std::mem::take(&mut self.columns)
             .into_par_iter()
-            .enumerate()
-            .map(|(i, mut w)| {
-                for l in &leaves {
-                    w.write(&l[i])?;
-                }
-                w.close()
-            })
+            .map(|w| w.close())
             .collect::<parquet::errors::Result<_>>()
-            .map_err(pq)?;
-        let mut rg = writer.next_row_group().map_err(pq)?;
+            .map_err(|e| parquet_err(&self.tmp, e))?;
+        let mut rg = self
+            .writer
+            .next_row_group()
+            .map_err(|e| parquet_err(&self.tmp, e))?;
         for c in chunks {
-            c.append_to_row_group(&mut rg).map_err(pq)?;
+            c.append_to_row_group(&mut rg)
+                .map_err(|e| parquet_err(&self.tmp, e))?;
         }
-        rg.close().map_err(pq)?;
+        rg.close().map_err(|e| parquet_err(&self.tmp, e))?;
+        self.groups += 1;
+        Ok(())
     }
-    let buf = writer.into_inner().map_err(pq)?;
-    let file = buf.into_inner().map_err(|e| io(e.into_error()))?;
-    file.sync_all().map_err(io)?;
-    sync_dir(dir).map_err(io)?;
-    Ok(tmp)
+
+    /// Closes the file and makes it durable (file and directory fsynced); returns the temp
+    /// path. The caller renames it once the ledger has committed.
+    pub fn finish(mut self) -> Result<PathBuf, SinkError> {
+        let r = self.finish_inner();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        r.map(|()| self.tmp)
+    }
+
+    fn finish_inner(&mut self) -> Result<(), SinkError> {
+        if !self.columns.is_empty() {
+            self.close_group()?;
+        }
+        let io = |source| SinkError::Io {
+            path: self.tmp.display().to_string(),
+            source,
+        };
+        // The footer; flushed through the buffer to the file.
+        self.writer
+            .finish()
+            .map_err(|e| parquet_err(&self.tmp, e))?;
+        self.writer.inner_mut().flush().map_err(io)?;
+        self.writer.inner_mut().get_ref().sync_all().map_err(io)?;
+        sync_dir(&self.dir).map_err(io)
+    }
+
+    /// Gives the file up: removes the temp file.
+    pub fn abandon(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+fn parquet_err(tmp: &Path, e: parquet::errors::ParquetError) -> SinkError {
+    SinkError::Parquet {
+        path: tmp.display().to_string(),
+        message: e.to_string(),
+    }
 }
 
 /// `xdr/date=YYYY-MM-DD` for a UTC unix time.

@@ -504,3 +504,109 @@ fn a_graceful_stop_leaves_no_merge_behind() {
     after.sort();
     assert_eq!(after, before);
 }
+
+/// The streaming merge (compact.rs): a day's CDR files hold subscribers and accounts that
+/// are not subscribers, interleaved by name ("a…" before the users, "u4x" between them,
+/// "zz…" after), thousands of rows each, so every input is read in several batches. Each
+/// file is written in (username, xdr_id) order — names compared as the merge compares
+/// them — and the merge keeps every row, in that order. A file out of that order (as an
+/// older version wrote unknown accounts: last) is merged in memory instead, to the same
+/// result.
+#[test]
+fn the_streaming_merge_keeps_every_row_in_order_and_an_unsorted_file_is_merged_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    let mut ledger = Ledger::open(&data).unwrap();
+    add_users(&mut ledger, 9);
+    let accounts = [
+        "u0",
+        "u1",
+        "a_unknown",
+        "u4",
+        "u4x",
+        "u7",
+        "zz_unknown",
+        "u8",
+    ];
+    let mut s = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+    for i in 0..9000usize {
+        s.push_str(&format!(
+            "c{i},555,15551234567,2026-10-01T{:02}:{:02}:{:02}Z,{},ANSWERED,{}\n",
+            (i / 3600) % 24,
+            (i / 60) % 60,
+            i % 60,
+            1 + (i * 37) % 180,
+            accounts[(i * 5) % accounts.len()]
+        ));
+    }
+    let cdrs = dir.path().join("cdrs.csv");
+    std::fs::write(&cdrs, s).unwrap();
+    {
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        rater.block_bytes = 200 << 10;
+        rater
+            .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+            .unwrap();
+    }
+    let day = data.join("xdr").join("date=2026-10-01");
+    let files = files_in(&day);
+    assert!(files.len() >= 3, "{files:?}");
+    let in_order = |rows: &[(u64, String, Decimal, i64)]| {
+        rows.windows(2)
+            .all(|w| (w[0].1.as_str(), w[0].0) < (w[1].1.as_str(), w[1].0))
+    };
+    let mut before = Vec::new();
+    for f in &files {
+        let rows = rows_of(f);
+        assert!(rows.len() > 1024, "{f:?}: {} rows", rows.len());
+        assert!(in_order(&rows), "{f:?} in (username, xdr_id) order");
+        before.extend(rows);
+    }
+    assert_eq!(before.len(), 9000);
+    let mut expected = before.clone();
+    expected.sort_by(|a, b| (a.1.as_str(), a.0).cmp(&(b.1.as_str(), b.0)));
+    let now = both_days_closed();
+    let plan = plan_for(&ledger, "date=2026-10-01", now);
+    assert_eq!(plan.files.len(), files.len());
+    let merged = compact::merge(ledger.xdr_root(), &plan).unwrap();
+    assert_eq!(merged.rows, 9000);
+    let tmp = ratel_engine::xdr::temp_path(&merged.final_path);
+    assert!(rows_of(&tmp) == expected, "every row once, in order");
+    // Only the merged file's temp beside the inputs (the streaming name was renamed).
+    let mut left = files.clone();
+    left.push(tmp.clone());
+    left.sort();
+    assert_eq!(files_in(&day), left);
+    std::fs::remove_file(&tmp).unwrap();
+
+    // One input rewritten in reverse (same rows, same path): not a sorted run.
+    let victim = &files[1];
+    let batches: Vec<_> =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(victim).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+    let all = arrow_select::concat::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let rev = UInt64Array::from_iter_values((0..all.num_rows() as u64).rev());
+    let reversed = arrow_select::take::take_record_batch(&all, &rev).unwrap();
+    let t = ratel_engine::xdr::write_temp(victim, &reversed).unwrap();
+    std::fs::rename(t, victim).unwrap();
+    assert!(!in_order(&rows_of(victim)));
+    let merged = compact::merge(ledger.xdr_root(), &plan).unwrap();
+    let tmp = ratel_engine::xdr::temp_path(&merged.final_path);
+    assert!(
+        rows_of(&tmp) == expected,
+        "the in-memory merge: the same rows, in order"
+    );
+    let mut left = files.clone();
+    left.push(tmp);
+    left.sort();
+    assert_eq!(
+        files_in(&day),
+        left,
+        "nothing of the streaming attempt left"
+    );
+}
