@@ -158,7 +158,8 @@ pub fn merge_unless(
     plan: &Plan,
     stop: &AtomicBool,
 ) -> Result<PendingFile, CompactError> {
-    match merge_streaming(xdr_root, plan, stop) {
+    let sizes = (input_batch_rows(plan.files.len()), OUT_BATCH_ROWS);
+    match merge_streaming(xdr_root, plan, stop, sizes) {
         Err(Streaming::NotSorted(path)) => {
             tracing::info!(day = %plan.partition, file = %path, "an xDR file not in (username, xdr_id) order: this day is merged in memory");
             merge_in_memory(xdr_root, plan, stop)
@@ -265,13 +266,31 @@ fn key_columns(b: &RecordBatch) -> (StringArray, UInt64Array) {
     (u, id)
 }
 
+/// The streaming merge alone with small batches — `batch_rows` read per file, `out_rows`
+/// per output batch — so a test with a few thousand rows crosses the batch boundaries a
+/// day of millions does. `Ok(None)`: a file was out of order (nothing left behind).
+#[doc(hidden)]
+pub fn merge_streaming_in(
+    xdr_root: &Path,
+    plan: &Plan,
+    batch_rows: usize,
+    out_rows: usize,
+) -> Result<Option<PendingFile>, CompactError> {
+    let sizes = (batch_rows.max(1), out_rows.max(1));
+    match merge_streaming(xdr_root, plan, &AtomicBool::new(false), sizes) {
+        Ok(m) => Ok(Some(m)),
+        Err(Streaming::NotSorted(_)) => Ok(None),
+        Err(Streaming::Failed(e)) => Err(e),
+    }
+}
+
 fn merge_streaming(
     xdr_root: &Path,
     plan: &Plan,
     stop: &AtomicBool,
+    (batch_rows, out_rows): (usize, usize),
 ) -> Result<PendingFile, Streaming> {
     let schema = xdr::schema();
-    let batch_rows = input_batch_rows(plan.files.len());
     let mut slots: Vec<RecordBatch> = Vec::new();
     let mut runs: Vec<Run> = Vec::with_capacity(plan.files.len());
     for f in &plan.files {
@@ -317,7 +336,7 @@ fn merge_streaming(
     let merging = dir.join("compact-merging.parquet");
     let mut out = xdr::TempWriter::create(&merging, schema.clone(), expected as usize)
         .map_err(CompactError::from)?;
-    let mut pending: Vec<(usize, usize)> = Vec::with_capacity(OUT_BATCH_ROWS);
+    let mut pending: Vec<(usize, usize)> = Vec::with_capacity(out_rows);
     let (mut rows, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
     let result = (|| -> Result<(), Streaming> {
         while let Some(&top) = heap.first() {
@@ -352,7 +371,7 @@ fn merge_streaming(
                 }
             }
             sift_down(&runs, &mut heap, 0);
-            if pending.len() == OUT_BATCH_ROWS || heap.is_empty() {
+            if pending.len() == out_rows || heap.is_empty() {
                 if stop.load(Ordering::Relaxed) {
                     return Err(CompactError::Cancelled.into());
                 }

@@ -507,11 +507,12 @@ fn a_graceful_stop_leaves_no_merge_behind() {
 
 /// The streaming merge (compact.rs): a day's CDR files hold subscribers and accounts that
 /// are not subscribers, interleaved by name ("a…" before the users, "u4x" between them,
-/// "zz…" after), thousands of rows each, so every input is read in several batches. Each
-/// file is written in (username, xdr_id) order — names compared as the merge compares
-/// them — and the merge keeps every row, in that order. A file out of that order (as an
-/// older version wrote unknown accounts: last) is merged in memory instead, to the same
-/// result.
+/// "zz…" after), thousands of rows each. Each file is written in (username, xdr_id) order
+/// — names compared as the merge compares them — and the merge keeps every row, in that
+/// order, also with batches small enough that every input is read in many and the output
+/// written in many (the boundaries a day of millions of rows crosses). A file out of that
+/// order (as an older version wrote unknown accounts: last) is found, and the day merged in
+/// memory instead, to the same result.
 #[test]
 fn the_streaming_merge_keeps_every_row_in_order_and_an_unsorted_file_is_merged_in_memory() {
     let dir = tempfile::tempdir().unwrap();
@@ -579,6 +580,17 @@ fn the_streaming_merge_keeps_every_row_in_order_and_an_unsorted_file_is_merged_i
     left.sort();
     assert_eq!(files_in(&day), left);
     std::fs::remove_file(&tmp).unwrap();
+    for (batch_rows, out_rows) in [(1, 50), (97, 1000), (1024, 333)] {
+        let m = compact::merge_streaming_in(ledger.xdr_root(), &plan, batch_rows, out_rows)
+            .unwrap()
+            .expect("every file is in order");
+        let tmp = ratel_engine::xdr::temp_path(&m.final_path);
+        assert!(
+            rows_of(&tmp) == expected,
+            "every row once, in order, in batches of {batch_rows} / {out_rows}"
+        );
+        std::fs::remove_file(&tmp).unwrap();
+    }
 
     // One input rewritten in reverse (same rows, same path): not a sorted run.
     let victim = &files[1];
@@ -595,6 +607,13 @@ fn the_streaming_merge_keeps_every_row_in_order_and_an_unsorted_file_is_merged_i
     let t = ratel_engine::xdr::write_temp(victim, &reversed).unwrap();
     std::fs::rename(t, victim).unwrap();
     assert!(!in_order(&rows_of(victim)));
+    assert!(
+        compact::merge_streaming_in(ledger.xdr_root(), &plan, 97, 1000)
+            .unwrap()
+            .is_none(),
+        "a file out of order is found"
+    );
+    assert_eq!(files_in(&day), files, "the streaming attempt removed");
     let merged = compact::merge(ledger.xdr_root(), &plan).unwrap();
     let tmp = ratel_engine::xdr::temp_path(&merged.final_path);
     assert!(
