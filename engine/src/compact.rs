@@ -182,10 +182,16 @@ impl From<CompactError> for Streaming {
     }
 }
 
-/// Rows held per input file at most: 512k rows over the files, between 1,024 and 65,536
-/// each.
+/// Rows a streaming merge reads ahead over all its files (a batch per file).
+const HELD_ROWS: usize = 512 * 1024;
+/// Fewest rows read per batch of a file: [`MAX_FILES`] files of them are [`HELD_ROWS`].
+const MIN_BATCH_ROWS: usize = HELD_ROWS / MAX_FILES;
+
+/// Rows read per batch of each of `files` files: [`HELD_ROWS`] over the files, between
+/// [`MIN_BATCH_ROWS`] (at [`MAX_FILES`] files) and 65,536 — so the batches a merge holds
+/// stay within [`HELD_ROWS`] rows however many files it reads.
 fn input_batch_rows(files: usize) -> usize {
-    (512 * 1024 / files.max(1)).clamp(1024, OUT_BATCH_ROWS)
+    (HELD_ROWS / files.max(1)).clamp(MIN_BATCH_ROWS, OUT_BATCH_ROWS)
 }
 
 /// One input of the streaming merge: a file read batch by batch.
