@@ -31,7 +31,7 @@ use crate::xdr;
 pub const MIN_FILES: usize = 2;
 /// A day is compacted once it ended this long ago (late Stops land in their logout's day).
 pub const CLOSED_AFTER_SECS: i64 = 3600;
-/// Most rows one compaction merges (they are held in memory).
+/// Most rows one compaction merges (all held in memory when a file is out of order).
 pub const MAX_ROWS: u64 = 2_000_000;
 /// Most files one compaction merges.
 pub const MAX_FILES: usize = 4096;
