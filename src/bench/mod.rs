@@ -377,7 +377,13 @@ fn radius_run(a: &RadiusArgs, in_flight: usize) -> anyhow::Result<(ExitCode, Str
                 rep["total_rows"]
             )
         } else {
-            format!("MISMATCH: credit taken {taken} != sum of xDR credit_used {xdr_total}")
+            let open = match r.sessions_open_at_end {
+                0 => String::new(),
+                n => format!(
+                    " ({n} sessions still open at the end: their interim charges have no xDR yet)"
+                ),
+            };
+            format!("MISMATCH: credit taken {taken} != sum of xDR credit_used {xdr_total}{open}")
         };
     }
     println!("  ledger check: {check}");
