@@ -206,3 +206,100 @@ fn recovery_finishes_renames_and_removes_orphans() {
     assert!(!orphan.exists(), "orphan temp file was not removed");
     assert_eq!(parquet_files(ledger.xdr_root()), files);
 }
+
+/// The calls of [`write_cdrs`] cut into files of `per_file` calls; returns each file's
+/// per-user cost (computed here, as in `write_cdrs`).
+fn write_cdr_files(dir: &Path, per_file: usize) -> Vec<(PathBuf, Vec<Decimal>)> {
+    let mut out = Vec::new();
+    for (k, first) in (0..3000usize).step_by(per_file).enumerate() {
+        let mut s =
+            String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+        let mut per_user = vec![Decimal::ZERO; 7];
+        for i in first..(first + per_file).min(3000) {
+            let d = 1 + (i * 37) % 180;
+            let u = i % 7;
+            s.push_str(&format!(
+                "c{i},555,15551234567,2026-11-02T10:{:02}:00Z,{d},ANSWERED,u{u}\n",
+                i % 60
+            ));
+            per_user[u] += Decimal::new(d.div_ceil(60) as i64, 2);
+        }
+        let path = dir.join(format!("part-{k:02}.csv"));
+        std::fs::write(&path, s).unwrap();
+        out.push((path, per_user));
+    }
+    out
+}
+
+#[test]
+fn files_sharing_folds_charge_exactly_and_a_run_cut_before_its_last_fold_is_folded_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    // 12 files of 250 calls: one batch each.
+    let files = write_cdr_files(dir.path(), 250);
+    assert_eq!(files.len(), 12);
+    let mut ledger = Ledger::open(&data).unwrap();
+    let users: Vec<NewClient> = (0..7)
+        .map(|u| NewClient {
+            username: Some(format!("u{u}")),
+            group: "g".into(),
+            credit: Decimal::from(100),
+            ..Default::default()
+        })
+        .collect();
+    ledger.add_clients(&users, "test", 0).unwrap();
+    let stored = |l: &Ledger| -> Vec<Decimal> {
+        l.load_users()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.credit)
+            .collect()
+    };
+    let expected = |upto: usize| -> Vec<Decimal> {
+        (0..7)
+            .map(|u| Decimal::from(100) - files[..upto].iter().map(|f| f.1[u]).sum::<Decimal>())
+            .collect()
+    };
+
+    // Five files, as `ratel rate` rates them (no fold at each file's end), then the
+    // process ends without its final fold (a crash).
+    {
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        rater.fold_each_file = false;
+        for (f, _) in &files[..5] {
+            let s = rater.rate_file(f, CdrFormat::Generic, &NoProgress).unwrap();
+            assert_eq!(s.records, 250);
+        }
+    }
+    // Fewer batches than a fold takes: nothing folded yet, the movements wait in the ledger.
+    assert!(ledger.has_pending_batches().unwrap());
+    assert_eq!(stored(&ledger), vec![Decimal::from(100); 7]);
+    drop(ledger);
+    let mut ledger = Ledger::open(&data).unwrap();
+    assert!(!ledger.has_pending_batches().unwrap(), "open folds");
+    assert_eq!(stored(&ledger), expected(5));
+
+    // The other seven, with the fold every few batches and the caller's fold at the end.
+    let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+    rater.fold_each_file = false;
+    for (f, _) in &files[5..] {
+        rater.rate_file(f, CdrFormat::Generic, &NoProgress).unwrap();
+    }
+    rater.fold_if_unfolded().unwrap();
+    drop(rater);
+    assert!(!ledger.has_pending_batches().unwrap());
+    assert_eq!(stored(&ledger), expected(12));
+    let (_, per_user) = write_cdrs(&dir.path().join("all.csv"));
+    for (u, row) in ledger.load_users().unwrap().iter().enumerate() {
+        assert_eq!(
+            ledger.journal_sum(row.user_id, Some("usage")).unwrap(),
+            -per_user[u],
+            "journal of u{u}"
+        );
+    }
+    let all = read_all(ledger.xdr_root());
+    assert_eq!(all.len(), 3000);
+    let ids: HashSet<&str> = all.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(ids.len(), 3000, "an xDR appears twice");
+}

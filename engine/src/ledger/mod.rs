@@ -205,6 +205,10 @@ pub struct CdrBatchCommit {
     /// Fold pending movements into balances with this commit even if not `done` (the end
     /// of a budgeted run: whatever commits next may write balances).
     pub fold: bool,
+    /// Do not fold because the file is `done`: the caller rates more files and folds after
+    /// the last (`ratel rate` of many files; [`crate::batch::BatchRater::fold_each_file`]).
+    /// Pending movements are still folded every [`FOLD_EVERY_BATCHES`] batches.
+    pub defer_end_fold: bool,
     pub records: u64,
     /// First xDR id of the batch and the next free id after it.
     pub first_xdr: u64,
@@ -837,7 +841,7 @@ impl Ledger {
                     r.get(0)
                 })
                 .map_err(sq)?;
-            folded = b.done || b.fold || pending >= FOLD_EVERY_BATCHES;
+            folded = (b.done && !b.defer_end_fold) || b.fold || pending >= FOLD_EVERY_BATCHES;
             if folded {
                 fold_pending(&tx, b.now).map_err(sq)?;
             }
@@ -1235,7 +1239,7 @@ pub(crate) fn stable_plans(conn: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Unfolded CDR batches after which a commit folds them.
-const FOLD_EVERY_BATCHES: i64 = 8;
+pub const FOLD_EVERY_BATCHES: i64 = 8;
 
 /// One movement: user id (i64 LE), amount and balance after (rust_decimal's 16-byte form).
 const MOVEMENT_BYTES: usize = 8 + 16 + 16;
