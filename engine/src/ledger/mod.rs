@@ -428,6 +428,14 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     // `xdr_trash` joined version 5 after the first ledgers of it were written.
     tx.execute_batch(packages::XDR_TRASH)?;
+    // The batches not yet folded, found without reading every batch ever committed: every
+    // CDR block's commit counts them and the fold reads them, and a full scan of `batches`
+    // (one row per outbox flush, 2.6M in a month of `serve`, and each CDR batch's call
+    // keys, which the scan reads through to reach `applied`) made a 500-call file take
+    // 300 ms instead of 22. An index is no change of format: older builds ignore it.
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS batches_unapplied ON batches(batch_id) WHERE applied = 0;",
+    )?;
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tracing::info!(
