@@ -31,9 +31,16 @@ fn catalog(data: &Path) -> Catalog {
 /// 3,000 calls to prefix 1 (USA, 60/60, 0.01/min) of 1..=180 s by 7 users. A call of d
 /// seconds costs ceil(d/60) * 0.01 — computed here without the engine.
 fn write_cdrs(path: &Path) -> (usize, Vec<Decimal>) {
+    let (s, per_user) = cdr_text(0..3000);
+    std::fs::write(path, s).unwrap();
+    (3000, per_user)
+}
+
+/// Calls `calls` of the 3,000 above as a CSV file's text, with their cost per user.
+fn cdr_text(calls: std::ops::Range<usize>) -> (String, Vec<Decimal>) {
     let mut s = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
     let mut per_user = vec![Decimal::ZERO; 7];
-    for i in 0..3000usize {
+    for i in calls {
         let d = 1 + (i * 37) % 180;
         let u = i % 7;
         s.push_str(&format!(
@@ -42,8 +49,20 @@ fn write_cdrs(path: &Path) -> (usize, Vec<Decimal>) {
         ));
         per_user[u] += Decimal::new(d.div_ceil(60) as i64, 2);
     }
-    std::fs::write(path, s).unwrap();
-    (3000, per_user)
+    (s, per_user)
+}
+
+/// Subscribers u0..u6 with 100 of credit each.
+fn add_users(ledger: &mut Ledger) {
+    let users: Vec<NewClient> = (0..7)
+        .map(|u| NewClient {
+            username: Some(format!("u{u}")),
+            group: "g".into(),
+            credit: Decimal::from(100),
+            ..Default::default()
+        })
+        .collect();
+    ledger.add_clients(&users, "test", 0).unwrap();
 }
 
 fn parquet_files(root: &Path) -> Vec<PathBuf> {
@@ -112,15 +131,7 @@ fn interrupted_run_resumes_and_charges_each_record_once() {
     let cdrs = dir.path().join("cdrs.csv");
     let (rows, per_user) = write_cdrs(&cdrs);
     let mut ledger = Ledger::open(&data).unwrap();
-    let users: Vec<NewClient> = (0..7)
-        .map(|u| NewClient {
-            username: Some(format!("u{u}")),
-            group: "g".into(),
-            credit: Decimal::from(100),
-            ..Default::default()
-        })
-        .collect();
-    ledger.add_clients(&users, "test", 0).unwrap();
+    add_users(&mut ledger);
 
     {
         let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
@@ -207,23 +218,12 @@ fn recovery_finishes_renames_and_removes_orphans() {
     assert_eq!(parquet_files(ledger.xdr_root()), files);
 }
 
-/// The calls of [`write_cdrs`] cut into files of `per_file` calls; returns each file's
-/// per-user cost (computed here, as in `write_cdrs`).
+/// The calls of [`write_cdrs`] cut into files of `per_file` calls, with each file's cost
+/// per user.
 fn write_cdr_files(dir: &Path, per_file: usize) -> Vec<(PathBuf, Vec<Decimal>)> {
     let mut out = Vec::new();
     for (k, first) in (0..3000usize).step_by(per_file).enumerate() {
-        let mut s =
-            String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
-        let mut per_user = vec![Decimal::ZERO; 7];
-        for i in first..(first + per_file).min(3000) {
-            let d = 1 + (i * 37) % 180;
-            let u = i % 7;
-            s.push_str(&format!(
-                "c{i},555,15551234567,2026-11-02T10:{:02}:00Z,{d},ANSWERED,u{u}\n",
-                i % 60
-            ));
-            per_user[u] += Decimal::new(d.div_ceil(60) as i64, 2);
-        }
+        let (s, per_user) = cdr_text(first..(first + per_file).min(3000));
         let path = dir.join(format!("part-{k:02}.csv"));
         std::fs::write(&path, s).unwrap();
         out.push((path, per_user));
@@ -240,15 +240,7 @@ fn files_sharing_folds_charge_exactly_and_a_run_cut_before_its_last_fold_is_fold
     let files = write_cdr_files(dir.path(), 250);
     assert_eq!(files.len(), 12);
     let mut ledger = Ledger::open(&data).unwrap();
-    let users: Vec<NewClient> = (0..7)
-        .map(|u| NewClient {
-            username: Some(format!("u{u}")),
-            group: "g".into(),
-            credit: Decimal::from(100),
-            ..Default::default()
-        })
-        .collect();
-    ledger.add_clients(&users, "test", 0).unwrap();
+    add_users(&mut ledger);
     let stored = |l: &Ledger| -> Vec<Decimal> {
         l.load_users()
             .unwrap()
