@@ -652,7 +652,17 @@ fn rate(
     let started = Instant::now();
     let mut total = FileSummary::default();
     for f in files {
-        let s = rater.rate_file(f, format, &bar)?;
+        let s = match rater.rate_file(f, format, &bar) {
+            Ok(s) => s,
+            Err(e) => {
+                // The files rated before this one may wait unfolded: fold them first (the
+                // next `Ledger::open` would, but readers should not wait for it).
+                if let Err(fe) = rater.fold_pending() {
+                    eprintln!("folding the files rated before the failure failed: {fe}");
+                }
+                return Err(e.into());
+            }
+        };
         print_summary(&s);
         total.records += s.records;
         total.xdrs += s.xdrs;

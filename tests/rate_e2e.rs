@@ -547,3 +547,53 @@ fn data_dir_lock_refuses_a_second_process() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("is in use by another ratel process"), "{err}");
 }
+
+/// `ratel rate` of many files folds their movements once, after the last file — and when a
+/// file fails, before it reports the failure: the stored balances are right without
+/// waiting for the next `Ledger::open` (which folds too).
+#[test]
+fn a_run_of_many_files_folds_what_it_rated_before_reporting_a_failed_file() {
+    let env = Env::new();
+    let missing = env.dir.path().join("missing.csv");
+    let out = env.ratel(&[
+        "rate",
+        "--config",
+        &env.config(),
+        "--format",
+        "asterisk",
+        &root()
+            .join("fixtures/cdr/asterisk/Master.csv")
+            .display()
+            .to_string(),
+        &missing.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("charged 3.1058"), "{stdout}");
+    // Read as stored, without `Ledger::open`.
+    let c = rusqlite::Connection::open_with_flags(
+        env.data().join("ledger.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let pending: i64 = c
+        .query_row("SELECT count(*) FROM batches WHERE applied = 0", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(pending, 0, "the rated file's movements wait unfolded");
+    let stored: BTreeMap<String, Decimal> = c
+        .prepare("SELECT username, credit FROM users")
+        .unwrap()
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .unwrap()
+        .map(|r| {
+            let (u, credit) = r.unwrap();
+            (u, d(&credit))
+        })
+        .collect();
+    // The same balances as `asterisk_file_rates_exactly_once` finds after that file alone.
+    assert_eq!(stored["1001"], d("97.2137"));
+    assert_eq!(stored["1002"], d("50.4405"));
+    assert_eq!(stored["1003"], d("9.74"));
+}
