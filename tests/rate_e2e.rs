@@ -84,15 +84,17 @@ rates = "{}"
             .unwrap()
     }
 
+    /// `ratel rate --config … --format FORMAT FILES…`, however it ends.
+    fn rate_files(&self, format: &str, files: &[&Path]) -> std::process::Output {
+        let config = self.config();
+        let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let mut args = vec!["rate", "--config", &config, "--format", format];
+        args.extend(files.iter().map(String::as_str));
+        self.ratel(&args)
+    }
+
     fn rate(&self, format: &str, file: &str) -> String {
-        let out = self.ratel(&[
-            "rate",
-            "--config",
-            &self.config(),
-            "--format",
-            format,
-            &root().join(file).display().to_string(),
-        ]);
+        let out = self.rate_files(format, &[&root().join(file)]);
         assert!(
             out.status.success(),
             "rate failed: {}",
@@ -406,14 +408,7 @@ fn asterisk_file_rates_exactly_once() {
     // The same calls in another file (other name, other bytes: CRLF) are duplicates.
     let copy = env.dir.path().join("copy.csv");
     std::fs::write(&copy, text.replace('\n', "\r\n")).unwrap();
-    let out = env.ratel(&[
-        "rate",
-        "--config",
-        &env.config(),
-        "--format",
-        "asterisk",
-        &copy.display().to_string(),
-    ]);
+    let out = env.rate_files("asterisk", &[&copy]);
     let out = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.contains("11 records read, 0 rated into xDRs, charged 0"),
@@ -498,14 +493,7 @@ fn bad_config_and_bad_input_give_one_line_errors() {
         )
     );
 
-    let out = env.ratel(&[
-        "rate",
-        "--config",
-        &env.config(),
-        "--format",
-        "generic",
-        "missing.csv",
-    ]);
+    let out = env.rate_files("generic", &[Path::new("missing.csv")]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.starts_with("ratel: missing.csv: No such file"), "{err}");
@@ -513,14 +501,7 @@ fn bad_config_and_bad_input_give_one_line_errors() {
 
     let hdr = env.dir.path().join("nohdr.csv");
     std::fs::write(&hdr, "a,b,c\n").unwrap();
-    let out = env.ratel(&[
-        "rate",
-        "--config",
-        &env.config(),
-        "--format",
-        "generic",
-        &hdr.display().to_string(),
-    ]);
+    let out = env.rate_files("generic", &[&hdr]);
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
         err.contains("nohdr.csv:1: header has no `call_id` column"),
@@ -532,17 +513,10 @@ fn bad_config_and_bad_input_give_one_line_errors() {
 fn data_dir_lock_refuses_a_second_process() {
     let env = Env::new();
     let _held = ratel_engine::ledger::DataDirLock::acquire(&env.data()).unwrap();
-    let out = env.ratel(&[
-        "rate",
-        "--config",
-        &env.config(),
-        "--format",
+    let out = env.rate_files(
         "asterisk",
-        &root()
-            .join("fixtures/cdr/asterisk/Master.csv")
-            .display()
-            .to_string(),
-    ]);
+        &[&root().join("fixtures/cdr/asterisk/Master.csv")],
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("is in use by another ratel process"), "{err}");
@@ -555,18 +529,10 @@ fn data_dir_lock_refuses_a_second_process() {
 fn a_run_of_many_files_folds_what_it_rated_before_reporting_a_failed_file() {
     let env = Env::new();
     let missing = env.dir.path().join("missing.csv");
-    let out = env.ratel(&[
-        "rate",
-        "--config",
-        &env.config(),
-        "--format",
+    let out = env.rate_files(
         "asterisk",
-        &root()
-            .join("fixtures/cdr/asterisk/Master.csv")
-            .display()
-            .to_string(),
-        &missing.display().to_string(),
-    ]);
+        &[&root().join("fixtures/cdr/asterisk/Master.csv"), &missing],
+    );
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("charged 3.1058"), "{stdout}");

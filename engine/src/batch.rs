@@ -731,8 +731,6 @@ struct RatedBlock {
     done: bool,
     records: u64,
     bytes: u64,
-    /// Fold the ledger's pending CDR movements into balances with this block's commit.
-    fold: bool,
 }
 
 // Not boxed: a box per record is an allocation on the hot path; the Vec of outcomes is
@@ -1226,7 +1224,7 @@ impl<'a> BatchRater<'a> {
             // Stage 1: read blocks.
             let block_bytes = self.block_bytes.max(1);
             let crash_after = self.crash_after_batches;
-            let defer_end_fold = !self.fold_each_file;
+            let fold_each_file = self.fold_each_file;
             scope.spawn(move || {
                 read_blocks(
                     file,
@@ -1278,8 +1276,10 @@ impl<'a> BatchRater<'a> {
                             next_offset: rb.next_offset,
                             next_line: rb.next_line,
                             done: rb.done,
-                            fold: rb.fold,
-                            defer_end_fold,
+                            // At a file's end only, not at a pause between blocks:
+                            // RADIUS commits in between store balances without the
+                            // unfolded amounts (`unfolded`).
+                            fold: rb.done && fold_each_file,
                             records: rb.records,
                             first_xdr: rb.first_xdr,
                             next_xdr: rb.next_xdr,
@@ -1481,9 +1481,6 @@ impl<'a> BatchRater<'a> {
                         done: block.eof,
                         records,
                         bytes: block.next_offset - block.offset,
-                        // Not folded at a pause: RADIUS commits in between store
-                        // balances without the unfolded amounts (`unfolded`).
-                        fold: false,
                     };
                     if rated_tx.send(rb).is_err() {
                         // The writer stopped on an error; it reports it.

@@ -202,13 +202,11 @@ pub struct CdrBatchCommit {
     pub next_offset: u64,
     pub next_line: u64,
     pub done: bool,
-    /// Fold pending movements into balances with this commit even if not `done` (the end
-    /// of a budgeted run: whatever commits next may write balances).
+    /// Fold the pending movements into balances with this commit: the rater sets it at a
+    /// file's end unless its caller folds after several files
+    /// ([`crate::batch::BatchRater::fold_each_file`]). Pending movements are folded every
+    /// [`FOLD_EVERY_BATCHES`] batches regardless.
     pub fold: bool,
-    /// Do not fold because the file is `done`: the caller rates more files and folds after
-    /// the last (`ratel rate` of many files; [`crate::batch::BatchRater::fold_each_file`]).
-    /// Pending movements are still folded every [`FOLD_EVERY_BATCHES`] batches.
-    pub defer_end_fold: bool,
     pub records: u64,
     /// First xDR id of the batch and the next free id after it.
     pub first_xdr: u64,
@@ -849,7 +847,7 @@ impl Ledger {
                     r.get(0)
                 })
                 .map_err(sq)?;
-            folded = (b.done && !b.defer_end_fold) || b.fold || pending >= FOLD_EVERY_BATCHES;
+            folded = b.fold || pending >= FOLD_EVERY_BATCHES;
             if folded {
                 fold_pending(&tx, b.now).map_err(sq)?;
             }
