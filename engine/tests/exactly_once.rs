@@ -295,3 +295,151 @@ fn files_sharing_folds_charge_exactly_and_a_run_cut_before_its_last_fold_is_fold
     let ids: HashSet<&str> = all.iter().map(|x| x.0.as_str()).collect();
     assert_eq!(ids.len(), 3000, "an xDR appears twice");
 }
+
+/// A block of 40,000 calls over five days (some crossing midnight), seven subscribers and
+/// two accounts that are not subscribers, interleaved: each day's file holds exactly the
+/// calls that ended that UTC day, in (username, xdr_id) order, across the runs the block is
+/// built in (two or more: a run is at most half the block on two cores, at least 16,384
+/// rows) — the order a one-user report prunes by.
+#[test]
+fn a_block_spanning_days_writes_each_day_in_username_then_xdr_order() {
+    use arrow_array::{TimestampMicrosecondArray, UInt64Array};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    let mut csv = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+    // Expected rows per day of logout (0 = 2026-11-02), computed without the engine.
+    let mut per_day = [0usize; 6];
+    let calls = 40_000;
+    for i in 0..calls {
+        let day = i % 5;
+        let d = 1 + (i * 37) % 180;
+        let (h, m) = if i % 11 == 0 {
+            (23, 59)
+        } else {
+            ((i / 7) % 23, i % 60)
+        };
+        let account = match i % 9 {
+            7 => "x-stranger".to_string(),
+            8 => "a-stranger".to_string(),
+            u => format!("u{u}"),
+        };
+        csv.push_str(&format!(
+            "c{i},555,15551234567,2026-11-{:02}T{h:02}:{m:02}:00Z,{d},ANSWERED,{account}\n",
+            2 + day
+        ));
+        per_day[day + usize::from(h == 23 && m == 59 && d >= 60)] += 1;
+    }
+    let cdrs = dir.path().join("days.csv");
+    std::fs::write(&cdrs, csv).unwrap();
+    let mut ledger = Ledger::open(&data).unwrap();
+    add_users(&mut ledger);
+    let s = BatchRater::new(&cat, &mut ledger)
+        .unwrap()
+        .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    assert_eq!(s.xdrs as usize, calls);
+
+    let mut rows_by_day: std::collections::BTreeMap<i64, usize> = Default::default();
+    for f in parquet_files(ledger.xdr_root()) {
+        let mut keys: Vec<(String, u64)> = Vec::new();
+        let mut days: HashSet<i64> = HashSet::new();
+        for b in ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = b.unwrap();
+            let col = |n: &str| b.column_by_name(n).unwrap().clone();
+            let names = col("username");
+            let names = names.as_any().downcast_ref::<StringArray>().unwrap();
+            let ids = col("xdr_id");
+            let ids = ids.as_any().downcast_ref::<UInt64Array>().unwrap();
+            let out = col("logout_time");
+            let out = out
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                keys.push((names.value(i).to_string(), ids.value(i)));
+                days.insert(out.value(i).div_euclid(86_400_000_000));
+            }
+        }
+        assert_eq!(days.len(), 1, "{f:?} holds rows of days {days:?}");
+        *rows_by_day.entry(*days.iter().next().unwrap()).or_default() += keys.len();
+        assert!(
+            keys.windows(2).all(|w| w[0] < w[1]),
+            "{f:?}: rows not in (username, xdr_id) order"
+        );
+        assert!(keys.iter().any(|k| k.0 == "a-stranger") && keys.iter().any(|k| k.0 == "u3"));
+    }
+    assert_eq!(rows_by_day.values().copied().collect::<Vec<_>>(), per_day);
+}
+
+/// The ledger stages a block's rows (and the fold at the file's end) while its Parquet
+/// files are written, and commits only once they are: when a file cannot be written (here
+/// the day's directory is a plain file), nothing of the block is committed — no batch, no
+/// movement, no journal row, no file progress — and the same file rated again once the
+/// obstacle is gone charges every call once.
+#[test]
+fn a_block_whose_files_fail_commits_nothing_and_is_rated_again_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    let cdrs = dir.path().join("cdrs.csv");
+    let (rows, per_user) = write_cdrs(&cdrs);
+    let mut ledger = Ledger::open(&data).unwrap();
+    add_users(&mut ledger);
+    let blocker = ledger.xdr_root().join("date=2026-11-02");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let credits = |l: &Ledger| -> Vec<Decimal> {
+        l.load_users()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.credit)
+            .collect()
+    };
+    {
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        let e = rater
+            .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+            .unwrap_err();
+        assert!(
+            matches!(e, ratel_engine::batch::BatchError::Sink(_)),
+            "the Parquet error is reported as it is: {e:?}"
+        );
+    }
+    assert!(!ledger.has_pending_batches().unwrap());
+    assert_eq!(credits(&ledger), vec![Decimal::from(100); 7]);
+    for u in ledger.load_users().unwrap() {
+        assert_eq!(
+            ledger.journal_sum(u.user_id, Some("usage")).unwrap(),
+            Decimal::ZERO
+        );
+    }
+    assert_eq!(ledger.next_xdr_id().unwrap(), 1, "no xDR id was taken");
+
+    std::fs::remove_file(&blocker).unwrap();
+    drop(ledger);
+    let mut ledger = Ledger::open(&data).unwrap();
+    let s = BatchRater::new(&cat, &mut ledger)
+        .unwrap()
+        .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    assert_eq!((s.records as usize, s.duplicates), (rows, 0));
+    assert!(
+        s.resumed_at_line.is_none(),
+        "nothing of the first try was recorded"
+    );
+    let expected: Vec<Decimal> = per_user.iter().map(|c| Decimal::from(100) - c).collect();
+    assert_eq!(credits(&ledger), expected);
+    let all = read_all(ledger.xdr_root());
+    assert_eq!(all.len(), rows);
+    assert_eq!(
+        all.iter()
+            .map(|x| x.0.as_str())
+            .collect::<HashSet<_>>()
+            .len(),
+        rows
+    );
+}

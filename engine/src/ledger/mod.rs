@@ -793,6 +793,21 @@ impl Ledger {
     /// after the commit.
     /// Returns whether the commit folded the pending movements into balances.
     pub fn commit_cdr_batch(&mut self, b: &CdrBatchCommit) -> Result<bool, LedgerError> {
+        self.commit_cdr_batch_when(b, || Ok(()))
+    }
+
+    /// [`Ledger::commit_cdr_batch`] whose xDR files are still being written: the batch's
+    /// rows (and a fold) are staged in the open transaction meanwhile, and `files_written`
+    /// — which returns once every temp file is durable — is called right before the COMMIT.
+    /// If it fails, nothing is committed (the transaction is rolled back) and its error is
+    /// returned as it is. The ledger's work of a block (its call keys, the movements, a
+    /// fold of every charged client's balance and journal row) thus overlaps the Parquet
+    /// encoding instead of following it; the commit still comes after the files.
+    pub fn commit_cdr_batch_when(
+        &mut self,
+        b: &CdrBatchCommit,
+        files_written: impl FnOnce() -> Result<(), LedgerError>,
+    ) -> Result<bool, LedgerError> {
         let path = self.path.display().to_string();
         let sq = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -852,6 +867,8 @@ impl Ledger {
                 fold_pending(&tx, b.now).map_err(sq)?;
             }
         }
+        // Dropping `tx` on an error rolls it back.
+        files_written()?;
         tx.commit()
             .map_err(|e| LedgerError::AtCommit(Box::new(sq(e))))?;
         publish_files(&b.files).map_err(|e| LedgerError::AtCommit(Box::new(e)))?;
