@@ -436,7 +436,7 @@ impl Subscribers {
     /// [`Subscribers::of_cdr`] for a call that began at `start`: an identifier taken off a
     /// client bills that client for calls that began before (see `prior`).
     pub fn of_cdr_at(&self, account: &str, caller: &str, start: i64) -> Option<(u32, MatchedBy)> {
-        let a = account.trim();
+        let a = crate::csv::trim(account);
         if !a.is_empty() {
             if let Some(i) = self
                 .owner_at(AccountKind::Voip, a, start)
@@ -929,7 +929,9 @@ fn build_chunk(
         let logout = r.cdr.start + r.cdr.duration_secs;
         let account = match (user, r.matched) {
             (None, _) => None,
-            (Some(_), MatchedBy::Account) => Some(std::borrow::Cow::Borrowed(r.cdr.account.trim())),
+            (Some(_), MatchedBy::Account) => {
+                Some(std::borrow::Cow::Borrowed(crate::csv::trim(&r.cdr.account)))
+            }
             (Some(_), MatchedBy::Dn) => crate::domain::dn_key(&r.cdr.caller),
         };
         let row = XdrRow {

@@ -1017,6 +1017,48 @@ mod tests {
         assert_eq!(t.insert(b"44", 5), Some(1));
     }
 
+    /// Random overlapping prefixes (digits 0–3, 1–7 long, some inserted twice, the empty
+    /// prefix last): every lookup equals the longest inserted prefix found by comparing
+    /// each one, with the value inserted last for it.
+    #[test]
+    fn trie_matches_a_search_of_every_prefix() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let digits = |n: u64, len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|i| b'0' + ((n >> (2 * i)) & 3) as u8)
+                .collect()
+        };
+        let mut t = PrefixTrie::new();
+        let mut inserted: std::collections::HashMap<Vec<u8>, u32> = Default::default();
+        for v in 0..3000u32 {
+            let n = next();
+            let p = digits(n, 1 + (n >> 40) as usize % 7);
+            assert_eq!(t.insert(&p, v), inserted.insert(p, v));
+        }
+        for round in 0..2 {
+            for _ in 0..5000 {
+                let n = next();
+                let q = digits(n, (n >> 40) as usize % 10);
+                let want = inserted
+                    .iter()
+                    .filter(|(p, _)| q.starts_with(p))
+                    .max_by_key(|(p, _)| p.len())
+                    .map(|(_, v)| *v);
+                assert_eq!(t.longest_match(&q), want, "round {round}, {q:?}");
+            }
+            if round == 0 {
+                assert_eq!(t.insert(b"", 7777), None);
+                inserted.insert(Vec::new(), 7777);
+            }
+        }
+    }
+
     /// Each bad config gives one error naming the file, the key and the reason.
     #[test]
     fn bad_configs_name_file_key_and_reason() {

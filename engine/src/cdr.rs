@@ -42,7 +42,7 @@ fn text<'a>(f: Cow<'a, [u8]>, field: &str) -> Result<Cow<'a, str>, String> {
 }
 
 fn int(s: &str, field: &str) -> Result<i64, String> {
-    let t = s.trim();
+    let t = crate::csv::trim(s);
     t.parse::<i64>()
         .ok()
         .filter(|v| *v >= 0)
@@ -92,7 +92,7 @@ fn parse_naive(s: &[u8]) -> Option<(NaiveDateTime, &[u8])> {
 /// ISO-8601 with `Z` or an offset (`+02:00`, `+0200`), to unix seconds.
 pub fn parse_iso(s: &str) -> Result<i64, String> {
     let bad = || format!("{s:?} is not an ISO-8601 time with Z or an offset");
-    let (naive, rest) = parse_naive(s.trim().as_bytes()).ok_or_else(bad)?;
+    let (naive, rest) = parse_naive(crate::csv::trim(s).as_bytes()).ok_or_else(bad)?;
     let base = naive.and_utc().timestamp();
     match rest {
         b"Z" | b"z" => Ok(base),
@@ -121,7 +121,7 @@ pub fn parse_iso(s: &str) -> Result<i64, String> {
 /// repeated hour of a DST change) is read as the first of the two instants; a time inside a
 /// spring-forward gap, which a correct clock never shows, as the instant after the gap.
 pub fn parse_local(s: &str, tz: &Tz) -> Result<i64, String> {
-    let (naive, rest) = parse_naive(s.trim().as_bytes())
+    let (naive, rest) = parse_naive(crate::csv::trim(s).as_bytes())
         .filter(|(_, r)| r.is_empty())
         .ok_or_else(|| format!("{s:?} is not a YYYY-MM-DD HH:MM:SS time"))?;
     let _ = rest;
@@ -311,7 +311,7 @@ fn parse_time(fmt: &TimeFormat, s: &str, tz: &Tz) -> Result<i64, String> {
         TimeFormat::Iso => parse_iso(s),
         TimeFormat::Local => parse_local(s, tz),
         TimeFormat::Unix => {
-            let t = s.trim();
+            let t = crate::csv::trim(s);
             let whole = t.split_once('.').map_or(t, |(w, _)| w);
             whole
                 .parse::<i64>()

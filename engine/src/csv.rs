@@ -348,6 +348,17 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
+/// `s.trim()`, without decoding characters when `s` starts and ends with a visible ASCII
+/// character (nearly every CDR field): `str::trim` walks UTF-8 code points from both ends,
+/// 2–4% of `ratel rate`'s CPU. Same result: a visible ASCII character is not whitespace.
+#[inline]
+pub fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(f), Some(l)) if f.is_ascii_graphic() && l.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

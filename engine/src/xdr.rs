@@ -484,6 +484,18 @@ const DICTIONARY_COLUMNS: &[&str] = &[
     "package_bytes",
 ];
 
+/// Columns written without statistics (see [`writer_properties`]).
+pub const NO_STATISTICS_COLUMNS: &[&str] = &[
+    "session_id",
+    "unique_id_value",
+    "caller_id",
+    "called_number",
+    "source",
+    "account",
+    "destination_name",
+    "charge_rule_details.list.item.rule",
+];
+
 /// Parquet settings, every knob explicit.
 pub fn writer_properties(expected_rows: usize) -> WriterProperties {
     let mut b = WriterProperties::builder()
@@ -503,6 +515,13 @@ pub fn writer_properties(expected_rows: usize) -> WriterProperties {
     for col in DICTIONARY_COLUMNS {
         let path = ColumnPath::new(col.split('.').map(String::from).collect());
         b = b.set_column_dictionary_enabled(path, true);
+    }
+    // No min/max on free text that is near-unique and unordered in a file (call ids, phone
+    // numbers, sources): nothing prunes by them, and each value cost a byte compare
+    // against the chunk's min and max (~3% of `ratel rate`'s CPU).
+    for col in NO_STATISTICS_COLUMNS {
+        let path = ColumnPath::new(col.split('.').map(String::from).collect());
+        b = b.set_column_statistics_enabled(path, EnabledStatistics::None);
     }
     b
         // Statistics where reports prune: time ranges and users.
