@@ -514,6 +514,25 @@ mod tests {
     }
 
     #[test]
+    fn trim_equals_str_trim() {
+        for s in [
+            "",
+            " ",
+            "a",
+            " a ",
+            "ab",
+            "\u{a0}x\u{a0}",
+            "x\u{2003}",
+            "\tq",
+            "é",
+            " é ",
+            "a b",
+        ] {
+            assert_eq!(trim(s), s.trim(), "{s:?}");
+        }
+    }
+
+    #[test]
     fn bom() {
         assert_eq!(strip_bom(b"\xEF\xBB\xBFa,b"), b"a,b");
         assert_eq!(strip_bom(b"a,b"), b"a,b");
