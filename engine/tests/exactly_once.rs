@@ -65,6 +65,39 @@ fn add_users(ledger: &mut Ledger) {
     ledger.add_clients(&users, "test", 0).unwrap();
 }
 
+/// A data dir with subscribers u0..u6 (100 each) and the 3,000 calls of [`write_cdrs`]:
+/// (the temp dir, to hold, the data dir, the catalog, the CDR file, its calls, their cost
+/// per user, the ledger).
+type Fixture = (
+    tempfile::TempDir,
+    PathBuf,
+    Catalog,
+    PathBuf,
+    usize,
+    Vec<Decimal>,
+    Ledger,
+);
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    let cdrs = dir.path().join("cdrs.csv");
+    let (rows, per_user) = write_cdrs(&cdrs);
+    let mut ledger = Ledger::open(&data).unwrap();
+    add_users(&mut ledger);
+    (dir, data, cat, cdrs, rows, per_user, ledger)
+}
+
+/// The stored balances, in user order.
+fn balances(l: &Ledger) -> Vec<Decimal> {
+    l.load_users()
+        .unwrap()
+        .into_iter()
+        .map(|u| u.credit)
+        .collect()
+}
+
 fn parquet_files(root: &Path) -> Vec<PathBuf> {
     let mut v = Vec::new();
     for p in std::fs::read_dir(root).unwrap() {
@@ -125,13 +158,7 @@ fn read_all(root: &Path) -> Vec<(String, String, Decimal)> {
 
 #[test]
 fn interrupted_run_resumes_and_charges_each_record_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cat = catalog(&data);
-    let cdrs = dir.path().join("cdrs.csv");
-    let (rows, per_user) = write_cdrs(&cdrs);
-    let mut ledger = Ledger::open(&data).unwrap();
-    add_users(&mut ledger);
+    let (_dir, data, cat, cdrs, rows, per_user, mut ledger) = fixture();
 
     {
         let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
@@ -164,12 +191,7 @@ fn interrupted_run_resumes_and_charges_each_record_once() {
     assert_eq!(all.len(), rows);
     let ids: HashSet<&str> = all.iter().map(|x| x.0.as_str()).collect();
     assert_eq!(ids.len(), rows, "an xDR appears twice");
-    let credits: Vec<Decimal> = ledger
-        .load_users()
-        .unwrap()
-        .into_iter()
-        .map(|u| u.credit)
-        .collect();
+    let credits = balances(&ledger);
     for u in 0..7 {
         assert_eq!(credits[u], Decimal::from(100) - per_user[u], "user u{u}");
         let used: Decimal = all
@@ -241,13 +263,6 @@ fn files_sharing_folds_charge_exactly_and_a_run_cut_before_its_last_fold_is_fold
     assert_eq!(files.len(), 12);
     let mut ledger = Ledger::open(&data).unwrap();
     add_users(&mut ledger);
-    let stored = |l: &Ledger| -> Vec<Decimal> {
-        l.load_users()
-            .unwrap()
-            .into_iter()
-            .map(|u| u.credit)
-            .collect()
-    };
     let expected = |upto: usize| -> Vec<Decimal> {
         (0..7)
             .map(|u| Decimal::from(100) - files[..upto].iter().map(|f| f.1[u]).sum::<Decimal>())
@@ -266,11 +281,11 @@ fn files_sharing_folds_charge_exactly_and_a_run_cut_before_its_last_fold_is_fold
     }
     // Fewer batches than a fold takes: nothing folded yet, the movements wait in the ledger.
     assert!(ledger.has_pending_batches().unwrap());
-    assert_eq!(stored(&ledger), vec![Decimal::from(100); 7]);
+    assert_eq!(balances(&ledger), vec![Decimal::from(100); 7]);
     drop(ledger);
     let mut ledger = Ledger::open(&data).unwrap();
     assert!(!ledger.has_pending_batches().unwrap(), "open folds");
-    assert_eq!(stored(&ledger), expected(5));
+    assert_eq!(balances(&ledger), expected(5));
 
     // The other seven, with the fold every few batches and the caller's fold at the end.
     let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
@@ -281,7 +296,7 @@ fn files_sharing_folds_charge_exactly_and_a_run_cut_before_its_last_fold_is_fold
     rater.fold_if_unfolded().unwrap();
     drop(rater);
     assert!(!ledger.has_pending_batches().unwrap());
-    assert_eq!(stored(&ledger), expected(12));
+    assert_eq!(balances(&ledger), expected(12));
     let (_, per_user) = write_cdrs(&dir.path().join("all.csv"));
     for (u, row) in ledger.load_users().unwrap().iter().enumerate() {
         assert_eq!(
@@ -383,22 +398,9 @@ fn a_block_spanning_days_writes_each_day_in_username_then_xdr_order() {
 /// obstacle is gone charges every call once.
 #[test]
 fn a_block_whose_files_fail_commits_nothing_and_is_rated_again_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let cat = catalog(&data);
-    let cdrs = dir.path().join("cdrs.csv");
-    let (rows, per_user) = write_cdrs(&cdrs);
-    let mut ledger = Ledger::open(&data).unwrap();
-    add_users(&mut ledger);
+    let (_dir, data, cat, cdrs, rows, per_user, mut ledger) = fixture();
     let blocker = ledger.xdr_root().join("date=2026-11-02");
     std::fs::write(&blocker, b"not a directory").unwrap();
-    let credits = |l: &Ledger| -> Vec<Decimal> {
-        l.load_users()
-            .unwrap()
-            .into_iter()
-            .map(|u| u.credit)
-            .collect()
-    };
     {
         let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
         let e = rater
@@ -410,7 +412,7 @@ fn a_block_whose_files_fail_commits_nothing_and_is_rated_again_whole() {
         );
     }
     assert!(!ledger.has_pending_batches().unwrap());
-    assert_eq!(credits(&ledger), vec![Decimal::from(100); 7]);
+    assert_eq!(balances(&ledger), vec![Decimal::from(100); 7]);
     for u in ledger.load_users().unwrap() {
         assert_eq!(
             ledger.journal_sum(u.user_id, Some("usage")).unwrap(),
@@ -432,7 +434,7 @@ fn a_block_whose_files_fail_commits_nothing_and_is_rated_again_whole() {
         "nothing of the first try was recorded"
     );
     let expected: Vec<Decimal> = per_user.iter().map(|c| Decimal::from(100) - c).collect();
-    assert_eq!(credits(&ledger), expected);
+    assert_eq!(balances(&ledger), expected);
     let all = read_all(ledger.xdr_root());
     assert_eq!(all.len(), rows);
     assert_eq!(
