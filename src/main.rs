@@ -626,10 +626,6 @@ fn rate(
     let mut ledger = Ledger::open(&catalog.data_dir)?;
     let mut rater = BatchRater::new(catalog, &mut ledger)?;
     rater.force = force;
-    // Files share folds (every few batches, and in the last file's last commit): a fold per
-    // file made each small file rewrite the journal and balance pages of every client it
-    // charged. `fold_if_unfolded` below folds what that commit did not (a last file that
-    // was rated before, or empty).
     // Package periods that ended while nothing ran are renewed (or deactivated) first, in
     // order, so the files' calls meet the quota of the period they fall in. No sessions
     // are open offline: nothing to disconnect.
@@ -653,8 +649,11 @@ fn rate(
     let started = Instant::now();
     let mut total = FileSummary::default();
     for (i, f) in files.iter().enumerate() {
-        // The last file folds in its last block's commit, which the ledger stages while
-        // that block's Parquet files are written (a fold after the run would follow them).
+        // Files share folds (every few batches): a fold per file made each small file
+        // rewrite the journal and balance pages of every client it charged. The last file
+        // folds in its last block's commit, which the ledger stages while that block's
+        // Parquet files are written (a fold after the run would follow them);
+        // `fold_if_unfolded` below folds what that commit did not (a last file rated before).
         rater.fold_each_file = i + 1 == files.len();
         let s = match rater.rate_file(f, format, &bar) {
             Ok(s) => s,

@@ -12,23 +12,11 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use ratel_engine::batch::{BatchRater, NoProgress};
 use ratel_engine::catalog::{Catalog, CdrFormat};
 use ratel_engine::compact::{self, GRACE_SECS};
-use ratel_engine::config::{ConfigSource, LoadedConfig};
-use ratel_engine::domain::NewClient;
 use ratel_engine::ledger::{DataDirLock, Ledger};
 use rust_decimal::Decimal;
 
-fn catalog(data: &Path) -> Catalog {
-    let deck = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/demo/rates/std.csv");
-    let toml = format!(
-        "[storage]\ndata_dir = {:?}\n[[group]]\nname = \"g\"\ntariff = \"std\"\n[[tariff]]\nname = \"std\"\nrates = {:?}\n",
-        data.display().to_string(),
-        deck.display().to_string()
-    );
-    Catalog::build(
-        &LoadedConfig::from_str(&toml, ConfigSource::File("t.toml".into()), ".".into()).unwrap(),
-    )
-    .unwrap()
-}
+mod common;
+use common::{add_users, catalog};
 
 /// (xdr_id, username, credit_used, package_seconds) of every row of one file, in file order.
 fn rows_of(f: &Path) -> Vec<(u64, String, Decimal, i64)> {
@@ -89,19 +77,6 @@ fn both_days_closed() -> i64 {
     chrono::DateTime::parse_from_rfc3339("2026-10-05T00:00:00Z")
         .unwrap()
         .timestamp()
-}
-
-/// Clients u0..u{n-1} in group g, 100 of credit each.
-fn add_users(ledger: &mut Ledger, n: usize) {
-    let users: Vec<NewClient> = (0..n)
-        .map(|u| NewClient {
-            username: Some(format!("u{u}")),
-            group: "g".into(),
-            credit: Decimal::from(100),
-            ..Default::default()
-        })
-        .collect();
-    ledger.add_clients(&users, "test", 0).unwrap();
 }
 
 /// 2,000 calls by 9 users over two UTC days, rated in small blocks: many files per day.

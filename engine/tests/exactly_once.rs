@@ -10,23 +10,12 @@ use arrow_array::{Array, Decimal128Array, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use ratel_engine::batch::{BatchRater, NoProgress};
 use ratel_engine::catalog::{Catalog, CdrFormat};
-use ratel_engine::config::{ConfigSource, LoadedConfig};
 use ratel_engine::domain::NewClient;
 use ratel_engine::ledger::Ledger;
 use rust_decimal::Decimal;
 
-fn catalog(data: &Path) -> Catalog {
-    let deck = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/demo/rates/std.csv");
-    let toml = format!(
-        "[storage]\ndata_dir = {:?}\n[[group]]\nname = \"g\"\ntariff = \"std\"\n[[tariff]]\nname = \"std\"\nrates = {:?}\n",
-        data.display().to_string(),
-        deck.display().to_string()
-    );
-    Catalog::build(
-        &LoadedConfig::from_str(&toml, ConfigSource::File("t.toml".into()), ".".into()).unwrap(),
-    )
-    .unwrap()
-}
+mod common;
+use common::{add_users, catalog};
 
 /// 3,000 calls to prefix 1 (USA, 60/60, 0.01/min) of 1..=180 s by 7 users. A call of d
 /// seconds costs ceil(d/60) * 0.01 — computed here without the engine.
@@ -52,19 +41,6 @@ fn cdr_text(calls: std::ops::Range<usize>) -> (String, Vec<Decimal>) {
     (s, per_user)
 }
 
-/// Subscribers u0..u6 with 100 of credit each.
-fn add_users(ledger: &mut Ledger) {
-    let users: Vec<NewClient> = (0..7)
-        .map(|u| NewClient {
-            username: Some(format!("u{u}")),
-            group: "g".into(),
-            credit: Decimal::from(100),
-            ..Default::default()
-        })
-        .collect();
-    ledger.add_clients(&users, "test", 0).unwrap();
-}
-
 /// A data dir with subscribers u0..u6 (100 each) and the 3,000 calls of [`write_cdrs`]:
 /// (the temp dir, to hold, the data dir, the catalog, the CDR file, its calls, their cost
 /// per user, the ledger).
@@ -85,7 +61,7 @@ fn fixture() -> Fixture {
     let cdrs = dir.path().join("cdrs.csv");
     let (rows, per_user) = write_cdrs(&cdrs);
     let mut ledger = Ledger::open(&data).unwrap();
-    add_users(&mut ledger);
+    add_users(&mut ledger, 7);
     (dir, data, cat, cdrs, rows, per_user, ledger)
 }
 
@@ -262,7 +238,7 @@ fn files_sharing_folds_charge_exactly_and_a_run_cut_before_its_last_fold_is_fold
     let files = write_cdr_files(dir.path(), 250);
     assert_eq!(files.len(), 12);
     let mut ledger = Ledger::open(&data).unwrap();
-    add_users(&mut ledger);
+    add_users(&mut ledger, 7);
     let expected = |upto: usize| -> Vec<Decimal> {
         (0..7)
             .map(|u| Decimal::from(100) - files[..upto].iter().map(|f| f.1[u]).sum::<Decimal>())
@@ -348,7 +324,7 @@ fn a_block_spanning_days_writes_each_day_in_username_then_xdr_order() {
     let cdrs = dir.path().join("days.csv");
     std::fs::write(&cdrs, csv).unwrap();
     let mut ledger = Ledger::open(&data).unwrap();
-    add_users(&mut ledger);
+    add_users(&mut ledger, 7);
     let s = BatchRater::new(&cat, &mut ledger)
         .unwrap()
         .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
