@@ -121,6 +121,7 @@ struct RadiusMirror {
     acknowledged: AtomicU64,
     retransmissions: AtomicU64,
     retransmits_answered: AtomicU64,
+    deferred_fsync_batches: AtomicU64,
     status_server: AtomicU64,
     dropped_unknown_nas: AtomicU64,
     dropped_malformed: AtomicU64,
@@ -374,6 +375,15 @@ impl Metrics {
         }
     }
 
+    /// A batch was committed without its fsync: the acknowledger thread fsyncs the WAL and
+    /// answers it (acks.rs).
+    pub fn batch_fsync_deferred(&self) {
+        self.core
+            .radius
+            .deferred_fsync_batches
+            .fetch_add(1, Relaxed);
+    }
+
     /// A retransmission of a committed packet was answered again.
     pub fn retransmit_answered(&self) {
         self.core.radius.retransmits_answered.fetch_add(1, Relaxed);
@@ -523,6 +533,12 @@ impl Collector for CoreMetrics {
             "ratel_radius_acks",
             "Accounting-Responses sent: committed packets, and retransmissions of committed packets answered again",
             l(&r.acknowledged) + l(&r.retransmits_answered),
+        )?;
+        counter(
+            &mut enc,
+            "ratel_radius_deferred_fsync_batches",
+            "RADIUS batches answered by the acknowledger thread after its WAL fsync (big batches); the others fsync in their own commit",
+            l(&r.deferred_fsync_batches),
         )?;
         gauge(
             &mut enc,

@@ -54,6 +54,9 @@ pub enum ServeError {
     Batch(#[from] BatchError),
     #[error("api.listen: {0}")]
     Api(String),
+    /// The acknowledger could not make committed batches durable (acks.rs).
+    #[error("ledger: {0}")]
+    Durability(String),
     #[error("ledger: open session {nas}/{session}: {message}")]
     Session {
         nas: String,
@@ -227,6 +230,25 @@ pub fn run(
     // Checkpoints run on a thread of their own, never inside a commit (ledger/checkpoint.rs).
     ledger.set_wal_autocheckpoint(0)?;
     let _checkpointer = crate::ledger::checkpoint::spawn(&catalog.data_dir)?;
+    // Big RADIUS batches leave their WAL fsync to the acknowledger thread, which answers
+    // a batch once it is durable while the core goes on with the next (acks.rs).
+    // `RATEL_INLINE_FSYNC=1`: every commit fsyncs and the core answers (to compare).
+    let mut acks = if std::env::var_os("RATEL_INLINE_FSYNC").is_some() {
+        None
+    } else {
+        let sock = socket.try_clone().map_err(|source| ServeError::Bind {
+            addr: "RADIUS acknowledger socket".into(),
+            source,
+        })?;
+        Some(
+            crate::acks::Acknowledger::spawn(ledger.wal_path(), sock).map_err(|source| {
+                ServeError::Bind {
+                    addr: "RADIUS acknowledger thread".into(),
+                    source,
+                }
+            })?,
+        )
+    };
     // RADIUS xDRs go from the outbox to Parquet on a thread of their own; the core only
     // commits the files it hands over (outbox.rs).
     let mut flusher = Some(crate::outbox::Flusher::spawn(
@@ -343,6 +365,10 @@ pub fn run(
             last_flush: Instant::now(),
             disconnect,
             compactor,
+            acks: acks.take(),
+            answers: crate::acks::Answers::default(),
+            defer_fsync: false,
+            fsynced: false,
         };
         // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
         let mut last_housekeeping = Instant::now() - Duration::from_secs(2);
@@ -420,6 +446,7 @@ pub fn run(
             spool_current,
             disconnect,
             compactor,
+            acks,
             ..
         } = core;
         if let Some(r) = &reloader {
@@ -484,9 +511,12 @@ fn stop_gracefully(
         Arc<crate::radius::auth_server::AuthCounters>,
     )>,
 ) -> Result<ServeSummary, ServeError> {
-    // Graceful stop: every received packet has been committed and answered above; flush
-    // the outbox so every xDR is in Parquet: what the flusher thread has written first,
-    // then the rest here.
+    // Graceful stop: every received packet has been committed above; its answer goes out
+    // once the WAL is durable. Then flush the outbox so every xDR is in Parquet: what the
+    // flusher thread has written first, then the rest here.
+    if let Some(a) = core.acks.take() {
+        a.finish().map_err(ServeError::Durability)?;
+    }
     if let Some(f) = flusher {
         f.stop(|p| core.commit_flush(&mut rater, p));
     }
@@ -604,6 +634,10 @@ impl DropLog {
     }
 }
 
+/// Packets from which a batch leaves its WAL fsync to the acknowledger (acks.rs). At 64
+/// requests in flight batches stay under it; at 512 most are above.
+const DEFER_FSYNC_FROM: usize = 128;
+
 /// A packet accepted into the current batch, waiting for the commit.
 struct Pending {
     nas: u16,
@@ -719,6 +753,16 @@ struct Core<'c> {
     disconnect: crate::radius::disconnect::Disconnector,
     /// Merges closed days' xDR files (carried across config generations).
     compactor: crate::compact::Compactor,
+    /// Fsyncs the WAL and then sends the answers of committed batches (acks.rs); `None`:
+    /// each commit fsyncs and the core answers.
+    acks: Option<crate::acks::Acknowledger>,
+    /// The current batch's answers, for `acks`.
+    answers: crate::acks::Answers,
+    /// Whether the batch being committed leaves its fsync to `acks`.
+    defer_fsync: bool,
+    /// Whether a commit with its own fsync succeeded in this batch (everything committed
+    /// before is durable: its answers go out at once).
+    fsynced: bool,
 }
 
 impl Core<'_> {
@@ -730,8 +774,12 @@ impl Core<'_> {
         rater: &mut BatchRater<'_>,
         acct: &mut Accounting,
     ) -> Result<(), ServeError> {
+        if let Some(a) = &self.acks {
+            a.check().map_err(ServeError::Durability)?;
+        }
         let mut fx = Effects::default();
         let mut retransmits: Vec<Retransmit> = Vec::new();
+        self.fsynced = false;
         self.pending.clear();
         self.arena.clear();
         let _ = self.socket.set_read_timeout(Some(IDLE_WAIT));
@@ -782,10 +830,15 @@ impl Core<'_> {
             return Ok(());
         }
         let mut committed = true;
+        // A big batch (the socket keeps filling) leaves its fsync to the acknowledger and
+        // the core goes on; a small one fsyncs in its commit and is answered at once: a
+        // hand-over's wake-up would only lengthen each round trip (ARCHITECTURE.md).
+        self.defer_fsync = self.acks.is_some() && self.pending.len() >= DEFER_FSYNC_FROM;
         if !self.pending.is_empty() || !fx.closed.is_empty() {
             committed = match self.commit(rater, acct, &fx, now) {
                 Ok(()) => true,
                 Err(e) if refused_for_content(&e) => {
+                    self.defer_fsync = false;
                     tracing::warn!(error = %e, packets = self.pending.len(), "ledger refused the batch for something in it: applying its packets again to commit all but the one at fault");
                     self.isolate(rater, acct, &fx, now)?;
                     false
@@ -810,10 +863,32 @@ impl Core<'_> {
         for r in retransmits {
             let secret = &self.catalog.nas[r.nas as usize].secret;
             codec::write_response(&mut self.resp, &self.arena[r.bytes], secret);
-            let _ = self.socket.send_to(&self.resp, r.to);
+            self.answer(r.to);
             self.live.metrics.retransmit_answered();
         }
+        if let Some(a) = &self.acks {
+            let answers = std::mem::take(&mut self.answers);
+            if self.fsynced {
+                answers.send_on(&self.socket);
+            } else {
+                // Deferred, or nothing committed (answers to retransmissions only): the
+                // acknowledger's next flush covers every commit before it.
+                a.send(answers).map_err(ServeError::Durability)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Sends `self.resp` to `to` now, or hands it to the acknowledger, which sends it once
+    /// the WAL is durable (an answer to a retransmission too: its original's commit may
+    /// still be in the batch being flushed).
+    fn answer(&mut self, to: SocketAddr) {
+        match &self.acks {
+            Some(_) => self.answers.push(&self.resp, to),
+            None => {
+                let _ = self.socket.send_to(&self.resp, to);
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -921,10 +996,12 @@ impl Core<'_> {
     /// Sends the Accounting-Responses of pending packets `range` (committed), each with the
     /// Proxy-States of its request.
     fn acknowledge(&mut self, acct: &mut Accounting, range: Range<usize>) {
-        for p in &self.pending[range.clone()] {
+        for i in range.clone() {
+            let p = &self.pending[i];
             let secret = &self.catalog.nas[p.nas as usize].secret;
             codec::write_response(&mut self.resp, &self.arena[p.bytes.clone()], secret);
-            let _ = self.socket.send_to(&self.resp, p.to);
+            let to = p.to;
+            self.answer(to);
         }
         acct.counters.acknowledged += range.len() as u64;
     }
@@ -1083,10 +1160,15 @@ impl Core<'_> {
         c.rule_usage = fx.rule_usage.clone();
         c.first_logins = fx.first_logins.clone();
         c.quota = fx.quota.clone();
+        c.defer_fsync = self.defer_fsync;
         let started = self.live.metrics.commit_started();
         let committed = rater.ledger.commit_radius(&c);
         self.live.metrics.commit_finished(started);
         committed?;
+        self.fsynced |= !c.defer_fsync;
+        if c.defer_fsync {
+            self.live.metrics.batch_fsync_deferred();
+        }
         self.live.apply(acct, fx);
         self.disconnect_exhausted(&rater.subscribers, fx, now);
         Ok(())

@@ -582,6 +582,13 @@ impl Ledger {
             .map_err(self.sq())
     }
 
+    /// The ledger's write-ahead log (`ledger.sqlite-wal`).
+    pub fn wal_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push("-wal");
+        PathBuf::from(p)
+    }
+
     /// Root of the xDR Parquet tree.
     pub fn xdr_root(&self) -> &Path {
         &self.xdr_root
@@ -944,11 +951,37 @@ pub struct RadiusCommit {
     /// Per user, the CDR amount committed but not yet folded (negative): the stored
     /// balance is the balance after less it, as the fold will add it.
     pub unfolded: std::collections::HashMap<i64, Decimal>,
+    /// Commit without the WAL fsync: the caller fsyncs the WAL before it tells anyone.
+    pub defer_fsync: bool,
 }
 
 impl Ledger {
-    /// Commits one RADIUS batch (one fsync for all the packets in it).
+    /// Commits one RADIUS batch: one fsync for all the packets in it, or none with
+    /// [`RadiusCommit::defer_fsync`] (`synchronous=NORMAL` for this transaction only: the
+    /// commit is atomic and in the WAL, durable once the caller has fsynced the WAL file,
+    /// [`Ledger::wal_path`], which `serve`'s acknowledger does before it sends the batch's
+    /// answers, `acks.rs`). Every other commit keeps its fsync (`synchronous=FULL`), which
+    /// makes the WAL durable up to it, deferred commits before it included.
     pub fn commit_radius(&mut self, b: &RadiusCommit) -> Result<(), LedgerError> {
+        if !b.defer_fsync {
+            return self.commit_radius_tx(b);
+        }
+        self.set_synchronous("PRAGMA synchronous = NORMAL")?;
+        let committed = self.commit_radius_tx(b);
+        // Back to FULL whatever happened: no other commit may go without its fsync.
+        let restored = self.set_synchronous("PRAGMA synchronous = FULL");
+        committed.and(restored)
+    }
+
+    fn set_synchronous(&self, pragma: &str) -> Result<(), LedgerError> {
+        self.conn
+            .prepare_cached(pragma)
+            .and_then(|mut st| st.execute([]))
+            .map(|_| ())
+            .map_err(self.sq())
+    }
+
+    fn commit_radius_tx(&mut self, b: &RadiusCommit) -> Result<(), LedgerError> {
         let path = self.path.display().to_string();
         let sq = |source| LedgerError::Sqlite {
             path: path.clone(),
@@ -1724,5 +1757,52 @@ mod tests {
         let l = Ledger::open(dir.path()).unwrap();
         assert_eq!(l.load_users().unwrap().len(), 1);
         assert_eq!(auth(&reader), Some("again".into()));
+    }
+
+    /// `serve` leaves RADIUS commits' WAL fsync to its acknowledger: only those commits go
+    /// without it; the connection is back at FULL after each, committed or refused.
+    #[test]
+    fn a_deferred_radius_commit_leaves_every_other_commit_synchronous() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path()).unwrap();
+        l.conn
+            .execute(
+                "INSERT INTO users(user_id, username, password, group_name, credit, created_at)
+                 VALUES (7, 'alice', 'pw', 'g', '10', 0)",
+                [],
+            )
+            .unwrap();
+        let synchronous = |l: &Ledger| -> i64 {
+            l.conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(synchronous(&l), 2, "FULL");
+        let charge = |key: &str, legacy: Option<&str>| RadiusCommit {
+            charges: vec![(
+                7,
+                "1.25".parse().unwrap(),
+                "8.75".parse().unwrap(),
+                key.into(),
+                legacy.map(Into::into),
+            )],
+            defer_fsync: true,
+            ..Default::default()
+        };
+        l.commit_radius(&charge("k1", None)).unwrap();
+        assert_eq!(synchronous(&l), 2);
+        // Refused (the key's older form was charged): rolled back, and FULL again.
+        assert!(matches!(
+            l.commit_radius(&charge("k2", Some("k1"))),
+            Err(LedgerError::Rejected(_))
+        ));
+        assert_eq!(synchronous(&l), 2);
+        // The first charge only, as the movement it is.
+        assert_eq!(
+            l.journal_sum(7, Some("usage")).unwrap(),
+            "-1.25".parse::<Decimal>().unwrap()
+        );
+        assert!(l.wal_path().ends_with("ledger.sqlite-wal"));
+        assert!(l.wal_path().exists());
     }
 }
