@@ -368,7 +368,7 @@ impl Metrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// A batch of `packets` was committed and acknowledged.
+    /// A batch of `packets` was committed and acknowledged (or handed to the acknowledger).
     pub fn batch_committed(&self, packets: usize) {
         if packets > 0 {
             self.core.batch_packets.observe(packets as f64);

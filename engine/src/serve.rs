@@ -367,7 +367,6 @@ pub fn run(
             compactor,
             acks: acks.take(),
             answers: crate::acks::Answers::default(),
-            defer_fsync: false,
             fsynced: false,
         };
         // Housekeeping (spool, stale sessions, outbox) runs at once after a (re)start.
@@ -758,8 +757,6 @@ struct Core<'c> {
     acks: Option<crate::acks::Acknowledger>,
     /// The current batch's answers, for `acks`.
     answers: crate::acks::Answers,
-    /// Whether the batch being committed leaves its fsync to `acks`.
-    defer_fsync: bool,
     /// Whether a commit with its own fsync succeeded in this batch (everything committed
     /// before is durable: its answers go out at once).
     fsynced: bool,
@@ -833,12 +830,11 @@ impl Core<'_> {
         // A big batch (the socket keeps filling) leaves its fsync to the acknowledger and
         // the core goes on; a small one fsyncs in its commit and is answered at once: a
         // hand-over's wake-up would only lengthen each round trip (ARCHITECTURE.md).
-        self.defer_fsync = self.acks.is_some() && self.pending.len() >= DEFER_FSYNC_FROM;
+        let defer_fsync = self.acks.is_some() && self.pending.len() >= DEFER_FSYNC_FROM;
         if !self.pending.is_empty() || !fx.closed.is_empty() {
-            committed = match self.commit(rater, acct, &fx, now) {
+            committed = match self.commit(rater, acct, &fx, now, defer_fsync) {
                 Ok(()) => true,
                 Err(e) if refused_for_content(&e) => {
-                    self.defer_fsync = false;
                     tracing::warn!(error = %e, packets = self.pending.len(), "ledger refused the batch for something in it: applying its packets again to commit all but the one at fault");
                     self.isolate(rater, acct, &fx, now)?;
                     false
@@ -1033,7 +1029,7 @@ impl Core<'_> {
                 self.reapply(rater, acct, i, now, &mut fx);
             }
             acct.charged_keys = None;
-            let Err(e) = self.commit(rater, acct, &fx, now) else {
+            let Err(e) = self.commit(rater, acct, &fx, now, false) else {
                 return Attempt::Committed;
             };
             let existing = rater.ledger.existing_journal_keys(
@@ -1107,13 +1103,15 @@ impl Core<'_> {
         );
     }
 
-    /// One ledger transaction for the effects of a batch.
+    /// One ledger transaction for the effects of a batch; with `defer_fsync`, without its
+    /// fsync (the acknowledger's flush makes it durable before its answers go out).
     fn commit(
         &mut self,
         rater: &mut BatchRater<'_>,
         acct: &Accounting,
         fx: &Effects,
         now: i64,
+        defer_fsync: bool,
     ) -> Result<(), LedgerError> {
         let mut c = RadiusCommit {
             now,
@@ -1160,7 +1158,7 @@ impl Core<'_> {
         c.rule_usage = fx.rule_usage.clone();
         c.first_logins = fx.first_logins.clone();
         c.quota = fx.quota.clone();
-        c.defer_fsync = self.defer_fsync;
+        c.defer_fsync = defer_fsync;
         let started = self.live.metrics.commit_started();
         let committed = rater.ledger.commit_radius(&c);
         self.live.metrics.commit_finished(started);
@@ -1238,7 +1236,7 @@ impl Core<'_> {
             &mut fx,
         );
         if !fx.closed.is_empty() {
-            if let Err(e) = self.commit(rater, acct, &fx, now) {
+            if let Err(e) = self.commit(rater, acct, &fx, now, false) {
                 tracing::error!(error = %e, "ledger commit of stale sessions failed; will retry");
                 self.reload(rater, acct)?;
             }
