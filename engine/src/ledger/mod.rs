@@ -302,12 +302,12 @@ INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 
 /// Page cache of the writing connection, KiB (`RATEL_LEDGER_CACHE_KIB` overrides).
 ///
-/// Not as big as the ledger, by measurement: a B-tree page split that reorders the new pages
-/// moves one through SQLite's pending-byte page number (page 262,145 at 4 KiB pages), and
-/// while the database is smaller than 1 GiB the commit that follows scans the whole cache
-/// hash table to drop it (`pager_end_transaction` → `pcache1TruncateUnsafe`). With a
-/// 256 MiB cache that scan was 28% of the core thread at 64 RADIUS requests in flight; a
-/// page missing from a smaller cache is a 4 KiB read from the OS page cache.
+/// Not as big as the ledger, by measurement. Unpatched SQLite made every commit after a
+/// B-tree page swap scan the whole cache (28% of the core thread at 64 RADIUS requests in
+/// flight with 256 MiB, 5% with 16 MiB); the bundled SQLite is patched (vendor/README.md) and
+/// that scan is gone, but 64 and 256 MiB still measured no better than 16 MiB at 64 in flight
+/// (five alternating runs each, 100k subscribers, a 150 MB ledger): a page missing from the
+/// cache is a 4 KiB read from the OS page cache.
 pub const DEFAULT_CACHE_KIB: i64 = 16 * 1024;
 
 fn cache_kib() -> i64 {
