@@ -251,7 +251,6 @@ CREATE TABLE IF NOT EXISTS journal(
   idem_key TEXT NOT NULL UNIQUE,
   comment TEXT NOT NULL DEFAULT '',
   created_at INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS journal_user ON journal(user_id);
 CREATE TABLE IF NOT EXISTS cdr_files(
   file_hash TEXT PRIMARY KEY,
   path TEXT NOT NULL,
@@ -434,6 +433,11 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     tx.execute_batch(
         "CREATE INDEX IF NOT EXISTS batches_unapplied ON batches(batch_id) WHERE applied = 0;",
     )?;
+    // Every journal lookup by client also bounds the time (`journal_user_time`, version 2):
+    // `journal_user` on the client alone duplicated that index's prefix, one more B-tree
+    // leaf written for every charge of every RADIUS commit. Dropped at each open (an older
+    // build's base schema creates it again when it opens the ledger; it reads the same).
+    tx.execute_batch("DROP INDEX IF EXISTS journal_user;")?;
     if version < SCHEMA_VERSION {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tracing::info!(
