@@ -336,14 +336,13 @@ fn check_migrated(data: &Path) {
     assert_eq!(version(&c), 5);
     // The journal is found by client through (user_id, created_at) only: the index on
     // user_id alone, which the old ledger had, is dropped (one B-tree less per charge).
-    let journal_indexes: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'journal' AND sql IS NOT NULL ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(journal_indexes, ["journal_user_time"]);
+    assert_eq!(
+        strings(
+            &c,
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'journal' AND sql IS NOT NULL ORDER BY name"
+        ),
+        ["journal_user_time"]
+    );
     // Version 5: client packages, empty after a migration.
     let n: i64 = c
         .query_row("SELECT count(*) FROM client_packages", [], |r| r.get(0))
