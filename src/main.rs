@@ -459,6 +459,7 @@ fn ratel_serve(
     config: Option<PathBuf>,
     allow_demo_password: bool,
 ) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
     let demo = config.is_none();
     // `kill -HUP`: the core reloads the config file between batches, all or nothing.
     let reload_requested = Arc::new(AtomicBool::new(false));
@@ -547,6 +548,14 @@ fn ratel_serve(
             .map_err(|e| ratel_engine::serve::ServeError::Api(e.to_string()))?;
             api_thread = Some(h);
             Ok(())
+        },
+        |r| {
+            ops::announce(format_args!(
+                "  ready: {} subscribers and {} open sessions loaded in {} ms; answering RADIUS",
+                r.subscribers,
+                r.open_sessions,
+                started.elapsed().as_millis()
+            ))
         },
     );
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);

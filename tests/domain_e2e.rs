@@ -177,6 +177,8 @@ struct Srv {
     radius: SocketAddr,
     auth: SocketAddr,
     api: SocketAddr,
+    /// `serve`'s `ready:` line (the core loaded its state and answers RADIUS).
+    ready: String,
 }
 
 impl Srv {
@@ -214,12 +216,19 @@ impl Srv {
                 break addr(rest);
             }
         };
+        let ready = loop {
+            let line = lines.next().expect("serve printed its ready line").unwrap();
+            if line.trim().starts_with("ready:") {
+                break line.trim().to_string();
+            }
+        };
         std::thread::spawn(move || for _ in lines {});
         Srv {
             child: Some(child),
             radius: radius.expect("accounting address printed"),
             auth: auth.expect("authorization address printed"),
             api,
+            ready,
         }
     }
 
@@ -573,6 +582,37 @@ type SessionRow = (String, Option<i64>, String, Option<String>, String, Decimal)
 /// written forms), charged by RADIUS sessions on both radius accounts and by CDR files of
 /// all three formats matched by accountcode, by radius name in the account field and by
 /// caller number (written differently again); one CDR matches nobody. One balance.
+/// The subscriber and open-session counts of a `ready:` line.
+fn ready_counts(line: &str) -> (u64, u64) {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let n = |after: &str| -> u64 {
+        let i = words.iter().position(|w| *w == after).unwrap();
+        words[i - 1].parse().unwrap()
+    };
+    (n("subscribers"), n("open"))
+}
+
+#[test]
+fn serve_says_when_its_core_answers_and_what_it_loaded() {
+    let t = T::new();
+    let srv = t.serve();
+    assert_eq!(ready_counts(&srv.ready), (0, 0), "{}", srv.ready);
+    assert!(srv.ready.ends_with("answering RADIUS"), "{}", srv.ready);
+    let api = srv.api;
+    new_client(api, "alice", "apw", "g", "100", "");
+    new_client(api, "bob", "bpw", "g", "50", "");
+    new_client(api, "carol", "cpw", "g", "50", "");
+    // Two sessions opened, one of them closed again: one stays open across the restart.
+    let c = client();
+    assert!(send(&c, srv.radius, &acct(1, 1, "alice", "s1", 0, 0, 0, None)).is_some());
+    assert!(send(&c, srv.radius, &acct(2, 1, "bob", "s2", 0, 0, 0, None)).is_some());
+    assert!(send(&c, srv.radius, &acct(3, 2, "bob", "s2", 60, 10, 0, Some(1))).is_some());
+    srv.stop();
+    let srv = t.serve();
+    assert_eq!(ready_counts(&srv.ready), (3, 1), "{}", srv.ready);
+    srv.stop();
+}
+
 #[test]
 fn one_client_with_many_accounts_has_one_balance() {
     let t = T::new();

@@ -209,8 +209,19 @@ pub fn bind_udp(addr: &str) -> Result<UdpSocket, ServeError> {
     Ok(sock.into())
 }
 
-/// Runs the server until `shutdown` is set. `on_ready` gets the bound RADIUS address.
-/// The caller takes the data dir's lock first (before it announces the server), so no
+/// What the core holds when it starts answering (for the "ready" line of `serve`).
+#[derive(Debug, Clone, Copy)]
+pub struct CoreReady {
+    /// Subscribers loaded from the ledger.
+    pub subscribers: usize,
+    /// Open RADIUS sessions recovered from the ledger.
+    pub open_sessions: usize,
+}
+
+/// Runs the server until `shutdown` is set. `on_ready` runs once the ledger is open and
+/// recovered (the API may read it); `on_core_ready` once the core has loaded subscribers
+/// and sessions and answers RADIUS (datagrams that came earlier waited in the socket's
+/// buffer). The caller takes the data dir's lock first (before it announces the server), so no
 /// other process can slip in between. `auth_socket` is the bound `[radius] auth_listen`
 /// (its thread is started here once the ledger exists).
 #[allow(clippy::too_many_arguments)]
@@ -224,7 +235,9 @@ pub fn run(
     auth_socket: Option<UdpSocket>,
     reloader: Option<Reloader>,
     on_ready: impl FnOnce() -> Result<(), ServeError>,
+    on_core_ready: impl FnOnce(CoreReady),
 ) -> Result<ServeSummary, ServeError> {
+    let mut on_core_ready = Some(on_core_ready);
     let _lock = lock;
     let mut ledger = Ledger::open(&catalog.data_dir)?;
     // Checkpoints run on a thread of their own, never inside a commit (ledger/checkpoint.rs).
@@ -351,6 +364,12 @@ pub fn run(
             "recovered open sessions from the ledger"
         );
         live.rebuild(&acct);
+        if let Some(f) = on_core_ready.take() {
+            f(CoreReady {
+                subscribers: rater.subscribers().users.len(),
+                open_sessions: acct.sessions.len(),
+            });
+        }
         let mut core = Core {
             live: live.clone(),
             catalog,

@@ -124,6 +124,15 @@ impl Serve {
                 break r.trim_end_matches('/').parse::<SocketAddr>()?;
             }
         };
+        // The load starts once the core answers: datagrams sent while serve still loads
+        // its subscribers would wait in the socket, and the run's latencies would include
+        // the start (~120 ms for 100k subscribers) instead of the steady state.
+        loop {
+            let line = lines.next().context("serve exited before it was ready")??;
+            if line.trim().starts_with("ready:") {
+                break;
+            }
+        }
         std::thread::spawn(move || for _ in lines {});
         Ok(Serve {
             child,
