@@ -576,12 +576,6 @@ type GotRow = (String, Option<i64>, Option<String>, String, Decimal);
 /// (session_id, user_id, username, account, status, credit_used).
 type SessionRow = (String, Option<i64>, String, Option<String>, String, Decimal);
 
-// ---- 1. one client, many accounts, one balance ------------------------------------------
-
-/// One client with two radius accounts, a voip account and two DNs (added in different
-/// written forms), charged by RADIUS sessions on both radius accounts and by CDR files of
-/// all three formats matched by accountcode, by radius name in the account field and by
-/// caller number (written differently again); one CDR matches nobody. One balance.
 /// The subscriber and open-session counts of a `ready:` line.
 fn ready_counts(line: &str) -> (u64, u64) {
     let words: Vec<&str> = line.split_whitespace().collect();
@@ -613,6 +607,12 @@ fn serve_says_when_its_core_answers_and_what_it_loaded() {
     srv.stop();
 }
 
+// ---- 1. one client, many accounts, one balance ------------------------------------------
+
+/// One client with two radius accounts, a voip account and two DNs (added in different
+/// written forms), charged by RADIUS sessions on both radius accounts and by CDR files of
+/// all three formats matched by accountcode, by radius name in the account field and by
+/// caller number (written differently again); one CDR matches nobody. One balance.
 #[test]
 fn one_client_with_many_accounts_has_one_balance() {
     let t = T::new();

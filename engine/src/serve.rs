@@ -221,8 +221,8 @@ pub struct CoreReady {
 /// Runs the server until `shutdown` is set. `on_ready` runs once the ledger is open and
 /// recovered (the API may read it); `on_core_ready` once the core has loaded subscribers
 /// and sessions and answers RADIUS (datagrams that came earlier waited in the socket's
-/// buffer). The caller takes the data dir's lock first (before it announces the server), so no
-/// other process can slip in between. `auth_socket` is the bound `[radius] auth_listen`
+/// buffer). The caller takes the data dir's lock first (before it announces the server),
+/// so no other process can slip in between. `auth_socket` is the bound `[radius] auth_listen`
 /// (its thread is started here once the ledger exists).
 #[allow(clippy::too_many_arguments)]
 pub fn run(
