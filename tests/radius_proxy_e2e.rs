@@ -272,14 +272,16 @@ fn open_sessions_under_the_old_key_keep_rating_after_the_upgrade() {
     // name, with the old state shape (no ras_description), and its charge's key.
     {
         let db = rusqlite::Connection::open(env.data().join("ledger.sqlite")).unwrap();
-        let state: String = db
+        // Stored packed now; the old code stored JSON text.
+        let state: Vec<u8> = db
             .query_row(
                 "SELECT state FROM sessions WHERE nas = 'ras1/10.0.0.1' AND session_id = 'm1'",
                 [],
                 |r| r.get(0),
             )
             .unwrap();
-        let mut v: Value = serde_json::from_str(&state).unwrap();
+        let session = ratel_engine::radius::state::unpack("ras1/10.0.0.1", "m1", &state).unwrap();
+        let mut v: Value = serde_json::to_value(&session).unwrap();
         assert_eq!(v["nas_ip"], a);
         v["nas"] = json!("ras1");
         v.as_object_mut().unwrap().remove("ras_description");

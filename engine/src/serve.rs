@@ -504,7 +504,7 @@ fn try_reload(
     for s in sessions {
         let mut s = s.clone();
         crate::reload::remap(old, &new, &mut s);
-        let state = serde_json::to_string(&s).map_err(|e| e.to_string())?;
+        let state = crate::radius::state::pack(&s);
         states.push((s.nas.clone(), s.session_id.clone(), state));
     }
     rater
@@ -589,10 +589,12 @@ fn load_accounting(catalog: &Catalog, rater: &BatchRater<'_>) -> Result<Accounti
             tracing::warn!(nas = %nas, session = %sid, "open session of a NAS no longer configured: left in the ledger");
             continue;
         };
-        let mut s: Session = serde_json::from_str(&state).map_err(|e| ServeError::Session {
-            nas: nas.clone(),
-            session: sid.clone(),
-            message: e.to_string(),
+        let mut s: Session = crate::radius::state::load(&nas, &sid, &state).map_err(|message| {
+            ServeError::Session {
+                nas: nas.clone(),
+                session: sid.clone(),
+                message,
+            }
         })?;
         if s.user_id.is_none() && !s.unknown_user {
             // Stored before sessions kept their client: the User-Name's client now.
@@ -1162,7 +1164,7 @@ impl Core<'_> {
                 c.upserts.push((
                     s.nas.clone(),
                     s.session_id.clone(),
-                    serde_json::to_string(s).expect("session serializes"),
+                    crate::radius::state::pack(s),
                 ));
             }
         }

@@ -587,7 +587,8 @@ fn a_version_1_ledger_is_migrated_to_version_2() {
         vec![(
             "nas1".to_string(),
             "s2".to_string(),
-            "{\"old\":true}".to_string()
+            // Text as the old build stored it: read back as JSON, not as a packed state.
+            ratel_engine::radius::state::Stored::Json("{\"old\":true}".to_string())
         )]
     );
     assert_eq!(ledger.next_xdr_id().unwrap(), 4);

@@ -935,8 +935,8 @@ pub struct RadiusCommit {
     /// (user_id, amount taken, balance after, idempotency key, the key's legacy form to
     /// check for too).
     pub charges: Vec<(i64, Decimal, Decimal, String, Option<String>)>,
-    /// (nas, session id, state JSON) of sessions still open.
-    pub upserts: Vec<(String, String, String)>,
+    /// (nas, session id, packed state: `radius::state::pack`) of sessions still open.
+    pub upserts: Vec<(String, String, Vec<u8>)>,
     /// (nas, session id, when it ended by the NAS's clock) of sessions closed.
     pub closed: Vec<(String, String, i64)>,
     /// (xdr id, xDR JSON) of closed sessions.
@@ -1152,12 +1152,11 @@ impl Ledger {
         Ok(found)
     }
 
-    /// Open sessions: (nas, session id, state JSON).
     /// Rewrites the stored state of open sessions (a config reload remapped them), in one
-    /// transaction.
+    /// transaction: (nas, session id, packed state).
     pub fn save_session_states(
         &mut self,
-        states: &[(String, String, String)],
+        states: &[(String, String, Vec<u8>)],
     ) -> Result<(), LedgerError> {
         let path = self.path.display().to_string();
         let sq = |source| LedgerError::Sqlite {
@@ -1179,13 +1178,42 @@ impl Ledger {
         tx.commit().map_err(sq)
     }
 
-    pub fn load_sessions(&self) -> Result<Vec<(String, String, String)>, LedgerError> {
+    /// Open sessions: (nas, session id, stored state: packed, or JSON from earlier builds).
+    pub fn load_sessions(
+        &self,
+    ) -> Result<Vec<(String, String, crate::radius::state::Stored)>, LedgerError> {
+        use crate::radius::state::Stored;
+        use rusqlite::types::{FromSqlError, ValueRef};
         let mut st = self
             .conn
             .prepare("SELECT nas, session_id, state FROM sessions")
             .map_err(self.sq())?;
         let rows = st
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_map([], |r| {
+                // JSON text from builds before the packed state, a BLOB since.
+                let state = match r.get_ref(2)? {
+                    ValueRef::Blob(b) => Stored::Packed(b.to_vec()),
+                    ValueRef::Text(t) => Stored::Json(
+                        std::str::from_utf8(t)
+                            .map_err(|e| {
+                                rusqlite::Error::FromSqlConversionFailure(
+                                    2,
+                                    rusqlite::types::Type::Text,
+                                    Box::new(e),
+                                )
+                            })?
+                            .to_string(),
+                    ),
+                    v => {
+                        return Err(rusqlite::Error::FromSqlConversionFailure(
+                            2,
+                            v.data_type(),
+                            Box::new(FromSqlError::InvalidType),
+                        ))
+                    }
+                };
+                Ok((r.get(0)?, r.get(1)?, state))
+            })
             .map_err(self.sq())?;
         rows.collect::<Result<_, _>>().map_err(self.sq())
     }

@@ -6,3 +6,4 @@ pub mod auth;
 pub mod auth_server;
 pub mod codec;
 pub mod disconnect;
+pub mod state;
