@@ -221,7 +221,8 @@ fn ledger_commit(c: &mut Criterion) {
                             (
                                 "nas".to_string(),
                                 format!("s{i}"),
-                                "{\"state\":1}".to_string(),
+                                // the size of a packed session state
+                                vec![1u8; 130],
                             )
                         })
                         .collect(),
