@@ -85,10 +85,17 @@ pub fn load(nas: &str, session_id: &str, stored: &Stored) -> Result<Session, Str
 pub fn unpack(nas: &str, session_id: &str, bytes: &[u8]) -> Result<Session, String> {
     let mut r = Reader { b: bytes, at: 0 };
     let version = r.byte("version")?;
-    if version != VERSION {
+    // Versions are counted from 1 up, one per change of the format: a first byte far beyond
+    // this build's (a `{` of JSON stored as a BLOB) or 0 is no version at all.
+    if version > VERSION && version <= 16 {
         return Err(format!(
             "packed session state of version {version}; this build reads version {VERSION} \
              (a ledger written by a newer ratel?)"
+        ));
+    }
+    if version != VERSION {
+        return Err(format!(
+            "packed session state starts with {version:#04x}, no version of the format"
         ));
     }
     let username = r.str("username")?;
@@ -105,7 +112,10 @@ pub fn unpack(nas: &str, session_id: &str, bytes: &[u8]) -> Result<Session, Stri
     // Each rule takes at least 10 bytes: a count beyond what is left is corrupt (and never
     // a huge allocation).
     if n > (bytes.len() - r.at) as u64 / 10 {
-        return Err(format!("{n} charge rules in {} bytes", bytes.len()));
+        return Err(format!(
+            "{n} charge rules in the {} bytes left of the packed state",
+            bytes.len() - r.at
+        ));
     }
     let mut rules = Vec::with_capacity(n as usize);
     for _ in 0..n {
@@ -454,6 +464,13 @@ mod tests {
         let mut v2 = packed.clone();
         v2[0] = 2;
         assert!(unpack("n", "s", &v2).unwrap_err().contains("version 2"));
+        // Not a version at all (JSON stored as a BLOB starts with `{`; a zero byte).
+        for first in [b'{', 0] {
+            let mut b = packed.clone();
+            b[0] = first;
+            let e = unpack("n", "s", &b).unwrap_err();
+            assert!(e.contains("no version of the format"), "{e}");
+        }
         // Every single byte flipped: decodes to something or is refused, never panics.
         for i in 0..packed.len() {
             for bit in 0..8 {
