@@ -13,20 +13,8 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-/// xorshift64*: a fixed sequence, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+mod rng;
+use rng::Rng;
 
 type Model = BTreeMap<i64, Vec<u8>>;
 
