@@ -64,8 +64,14 @@ pub struct CallRating {
     pub cost_exact: Decimal,
     /// `Σ price_per_minute × seconds` of the priced pieces (the time cost × 60, exact).
     pub time_numerator: Decimal,
-    pub pieces: Vec<Piece>,
+    /// Inline for the usual one piece: a heap allocation per call was 1.5M allocations
+    /// (and a pointer the xDR build chased) in a 2M-call file.
+    pub pieces: Pieces,
 }
+
+/// The pieces of a call: one in the usual case (no rate period boundary crossed, no
+/// package), kept inline.
+pub type Pieces = smallvec::SmallVec<[Piece; 1]>;
 
 impl CallRating {
     /// A rating at cost 0 with no pieces.
@@ -78,7 +84,7 @@ impl CallRating {
             package_secs: 0,
             cost_exact: Decimal::ZERO,
             time_numerator: Decimal::ZERO,
-            pieces: Vec::new(),
+            pieces: Pieces::new(),
         }
     }
 }
@@ -183,7 +189,7 @@ pub fn rate_call_with_package(
     };
     let covered = free_secs.clamp(0, billed);
     let mut numerator = Some(Decimal::ZERO);
-    let mut pieces = Vec::with_capacity(1);
+    let mut pieces = Pieces::new();
     if covered > 0 {
         pieces.push(Piece {
             start,
