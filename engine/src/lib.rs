@@ -47,3 +47,26 @@ pub fn disable_transparent_huge_pages() -> bool {
         false
     }
 }
+
+/// Asks the CPU to load the cache lines of `len` bytes at `p` (a hint: no effect on
+/// what the program computes). The xDR order visits a block's records at random; without
+/// it the gather waited on a cache miss for nearly every record and subscriber.
+#[inline(always)]
+pub(crate) fn prefetch(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut off = 0;
+        while off < len {
+            // SAFETY: a prefetch never faults and never changes memory, whatever the
+            // address; `wrapping_add` computes it without dereferencing.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                    p.wrapping_add(off) as *const i8,
+                )
+            };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}

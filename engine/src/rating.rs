@@ -172,12 +172,29 @@ pub fn rate_call_with_package(
     free_secs: i64,
     scratch: &mut Vec<u8>,
 ) -> CallRating {
+    rate_call_with_lookup(tariff, tz, start, d, answered, free_secs, || {
+        destination_digits(callee, scratch);
+        tariff.trie.longest_match(scratch)
+    })
+}
+
+/// [`rate_call_with_package`] with the destination's longest prefix in `tariff` given by
+/// `prefix` (called only for an answered call of some seconds): the batch rater looks up
+/// many calls' prefixes together ([`crate::catalog::PrefixTrie::longest_match_many`]).
+pub fn rate_call_with_lookup(
+    tariff: &Tariff,
+    tz: &Tz,
+    start: i64,
+    d: i64,
+    answered: bool,
+    free_secs: i64,
+    prefix: impl FnOnce() -> Option<u32>,
+) -> CallRating {
     let zero = CallRating::zero;
     if !answered || d <= 0 {
         return zero(Status::Unanswered);
     }
-    destination_digits(callee, scratch);
-    let Some(pidx) = tariff.trie.longest_match(scratch) else {
+    let Some(pidx) = prefix() else {
         return zero(Status::NoRate);
     };
     let pr = &tariff.prefixes[pidx as usize];

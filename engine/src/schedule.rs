@@ -173,6 +173,11 @@ impl<T: Copy + PartialEq> WeekSchedule<T> {
     }
 
     /// True when one item holds all week (no splitting ever needed).
+    /// Where the schedule's segments are in memory (to prefetch them; a hint only).
+    pub fn first_segment(&self) -> *const u8 {
+        self.segments.as_ptr().cast()
+    }
+
     pub fn is_constant(&self) -> bool {
         self.segments.len() == 1
     }
