@@ -42,7 +42,8 @@ fn keep_freed_memory_longer() {
         return;
     }
     // SAFETY: plain C calls of the linked mimalloc (the global allocator above) with
-    // integer arguments; options are atomics inside mimalloc, safe to set at any time.
+    // integer arguments. `mi_option_set` is a plain store into mimalloc's option table:
+    // this runs first thing in `main`, before any other thread exists.
     unsafe {
         if mi_version() / 10_000 == 3 && mi_option_get(MI_OPTION_PURGE_DELAY) == DEFAULT_MS {
             mi_option_set(MI_OPTION_PURGE_DELAY, KEEP_MS);

@@ -1165,6 +1165,9 @@ mod tests {
             tries[k].insert(&p, v);
             inserted[k].insert(p, v);
         }
+        // The empty prefix (a deck's catch-all) in one of the two.
+        tries[1].insert(b"", 9999);
+        inserted[1].insert(Vec::new(), 9999);
         for round in 0..40 {
             let queries: Vec<(usize, Vec<u8>)> = (0..1 + round * 7)
                 .map(|_| {

@@ -172,12 +172,12 @@ impl<T: Copy + PartialEq> WeekSchedule<T> {
         Ok(WeekSchedule { segments })
     }
 
-    /// True when one item holds all week (no splitting ever needed).
     /// Where the schedule's segments are in memory (to prefetch them; a hint only).
     pub fn first_segment(&self) -> *const u8 {
         self.segments.as_ptr().cast()
     }
 
+    /// True when one item holds all week (no splitting ever needed).
     pub fn is_constant(&self) -> bool {
         self.segments.len() == 1
     }
