@@ -844,6 +844,14 @@ fn tariff_of<'c>(catalog: &'c Catalog, user: Option<&UserState>) -> Option<&'c T
         .map(|t| &catalog.tariffs[t])
 }
 
+/// The rate rows a rated record's xDR names: its pieces' and the one at its start.
+fn rows_of<'c>(tf: &'c Tariff, r: &'c RatedCdr<'_>) -> impl Iterator<Item = &'c RateRow> {
+    let pieces = r.rating.pieces.iter().map(|p| p.item);
+    pieces
+        .chain(r.rating.row_at_start)
+        .filter_map(|row| tf.rows.get(row as usize))
+}
+
 /// Prefetches for the record `PREFETCH_STEP × k` rows ahead of the one being built (step
 /// `k`, 4 down to 1); see [`PREFETCH_STEP`].
 fn prefetch_ahead(catalog: &Catalog, subs: &Subscribers, r: &RatedCdr<'_>, k: usize) {
@@ -878,19 +886,11 @@ fn prefetch_ahead(catalog: &Catalog, subs: &Subscribers, r: &RatedCdr<'_>, k: us
                         std::mem::size_of::<PrefixRates>(),
                     );
                 }
-                for row in r
-                    .rating
-                    .pieces
-                    .iter()
-                    .map(|p| p.item)
-                    .chain(r.rating.row_at_start)
-                {
-                    if let Some(row) = tf.rows.get(row as usize) {
-                        prefetch(
-                            (row as *const RateRow).cast(),
-                            std::mem::size_of::<RateRow>(),
-                        );
-                    }
+                for row in rows_of(tf, r) {
+                    prefetch(
+                        (row as *const RateRow).cast(),
+                        std::mem::size_of::<RateRow>(),
+                    );
                 }
             }
         }
@@ -899,16 +899,8 @@ fn prefetch_ahead(catalog: &Catalog, subs: &Subscribers, r: &RatedCdr<'_>, k: us
                 if let Some(p) = r.rating.prefix.and_then(|p| tf.prefixes.get(p as usize)) {
                     prefetch(p.prefix.as_ptr(), p.prefix.len());
                 }
-                for row in r
-                    .rating
-                    .pieces
-                    .iter()
-                    .map(|p| p.item)
-                    .chain(r.rating.row_at_start)
-                {
-                    if let Some(row) = tf.rows.get(row as usize) {
-                        prefetch(row.description.as_ptr(), row.description.len());
-                    }
+                for row in rows_of(tf, r) {
+                    prefetch(row.description.as_ptr(), row.description.len());
                 }
             }
         }
