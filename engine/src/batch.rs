@@ -868,10 +868,10 @@ fn prefetch_ahead(catalog: &Catalog, subs: &Subscribers, r: &RatedCdr<'_>, k: us
                     std::mem::size_of::<UserState>(),
                 );
             }
-            for f in [&r.cdr.call_id, &r.cdr.caller, &r.cdr.callee, &r.cdr.account] {
+            let c = &r.cdr;
+            for f in [&c.call_id, &c.caller, &c.callee, &c.account, &c.disposition] {
                 prefetch(f.as_ptr(), 1);
             }
-            prefetch(r.cdr.disposition.as_ptr(), 1);
             prefetch(r.rating.pieces.as_ptr().cast(), 1);
         }
         2 => {
@@ -1849,22 +1849,20 @@ fn rate_chunk<'a>(
     // `rate_call_with_lookup` calls its lookup in).
     scratch.digits.clear();
     let mut found = Vec::with_capacity(parsed.len());
-    let mut wanted: Vec<(usize, usize, usize)> = Vec::with_capacity(parsed.len());
+    let mut wanted: Vec<(usize, &Tariff, usize)> = Vec::with_capacity(parsed.len());
     for (i, p) in parsed.iter().enumerate() {
         let Ok(cdr) = p else {
             found.push(None);
             continue;
         };
         let f = subs.of_cdr_at(&cdr.account, &cdr.caller, cdr.start);
-        let tariff = f
-            .and_then(|(ui, _)| subs.users[ui as usize].group)
-            .and_then(|g| catalog.groups[g].tariff);
-        if let Some(t) = tariff {
-            if cdr.answered && cdr.duration_secs > 0 {
+        let user = f.map(|(ui, _)| &subs.users[ui as usize]);
+        if let Some(tf) = tariff_of(catalog, user) {
+            if crate::rating::is_priced(cdr.answered, cdr.duration_secs) {
                 crate::rating::destination_digits(&cdr.callee, &mut scratch.one);
                 let from = scratch.digits.len();
                 scratch.digits.extend_from_slice(&scratch.one);
-                wanted.push((i, t, from));
+                wanted.push((i, tf, from));
             }
         }
         found.push(f);
@@ -1879,9 +1877,7 @@ fn rate_chunk<'a>(
         let mut searches: Vec<PrefixSearch<'_>> = wanted
             .iter()
             .zip(ends)
-            .map(|(&(_, t, from), to)| {
-                PrefixSearch::new(&catalog.tariffs[t].trie, &scratch.digits[from..to])
-            })
+            .map(|(&(_, tf, from), to)| PrefixSearch::new(&tf.trie, &scratch.digits[from..to]))
             .collect();
         PrefixTrie::longest_match_many(&mut searches);
         for (&(i, _, _), s) in wanted.iter().zip(&searches) {
@@ -1891,8 +1887,7 @@ fn rate_chunk<'a>(
     // The prefix entries, then their schedules, then the rows in force at the start
     // (where the schedule has one row: no time-zone arithmetic twice).
     let entries = || {
-        wanted.iter().filter_map(|&(i, t, _)| {
-            let tf = &catalog.tariffs[t];
+        wanted.iter().filter_map(|&(i, tf, _)| {
             prefix[i]
                 .flatten()
                 .and_then(|p| tf.prefixes.get(p as usize))

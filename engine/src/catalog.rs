@@ -157,23 +157,9 @@ impl PrefixTrie {
 
     /// The value of the longest prefix of `digits` present, if any.
     pub fn longest_match(&self, digits: &[u8]) -> Option<u32> {
-        let mut node = 0usize;
-        let mut best = self.values[0];
-        for &c in digits {
-            let d = c.wrapping_sub(b'0') as usize;
-            if d > 9 {
-                break;
-            }
-            let next = self.children[node][d];
-            if next == 0 {
-                break;
-            }
-            node = next as usize;
-            if self.values[node] != NO_VALUE {
-                best = self.values[node];
-            }
-        }
-        (best != NO_VALUE).then_some(best)
+        let mut s = PrefixSearch::new(self, digits);
+        while s.step() {}
+        s.result()
     }
 }
 
@@ -208,7 +194,8 @@ impl<'a> PrefixSearch<'a> {
     }
 
     /// One step: reads the node reached last step (prefetched then) and goes one digit
-    /// deeper, prefetching the node it reaches. False once the search is over.
+    /// deeper (a non-digit or a missing child ends the search), prefetching the node it
+    /// reaches. False once the search is over.
     #[inline]
     fn step(&mut self) -> bool {
         let t = self.trie;

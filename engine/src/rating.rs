@@ -178,6 +178,13 @@ pub fn rate_call_with_package(
     })
 }
 
+/// Whether a call with a tariff is priced (answered, some seconds long): the only calls
+/// whose destination's prefix [`rate_call_with_lookup`] asks for; the others are
+/// `UNANSWERED` at cost 0.
+pub fn is_priced(answered: bool, d: i64) -> bool {
+    answered && d > 0
+}
+
 /// [`rate_call_with_package`] with the destination's longest prefix in `tariff` given by
 /// `prefix` (called only for an answered call of some seconds): the batch rater looks up
 /// many calls' prefixes together ([`crate::catalog::PrefixTrie::longest_match_many`]).
@@ -191,7 +198,7 @@ pub fn rate_call_with_lookup(
     prefix: impl FnOnce() -> Option<u32>,
 ) -> CallRating {
     let zero = CallRating::zero;
-    if !answered || d <= 0 {
+    if !is_priced(answered, d) {
         return zero(Status::Unanswered);
     }
     let Some(pidx) = prefix() else {
