@@ -2,6 +2,7 @@
 //! accounting, the `serve` core loop and the xDR Parquet writer. See ARCHITECTURE.md for the
 //! map and the invariants.
 
+pub(crate) mod account_index;
 pub mod acks;
 pub mod backup;
 pub mod batch;

@@ -492,8 +492,18 @@ pub const NO_STATISTICS_COLUMNS: &[&str] = &[
     "called_number",
     "source",
     "account",
+    "destination",
     "destination_name",
+    "credit_used",
+    "before_credit",
+    "after_credit",
     "charge_rule_details.list.item.rule",
+    "charge_rule_details.list.item.start",
+    "charge_rule_details.list.item.end",
+    "charge_rule_details.list.item.seconds",
+    "charge_rule_details.list.item.bytes_in",
+    "charge_rule_details.list.item.bytes_out",
+    "charge_rule_details.list.item.credit",
 ];
 
 /// Parquet settings, every knob explicit.
@@ -519,7 +529,11 @@ pub fn writer_properties(expected_rows: usize) -> WriterProperties {
     }
     // No min/max on free text that is near-unique and unordered in a file (call ids, phone
     // numbers, sources): nothing prunes by them, and each value cost a byte compare
-    // against the chunk's min and max (~3% of `ratel rate`'s CPU).
+    // against the chunk's min and max (~3% of `ratel rate`'s CPU). Nor on the money
+    // columns and the charge rule details: a Decimal128 min/max is a 16-byte signed
+    // compare per value (`compare_greater_byte_array_decimals`), and no reader prunes
+    // files by an amount or a detail (reports prune by username and times; exports by
+    // logout_time): −2–4% of `ratel rate`'s user time.
     for col in NO_STATISTICS_COLUMNS {
         b = b.set_column_statistics_enabled(path(col), EnabledStatistics::None);
     }
