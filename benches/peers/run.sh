@@ -51,6 +51,7 @@ r = cdr["records_per_sec"]
 print(f"| ratel rate, end to end (parse, rate, balances, ledger, Parquet) | {cdr['seconds']} | {r:,} | |")
 print(f"| DuckDB {duck['version']} CSV -> Parquet copy (no rating) | {duck['copy_seconds']} | {duck['copy_rows_per_sec']:,} | {r / duck['copy_rows_per_sec']:.2f}x |")
 print(f"| DuckDB longest-prefix rating join (no balances, no windows) | {duck['join_seconds']} | {duck['join_rows_per_sec']:,} | {r / duck['join_rows_per_sec']:.2f}x |")
+print(f"| DuckDB the same join, its rated rows written as zstd Parquet in (day, account) order (16 columns; no balances) | {duck['join_write_seconds']} | {duck['join_write_rows_per_sec']:,} | {r / duck['join_write_rows_per_sec']:.2f}x |")
 print(f"\nratel stages (seconds, stages overlap): hash {cdr['hash_s']}, parse+rate {cdr['parse_rate_s']}, "
       f"build {cdr['build_s']}, Parquet {cdr['parquet_s']}, ledger {cdr['ledger_s']}; rate deck compiled in {cdr['deck_load_seconds']} s.\n")
 print("## RADIUS accounting: `ratel bench radius` against `ratel serve`\n")
