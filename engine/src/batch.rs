@@ -1958,6 +1958,16 @@ fn rate_chunk<'a>(
         .collect();
     let mut of_calls = vec![None; calls.len()];
     subs.of_cdrs_at(&calls, &mut of_calls, &mut scratch.lookup);
+    // Their subscribers, all asked for before the first is read (its group names the
+    // tariff: one cache miss after another, 4% of `ratel rate`, without this).
+    for &(ui, _) in of_calls.iter().flatten() {
+        if let Some(u) = subs.users.get(ui as usize) {
+            prefetch(
+                (u as *const UserState).cast(),
+                std::mem::size_of::<UserState>(),
+            );
+        }
+    }
     let mut of_calls = of_calls.into_iter();
     let mut found = Vec::with_capacity(parsed.len());
     let mut wanted: Vec<(usize, &Tariff, usize)> = Vec::with_capacity(parsed.len());
