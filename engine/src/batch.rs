@@ -482,34 +482,38 @@ impl Subscribers {
     }
 
     /// [`Subscribers::of_cdr_at`] of each `(account, caller, start)` into `out` (same
-    /// length), the same answers; the account lookups go together through the account
-    /// index when it is built and no identifier ever changed hands (`prior` is empty:
-    /// a map lookup is then the whole of `owner_at`).
+    /// length), the same answers. With the account index built, the accounts go through
+    /// it together — all but those that ever changed hands (taken off a client, renamed,
+    /// deleted: a key of `prior`), which `of_cdr_at` answers one by one; for any other
+    /// account a map lookup is the whole of `owner_at`.
     pub(crate) fn of_cdrs_at(
         &self,
         calls: &[(&str, &str, i64)],
         out: &mut [Option<(u32, MatchedBy)>],
         scratch: &mut LookupScratch,
     ) {
-        let Some(ix) = self
-            .account_index
-            .as_deref()
-            .filter(|_| self.prior.is_empty())
-        else {
+        // A short `out` would leave calls unbilled: refuse it loudly.
+        assert_eq!(calls.len(), out.len(), "one answer per call");
+        let Some((voip, radius)) = self.account_index.as_deref() else {
             for (o, &(account, caller, start)) in out.iter_mut().zip(calls) {
                 *o = self.of_cdr_at(account, caller, start);
             }
             return;
         };
-        let (voip, radius) = ix;
+        for o in out.iter_mut() {
+            *o = None;
+        }
         // Voip accounts first, then radius accounts for the rest: `of_cdr_at`'s order.
         let (mut at, mut keys) = (
             Vec::with_capacity(calls.len()),
             Vec::with_capacity(calls.len()),
         );
+        let mut one_by_one = Vec::new();
         for (i, &(account, _, _)) in calls.iter().enumerate() {
             let a = crate::csv::trim(account);
-            if !a.is_empty() {
+            if !self.prior.is_empty() && self.prior.contains_key(a) {
+                one_by_one.push(i);
+            } else if !a.is_empty() {
                 at.push(i);
                 keys.push(a);
             }
@@ -527,9 +531,6 @@ impl Subscribers {
         }
         let mut found_radius = vec![None; rest_keys.len()];
         radius.find_many(&rest_keys, &mut found_radius, &mut scratch.hashes);
-        for o in out.iter_mut() {
-            *o = None;
-        }
         for (&i, f) in at.iter().zip(&found) {
             out[i] = f.map(|u| (u, MatchedBy::Account));
         }
@@ -540,6 +541,10 @@ impl Subscribers {
             if o.is_none() {
                 *o = self.of_dn_at(caller, start);
             }
+        }
+        for i in one_by_one {
+            let (account, caller, start) = calls[i];
+            out[i] = self.of_cdr_at(account, caller, start);
         }
     }
 
@@ -1969,14 +1974,16 @@ fn rate_chunk<'a>(
         }
     }
     let mut of_calls = of_calls.into_iter();
-    let mut found = Vec::with_capacity(parsed.len());
+    let mut found: Vec<Option<(u32, MatchedBy)>> = Vec::with_capacity(parsed.len());
     let mut wanted: Vec<(usize, &Tariff, usize)> = Vec::with_capacity(parsed.len());
     for (i, p) in parsed.iter().enumerate() {
         let Ok(cdr) = p else {
             found.push(None);
             continue;
         };
-        let f = of_calls.next().flatten();
+        let f = of_calls
+            .next()
+            .expect("one lookup per parsed record (collected from the same list)");
         let user = f.map(|(ui, _)| &subs.users[ui as usize]);
         if let Some(tf) = tariff_of(catalog, user) {
             if crate::rating::is_priced(cdr.answered, cdr.duration_secs) {
@@ -2324,6 +2331,12 @@ mod tests {
             };
             queries.push((account, caller, 1_800_000_000 + (next() % 1000) as i64));
         }
+        // Around the rename below: the old and the new name, before and after it.
+        for t in [1_800_000_499, 1_800_000_500, 1_800_000_501] {
+            for name in ["user4", "user4b", " user4 "] {
+                queries.push((name.into(), String::new(), t));
+            }
+        }
         let check = |s: &Subscribers, what: &str| {
             let calls: Vec<(&str, &str, i64)> = queries
                 .iter()
@@ -2346,8 +2359,45 @@ mod tests {
         s.build_account_index();
         check(&s, "rebuilt after a new account");
         s.rename(4, "user4b", 1_800_000_500);
+        assert!(s.account_index.is_none(), "a rename drops the index");
         s.build_account_index();
         assert!(!s.prior.is_empty());
         check(&s, "an identifier changed hands");
+        // Before the rename "user4" is client 4's; after it nobody's, "user4b" is.
+        let who = |s: &Subscribers, a: &str, t: i64| {
+            let mut out = [None];
+            s.of_cdrs_at(&[(a, "", t)], &mut out, &mut LookupScratch::default());
+            out[0].map(|(i, _)| s.users[i as usize].user_id)
+        };
+        assert_eq!(who(&s, "user4", 1_800_000_499), Some(4));
+        assert_eq!(who(&s, "user4", 1_800_000_500), None);
+        assert_eq!(who(&s, "user4b", 1_800_000_499), Some(4));
+        assert_eq!(who(&s, "user5", 1_800_000_499), Some(5));
+        s.remove_account(1, AccountKind::Voip, "1001", 1_800_000_600);
+        assert!(
+            s.account_index.is_none(),
+            "a removed account drops the index"
+        );
+        s.build_account_index();
+        check(&s, "an account removed");
+        s.add(
+            &catalog,
+            UserRow {
+                user_id: 10,
+                username: Some("user10x".into()),
+                group_name: "g".into(),
+                credit: Decimal::ZERO,
+            },
+        );
+        assert!(
+            s.account_index.is_none(),
+            "a replaced client drops the index"
+        );
+        s.build_account_index();
+        check(&s, "a client replaced");
+        s.delete(&[13], 1_800_000_700);
+        assert!(s.account_index.is_none(), "a deletion drops the index");
+        s.build_account_index();
+        check(&s, "a client deleted");
     }
 }
