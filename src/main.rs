@@ -667,6 +667,7 @@ fn rate(
 ) -> anyhow::Result<ExitCode> {
     let _lock = DataDirLock::acquire(&catalog.data_dir)?;
     let mut ledger = Ledger::open(&catalog.data_dir)?;
+    ledger.use_batch_cache()?;
     let mut rater = BatchRater::new(catalog, &mut ledger)?;
     rater.force = force;
     // Package periods that ended while nothing ran are renewed (or deactivated) first, in
@@ -795,6 +796,8 @@ fn bench_cdr(
     let load_secs = t.elapsed().as_secs_f64();
     let _lock = DataDirLock::acquire(&catalog.data_dir)?;
     let mut ledger = Ledger::open(&catalog.data_dir)?;
+    // What `ratel rate` runs with.
+    ledger.use_batch_cache()?;
     let imported =
         ratel_engine::users::import_users(&catalog, &mut ledger, &files.users, chrono_now())?;
     let mut rater = BatchRater::new(&catalog, &mut ledger)?;
