@@ -26,26 +26,28 @@ rows = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
 con.execute(f"""CREATE TABLE rates AS SELECT prefix::VARCHAR AS prefix, description AS descr, price_per_minute::DECIMAL(18,6) AS ppm,
   connect_fee::DECIMAL(18,6) AS fee, first_increment AS f, next_increment AS n
   FROM read_csv('{d}/rates.csv', header=true, all_varchar=true, null_padding=true, delim=',') WHERE days IS NULL OR days = ''""")
+# The longest prefix of the destination's digits: eight equi-joins, the longest match wins.
+JOINS = "\n".join(f"  LEFT JOIN rates r{k} ON r{k}.prefix = left(c2.dst, {k})" for k in range(8, 0, -1))
+DST = "c2 AS (SELECT *, CASE WHEN starts_with(digits, '00') THEN substr(digits, 3) ELSE digits END AS dst FROM c)"
+
+
+def longest(col):
+    return "coalesce(" + ", ".join(f"r{k}.{col}" for k in range(8, 0, -1)) + ")"
+
+
 t = time.perf_counter()
 total = con.execute(f"""
 WITH c AS (
   SELECT call_id, account, duration_s::BIGINT AS dur, disposition,
          regexp_replace(callee, '[^0-9]', '', 'g') AS digits
   FROM read_csv('{d}/cdrs.csv', header=true, all_varchar=true)),
-c2 AS (SELECT *, CASE WHEN starts_with(digits, '00') THEN substr(digits, 3) ELSE digits END AS dst FROM c),
+{DST},
 m AS (
   SELECT c2.call_id, c2.dur, c2.disposition,
-    coalesce(r8.ppm, r7.ppm, r6.ppm, r5.ppm, r4.ppm, r3.ppm, r2.ppm, r1.ppm) AS ppm, coalesce(r8.fee, r7.fee, r6.fee, r5.fee, r4.fee, r3.fee, r2.fee, r1.fee) AS fee,
-    coalesce(r8.f, r7.f, r6.f, r5.f, r4.f, r3.f, r2.f, r1.f)::BIGINT AS f, coalesce(r8.n, r7.n, r6.n, r5.n, r4.n, r3.n, r2.n, r1.n)::BIGINT AS n
+    {longest('ppm')} AS ppm, {longest('fee')} AS fee,
+    {longest('f')}::BIGINT AS f, {longest('n')}::BIGINT AS n
   FROM c2
-  LEFT JOIN rates r8 ON r8.prefix = left(c2.dst, 8)
-  LEFT JOIN rates r7 ON r7.prefix = left(c2.dst, 7)
-  LEFT JOIN rates r6 ON r6.prefix = left(c2.dst, 6)
-  LEFT JOIN rates r5 ON r5.prefix = left(c2.dst, 5)
-  LEFT JOIN rates r4 ON r4.prefix = left(c2.dst, 4)
-  LEFT JOIN rates r3 ON r3.prefix = left(c2.dst, 3)
-  LEFT JOIN rates r2 ON r2.prefix = left(c2.dst, 2)
-  LEFT JOIN rates r1 ON r1.prefix = left(c2.dst, 1)),
+{JOINS}),
 rated AS (
   SELECT CASE WHEN disposition = 'ANSWERED' AND dur > 0 AND ppm IS NOT NULL THEN
       fee + ppm * (CASE WHEN dur <= f THEN f ELSE f + ceil((dur - f) / n::DOUBLE)::BIGINT * n END) / 60
@@ -64,22 +66,15 @@ WITH c AS (
          duration_s::BIGINT AS dur, disposition,
          regexp_replace(callee, '[^0-9]', '', 'g') AS digits
   FROM read_csv('{d}/cdrs.csv', header=true, all_varchar=true)),
-c2 AS (SELECT *, CASE WHEN starts_with(digits, '00') THEN substr(digits, 3) ELSE digits END AS dst FROM c),
+{DST},
 m AS (
   SELECT c2.*,
-    coalesce(r8.prefix, r7.prefix, r6.prefix, r5.prefix, r4.prefix, r3.prefix, r2.prefix, r1.prefix) AS prefix,
-    coalesce(r8.descr, r7.descr, r6.descr, r5.descr, r4.descr, r3.descr, r2.descr, r1.descr) AS destination_name,
-    coalesce(r8.ppm, r7.ppm, r6.ppm, r5.ppm, r4.ppm, r3.ppm, r2.ppm, r1.ppm) AS ppm, coalesce(r8.fee, r7.fee, r6.fee, r5.fee, r4.fee, r3.fee, r2.fee, r1.fee) AS fee,
-    coalesce(r8.f, r7.f, r6.f, r5.f, r4.f, r3.f, r2.f, r1.f)::BIGINT AS f, coalesce(r8.n, r7.n, r6.n, r5.n, r4.n, r3.n, r2.n, r1.n)::BIGINT AS n
+    {longest('prefix')} AS prefix,
+    {longest('descr')} AS destination_name,
+    {longest('ppm')} AS ppm, {longest('fee')} AS fee,
+    {longest('f')}::BIGINT AS f, {longest('n')}::BIGINT AS n
   FROM c2
-  LEFT JOIN rates r8 ON r8.prefix = left(c2.dst, 8)
-  LEFT JOIN rates r7 ON r7.prefix = left(c2.dst, 7)
-  LEFT JOIN rates r6 ON r6.prefix = left(c2.dst, 6)
-  LEFT JOIN rates r5 ON r5.prefix = left(c2.dst, 5)
-  LEFT JOIN rates r4 ON r4.prefix = left(c2.dst, 4)
-  LEFT JOIN rates r3 ON r3.prefix = left(c2.dst, 3)
-  LEFT JOIN rates r2 ON r2.prefix = left(c2.dst, 2)
-  LEFT JOIN rates r1 ON r1.prefix = left(c2.dst, 1)),
+{JOINS}),
 b AS (
   SELECT *, CASE WHEN disposition = 'ANSWERED' AND dur > 0 AND ppm IS NOT NULL THEN
       (CASE WHEN dur <= f THEN f ELSE f + ceil((dur - f) / n::DOUBLE)::BIGINT * n END) ELSE 0 END AS billed
