@@ -172,39 +172,32 @@ impl AccountIndex {
 mod tests {
     use super::*;
 
-    fn rng(seed: &mut u64) -> u64 {
-        *seed ^= *seed << 13;
-        *seed ^= *seed >> 7;
-        *seed ^= *seed << 17;
-        *seed
-    }
-
     #[test]
     fn finds_what_the_map_finds() {
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = crate::xorshift(0x9E37_79B9_7F4A_7C15);
         for round in 0..20 {
             let n = [0, 1, 2, 7, 100, 3000][round % 6];
             let mut map: HashMap<String, u32, ahash::RandomState> = HashMap::default();
             for i in 0..n {
                 // Short and long names, shared prefixes, the empty name, non-ASCII.
-                let name = match rng(&mut seed) % 5 {
-                    0 => format!("acc{}", rng(&mut seed) % 5000),
-                    1 => format!("{}", rng(&mut seed) % 100),
+                let name = match next() % 5 {
+                    0 => format!("acc{}", next() % 5000),
+                    1 => format!("{}", next() % 100),
                     2 => String::new(),
-                    3 => format!("ünïcode-{}", rng(&mut seed) % 50),
-                    _ => "x".repeat((rng(&mut seed) % 40) as usize),
+                    3 => format!("ünïcode-{}", next() % 50),
+                    _ => "x".repeat((next() % 40) as usize),
                 };
                 map.insert(name, i as u32);
             }
             let ix = AccountIndex::new(&map).expect("fits");
             let mut queries: Vec<String> = map.keys().cloned().collect();
             for _ in 0..500 {
-                queries.push(format!("acc{}", rng(&mut seed) % 6000));
-                queries.push(format!("{}", rng(&mut seed) % 120));
+                queries.push(format!("acc{}", next() % 6000));
+                queries.push(format!("{}", next() % 120));
             }
             queries.push(String::new());
             queries.push("x".repeat(41));
-            for chunk in queries.chunks(1 + (rng(&mut seed) % 80) as usize) {
+            for chunk in queries.chunks(1 + (next() % 80) as usize) {
                 let keys: Vec<&str> = chunk.iter().map(String::as_str).collect();
                 let mut out = vec![Some(u32::MAX); keys.len()];
                 ix.find_many(&keys, &mut out, &mut Vec::new());

@@ -20,14 +20,14 @@ use rayon::prelude::*;
 use rust_decimal::Decimal;
 
 use crate::account_index::AccountIndex;
-use crate::catalog::{Catalog, CdrFormat, PrefixRates, RateRow, Tariff};
+use crate::catalog::{Catalog, CdrFormat, RateRow, Tariff};
 use crate::cdr::Cdr;
 use crate::csv::{scan_records_with, Dialect, RecordSpan};
 use crate::domain::AccountKind;
 use crate::ledger::{CdrBatchCommit, Ledger, LedgerError, Movement, PendingFile, UserRow};
-use crate::prefetch;
 use crate::rating::{CallRating, Status};
 use crate::xdr::{self, RuleDetail, XdrBuilder, XdrRow};
+use crate::{prefetch, prefetch_value};
 
 /// Bytes read per block; a block is also the unit of one ledger commit.
 pub const BLOCK_BYTES: usize = 32 << 20;
@@ -500,9 +500,7 @@ impl Subscribers {
             }
             return;
         };
-        for o in out.iter_mut() {
-            *o = None;
-        }
+        out.fill(None);
         // Voip accounts first, then radius accounts for the rest: `of_cdr_at`'s order.
         let (mut at, mut keys) = (
             Vec::with_capacity(calls.len()),
@@ -537,14 +535,14 @@ impl Subscribers {
         for (&i, f) in rest_at.iter().zip(&found_radius) {
             out[i] = f.map(|u| (u, MatchedBy::Account));
         }
-        for (o, &(_, caller, start)) in out.iter_mut().zip(calls) {
-            if o.is_none() {
+        // Then the caller numbers of the rest; the accounts that changed hands whole.
+        let mut changed = one_by_one.iter().copied().peekable();
+        for (i, (o, &(account, caller, start))) in out.iter_mut().zip(calls).enumerate() {
+            if changed.next_if_eq(&i).is_some() {
+                *o = self.of_cdr_at(account, caller, start);
+            } else if o.is_none() {
                 *o = self.of_dn_at(caller, start);
             }
-        }
-        for i in one_by_one {
-            let (account, caller, start) = calls[i];
-            out[i] = self.of_cdr_at(account, caller, start);
         }
     }
 
@@ -952,16 +950,10 @@ fn rows_of<'c>(tf: &'c Tariff, r: &'c RatedCdr<'_>) -> impl Iterator<Item = &'c 
 fn prefetch_ahead(catalog: &Catalog, subs: &Subscribers, r: &RatedCdr<'_>, k: usize) {
     let user = || r.user.map(|ui| &subs.users[ui as usize]);
     match k {
-        4 => prefetch(
-            (r as *const RatedCdr<'_>).cast(),
-            std::mem::size_of::<RatedCdr<'_>>(),
-        ),
+        4 => prefetch_value(r),
         3 => {
             if let Some(u) = user() {
-                prefetch(
-                    (u as *const UserState).cast(),
-                    std::mem::size_of::<UserState>(),
-                );
+                prefetch_value(u);
             }
             let c = &r.cdr;
             for f in [&c.call_id, &c.caller, &c.callee, &c.account, &c.disposition] {
@@ -976,16 +968,10 @@ fn prefetch_ahead(catalog: &Catalog, subs: &Subscribers, r: &RatedCdr<'_>, k: us
             }
             if let Some(tf) = tariff_of(catalog, u) {
                 if let Some(p) = r.rating.prefix.and_then(|p| tf.prefixes.get(p as usize)) {
-                    prefetch(
-                        (p as *const PrefixRates).cast(),
-                        std::mem::size_of::<PrefixRates>(),
-                    );
+                    prefetch_value(p);
                 }
                 for row in rows_of(tf, r) {
-                    prefetch(
-                        (row as *const RateRow).cast(),
-                        std::mem::size_of::<RateRow>(),
-                    );
+                    prefetch_value(row);
                 }
             }
         }
@@ -1600,10 +1586,7 @@ impl<'a> BatchRater<'a> {
                             if let Some(u) =
                                 ahead.user.and_then(|ui| subscribers.users.get(ui as usize))
                             {
-                                prefetch(
-                                    (u as *const UserState).cast(),
-                                    std::mem::size_of::<UserState>(),
-                                );
+                                prefetch_value(u);
                             }
                         }
                         let r = match &mut outcomes[i] {
@@ -1967,10 +1950,7 @@ fn rate_chunk<'a>(
     // tariff: one cache miss after another, 4% of `ratel rate`, without this).
     for &(ui, _) in of_calls.iter().flatten() {
         if let Some(u) = subs.users.get(ui as usize) {
-            prefetch(
-                (u as *const UserState).cast(),
-                std::mem::size_of::<UserState>(),
-            );
+            prefetch_value(u);
         }
     }
     let mut of_calls = of_calls.into_iter();
@@ -2023,10 +2003,7 @@ fn rate_chunk<'a>(
         })
     };
     for (_, pr) in entries() {
-        prefetch(
-            (pr as *const PrefixRates).cast(),
-            std::mem::size_of::<PrefixRates>(),
-        );
+        prefetch_value(pr);
     }
     for (_, pr) in entries() {
         prefetch(pr.schedule.first_segment(), 1);
@@ -2035,7 +2012,7 @@ fn rate_chunk<'a>(
         if pr.schedule.is_constant() {
             let row = pr.schedule.at(&catalog.tz, 0);
             if let Some(r) = tf.rows.get(row as usize) {
-                prefetch((r as *const RateRow).cast(), std::mem::size_of::<RateRow>());
+                prefetch_value(r);
             }
         }
     }
@@ -2231,16 +2208,19 @@ mod tests {
     use super::*;
     use crate::config::{ConfigSource, LoadedConfig};
 
+    /// A catalog of one group, `g`, without a tariff.
+    fn one_group_catalog() -> Catalog {
+        let cfg = "[[group]]\nname = \"g\"\n";
+        Catalog::build(&LoadedConfig::from_str(cfg, ConfigSource::BuiltinDemo, ".".into()).unwrap())
+            .unwrap()
+    }
+
     /// A recycled identifier: calls that began before it was taken off its first owner
     /// bill that owner, later ones the new owner; an identifier never moved bills its
     /// owner whenever the call was (history loaded after accounts were created).
     #[test]
     fn cdrs_bill_the_owner_of_the_identifier_at_their_start() {
-        let cfg = "[[group]]\nname = \"g\"\n";
-        let catalog = Catalog::build(
-            &LoadedConfig::from_str(cfg, ConfigSource::BuiltinDemo, ".".into()).unwrap(),
-        )
-        .unwrap();
+        let catalog = one_group_catalog();
         let row = |id: i64, name: &str| UserRow {
             user_id: id,
             username: Some(name.into()),
@@ -2287,11 +2267,7 @@ mod tests {
     /// rebuilt) and once an identifier changed hands (the index is not used).
     #[test]
     fn lookups_together_match_lookups_one_by_one() {
-        let cfg = "[[group]]\nname = \"g\"\n";
-        let catalog = Catalog::build(
-            &LoadedConfig::from_str(cfg, ConfigSource::BuiltinDemo, ".".into()).unwrap(),
-        )
-        .unwrap();
+        let catalog = one_group_catalog();
         let rows = (1..=500)
             .map(|id| UserRow {
                 user_id: id,
@@ -2307,13 +2283,7 @@ mod tests {
         }
         // A voip account named like another client's username: voip wins.
         s.add_account(7, AccountKind::Voip, "user8");
-        let mut seed = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = crate::xorshift(0x2545_F491_4F6C_DD1D);
         let mut queries: Vec<(String, String, i64)> = Vec::new();
         for _ in 0..3000 {
             let account = match next() % 6 {

@@ -223,7 +223,7 @@ impl<'a> PrefixSearch<'a> {
         let row: *const u8 = t.children[next as usize].as_ptr().cast();
         crate::prefetch(row, 1);
         crate::prefetch(row.wrapping_add(36), 1);
-        crate::prefetch((&t.values[next as usize] as *const u32).cast(), 4);
+        crate::prefetch_value(&t.values[next as usize]);
         true
     }
 }
@@ -1091,13 +1091,7 @@ mod tests {
     /// each one, with the value inserted last for it.
     #[test]
     fn trie_matches_a_search_of_every_prefix() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::xorshift(0x9e37_79b9_7f4a_7c15);
         let digits = |n: u64, len: usize| -> Vec<u8> {
             (0..len)
                 .map(|i| b'0' + ((n >> (2 * i)) & 3) as u8)
@@ -1133,13 +1127,7 @@ mod tests {
     /// inserted prefix finds, and what `longest_match` finds one by one.
     #[test]
     fn searches_together_match_searches_one_by_one() {
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::xorshift(0x2545_f491_4f6c_dd1d);
         let mut tries = [PrefixTrie::new(), PrefixTrie::new()];
         let mut inserted: [std::collections::HashMap<Vec<u8>, u32>; 2] = Default::default();
         for v in 0..4000u32 {

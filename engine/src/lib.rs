@@ -71,3 +71,21 @@ pub(crate) fn prefetch(p: *const u8, len: usize) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (p, len);
 }
+
+/// [`prefetch`] of the bytes of one value (a struct in a slice, say).
+#[inline(always)]
+pub(crate) fn prefetch_value<T>(v: &T) {
+    prefetch((v as *const T).cast(), std::mem::size_of::<T>());
+}
+
+/// A xorshift64 generator from `seed` (not 0), for tests that draw random cases
+/// reproducibly.
+#[cfg(test)]
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
+}

@@ -309,12 +309,13 @@ INSERT OR IGNORE INTO seq(name, value) VALUES ('xdr', 1);
 /// cache is a 4 KiB read from the OS page cache.
 pub const DEFAULT_CACHE_KIB: i64 = 16 * 1024;
 
-fn cache_kib() -> i64 {
+/// `RATEL_LEDGER_CACHE_KIB` when it holds a size from 1 MiB to 16 GiB, else `default`.
+fn cache_kib(default: i64) -> i64 {
     std::env::var("RATEL_LEDGER_CACHE_KIB")
         .ok()
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|k| (1024..=16 * 1024 * 1024).contains(k))
-        .unwrap_or(DEFAULT_CACHE_KIB)
+        .unwrap_or(default)
 }
 
 /// Page cache of a batch run's connection (`ratel rate`), KiB, unless
@@ -541,7 +542,7 @@ impl Ledger {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(sq)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(sq)?;
-        conn.pragma_update(None, "cache_size", -cache_kib())
+        conn.pragma_update(None, "cache_size", -cache_kib(DEFAULT_CACHE_KIB))
             .map_err(sq)?;
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(sq)?;
@@ -778,14 +779,11 @@ impl Ledger {
         rows.collect::<Result<_, _>>().map_err(self.sq())
     }
 
-    /// Gives this connection [`BATCH_CACHE_KIB`] of page cache (unless
-    /// `RATEL_LEDGER_CACHE_KIB` is set): for a process that rates files, not `serve`.
+    /// Gives this connection [`BATCH_CACHE_KIB`] of page cache (`RATEL_LEDGER_CACHE_KIB`
+    /// overrides it as it does the default): for a process that rates files, not `serve`.
     pub fn use_batch_cache(&self) -> Result<(), LedgerError> {
-        if std::env::var_os("RATEL_LEDGER_CACHE_KIB").is_some() {
-            return Ok(());
-        }
         self.conn
-            .pragma_update(None, "cache_size", -BATCH_CACHE_KIB)
+            .pragma_update(None, "cache_size", -cache_kib(BATCH_CACHE_KIB))
             .map_err(self.sq())
     }
 
