@@ -993,6 +993,7 @@ fn build_chunk(
     catalog: &Catalog,
     subs: &Subscribers,
     file_name: &str,
+    sizes: &xdr::TextSizes,
     chunk: &[Placed<'_, '_>],
 ) -> Result<Vec<(i64, arrow_array::RecordBatch, i64, i64)>, BatchError> {
     // The chunk is in day order: one builder per run of a day, reserving what it holds.
@@ -1012,7 +1013,7 @@ fn build_chunk(
                 out.push((day, b.finish()?, lo, hi));
             }
             let n = chunk[i..].iter().take_while(|q| q.day == p.day).count();
-            current = Some((p.day, XdrBuilder::with_capacity(n), i64::MAX, i64::MIN));
+            current = Some((p.day, XdrBuilder::with_sizes(n, sizes), i64::MAX, i64::MIN));
         }
         let user = r.user.map(|ui| &subs.users[ui as usize]);
         let tariff = tariff_of(catalog, user);
@@ -1536,6 +1537,7 @@ impl<'a> BatchRater<'a> {
             let stage2 = || -> Result<(), BatchError> {
                 let threads = rayon::current_num_threads().max(1);
                 let mut blocks = 0usize;
+                let mut text_sizes = xdr::TextSizes::default();
                 for block in block_rx {
                     let block = block.map_err(|source| BatchError::Io {
                         path: path_str.clone(),
@@ -1660,8 +1662,16 @@ impl<'a> BatchRater<'a> {
                     let chunk = order.len().div_ceil(threads).max(16 * 1024);
                     let built: Vec<Vec<(i64, arrow_array::RecordBatch, i64, i64)>> = order
                         .par_chunks(chunk)
-                        .map(|c| build_chunk(catalog, subs, &file_name, c))
+                        .map(|c| build_chunk(catalog, subs, &file_name, &text_sizes, c))
                         .collect::<Result<_, _>>()?;
+                    // The next block's builders are sized by this one's text.
+                    text_sizes.observe(
+                        &built
+                            .iter()
+                            .flatten()
+                            .map(|(_, b, _, _)| b)
+                            .collect::<Vec<_>>(),
+                    );
                     let mut by_day: Vec<(i64, Vec<arrow_array::RecordBatch>, i64, i64)> =
                         Vec::new();
                     for (day, batch, min_login, max_logout) in built.into_iter().flatten() {

@@ -12,7 +12,7 @@ use arrow_array::builder::{
     Decimal128Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt64Builder,
 };
 use arrow_array::{
-    ArrayRef, Decimal128Array, Int64Array, ListArray, RecordBatch, StructArray,
+    ArrayRef, Decimal128Array, Int64Array, ListArray, RecordBatch, StringArray, StructArray,
     TimestampMicrosecondArray,
 };
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
@@ -245,8 +245,115 @@ const S_SESSION: usize = 4;
 const N_STRINGS_BEFORE_TAIL: usize = 5;
 const N_TAIL: usize = 9; // ras_description .. destination_name
 
+/// What a batch's variable-length columns took per row, to size the next builder so that
+/// its buffers are not grown (each growth a copy of the column so far and fresh pages):
+/// reserved and never touched, a builder's spare capacity costs address space, not memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextSizes {
+    /// Bytes per row of each of [`XdrBuilder`]'s text columns, in its `strings` order.
+    strings: [u32; N_STRINGS_BEFORE_TAIL + N_TAIL],
+    source: u32,
+    account: u32,
+    /// Charge rule details per 64 rows, and bytes of their rule names per row.
+    details_per_64: u32,
+    rule: u32,
+}
+
+impl Default for TextSizes {
+    /// What an xDR of a call or session takes at most in the usual case (ids, numbers, names).
+    fn default() -> Self {
+        TextSizes {
+            strings: [16; N_STRINGS_BEFORE_TAIL + N_TAIL],
+            source: 32,
+            account: 16,
+            details_per_64: 64,
+            rule: 16,
+        }
+    }
+}
+
+impl TextSizes {
+    /// The sizes `batches` (xDR batches) took, per column the widest of them, an eighth
+    /// more and a byte over. Nothing changes when no batch has a row.
+    pub fn observe(&mut self, batches: &[&RecordBatch]) {
+        let mut seen = TextSizes {
+            strings: [0; N_STRINGS_BEFORE_TAIL + N_TAIL],
+            source: 0,
+            account: 0,
+            details_per_64: 0,
+            rule: 0,
+        };
+        let per_row = |bytes: usize, rows: usize| -> u32 {
+            let b = bytes.div_ceil(rows.max(1));
+            u32::try_from(b + b / 8 + 1).unwrap_or(u32::MAX)
+        };
+        let text = |a: Option<&ArrayRef>| -> usize {
+            a.and_then(|a| a.as_any().downcast_ref::<StringArray>())
+                .map_or(0, |a| a.value_data().len())
+        };
+        let mut any = false;
+        for b in batches {
+            let rows = b.num_rows();
+            if rows == 0 {
+                continue;
+            }
+            any = true;
+            for (k, name) in STRING_COLUMNS.iter().enumerate() {
+                let n = per_row(text(b.column_by_name(name)), rows);
+                seen.strings[k] = seen.strings[k].max(n);
+            }
+            seen.source = seen
+                .source
+                .max(per_row(text(b.column_by_name("source")), rows));
+            seen.account = seen
+                .account
+                .max(per_row(text(b.column_by_name("account")), rows));
+            let list = b
+                .column_by_name("charge_rule_details")
+                .and_then(|c| c.as_any().downcast_ref::<ListArray>());
+            if let Some(list) = list {
+                let details = list.values().len();
+                seen.details_per_64 = seen.details_per_64.max(per_row(details * 64, rows));
+                let rule = list
+                    .values()
+                    .as_any()
+                    .downcast_ref::<StructArray>()
+                    .map_or(0, |st| text(st.column_by_name("rule")));
+                seen.rule = seen.rule.max(per_row(rule, rows));
+            }
+        }
+        if any {
+            *self = seen;
+        }
+    }
+}
+
+/// [`XdrBuilder`]'s text columns, in its `strings` order.
+const STRING_COLUMNS: [&str; N_STRINGS_BEFORE_TAIL + N_TAIL] = [
+    "service_type",
+    "status",
+    "username",
+    "group_name",
+    "session_id",
+    "ras_description",
+    "nas_ip",
+    "unique_id_value",
+    "remote_ip",
+    "caller_id",
+    "called_number",
+    "terminate_cause",
+    "destination",
+    "destination_name",
+];
+
 impl XdrBuilder {
     pub fn with_capacity(rows: usize) -> Self {
+        Self::with_sizes(rows, &TextSizes::default())
+    }
+
+    /// A builder for `rows` rows whose text takes about `sizes`.
+    pub fn with_sizes(rows: usize, sizes: &TextSizes) -> Self {
+        let bytes = |per_row: u32| rows.saturating_mul(per_row as usize);
         let money = || {
             Decimal128Builder::with_capacity(rows)
                 .with_precision_and_scale(MONEY_PRECISION, MONEY_SCALE)
@@ -255,17 +362,24 @@ impl XdrBuilder {
         let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
         XdrBuilder {
             xdr_id: UInt64Builder::with_capacity(rows),
-            strings: (0..N_STRINGS_BEFORE_TAIL + N_TAIL)
-                .map(|_| StringBuilder::with_capacity(rows, rows * 8))
+            strings: sizes
+                .strings
+                .iter()
+                .map(|&n| StringBuilder::with_capacity(rows, bytes(n)))
                 .collect(),
             user_id: Int64Builder::with_capacity(rows),
             login: ts(),
             logout: ts(),
             ints: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
             money: std::array::from_fn(|_| money()),
-            details: DetailColumns::with_capacity(rows),
-            source: StringBuilder::with_capacity(rows, rows * 32),
-            account: StringBuilder::with_capacity(rows, rows * 8),
+            details: DetailColumns::with_capacity(
+                rows.saturating_mul(sizes.details_per_64 as usize)
+                    .div_ceil(64),
+                rows,
+                bytes(sizes.rule),
+            ),
+            source: StringBuilder::with_capacity(rows, bytes(sizes.source)),
+            account: StringBuilder::with_capacity(rows, bytes(sizes.account)),
             refund_of: UInt64Builder::with_capacity(rows),
             package: std::array::from_fn(|_| Int64Builder::with_capacity(rows)),
             rows: 0,
@@ -395,17 +509,18 @@ struct DetailColumns {
 }
 
 impl DetailColumns {
-    fn with_capacity(rows: usize) -> Self {
+    /// Room for `details` details over `rows` rows, their rule names `rule_bytes` long.
+    fn with_capacity(details: usize, rows: usize, rule_bytes: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
         DetailColumns {
-            rule: StringBuilder::with_capacity(rows, rows * 8),
-            start: Vec::with_capacity(rows),
-            end: Vec::with_capacity(rows),
-            seconds: Vec::with_capacity(rows),
-            bytes_in: Vec::with_capacity(rows),
-            bytes_out: Vec::with_capacity(rows),
-            credit: Vec::with_capacity(rows),
+            rule: StringBuilder::with_capacity(details, rule_bytes),
+            start: Vec::with_capacity(details),
+            end: Vec::with_capacity(details),
+            seconds: Vec::with_capacity(details),
+            bytes_in: Vec::with_capacity(details),
+            bytes_out: Vec::with_capacity(details),
+            credit: Vec::with_capacity(details),
             offsets,
         }
     }
@@ -847,6 +962,65 @@ mod tests {
         };
         b.push(&row, &[]);
         assert!(b.finish().is_err());
+    }
+
+    /// Ten rows of known text and two details each, built with `sizes`.
+    fn ten_rows(sizes: &TextSizes) -> RecordBatch {
+        let mut b = XdrBuilder::with_sizes(10, sizes);
+        let d = RuleDetail {
+            rule: "peak!",
+            start_secs: 0,
+            end_secs: 60,
+            seconds: 60,
+            bytes_in: 0,
+            bytes_out: 0,
+            credit: Decimal::new(15, 2),
+        };
+        for i in 0..10u64 {
+            let row = XdrRow {
+                xdr_id: i,
+                username: "abcd",
+                session_id: "0123456789ab",
+                source: "cdr:f.csv:1234567890",
+                account: (i % 2 == 0).then_some("acc"),
+                ..XdrRow::default()
+            };
+            b.push(&row, &[d.clone(), d.clone()]);
+        }
+        b.finish().unwrap()
+    }
+
+    #[test]
+    fn text_sizes_follow_what_a_batch_took() {
+        let batch = ten_rows(&TextSizes::default());
+        let mut sizes = TextSizes::default();
+        sizes.observe(&[&batch]);
+        // Per row: the bytes over 10 rows rounded up, an eighth more (rounded down), one more.
+        let at =
+            |name: &str| sizes.strings[STRING_COLUMNS.iter().position(|c| *c == name).unwrap()];
+        assert_eq!(at("username"), 4 + 1); // 40 bytes
+        assert_eq!(at("session_id"), 12 + 1 + 1); // 120 bytes
+        assert_eq!(at("nas_ip"), 1); // empty
+        assert_eq!(sizes.source, 20 + 2 + 1); // 200 bytes
+        assert_eq!(sizes.account, 2 + 1); // 5 x "acc": 15 bytes, 1.5 a row
+        assert_eq!(sizes.details_per_64, 128 + 16 + 1); // 20 details over 10 rows
+        assert_eq!(sizes.rule, 10 + 1 + 1); // 20 x "peak!"
+                                            // Nothing to learn from: unchanged.
+        let before = sizes;
+        sizes.observe(&[]);
+        sizes.observe(&[&batch.slice(0, 0)]);
+        assert_eq!(sizes, before);
+        // The sizes only reserve: builders too small (they grow) or sized by what they saw
+        // build the same batch.
+        let none = TextSizes {
+            strings: [0; N_STRINGS_BEFORE_TAIL + N_TAIL],
+            source: 0,
+            account: 0,
+            details_per_64: 0,
+            rule: 0,
+        };
+        assert_eq!(ten_rows(&none), batch);
+        assert_eq!(ten_rows(&sizes), batch);
     }
 
     #[test]
