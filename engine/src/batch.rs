@@ -1537,6 +1537,12 @@ impl<'a> BatchRater<'a> {
             let stage2 = || -> Result<(), BatchError> {
                 let threads = rayon::current_num_threads().max(1);
                 let mut blocks = 0usize;
+                // A block's movement of each subscriber it charged, by subscriber index
+                // (reset after each block from `moved`): a hash map's lookup per call,
+                // and its growth to ~100k entries per block, cost more.
+                const NO_MOVEMENT: u32 = u32::MAX;
+                let mut movement_of: Vec<u32> = vec![NO_MOVEMENT; subscribers.users.len()];
+                let mut moved: Vec<u32> = Vec::new();
                 let mut text_sizes = xdr::TextSizes::default();
                 for block in block_rx {
                     let block = block.map_err(|source| BatchError::Io {
@@ -1572,8 +1578,6 @@ impl<'a> BatchRater<'a> {
                     // The ordered pass: duplicates, xDR ids and each subscriber's credit, in
                     // file order.
                     let first_xdr = *next_xdr;
-                    let mut movements_by_user: HashMap<u32, usize, ahash::RandomState> =
-                        HashMap::default();
                     let mut movements: Vec<Movement> = Vec::new();
                     let mut keys = Vec::with_capacity(outcomes.len() * 16);
                     let mut notes = 0u64;
@@ -1589,6 +1593,11 @@ impl<'a> BatchRater<'a> {
                                 ahead.user.and_then(|ui| subscribers.users.get(ui as usize))
                             {
                                 prefetch_value(u);
+                            }
+                            if let Some(slot) =
+                                ahead.user.and_then(|ui| movement_of.get(ui as usize))
+                            {
+                                prefetch_value(slot);
                             }
                         }
                         let r = match &mut outcomes[i] {
@@ -1633,20 +1642,25 @@ impl<'a> BatchRater<'a> {
                             r.before = std::mem::replace(&mut u.credit, after);
                             r.after = after;
                             if !r.cost.is_zero() {
-                                let slot = *movements_by_user.entry(ui).or_insert_with(|| {
+                                let slot = &mut movement_of[ui as usize];
+                                if *slot == NO_MOVEMENT {
+                                    *slot = movements.len() as u32;
+                                    moved.push(ui);
                                     movements.push(Movement {
                                         user_id: u.user_id,
                                         amount: Decimal::ZERO,
                                         balance_after: Decimal::ZERO,
                                     });
-                                    movements.len() - 1
-                                });
-                                let m = &mut movements[slot];
+                                }
+                                let m = &mut movements[*slot as usize];
                                 m.amount -= r.cost;
                                 m.balance_after = u.credit;
                             }
                         }
                         summary_ref.charged += r.cost;
+                    }
+                    for ui in moved.drain(..) {
+                        movement_of[ui as usize] = NO_MOVEMENT;
                     }
                     rejects.flush().map_err(|source| BatchError::Io {
                         path: rejects.path.display().to_string(),
