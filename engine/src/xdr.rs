@@ -245,9 +245,12 @@ const S_SESSION: usize = 4;
 const N_STRINGS_BEFORE_TAIL: usize = 5;
 const N_TAIL: usize = 9; // ras_description .. destination_name
 
-/// What a batch's variable-length columns took per row, to size the next builder so that
-/// its buffers are not grown (each growth a copy of the column so far and fresh pages):
-/// reserved and never touched, a builder's spare capacity costs address space, not memory.
+/// What a block's variable-length columns took per row, to size the next block's builders
+/// so that their buffers are not grown (each growth a copy of the column so far and fresh
+/// pages). Spare capacity is reserved, not touched (Linux commits pages on first touch),
+/// and goes with the batch until it is written; what one row may reserve is capped
+/// ([`TextSizes::MAX_BYTES_PER_ROW`], [`TextSizes::MAX_DETAILS_PER_64`]): past it the
+/// builders grow as they must.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TextSizes {
     /// Bytes per row of each of [`XdrBuilder`]'s text columns, in its `strings` order.
@@ -273,58 +276,70 @@ impl Default for TextSizes {
 }
 
 impl TextSizes {
-    /// The sizes `batches` (xDR batches) took, per column the widest of them, an eighth
-    /// more and a byte over. Nothing changes when no batch has a row.
+    /// Most bytes a row reserves in one text column.
+    pub const MAX_BYTES_PER_ROW: u32 = 256;
+    /// Most charge rule details 64 rows reserve (16 a row).
+    pub const MAX_DETAILS_PER_64: u32 = 1024;
+
+    /// The sizes `batches` (one block's xDR batches) took: per column, its bytes over all
+    /// of them divided by their rows, an eighth more and a byte over, capped. Nothing
+    /// changes when they hold no row.
     pub fn observe(&mut self, batches: &[&RecordBatch]) {
-        let mut seen = TextSizes {
-            strings: [0; N_STRINGS_BEFORE_TAIL + N_TAIL],
-            source: 0,
-            account: 0,
-            details_per_64: 0,
-            rule: 0,
+        const N: usize = N_STRINGS_BEFORE_TAIL + N_TAIL;
+        // Bytes of each text column, then source, account, details and rule names.
+        let mut total = [0usize; N + 4];
+        let mut rows = 0usize;
+        // The bytes a (possibly sliced) string array's rows `from..to` hold.
+        let span = |a: &StringArray, from: usize, to: usize| -> usize {
+            let o = a.value_offsets();
+            match (o.get(from), o.get(to)) {
+                (Some(&f), Some(&t)) => usize::try_from(t - f).unwrap_or(0),
+                _ => 0,
+            }
         };
-        let per_row = |bytes: usize, rows: usize| -> u32 {
-            let b = bytes.div_ceil(rows.max(1));
-            u32::try_from(b + b / 8 + 1).unwrap_or(u32::MAX)
+        let text = |b: &RecordBatch, name: &str| -> usize {
+            b.column_by_name(name)
+                .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+                .map_or(0, |a| span(a, 0, a.value_offsets().len().saturating_sub(1)))
         };
-        let text = |a: Option<&ArrayRef>| -> usize {
-            a.and_then(|a| a.as_any().downcast_ref::<StringArray>())
-                .map_or(0, |a| a.value_data().len())
-        };
-        let mut any = false;
         for b in batches {
-            let rows = b.num_rows();
-            if rows == 0 {
-                continue;
-            }
-            any = true;
+            rows += b.num_rows();
             for (k, name) in STRING_COLUMNS.iter().enumerate() {
-                let n = per_row(text(b.column_by_name(name)), rows);
-                seen.strings[k] = seen.strings[k].max(n);
+                total[k] += text(b, name);
             }
-            seen.source = seen
-                .source
-                .max(per_row(text(b.column_by_name("source")), rows));
-            seen.account = seen
-                .account
-                .max(per_row(text(b.column_by_name("account")), rows));
+            total[N] += text(b, "source");
+            total[N + 1] += text(b, "account");
             let list = b
                 .column_by_name("charge_rule_details")
                 .and_then(|c| c.as_any().downcast_ref::<ListArray>());
             if let Some(list) = list {
-                let details = list.values().len();
-                seen.details_per_64 = seen.details_per_64.max(per_row(details * 64, rows));
-                let rule = list
+                let o = list.value_offsets();
+                let at = |i: Option<&i32>| i.map_or(0, |&v| v.max(0) as usize);
+                let (from, to) = (at(o.first()), at(o.last()));
+                total[N + 2] += to.saturating_sub(from);
+                total[N + 3] += list
                     .values()
                     .as_any()
                     .downcast_ref::<StructArray>()
-                    .map_or(0, |st| text(st.column_by_name("rule")));
-                seen.rule = seen.rule.max(per_row(rule, rows));
+                    .and_then(|st| st.column_by_name("rule"))
+                    .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+                    .map_or(0, |a| span(a, from, to));
             }
         }
-        if any {
-            *self = seen;
+        if rows == 0 {
+            return;
         }
+        let per_row = |bytes: usize, cap: u32| -> u32 {
+            let b = bytes.div_ceil(rows);
+            u32::try_from(b.saturating_add(b / 8 + 1)).map_or(cap, |v| v.min(cap))
+        };
+        for k in 0..N {
+            self.strings[k] = per_row(total[k], Self::MAX_BYTES_PER_ROW);
+        }
+        self.source = per_row(total[N], Self::MAX_BYTES_PER_ROW);
+        self.account = per_row(total[N + 1], Self::MAX_BYTES_PER_ROW);
+        self.details_per_64 = per_row(total[N + 2].saturating_mul(64), Self::MAX_DETAILS_PER_64);
+        self.rule = per_row(total[N + 3], Self::MAX_BYTES_PER_ROW);
     }
 }
 
@@ -509,7 +524,8 @@ struct DetailColumns {
 }
 
 impl DetailColumns {
-    /// Room for `details` details over `rows` rows, their rule names `rule_bytes` long.
+    /// Room for `details` details over `rows` rows, with `rule_bytes` bytes of rule names
+    /// in all.
     fn with_capacity(details: usize, rows: usize, rule_bytes: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
@@ -964,9 +980,9 @@ mod tests {
         assert!(b.finish().is_err());
     }
 
-    /// Ten rows of known text and two details each, built with `sizes`.
-    fn ten_rows(sizes: &TextSizes) -> RecordBatch {
-        let mut b = XdrBuilder::with_sizes(10, sizes);
+    /// `n` rows of known text (the username `user`) and two details each, built with `sizes`.
+    fn rows_of(n: u64, user: &str, sizes: &TextSizes) -> RecordBatch {
+        let mut b = XdrBuilder::with_sizes(n as usize, sizes);
         let d = RuleDetail {
             rule: "peak!",
             start_secs: 0,
@@ -976,10 +992,10 @@ mod tests {
             bytes_out: 0,
             credit: Decimal::new(15, 2),
         };
-        for i in 0..10u64 {
+        for i in 0..n {
             let row = XdrRow {
                 xdr_id: i,
-                username: "abcd",
+                username: user,
                 session_id: "0123456789ab",
                 source: "cdr:f.csv:1234567890",
                 account: (i % 2 == 0).then_some("acc"),
@@ -991,25 +1007,52 @@ mod tests {
     }
 
     #[test]
-    fn text_sizes_follow_what_a_batch_took() {
-        let batch = ten_rows(&TextSizes::default());
+    fn text_sizes_follow_what_a_block_took() {
+        let batch = rows_of(10, "abcd", &TextSizes::default());
         let mut sizes = TextSizes::default();
         sizes.observe(&[&batch]);
         // Per row: the bytes over 10 rows rounded up, an eighth more (rounded down), one more.
+        let user = |s: &TextSizes| {
+            s.strings[STRING_COLUMNS
+                .iter()
+                .position(|c| *c == "username")
+                .unwrap()]
+        };
         let at =
             |name: &str| sizes.strings[STRING_COLUMNS.iter().position(|c| *c == name).unwrap()];
-        assert_eq!(at("username"), 4 + 1); // 40 bytes
+        assert_eq!(user(&sizes), 4 + 1); // 40 bytes
         assert_eq!(at("session_id"), 12 + 1 + 1); // 120 bytes
         assert_eq!(at("nas_ip"), 1); // empty
         assert_eq!(sizes.source, 20 + 2 + 1); // 200 bytes
         assert_eq!(sizes.account, 2 + 1); // 5 x "acc": 15 bytes, 1.5 a row
         assert_eq!(sizes.details_per_64, 128 + 16 + 1); // 20 details over 10 rows
         assert_eq!(sizes.rule, 10 + 1 + 1); // 20 x "peak!"
-                                            // Nothing to learn from: unchanged.
+
+        // Nothing to learn from: unchanged.
         let before = sizes;
         sizes.observe(&[]);
         sizes.observe(&[&batch.slice(0, 0)]);
         assert_eq!(sizes, before);
+
+        // A block's batches count together: one long name among 11 rows is 140 bytes over
+        // 11 rows (13 a row), not the 100 of its own one-row batch.
+        let long = rows_of(1, &"x".repeat(100), &TextSizes::default());
+        let mut together = TextSizes::default();
+        together.observe(&[&batch, &long]);
+        assert_eq!(user(&together), 13 + 1 + 1);
+        // And what a row may reserve is capped.
+        let huge = rows_of(1, &"x".repeat(100_000), &TextSizes::default());
+        let mut capped = TextSizes::default();
+        capped.observe(&[&huge]);
+        assert_eq!(user(&capped), TextSizes::MAX_BYTES_PER_ROW);
+        // A slice counts its own rows only: row 1 has no account, two details.
+        let mut one = TextSizes::default();
+        one.observe(&[&batch.slice(1, 1)]);
+        assert_eq!(user(&one), 4 + 1);
+        assert_eq!(one.account, 1);
+        assert_eq!(one.details_per_64, 128 + 16 + 1);
+        assert_eq!(one.rule, 10 + 1 + 1);
+
         // The sizes only reserve: builders too small (they grow) or sized by what they saw
         // build the same batch.
         let none = TextSizes {
@@ -1019,8 +1062,8 @@ mod tests {
             details_per_64: 0,
             rule: 0,
         };
-        assert_eq!(ten_rows(&none), batch);
-        assert_eq!(ten_rows(&sizes), batch);
+        assert_eq!(rows_of(10, "abcd", &none), batch);
+        assert_eq!(rows_of(10, "abcd", &sizes), batch);
     }
 
     #[test]
