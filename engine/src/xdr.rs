@@ -333,8 +333,8 @@ impl TextSizes {
             let b = bytes.div_ceil(rows);
             u32::try_from(b.saturating_add(b / 8 + 1)).map_or(cap, |v| v.min(cap))
         };
-        for k in 0..N {
-            self.strings[k] = per_row(total[k], Self::MAX_BYTES_PER_ROW);
+        for (slot, &bytes) in self.strings.iter_mut().zip(&total[..N]) {
+            *slot = per_row(bytes, Self::MAX_BYTES_PER_ROW);
         }
         self.source = per_row(total[N], Self::MAX_BYTES_PER_ROW);
         self.account = per_row(total[N + 1], Self::MAX_BYTES_PER_ROW);
