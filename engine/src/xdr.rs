@@ -285,9 +285,8 @@ impl TextSizes {
     /// of them divided by their rows, an eighth more and a byte over, capped. Nothing
     /// changes when they hold no row.
     pub fn observe(&mut self, batches: &[&RecordBatch]) {
-        const N: usize = N_STRINGS_BEFORE_TAIL + N_TAIL;
-        // Bytes of each text column, then source, account, details and rule names.
-        let mut total = [0usize; N + 4];
+        let mut strings = [0usize; N_STRINGS_BEFORE_TAIL + N_TAIL];
+        let (mut source, mut account, mut details, mut rule) = (0usize, 0usize, 0usize, 0usize);
         let mut rows = 0usize;
         // The bytes a (possibly sliced) string array's rows `from..to` hold.
         let span = |a: &StringArray, from: usize, to: usize| -> usize {
@@ -304,11 +303,11 @@ impl TextSizes {
         };
         for b in batches {
             rows += b.num_rows();
-            for (k, name) in STRING_COLUMNS.iter().enumerate() {
-                total[k] += text(b, name);
+            for (total, name) in strings.iter_mut().zip(STRING_COLUMNS) {
+                *total += text(b, name);
             }
-            total[N] += text(b, "source");
-            total[N + 1] += text(b, "account");
+            source += text(b, "source");
+            account += text(b, "account");
             let list = b
                 .column_by_name("charge_rule_details")
                 .and_then(|c| c.as_any().downcast_ref::<ListArray>());
@@ -316,8 +315,8 @@ impl TextSizes {
                 let o = list.value_offsets();
                 let at = |i: Option<&i32>| i.map_or(0, |&v| v.max(0) as usize);
                 let (from, to) = (at(o.first()), at(o.last()));
-                total[N + 2] += to.saturating_sub(from);
-                total[N + 3] += list
+                details += to.saturating_sub(from);
+                rule += list
                     .values()
                     .as_any()
                     .downcast_ref::<StructArray>()
@@ -333,13 +332,13 @@ impl TextSizes {
             let b = bytes.div_ceil(rows);
             u32::try_from(b.saturating_add(b / 8 + 1)).map_or(cap, |v| v.min(cap))
         };
-        for (slot, &bytes) in self.strings.iter_mut().zip(&total[..N]) {
+        for (slot, bytes) in self.strings.iter_mut().zip(strings) {
             *slot = per_row(bytes, Self::MAX_BYTES_PER_ROW);
         }
-        self.source = per_row(total[N], Self::MAX_BYTES_PER_ROW);
-        self.account = per_row(total[N + 1], Self::MAX_BYTES_PER_ROW);
-        self.details_per_64 = per_row(total[N + 2].saturating_mul(64), Self::MAX_DETAILS_PER_64);
-        self.rule = per_row(total[N + 3], Self::MAX_BYTES_PER_ROW);
+        self.source = per_row(source, Self::MAX_BYTES_PER_ROW);
+        self.account = per_row(account, Self::MAX_BYTES_PER_ROW);
+        self.details_per_64 = per_row(details.saturating_mul(64), Self::MAX_DETAILS_PER_64);
+        self.rule = per_row(rule, Self::MAX_BYTES_PER_ROW);
     }
 }
 
@@ -1012,17 +1011,13 @@ mod tests {
         let mut sizes = TextSizes::default();
         sizes.observe(&[&batch]);
         // Per row: the bytes over 10 rows rounded up, an eighth more (rounded down), one more.
-        let user = |s: &TextSizes| {
-            s.strings[STRING_COLUMNS
-                .iter()
-                .position(|c| *c == "username")
-                .unwrap()]
+        let col = |s: &TextSizes, name: &str| {
+            s.strings[STRING_COLUMNS.iter().position(|c| *c == name).unwrap()]
         };
-        let at =
-            |name: &str| sizes.strings[STRING_COLUMNS.iter().position(|c| *c == name).unwrap()];
+        let user = |s: &TextSizes| col(s, "username");
         assert_eq!(user(&sizes), 4 + 1); // 40 bytes
-        assert_eq!(at("session_id"), 12 + 1 + 1); // 120 bytes
-        assert_eq!(at("nas_ip"), 1); // empty
+        assert_eq!(col(&sizes, "session_id"), 12 + 1 + 1); // 120 bytes
+        assert_eq!(col(&sizes, "nas_ip"), 1); // empty
         assert_eq!(sizes.source, 20 + 2 + 1); // 200 bytes
         assert_eq!(sizes.account, 2 + 1); // 5 x "acc": 15 bytes, 1.5 a row
         assert_eq!(sizes.details_per_64, 128 + 16 + 1); // 20 details over 10 rows
