@@ -421,3 +421,70 @@ fn a_block_whose_files_fail_commits_nothing_and_is_rated_again_whole() {
         rows
     );
 }
+
+/// Call keys live in `batch_keys` from ledger version 6 on, apart from the batch rows the
+/// fold rewrites; a ledger written before keeps them in `batches.call_keys`. Keys of both
+/// stop repeats: a file holding 10 calls rated before (in a version-5 layout) and 10 new
+/// ones charges the new ones only.
+#[test]
+fn call_keys_of_both_layouts_stop_repeats() {
+    let (_dir, data, cat, cdrs, rows, per_user, mut ledger) = fixture();
+    {
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        rater.block_bytes = 8 << 10;
+        let s = rater
+            .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+            .unwrap();
+        assert_eq!((s.records as usize, s.duplicates), (rows, 0));
+    }
+    drop(ledger);
+    let db = data.join("ledger.sqlite");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        let (batches, inline, keyed, keys): (i64, i64, i64, i64) = c
+            .query_row(
+                "SELECT (SELECT count(*) FROM batches WHERE source LIKE 'cdr:%'),
+                        (SELECT coalesce(sum(length(call_keys)), 0) FROM batches),
+                        (SELECT count(*) FROM batch_keys),
+                        (SELECT sum(length(call_keys)) FROM batch_keys)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .unwrap();
+        assert!(batches > 1, "8 KiB blocks: several batches, {batches}");
+        assert_eq!((inline, keyed, keys), (0, batches, 16 * rows as i64));
+        // The same ledger as version 5 wrote it: each batch's keys in its row.
+        c.execute_batch(
+            "UPDATE batches SET call_keys = coalesce(
+               (SELECT call_keys FROM batch_keys k WHERE k.batch_id = batches.batch_id), x'');
+             DROP TABLE batch_keys;
+             PRAGMA user_version = 5;",
+        )
+        .unwrap();
+    }
+    let mut ledger = Ledger::open(&data).unwrap();
+    assert_eq!(ledger.load_call_keys().unwrap().len(), rows);
+    let again = cdrs.with_file_name("again.csv");
+    let (text, _) = cdr_text(rows - 10..rows);
+    let (new_text, new_cost) = cdr_text(rows..rows + 10);
+    let new_lines = new_text.split_once('\n').unwrap().1;
+    std::fs::write(&again, format!("{text}{new_lines}")).unwrap();
+    let before = balances(&ledger);
+    {
+        let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+        let s = rater
+            .rate_file(&again, CdrFormat::Generic, &NoProgress)
+            .unwrap();
+        assert_eq!((s.records, s.duplicates, s.xdrs), (20, 10, 10));
+        assert_eq!(s.charged, new_cost.iter().sum::<Decimal>());
+    }
+    let after = balances(&ledger);
+    for u in 0..7 {
+        assert_eq!(after[u], before[u] - new_cost[u], "user u{u}");
+        assert_eq!(before[u], Decimal::from(100) - per_user[u], "user u{u}");
+    }
+    // Keys of the migrated rows and of the new batch, read back at the next open.
+    drop(ledger);
+    let ledger = Ledger::open(&data).unwrap();
+    assert_eq!(ledger.load_call_keys().unwrap().len(), rows + 10);
+}

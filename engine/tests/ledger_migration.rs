@@ -333,7 +333,13 @@ fn old_users() -> Vec<UserRow> {
 fn check_migrated(data: &Path) {
     let c = reader(data);
     assert_eq!(version(&c), ratel_engine::ledger::SCHEMA_VERSION);
-    assert_eq!(version(&c), 5);
+    assert_eq!(version(&c), 6);
+    // Version 6: CDR call keys apart from their batches, empty after a migration (the old
+    // batch rows keep theirs).
+    let n: i64 = c
+        .query_row("SELECT count(*) FROM batch_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0);
     // The journal is found by client through (user_id, created_at) only: the index on
     // user_id alone, which the old ledger had, is dropped (one B-tree less per charge).
     assert_eq!(
@@ -881,12 +887,12 @@ fn a_version_1_ledger_is_migrated_to_version_2() {
     );
     drop(c);
 
-    // Still version 5 after the writes and another open.
+    // Still the current version after the writes and another open.
     drop(ledger);
     drop(lock);
     let _lock = DataDirLock::acquire(&data).unwrap();
     let ledger = Ledger::open(&data).unwrap();
-    assert_eq!(version(&reader(&data)), 5);
+    assert_eq!(version(&reader(&data)), 6);
     assert_eq!(ledger.load_users().unwrap().len(), 6);
 }
 

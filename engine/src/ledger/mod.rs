@@ -328,7 +328,7 @@ pub const BATCH_CACHE_KIB: i64 = 64 * 1024;
 
 /// The ledger schema version this build writes (`PRAGMA user_version`). Each step of
 /// [`migrate`] brings a ledger one version forward, in one transaction with the rest.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Version 2 (issue 11, DESIGN.md Part 2 "The domain model"): companies, accounts, profile
 /// fields, the client log, refunds; journal rows typed `payment` / `usage` / `package_fee` /
@@ -381,6 +381,18 @@ CREATE TABLE IF NOT EXISTS refunds(
   journal_id INTEGER NOT NULL);
 ";
 
+/// Version 6: a CDR batch's call keys in a table of their own. In the batch's row (16 bytes
+/// a call, 6.4 MB for a 32 MiB block) every later write of that row copied them again: the
+/// fold's `applied = 1` rewrote each folded batch whole, ~32 MB for the month file in the
+/// last commit and as much again through the checkpoint, and reading a batch's movements,
+/// stored after them, walked their overflow pages. Batches committed before keep their keys
+/// in `batches.call_keys`; both are read at open.
+const SCHEMA_V6: &str = "
+CREATE TABLE IF NOT EXISTS batch_keys(
+  batch_id INTEGER PRIMARY KEY,
+  call_keys BLOB NOT NULL);
+";
+
 /// Brings a ledger written by an earlier version up to [`SCHEMA_VERSION`], one version at a
 /// time, in one transaction; a ledger from a newer ratel is refused (it may hold what this
 /// build does not know how to keep).
@@ -431,6 +443,9 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
     }
     if version < 5 {
         tx.execute_batch(packages::SCHEMA_V5)?;
+    }
+    if version < 6 {
+        tx.execute_batch(SCHEMA_V6)?;
     }
     // `xdr_trash` joined version 5 after the first ledgers of it were written.
     tx.execute_batch(packages::XDR_TRASH)?;
@@ -787,19 +802,22 @@ impl Ledger {
             .map_err(self.sq())
     }
 
-    /// Every call-id key ever rated into this data dir.
+    /// Every call-id key ever rated into this data dir: `batch_keys` (version 6 on) and the
+    /// keys of batches committed before it, in `batches.call_keys`.
     pub fn load_call_keys(&self) -> Result<HashSet<u128, ahash::RandomState>, LedgerError> {
         let mut set = HashSet::with_hasher(ahash::RandomState::new());
-        let mut st = self
-            .conn
-            .prepare("SELECT call_keys FROM batches")
-            .map_err(self.sq())?;
-        let mut rows = st.query([]).map_err(self.sq())?;
-        while let Some(r) = rows.next().map_err(self.sq())? {
-            let blob: Vec<u8> = r.get(0).map_err(self.sq())?;
-            set.reserve(blob.len() / 16);
-            for k in blob.chunks_exact(16) {
-                set.insert(u128::from_le_bytes(k.try_into().expect("16 bytes")));
+        for sql in [
+            "SELECT call_keys FROM batch_keys",
+            "SELECT call_keys FROM batches WHERE length(call_keys) > 0",
+        ] {
+            let mut st = self.conn.prepare(sql).map_err(self.sq())?;
+            let mut rows = st.query([]).map_err(self.sq())?;
+            while let Some(r) = rows.next().map_err(self.sq())? {
+                let blob: Vec<u8> = r.get(0).map_err(self.sq())?;
+                set.reserve(blob.len() / 16);
+                for k in blob.chunks_exact(16) {
+                    set.insert(u128::from_le_bytes(k.try_into().expect("16 bytes")));
+                }
             }
         }
         Ok(set)
@@ -849,12 +867,11 @@ impl Ledger {
         {
             tx.execute(
                 "INSERT INTO batches(source, first_xdr, next_xdr, call_keys, committed_at, movements, applied)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, x'', ?4, ?5, ?6)",
                 params![
                     format!("cdr:{}", &b.file_hash[..16]),
                     b.first_xdr as i64,
                     b.next_xdr as i64,
-                    b.call_keys,
                     b.now,
                     encode_movements(&b.movements),
                     b.movements.is_empty() as i64
@@ -862,6 +879,14 @@ impl Ledger {
             )
             .map_err(sq)?;
             let batch_id = tx.last_insert_rowid();
+            // Apart from the batch's row, which the fold rewrites (`SCHEMA_V6`).
+            if !b.call_keys.is_empty() {
+                tx.execute(
+                    "INSERT INTO batch_keys(batch_id, call_keys) VALUES (?1, ?2)",
+                    params![batch_id, b.call_keys],
+                )
+                .map_err(sq)?;
+            }
             for m in &b.movements {
                 let before = m
                     .balance_after
@@ -1380,6 +1405,7 @@ fn decode_movements(b: &[u8]) -> impl Iterator<Item = (i64, Decimal, Decimal)> +
 /// the balance whatever was committed in between. (Alone, as in `ratel rate`, that equals
 /// the last movement's balance.)
 fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite::Error> {
+    let started = std::time::Instant::now();
     let mut st =
         tx.prepare("SELECT batch_id, movements FROM batches WHERE applied = 0 ORDER BY batch_id")?;
     let rows: Vec<(i64, Vec<u8>)> = st
@@ -1389,46 +1415,71 @@ fn fold_pending(tx: &rusqlite::Transaction<'_>, now: i64) -> Result<(), rusqlite
         return Ok(());
     }
     let (first, last) = (rows[0].0, rows[rows.len() - 1].0);
-    let mut per_user: std::collections::BTreeMap<i64, (Decimal, Decimal)> =
-        std::collections::BTreeMap::new();
+    let bad = |id: i64, what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("users.credit of user {id}: {what}").into(),
+        )
+    };
+    // Each user's sum over the batches, then in user order (the journal's rows and the
+    // balances' pages in key order). A BTreeMap of the ~500k movements of the month file's
+    // five blocks cost as much as the statements below: its inserts, then freeing its nodes.
+    let movements = rows.iter().map(|(_, b)| b.len() / MOVEMENT_BYTES).max();
+    let mut sums: std::collections::HashMap<i64, Decimal, ahash::RandomState> =
+        std::collections::HashMap::with_capacity_and_hasher(
+            movements.unwrap_or(0),
+            ahash::RandomState::new(),
+        );
     for (_, blob) in &rows {
-        for (id, amount, after) in decode_movements(blob) {
-            let e = per_user.entry(id).or_insert((Decimal::ZERO, Decimal::ZERO));
-            e.0 += amount;
-            e.1 = after;
+        for (id, amount, _) in decode_movements(blob) {
+            let sum = sums.entry(id).or_default();
+            *sum = sum
+                .checked_add(amount)
+                .ok_or_else(|| bad(id, "CDR charges out of range"))?;
         }
     }
+    let mut per_user: Vec<(i64, Decimal)> = sums.into_iter().collect();
+    per_user.sort_unstable_by_key(|&(id, _)| id);
     let mut jr = tx.prepare_cached(
         "INSERT INTO journal(user_id, amount, balance_after, kind, idem_key, created_at) VALUES (?1, ?2, ?3, 'usage', ?4, ?5)",
     )?;
     let mut up = tx.prepare_cached("UPDATE users SET credit = ?2 WHERE user_id = ?1")?;
     let mut get = tx.prepare_cached("SELECT credit FROM users WHERE user_id = ?1")?;
-    for (id, (amount, _)) in per_user {
-        let stored: String = get.query_row([id], |r| r.get(0))?;
-        let bad = |what: &str| {
-            rusqlite::Error::FromSqlConversionFailure(
-                0,
-                rusqlite::types::Type::Text,
-                format!("users.credit of user {id}: {what}").into(),
-            )
-        };
-        let stored: Decimal = stored.parse().map_err(|_| bad("not a decimal"))?;
+    let subscribers = per_user.len();
+    let (mut amount_s, mut after_s, mut key) = (String::new(), String::new(), String::new());
+    for (id, amount) in per_user {
+        let stored: Decimal = get.query_row([id], |r| {
+            r.get_ref(0)?
+                .as_str()?
+                .parse()
+                .map_err(|_| bad(id, "not a decimal"))
+        })?;
         let after = stored
             .checked_add(amount)
-            .ok_or_else(|| bad("out of range after the CDR charges"))?;
-        jr.execute(params![
-            id,
-            amount.to_string(),
-            after.to_string(),
-            format!("cdr:{first}-{last}:{id}"),
-            now
-        ])?;
-        up.execute(params![id, after.to_string()])?;
+            .ok_or_else(|| bad(id, "out of range after the CDR charges"))?;
+        use std::fmt::Write as _;
+        amount_s.clear();
+        after_s.clear();
+        key.clear();
+        let _ = write!(amount_s, "{amount}");
+        let _ = write!(after_s, "{after}");
+        let _ = write!(key, "cdr:{first}-{last}:{id}");
+        jr.execute(params![id, amount_s, after_s, key, now])?;
+        up.execute(params![id, after_s])?;
     }
     tx.execute(
         "UPDATE batches SET applied = 1, movements = x'' WHERE applied = 0 AND batch_id BETWEEN ?1 AND ?2",
         params![first, last],
     )?;
+    tracing::debug!(
+        batches = rows.len(),
+        first,
+        last,
+        subscribers,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "CDR batches folded into the journal and balances (not yet committed)"
+    );
     Ok(())
 }
 
