@@ -1006,7 +1006,7 @@ fn tokens_are_signed_bound_to_one_ip_and_expire() {
     );
     assert_eq!(
         get_ok(api, &valid, "/api/tariscope/database"),
-        json!({"database": 5})
+        json!({"database": ratel_engine::ledger::SCHEMA_VERSION})
     );
     let expired = jwt(
         &key,
@@ -1798,7 +1798,7 @@ fn tariffs_services_and_system_information() {
     );
     assert_eq!(
         get_ok(api, &tok, "/api/tariscope/database/"),
-        json!({"database": 5})
+        json!({"database": ratel_engine::ledger::SCHEMA_VERSION})
     );
     assert_eq!(
         get_ok(api, &tok, "/api/tariscope/edition"),
@@ -1835,7 +1835,7 @@ fn tariffs_services_and_system_information() {
         summary,
         json!({
             "version": "0.1.0",
-            "database": 5,
+            "database": ratel_engine::ledger::SCHEMA_VERSION,
             "build": build,
             "serial": serial,
             "edition": "ratel",
