@@ -673,7 +673,14 @@ fn rate(
     // handed over. What is left at the end is checkpointed as the ledger closes.
     ledger.set_wal_autocheckpoint(0)?;
     let _checkpointer = ratel_engine::ledger::checkpoint::spawn(&catalog.data_dir)?;
+    // The first file is hashed while the clients load (the rest as each comes).
+    let ahead = files
+        .first()
+        .and_then(|f| ratel_engine::batch::identify_ahead(catalog, &ledger, f, format));
     let mut rater = BatchRater::new(catalog, &mut ledger)?;
+    if let Some(a) = ahead {
+        rater.use_identity(a);
+    }
     rater.force = force;
     // Package periods that ended while nothing ran are renewed (or deactivated) first, in
     // order, so the files' calls meet the quota of the period they fall in. No sessions

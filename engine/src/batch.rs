@@ -1158,7 +1158,7 @@ pub(crate) type Unfolded = HashMap<i64, Decimal, ahash::RandomState>;
 /// What tells a file on disk from another at the same path: length, mtime and (Unix) the
 /// device, inode and ctime (a copy with `cp -p`/`rsync -a` keeps length and mtime).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
+pub struct FileStamp {
     len: u64,
     mtime: std::time::SystemTime,
     #[cfg(unix)]
@@ -1176,7 +1176,59 @@ fn file_stamp(m: &std::fs::Metadata) -> Option<FileStamp> {
     })
 }
 
+/// A file's identity hashed ahead on a thread of its own: `ratel rate` hashes its first file
+/// while the rater loads the clients from the ledger ([`identify_ahead`],
+/// [`BatchRater::use_identity`]).
+pub struct IdentityAhead(std::thread::JoinHandle<Option<(PathBuf, FileStamp, FileIdentity)>>);
+
+/// Starts hashing `path` as [`BatchRater::rate_file`] would (against the same rated files'
+/// sizes), on a thread. `None` when it cannot start: `rate_file` then hashes the file
+/// itself, and reports what is wrong with it.
+pub fn identify_ahead(
+    catalog: &Catalog,
+    ledger: &Ledger,
+    path: &Path,
+    format: CdrFormat,
+) -> Option<IdentityAhead> {
+    let meta_size = match Compression::of(path).ok()? {
+        Compression::None => std::fs::metadata(path).ok()?.len(),
+        _ => u64::MAX,
+    };
+    let cuts: Vec<u64> = ledger
+        .rated_files_shorter_than(meta_size)
+        .ok()?
+        .iter()
+        .map(|c| c.size)
+        .collect();
+    let head_lines = if catalog.template(format).header {
+        2
+    } else {
+        1
+    };
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("hash-ahead".into())
+        .spawn(move || {
+            // The stamp before the hash, as `rate_file` takes it.
+            let stamp = file_stamp(&std::fs::metadata(&path).ok()?)?;
+            let id = identify_file(&path, &cuts, head_lines).ok()?;
+            Some((path, stamp, id))
+        })
+        .ok()
+        .map(IdentityAhead)
+}
+
 impl<'a> BatchRater<'a> {
+    /// Hands [`BatchRater::rate_file`] a file's identity hashed ahead: used if that call is
+    /// for the same path and the file's stamp (length, mtime, inode, ctime) is unchanged,
+    /// else the file is hashed again. Nothing may be rated in between (the identity holds
+    /// the rated files' sizes at the time).
+    pub fn use_identity(&mut self, ahead: IdentityAhead) {
+        if let Ok(Some(id)) = ahead.0.join() {
+            self.id_cache = Some(id);
+        }
+    }
+
     /// Loads subscribers, seen call ids and the xDR sequence from the ledger.
     pub fn new(catalog: &'a Catalog, ledger: &'a mut Ledger) -> Result<Self, BatchError> {
         let subscribers = Subscribers::load(catalog, ledger)?;

@@ -488,3 +488,60 @@ fn call_keys_of_both_layouts_stop_repeats() {
     let ledger = Ledger::open(&data).unwrap();
     assert_eq!(ledger.load_call_keys().unwrap().len(), rows + 10);
 }
+
+/// A file hashed ahead (`ratel rate` hashes its first file while the clients load) is rated
+/// under its content's hash; one that changed after it was hashed ahead is hashed again:
+/// its recorded hash is that of what was rated, and a later run of the same content is
+/// refused as already rated.
+#[test]
+fn a_file_hashed_ahead_is_hashed_again_when_it_changed() {
+    use ratel_engine::batch::identify_ahead;
+    let (_dir, _data, cat, cdrs, rows, per_user, mut ledger) = fixture();
+    let blake = |p: &Path| {
+        blake3::hash(&std::fs::read(p).unwrap())
+            .to_hex()
+            .to_string()
+    };
+
+    // Unchanged: rated under the hash of its content.
+    let ahead = identify_ahead(&cat, &ledger, &cdrs, CdrFormat::Generic).unwrap();
+    let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+    rater.use_identity(ahead);
+    let s = rater
+        .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    assert_eq!(s.file_hash, blake(&cdrs));
+    assert_eq!((s.records as usize, s.duplicates), (rows, 0));
+    assert_eq!(s.charged, per_user.iter().sum::<Decimal>());
+    drop(rater);
+
+    // Changed after the hash ahead: 10 calls appended (a PBX appending to its file).
+    let grown = cdrs.with_file_name("grown.csv");
+    let (first, _) = cdr_text(5000..5010);
+    std::fs::write(&grown, &first).unwrap();
+    let ahead = identify_ahead(&cat, &ledger, &grown, CdrFormat::Generic).unwrap();
+    let (more, more_cost) = cdr_text(5010..5020);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&grown)
+        .unwrap();
+    std::io::Write::write_all(&mut f, more.split_once('\n').unwrap().1.as_bytes()).unwrap();
+    drop(f);
+    let mut rater = BatchRater::new(&cat, &mut ledger).unwrap();
+    rater.use_identity(ahead);
+    let s = rater
+        .rate_file(&grown, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    assert_eq!(s.file_hash, blake(&grown), "the hash of what was rated");
+    assert_eq!((s.records, s.duplicates), (20, 0));
+    let (_, first_cost) = cdr_text(5000..5010);
+    assert_eq!(
+        s.charged,
+        first_cost.iter().chain(&more_cost).sum::<Decimal>()
+    );
+    // The same content again: known by that hash, nothing charged.
+    let again = rater
+        .rate_file(&grown, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    assert!(again.already_rated);
+}
