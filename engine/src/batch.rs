@@ -870,16 +870,10 @@ struct Placed<'o, 'a> {
     r: &'o RatedCdr<'a>,
 }
 
-/// Writes rated records in (username, xdr_id) order so that a reader looking for one
-/// subscriber prunes pages by the username page index (ARCHITECTURE.md), and a compaction
-/// merges a day's files as sorted runs. Two subscribers compare by their precomputed name
-/// rank (integer compares); an account that is not a subscriber (its name is the row's
-/// username) by name. Day first: each day is one run of the order, so a day's builder is
-/// filled in one go and the gather does not touch the records twice (a month-long block
-/// spread every row over ~30 builders and read each record once to count its day).
-/// Most call keys reserved ahead for the rest of a file (64M: a 1.1 GB table); past it the
-/// set grows as it must.
-const MAX_KEYS_RESERVED: u64 = 1 << 26;
+/// Most call keys reserved ahead for the rest of a file: 16M (a table of 32M slots of 17
+/// bytes, ~570 MB, which a file of that many calls needs anyway); past it the set grows as
+/// it must.
+const MAX_KEYS_RESERVED: u64 = 1 << 24;
 
 /// An emptied outcome vector, its allocation kept, for records borrowing another block.
 /// (A collect from a vector's own iterator into elements of the same layout reuses its
@@ -889,6 +883,13 @@ fn recycle_outcomes<'b>(mut v: Vec<Outcome<'_>>) -> Vec<Outcome<'b>> {
     v.into_iter().map(|_| Outcome::Note).collect()
 }
 
+/// Writes rated records in (username, xdr_id) order so that a reader looking for one
+/// subscriber prunes pages by the username page index (ARCHITECTURE.md), and a compaction
+/// merges a day's files as sorted runs. Two subscribers compare by their precomputed name
+/// rank (integer compares); an account that is not a subscriber (its name is the row's
+/// username) by name. Day first: each day is one run of the order, so a day's builder is
+/// filled in one go and the gather does not touch the records twice (a month-long block
+/// spread every row over ~30 builders and read each record once to count its day).
 fn xdr_order<'o, 'a>(subs: &Subscribers, outcomes: &'o [Outcome<'a>]) -> Vec<Placed<'o, 'a>> {
     use rayon::prelude::*;
     let mut order: Vec<Placed<'o, 'a>> = outcomes
@@ -1202,8 +1203,12 @@ pub fn identify_ahead(
     path: &Path,
     format: CdrFormat,
 ) -> Option<IdentityAhead> {
+    // The stamp and the size the rated files are checked against, from one look at the
+    // file (before the hash, as `rate_file` takes them).
+    let meta = std::fs::metadata(path).ok()?;
+    let stamp = file_stamp(&meta)?;
     let meta_size = match Compression::of(path).ok()? {
-        Compression::None => std::fs::metadata(path).ok()?.len(),
+        Compression::None => meta.len(),
         _ => u64::MAX,
     };
     let cuts: Vec<u64> = ledger
@@ -1221,8 +1226,6 @@ pub fn identify_ahead(
     std::thread::Builder::new()
         .name("hash-ahead".into())
         .spawn(move || {
-            // The stamp before the hash, as `rate_file` takes it.
-            let stamp = file_stamp(&std::fs::metadata(&path).ok()?)?;
             let id = identify_file(&path, &cuts, head_lines).ok()?;
             Some((path, stamp, id))
         })
@@ -1743,11 +1746,14 @@ impl<'a> BatchRater<'a> {
                         // table twice the size, rehashed, in fresh pages): sized once, after
                         // the first block, for the rest of the file at that block's bytes
                         // a record.
+                        // New keys only: bad lines and repeats add none.
                         let read = block.next_offset - block.offset;
+                        let new_keys = (keys.len() / 16) as u64;
                         if read > 0 && !block.eof {
                             let rest = size.saturating_sub(block.next_offset);
-                            let expected = rest.saturating_mul(records) / read;
-                            call_keys.reserve(expected.min(MAX_KEYS_RESERVED) as usize);
+                            let expected = rest.saturating_mul(new_keys) / read;
+                            // A hint: if the memory is not there, the set grows as before.
+                            let _ = call_keys.try_reserve(expected.min(MAX_KEYS_RESERVED) as usize);
                         }
                     }
                     // Arrow batches, built in parallel runs of the sorted order; one file
@@ -2368,12 +2374,10 @@ mod tests {
         assert_eq!(who(&s, "", "442079460000", t + 100), None);
     }
 
-    /// The lookups many at a time (`of_cdrs_at`, through the account index) answer what
-    /// `of_cdr_at` answers one by one: voip before radius accounts, trimmed accounts,
-    /// DNs for the rest, unknown names; after accounts change (the index is dropped and
-    /// rebuilt) and once an identifier changed hands (the index is not used).
     /// The outcome vector goes from one block to the next with its memory: emptied, its
-    /// allocation (pointer and capacity) unchanged.
+    /// allocation (pointer and capacity) unchanged. (That rests on std's in-place collect,
+    /// an optimization it does not promise: if a toolchain drops it, this fails and the
+    /// recycling needs another way, as each block would fault its outcomes in again.)
     #[test]
     fn outcome_vectors_are_recycled_with_their_memory() {
         let mut v: Vec<Outcome<'_>> = Vec::with_capacity(1000);
@@ -2384,6 +2388,10 @@ mod tests {
         assert_eq!((w.as_ptr() as usize, w.capacity()), (ptr, cap));
     }
 
+    /// The lookups many at a time (`of_cdrs_at`, through the account index) answer what
+    /// `of_cdr_at` answers one by one: voip before radius accounts, trimmed accounts,
+    /// DNs for the rest, unknown names; after accounts change (the index is dropped and
+    /// rebuilt) and once an identifier changed hands (the index is not used).
     #[test]
     fn lookups_together_match_lookups_one_by_one() {
         let catalog = one_group_catalog();

@@ -492,7 +492,8 @@ fn call_keys_of_both_layouts_stop_repeats() {
 /// A file hashed ahead (`ratel rate` hashes its first file while the clients load) is rated
 /// under its content's hash; one that changed after it was hashed ahead is hashed again:
 /// its recorded hash is that of what was rated, and a later run of the same content is
-/// refused as already rated.
+/// refused as already rated. (The first half checks the result, not that the identity
+/// ahead was used: nothing outside the rater tells, but the time it took.)
 #[test]
 fn a_file_hashed_ahead_is_hashed_again_when_it_changed() {
     use ratel_engine::batch::identify_ahead;

@@ -121,7 +121,7 @@ INSERT INTO sessions(nas, session_id, state) VALUES ('nas1', 's2', '{\"old\":tru
 INSERT INTO cdr_files(file_hash, path, size, format, done, next_offset, next_line, records, updated_at, head_hash)
   VALUES ('ab12', 'spool/Master.csv', 100, 'asterisk', 1, 100, 3, 2, 1700000300, NULL);
 INSERT INTO batches(batch_id, source, first_xdr, next_xdr, call_keys, committed_at, movements, applied)
-  VALUES (1, 'cdr:ab12', 1, 3, x'', 1700000300, x'', 1);
+  VALUES (1, 'cdr:ab12', 1, 3, x'000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f', 1700000300, x'', 1);
 INSERT INTO xdr_outbox(xdr_id, row) VALUES (3, '{\"opaque\":1}');
 UPDATE seq SET value = 4 WHERE name = 'xdr';
 ";
@@ -539,6 +539,12 @@ fn a_version_1_ledger_is_migrated_to_version_2() {
     let lock = DataDirLock::acquire(&data).unwrap();
     let ledger = Ledger::open(&data).unwrap();
     check_migrated(&data);
+    // The two calls the old ledger rated stay known (their keys in the batch's row; a
+    // version-6 ledger keeps new ones in `batch_keys`).
+    let keys = ledger.load_call_keys().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.contains(&u128::from_le_bytes(std::array::from_fn(|i| i as u8))));
+    assert!(keys.contains(&u128::from_le_bytes(std::array::from_fn(|i| 16 + i as u8))));
 
     // Through the public API: balances unchanged, journal sums per kind.
     assert_eq!(ledger.load_users().unwrap(), old_users());

@@ -1,5 +1,6 @@
-//! The WAL checkpointer of `serve`: a thread with a connection of its own copies committed
-//! WAL frames into the database file, so the core's commits never do.
+//! The WAL checkpointer of `serve` and `ratel rate`: a thread with a connection of its own
+//! copies committed WAL frames into the database file, so the core's commits (and a CDR
+//! block's) never do.
 //!
 //! With SQLite's automatic checkpoint the commit that pushed the WAL past 1000 pages copied
 //! them into the database and fsynced it before returning: every acknowledgement of that
