@@ -666,13 +666,8 @@ fn rate(
     files: &[PathBuf],
 ) -> anyhow::Result<ExitCode> {
     let _lock = DataDirLock::acquire(&catalog.data_dir)?;
-    let mut ledger = Ledger::open(&catalog.data_dir)?;
-    ledger.use_batch_cache()?;
-    // WAL checkpoints on a thread of their own, as in `serve`: a block's commit no longer
-    // copies the WAL into the database and fsyncs it while the next block waits to be
-    // handed over. What is left at the end is checkpointed as the ledger closes.
-    ledger.set_wal_autocheckpoint(0)?;
-    let _checkpointer = ratel_engine::ledger::checkpoint::spawn(&catalog.data_dir)?;
+    // (The checkpointer stops before the ledger closes: declared after it.)
+    let (mut ledger, _checkpointer) = open_batch_ledger(catalog)?;
     // The first file is hashed while the clients load (the rest as each comes).
     let ahead = files
         .first()
@@ -741,6 +736,21 @@ fn rate(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The ledger as a batch run opens it (`ratel rate`, and `bench cdr` to measure the same):
+/// a 64 MiB page cache, and WAL checkpoints on a thread of their own, as in `serve`, so a
+/// block's commit does not copy the WAL into the database and fsync it while the next block
+/// waits to be handed over. What is left at the end is checkpointed as the ledger closes;
+/// drop the checkpointer first.
+fn open_batch_ledger(
+    catalog: &Catalog,
+) -> anyhow::Result<(Ledger, ratel_engine::ledger::checkpoint::Checkpointer)> {
+    let ledger = Ledger::open(&catalog.data_dir)?;
+    ledger.use_batch_cache()?;
+    ledger.set_wal_autocheckpoint(0)?;
+    let checkpointer = ratel_engine::ledger::checkpoint::spawn(&catalog.data_dir)?;
+    Ok((ledger, checkpointer))
+}
+
 fn print_summary(s: &FileSummary) {
     if s.already_rated {
         println!(
@@ -807,13 +817,10 @@ fn bench_cdr(
     let catalog = load(Some(&files.config))?;
     let load_secs = t.elapsed().as_secs_f64();
     let _lock = DataDirLock::acquire(&catalog.data_dir)?;
-    let mut ledger = Ledger::open(&catalog.data_dir)?;
     // What `ratel rate` runs with.
-    ledger.use_batch_cache()?;
+    let (mut ledger, checkpointer) = open_batch_ledger(&catalog)?;
     let imported =
         ratel_engine::users::import_users(&catalog, &mut ledger, &files.users, chrono_now())?;
-    ledger.set_wal_autocheckpoint(0)?;
-    let checkpointer = ratel_engine::ledger::checkpoint::spawn(&catalog.data_dir)?;
     let mut rater = BatchRater::new(&catalog, &mut ledger)?;
     let s = rater.rate_file(
         &files.cdrs,

@@ -1189,6 +1189,31 @@ fn file_stamp(m: &std::fs::Metadata) -> Option<FileStamp> {
     })
 }
 
+/// The rated files at whose sizes a file's prefixes are hashed: a grown copy of a rated
+/// file (Asterisk appends to Master.csv) starts with that file's bytes, so every shorter
+/// one. A compressed file's size says nothing of its content's: then every rated file.
+fn prefix_candidates(
+    ledger: &Ledger,
+    compression: Compression,
+    meta: &std::fs::Metadata,
+) -> Result<Vec<crate::ledger::RatedFile>, LedgerError> {
+    let size = match compression {
+        Compression::None => meta.len(),
+        _ => u64::MAX,
+    };
+    ledger.rated_files_shorter_than(size)
+}
+
+/// The lines of a file's head that tell a copy of it: its first record, and the header
+/// before it when the format has one.
+fn head_lines(template: &crate::template::Template) -> usize {
+    if template.header {
+        2
+    } else {
+        1
+    }
+}
+
 /// A file's identity hashed ahead on a thread of its own: `ratel rate` hashes its first file
 /// while the rater loads the clients from the ledger ([`identify_ahead`],
 /// [`BatchRater::use_identity`]).
@@ -1203,25 +1228,17 @@ pub fn identify_ahead(
     path: &Path,
     format: CdrFormat,
 ) -> Option<IdentityAhead> {
-    // The stamp and the size the rated files are checked against, from one look at the
-    // file (before the hash, as `rate_file` takes them).
+    // As `rate_file` takes them: the stamp and the rated files' sizes from one look at the
+    // file, before the hash.
+    let compression = Compression::of(path).ok()?;
     let meta = std::fs::metadata(path).ok()?;
     let stamp = file_stamp(&meta)?;
-    let meta_size = match Compression::of(path).ok()? {
-        Compression::None => meta.len(),
-        _ => u64::MAX,
-    };
-    let cuts: Vec<u64> = ledger
-        .rated_files_shorter_than(meta_size)
+    let cuts: Vec<u64> = prefix_candidates(ledger, compression, &meta)
         .ok()?
         .iter()
         .map(|c| c.size)
         .collect();
-    let head_lines = if catalog.template(format).header {
-        2
-    } else {
-        1
-    };
+    let head_lines = head_lines(catalog.template(format));
     let path = path.to_path_buf();
     std::thread::Builder::new()
         .name("hash-ahead".into())
@@ -1317,21 +1334,15 @@ impl<'a> BatchRater<'a> {
             source,
         };
         let t0 = Instant::now();
-        // A grown copy of a rated file (Asterisk appends to Master.csv) starts with that
-        // file's bytes: hash our prefix at the size of every shorter rated file.
-        // (A compressed file's size says nothing of its content's: every rated file is
-        // then a candidate.)
         let compression = Compression::of(path).map_err(io)?;
-        let meta_size = match compression {
-            Compression::None => std::fs::metadata(path).map_err(io)?.len(),
-            _ => u64::MAX,
-        };
-        let candidates = self.ledger.rated_files_shorter_than(meta_size)?;
+        let meta = std::fs::metadata(path).map_err(io)?;
+        let candidates = prefix_candidates(self.ledger, compression, &meta)?;
         let cuts: Vec<u64> = candidates.iter().map(|c| c.size).collect();
         let template = self.catalog.template(format);
-        let head_lines = if template.header { 2 } else { 1 };
-        // A file a budgeted call stopped in, unchanged since: its identity is known.
-        let stamp = std::fs::metadata(path).ok().and_then(|m| file_stamp(&m));
+        let head_lines = head_lines(template);
+        // A file a budgeted call stopped in, or hashed ahead, unchanged since: its identity
+        // is known.
+        let stamp = file_stamp(&meta);
         let cached = match (self.id_cache.take(), &stamp) {
             (Some((p, was, id)), Some(now)) if p == path && was == *now => Some(id),
             _ => None,
@@ -1625,7 +1636,6 @@ impl<'a> BatchRater<'a> {
                     // (collecting per-task vectors copied every outcome once more).
                     let mut outcomes: Vec<Outcome<'_>> =
                         recycle_outcomes(std::mem::take(&mut spare_outcomes));
-                    outcomes.reserve(block.spans.len());
                     outcomes.resize_with(block.spans.len(), || Outcome::Note);
                     outcomes
                         .par_chunks_mut(RATE_CHUNK)
