@@ -1046,8 +1046,12 @@ mod tests {
             std::thread::current().id()
         ));
         let file = std::fs::File::create(&path).unwrap();
-        let mut w =
-            ArrowWriter::try_new(file, batch.schema(), Some(writer_properties(rows))).unwrap();
+        let mut w = ArrowWriter::try_new(
+            file,
+            batch.schema(),
+            Some(writer_properties(rows, PAGE_ROWS)),
+        )
+        .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
         let meta = ArrowReaderMetadata::load(

@@ -1566,7 +1566,11 @@ impl<'a> BatchRater<'a> {
                             let parquet = s.spawn(|| -> Result<Duration, BatchError> {
                                 let t = Instant::now();
                                 for (final_path, batches, _, _) in &rb.batches {
-                                    xdr::write_temp_batches(final_path, batches)?;
+                                    xdr::write_temp_batches(
+                                        final_path,
+                                        batches,
+                                        xdr::WIDE_PAGE_ROWS,
+                                    )?;
                                 }
                                 Ok(t.elapsed())
                             });
@@ -1802,7 +1806,8 @@ impl<'a> BatchRater<'a> {
                         .enumerate()
                         .map(|(k, (day, b, lo, hi))| {
                             let dir = xdr::partition_dir(&xdr_root, day * 86_400);
-                            let name = format!("cdr-{first_xdr:020}-{k:04}.parquet");
+                            let name =
+                                format!("cdr-{first_xdr:020}-{k:04}{}", xdr::WIDE_PAGES_SUFFIX);
                             (dir.join(name), b, lo, hi)
                         })
                         .collect();

@@ -74,8 +74,9 @@ pub enum CompactError {
 }
 
 /// The day to compact among the ledger's files, if any: closed at `now`, with
-/// [`MIN_FILES`] files or more that together hold [`MAX_ROWS`] rows at most (the day with
-/// the most such files). A day with more rows is compacted in parts: its smallest files
+/// [`MIN_FILES`] files or more that together hold [`MAX_ROWS`] rows at most, or one file
+/// with a CDR block's wide pages ([`xdr::has_wide_pages`]) (the day with the most such
+/// files). A day with more rows is compacted in parts: its smallest files
 /// first, as many as fit (at most [`MAX_FILES`]); the parts are merged again while they fit
 /// together, so even the busiest days (a RADIUS outbox flush a second) end up a few files.
 pub fn choose(files: Vec<DayFile>, now: i64) -> Option<Plan> {
@@ -114,7 +115,11 @@ pub fn choose_except(files: Vec<DayFile>, now: i64, failed: &[Plan]) -> Option<P
                 .min(MAX_FILES);
             files.truncate(fit);
             files.sort_by(|a, b| a.path.cmp(&b.path));
-            (files.len() >= MIN_FILES).then_some(Plan { partition, files })
+            // One file is rewritten too when it has a CDR block's wide pages: the merge
+            // gives it the small pages one-user reads want.
+            let rewrite =
+                files.len() >= MIN_FILES || files.iter().any(|f| xdr::has_wide_pages(&f.path));
+            rewrite.then_some(Plan { partition, files })
         })
         .filter(|plan| !failed.contains(plan))
         .max_by_key(|plan| plan.files.len())
@@ -343,8 +348,9 @@ fn merge_streaming(
     let expected: u64 = plan.files.iter().map(|f| f.rows).sum();
     let dir = xdr_root.join(&plan.partition);
     let merging = dir.join("compact-merging.parquet");
-    let mut out = xdr::TempWriter::create(&merging, schema.clone(), expected as usize)
-        .map_err(CompactError::from)?;
+    let mut out =
+        xdr::TempWriter::create(&merging, schema.clone(), expected as usize, xdr::PAGE_ROWS)
+            .map_err(CompactError::from)?;
     let mut pending: Vec<(usize, usize)> = Vec::with_capacity(out_rows);
     let (mut rows, mut lo, mut hi) = (0u64, u64::MAX, 0u64);
     let result = (|| -> Result<(), Streaming> {
@@ -515,7 +521,7 @@ fn merge_in_memory(
     if stop.load(Ordering::Relaxed) {
         return Err(CompactError::Cancelled);
     }
-    if let Err(e) = xdr::write_temp_batches(&final_path, &out) {
+    if let Err(e) = xdr::write_temp_batches(&final_path, &out, xdr::PAGE_ROWS) {
         let _ = std::fs::remove_file(xdr::temp_path(&final_path));
         return Err(e.into());
     }

@@ -371,8 +371,8 @@ fn a_day_beyond_max_rows_is_compacted_in_parts() {
 
 /// `compact_closed_days` (what `ratel bench api` runs on a month of history): a closed day
 /// of two files — two CDR files rated one after the other — becomes one file with the same
-/// rows; a day of one file and a day not yet closed are left as they are; a second pass
-/// finds nothing to do.
+/// rows; a closed day of one CDR block's file is rewritten too (its wide pages become small
+/// ones); a day not yet closed is left as it is; a second pass finds nothing to do.
 #[test]
 fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -414,7 +414,8 @@ fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:30:00Z")
         .unwrap()
         .timestamp();
-    assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 1);
+    let day2_rows = rows_of(&day2[0]);
+    assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 2);
     ledger.empty_xdr_trash(now + GRACE_SECS).unwrap();
     let merged = files_in(&day(1));
     assert_eq!(merged.len(), 1, "{merged:?}");
@@ -429,8 +430,102 @@ fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     before.sort();
     after.sort();
     assert_eq!(after, before);
-    assert_eq!(files_in(&day(2)), day2);
+    // Day 2's one file, rewritten: a new name, the same rows.
+    let day2_after = files_in(&day(2));
+    assert_eq!(day2_after.len(), 1);
+    assert_ne!(day2_after, day2);
+    assert_eq!(rows_of(&day2_after[0]), day2_rows);
     assert_eq!(files_in(&day(4)).len(), 2);
+    assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 0);
+}
+
+/// Rows per data page of the `username` column, page by page, read from the offset index
+/// by the parquet crate's reader.
+fn username_page_rows(f: &Path) -> Vec<usize> {
+    use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+    use parquet::file::metadata::PageIndexPolicy;
+    let meta = ArrowReaderMetadata::load(
+        &std::fs::File::open(f).unwrap(),
+        ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required),
+    )
+    .unwrap();
+    let meta = meta.metadata();
+    let col = meta
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == "username")
+        .unwrap();
+    let mut out = Vec::new();
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        let pi = meta.page_index().unwrap();
+        let locs = pi.offset_index(g, col).unwrap().page_locations();
+        for (i, l) in locs.iter().enumerate() {
+            let end = locs.get(i + 1).map_or(rg.num_rows(), |n| n.first_row_index);
+            out.push((end - l.first_row_index) as usize);
+        }
+    }
+    out
+}
+
+/// A CDR block's file has wide pages (fewer pages to encode while rating); once its day is
+/// closed, compaction rewrites it alone into the small pages one-user reads want, with the
+/// same rows, and then leaves it.
+#[test]
+fn a_cdr_block_file_has_wide_pages_until_its_day_is_compacted() {
+    use ratel_engine::xdr::{PAGE_ROWS, WIDE_PAGE_ROWS};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cat = catalog(&data);
+    let mut ledger = Ledger::open(&data).unwrap();
+    add_users(&mut ledger, 7);
+    let rows = WIDE_PAGE_ROWS + 904;
+    let mut s = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+    for i in 0..rows {
+        s.push_str(&format!(
+            "w{i},555,15551234567,2026-10-01T{:02}:{:02}:{:02}Z,{},ANSWERED,u{}\n",
+            (i / 3600) % 24,
+            (i / 60) % 60,
+            i % 60,
+            1 + i % 200,
+            i % 7
+        ));
+    }
+    let cdrs = dir.path().join("cdrs.csv");
+    std::fs::write(&cdrs, s).unwrap();
+    BatchRater::new(&cat, &mut ledger)
+        .unwrap()
+        .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    let day = data.join("xdr").join("date=2026-10-01");
+    let written = files_in(&day);
+    assert_eq!(written.len(), 1, "{written:?}");
+    let name = written[0].file_name().unwrap().to_str().unwrap();
+    assert!(ratel_engine::xdr::has_wide_pages(name), "{name}");
+    assert_eq!(username_page_rows(&written[0]), vec![WIDE_PAGE_ROWS, 904]);
+    let before = rows_of(&written[0]);
+    assert_eq!(before.len(), rows);
+
+    let now = chrono::DateTime::parse_from_rfc3339("2026-10-02T01:00:00Z")
+        .unwrap()
+        .timestamp();
+    assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 1);
+    ledger.empty_xdr_trash(now + GRACE_SECS).unwrap();
+    let merged = files_in(&day);
+    assert_eq!(merged.len(), 1, "{merged:?}");
+    let name = merged[0].file_name().unwrap().to_str().unwrap();
+    assert!(!ratel_engine::xdr::has_wide_pages(name), "{name}");
+    let pages = username_page_rows(&merged[0]);
+    assert_eq!(pages.iter().sum::<usize>(), rows);
+    assert!(pages.iter().all(|&p| p <= PAGE_ROWS), "{pages:?}");
+    assert_eq!(pages.len(), rows.div_ceil(PAGE_ROWS), "{pages:?}");
+    assert_eq!(
+        rows_of(&merged[0]),
+        before,
+        "the same rows, in the same order"
+    );
+    // Small pages already: nothing more to do for that day.
     assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 0);
 }
 
