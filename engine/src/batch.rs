@@ -1557,21 +1557,21 @@ impl<'a> BatchRater<'a> {
                             now: chrono::Utc::now().timestamp(),
                         };
                         // The files are written (one at a time, its columns encoded in
-                        // parallel) on a thread of their own while this one stages the
-                        // ledger's rows; the COMMIT waits for them.
+                        // parallel, each fsynced while the next is encoded) on a thread of
+                        // their own while this one stages the ledger's rows; the COMMIT
+                        // waits for them, durable.
                         let t = Instant::now();
                         let pq_before = pq;
                         let mut sink_error: Option<BatchError> = None;
                         let committed = std::thread::scope(|s| {
                             let parquet = s.spawn(|| -> Result<Duration, BatchError> {
                                 let t = Instant::now();
-                                for (final_path, batches, _, _) in &rb.batches {
-                                    xdr::write_temp_batches(
-                                        final_path,
-                                        batches,
-                                        xdr::WIDE_PAGE_ROWS,
-                                    )?;
-                                }
+                                xdr::write_temp_files(
+                                    rb.batches
+                                        .iter()
+                                        .map(|(p, b, _, _)| (p.as_path(), b.as_slice())),
+                                    xdr::WIDE_PAGE_ROWS,
+                                )?;
                                 Ok(t.elapsed())
                             });
                             ledger.commit_cdr_batch_when(&commit, || {
