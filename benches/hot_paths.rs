@@ -179,7 +179,119 @@ fn parquet_encode(c: &mut Criterion) {
             black_box(xdr::write_temp(&p, &batch).unwrap())
         })
     });
+    // A CDR block's file (rows in username order, as the rater writes them), with the
+    // small pages one-user reads want and with a block's wide pages; then one user's rows
+    // read back as a report reads them (footer cached, the username page index narrowing
+    // the rows), from each.
+    let mut sorted = data.clone();
+    sorted.sort_by(|a, b| (&a.1, a.0).cmp(&(&b.1, b.0)));
+    let batch = build(&sorted);
+    for (name, page_rows) in [
+        ("small_pages", xdr::PAGE_ROWS),
+        ("wide_pages", xdr::WIDE_PAGE_ROWS),
+    ] {
+        g.bench_function(format!("parquet_encode_fsync_64k_{name}"), |b| {
+            let mut k = 0;
+            b.iter(|| {
+                k += 1;
+                let p = dir.path().join(format!("{name}{k}.parquet"));
+                let batches = std::slice::from_ref(&batch);
+                black_box(xdr::write_temp_batches(&p, batches, page_rows).unwrap())
+            })
+        });
+    }
     g.finish();
+
+    let mut g = c.benchmark_group("report_read");
+    g.sample_size(20);
+    for (name, page_rows) in [
+        ("small_pages", xdr::PAGE_ROWS),
+        ("wide_pages", xdr::WIDE_PAGE_ROWS),
+    ] {
+        let p = dir.path().join(format!("read-{name}.parquet"));
+        let t = xdr::write_temp_batches(&p, std::slice::from_ref(&batch), page_rows).unwrap();
+        let meta = parquet::arrow::arrow_reader::ArrowReaderMetadata::load(
+            &std::fs::File::open(&t).unwrap(),
+            parquet::arrow::arrow_reader::ArrowReaderOptions::new()
+                .with_page_index_policy(parquet::file::metadata::PageIndexPolicy::Required),
+        )
+        .unwrap();
+        let mut u = 0usize;
+        g.bench_function(format!("one_user_of_5000_64k_{name}"), |b| {
+            b.iter(|| {
+                u = (u + 1237) % 5000;
+                let user = format!("acc{u}");
+                black_box(read_one_user(&t, &meta, &user))
+            })
+        });
+    }
+    g.finish();
+}
+
+/// The rows of `user` in one xDR file, read as a report reads them: the `username` page
+/// index selects the pages that may hold the user, every column of those rows is decoded.
+fn read_one_user(
+    path: &std::path::Path,
+    meta: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
+    user: &str,
+) -> usize {
+    use parquet::arrow::arrow_reader::{
+        ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+    };
+    use parquet::file::page_index::column_index::ColumnIndexMetaData;
+    let md = meta.metadata();
+    let col = md
+        .file_metadata()
+        .schema_descr()
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == "username")
+        .unwrap();
+    let pi = md.page_index().unwrap();
+    let mut selectors = Vec::new();
+    for (g, rg) in md.row_groups().iter().enumerate() {
+        let rows = rg.num_rows() as usize;
+        let (ColumnIndexMetaData::BYTE_ARRAY(idx), off) = (
+            pi.column_index(g, col).unwrap(),
+            pi.offset_index(g, col).unwrap(),
+        ) else {
+            panic!("username has a byte array column index");
+        };
+        let locs = off.page_locations();
+        for (i, loc) in locs.iter().enumerate() {
+            let start = loc.first_row_index as usize;
+            let end = locs.get(i + 1).map_or(rows, |l| l.first_row_index as usize);
+            let (min, max) = (idx.min_value(i).unwrap(), idx.max_value(i).unwrap());
+            if user.as_bytes() < min || user.as_bytes() > max {
+                selectors.push(RowSelector::skip(end - start));
+            } else {
+                selectors.push(RowSelector::select(end - start));
+            }
+        }
+    }
+    let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
+        std::fs::File::open(path).unwrap(),
+        meta.clone(),
+    )
+    .with_row_selection(RowSelection::from(selectors))
+    .build()
+    .unwrap();
+    let mut n = 0;
+    for b in reader {
+        let b = b.unwrap();
+        let names = b
+            .column_by_name("username")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap()
+            .clone();
+        n += (0..b.num_rows())
+            .filter(|&i| names.value(i) == user)
+            .count();
+    }
+    assert!(n > 0, "{user}");
+    n
 }
 
 fn ledger_commit(c: &mut Criterion) {
