@@ -330,8 +330,7 @@ fn one_user_reports_over_many_pages() {
     let mut csv =
         String::from("call_id,caller,callee,start_time,duration_s,disposition,account,trunk\n");
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    // Several of a CDR block's wide pages (the report reads its files before compaction).
-    let rows = 3 * ratel_engine::xdr::WIDE_PAGE_ROWS;
+    let rows = 3 * ratel_engine::xdr::PAGE_ROWS * 2;
     for i in 0..rows {
         x ^= x << 13;
         x ^= x >> 7;

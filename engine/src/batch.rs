@@ -1570,7 +1570,6 @@ impl<'a> BatchRater<'a> {
                                     rb.batches
                                         .iter()
                                         .map(|(p, b, _, _)| (p.as_path(), b.as_slice())),
-                                    xdr::WIDE_PAGE_ROWS,
                                 )?;
                                 Ok(t.elapsed())
                             });
@@ -1801,14 +1800,25 @@ impl<'a> BatchRater<'a> {
                             None => by_day.push((day, vec![batch], min_login, max_logout)),
                         }
                     }
+                    // A day still open gets wide pages (compaction rewrites its files once
+                    // it closes); a closed day's file, small ones (it may stay alone).
+                    let now = chrono::Utc::now().timestamp();
                     let batches = by_day
                         .into_iter()
                         .enumerate()
                         .map(|(k, (day, b, lo, hi))| {
                             let dir = xdr::partition_dir(&xdr_root, day * 86_400);
-                            let name =
-                                format!("cdr-{first_xdr:020}-{k:04}{}", xdr::WIDE_PAGES_SUFFIX);
-                            (dir.join(name), b, lo, hi)
+                            let end = if crate::compact::is_closed(day, now) {
+                                ".parquet"
+                            } else {
+                                xdr::WIDE_PAGES_SUFFIX
+                            };
+                            (
+                                dir.join(format!("cdr-{first_xdr:020}-{k:04}{end}")),
+                                b,
+                                lo,
+                                hi,
+                            )
                         })
                         .collect();
                     summary_ref.times.build += t.elapsed();

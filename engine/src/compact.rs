@@ -27,10 +27,21 @@ use crate::xdr;
 /// A closed day with at least this many files is compacted. Two: a month report for one
 /// subscriber opens a compressor and a decompressor per column for every file it reads, so a
 /// closed day is worth one file even when it was two (a late file for a compacted day
-/// makes it two again: the day is rewritten, at most [`MAX_ROWS`] rows, off the core).
+/// makes it two again: the day is rewritten, at most [`MAX_ROWS`] rows, off the core). A
+/// day of one file is compacted too when that file has a CDR block's wide pages
+/// ([`xdr::has_wide_pages`]: written while its day was open).
 pub const MIN_FILES: usize = 2;
 /// A day is compacted once it ended this long ago (late Stops land in their logout's day).
 pub const CLOSED_AFTER_SECS: i64 = 3600;
+
+/// Whether the UTC day `day` (days since 1970-01-01) is closed at `now` (unix seconds): it
+/// ended [`CLOSED_AFTER_SECS`] ago or more.
+pub fn is_closed(day: i64, now: i64) -> bool {
+    day.saturating_add(1)
+        .saturating_mul(86_400)
+        .saturating_add(CLOSED_AFTER_SECS)
+        <= now
+}
 /// Most rows one compaction merges (all held in memory when a file is out of order).
 pub const MAX_ROWS: u64 = 2_000_000;
 /// Most files one compaction merges. The streaming merge keeps every file open at once,
@@ -98,9 +109,8 @@ pub fn choose_except(files: Vec<DayFile>, now: i64, failed: &[Plan]) -> Option<P
         .filter(|(part, _)| {
             part.strip_prefix("date=")
                 .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-                .and_then(|d| d.succ_opt())
                 .and_then(|d| d.and_hms_opt(0, 0, 0))
-                .is_some_and(|end| end.and_utc().timestamp() + CLOSED_AFTER_SECS <= now)
+                .is_some_and(|start| is_closed(xdr::day_of(start.and_utc().timestamp()), now))
         })
         .filter_map(|(partition, mut files)| {
             files.sort_by(|a, b| (a.rows, &a.path).cmp(&(b.rows, &b.path)));

@@ -587,22 +587,35 @@ impl DetailColumns {
 /// Rows per data page at most (the page index then narrows a one-user read to a few pages).
 pub const PAGE_ROWS: usize = 1024;
 
-/// Rows per data page of a CDR block's files: a file written while rating, that compaction
-/// rewrites with [`PAGE_ROWS`] pages once its day is closed (even alone on its day: see
-/// [`has_wide_pages`]). Four times fewer pages cut the Parquet encoding's fixed costs per page
-/// (zstd's entropy tables, page headers and levels): −8% CPU for `ratel rate` of a month
-/// file, with the files' size the same (BENCHMARKS.md). A one-user read of such a file
-/// decompresses up to 4x more rows per column, until its day is compacted. (The parquet
-/// crate checks a page's rows every 1024 values written: both sizes are multiples.)
+/// Rows per data page of a CDR block's files for a UTC day that is still open (not yet
+/// closed for compaction: [`crate::compact::is_closed`]). Compaction rewrites them with
+/// [`PAGE_ROWS`] pages once the day is closed, even a file alone on its day (see
+/// [`has_wide_pages`]), so wide pages cost nothing more there: the open day's files are
+/// rewritten anyway when the day has two or more. A quarter of the pages cuts the Parquet
+/// encoding's fixed costs per page (zstd's entropy tables, page headers, levels): encoding a
+/// 64k-row file 21.8 → 18.5 ms, `ratel rate` −5–8% user time (BENCHMARKS.md). Reading one
+/// user's rows from such a file costs 2.3x, until its day is compacted. A closed day's file
+/// (a backlog rated late) gets [`PAGE_ROWS`] pages at once: it may stay alone on its day,
+/// and rewriting it later would cost far more than its wide pages saved. (The parquet crate
+/// checks a page's rows every 1024 values written: both sizes are multiples.)
 pub const WIDE_PAGE_ROWS: usize = 4096;
 
 /// How the name of a file with [`WIDE_PAGE_ROWS`] pages ends.
 pub const WIDE_PAGES_SUFFIX: &str = "-wide.parquet";
 
-/// Whether the xDR file at `path` (a path or a ledger-relative name) was written with
-/// [`WIDE_PAGE_ROWS`] pages.
+/// Whether the xDR file at `path` (a path or a ledger-relative name) has
+/// [`WIDE_PAGE_ROWS`] pages: its name says so, and [`write_temp_files`] takes the page size
+/// from it.
 pub fn has_wide_pages(path: &str) -> bool {
     path.ends_with(WIDE_PAGES_SUFFIX)
+}
+
+/// The page size a file named `path` is written with.
+fn page_rows_of(path: &Path) -> usize {
+    match path.to_str() {
+        Some(p) if has_wide_pages(p) => WIDE_PAGE_ROWS,
+        _ => PAGE_ROWS,
+    }
 }
 
 /// Largest dictionary page of a column chunk; past it the chunk's later pages are plain.
@@ -792,8 +805,10 @@ fn write_unsynced(
     w.finish_unsynced()
 }
 
-/// An xDR file written whole under its temp name, not yet fsynced.
-pub struct Unsynced {
+/// An xDR file written whole under its temp name, not yet fsynced: not to be committed to
+/// the ledger before [`Unsynced::sync`] returned.
+#[must_use = "a file is durable only once synced"]
+pub(crate) struct Unsynced {
     tmp: PathBuf,
     dir: PathBuf,
     file: File,
@@ -802,7 +817,7 @@ pub struct Unsynced {
 impl Unsynced {
     /// Fsyncs the file, then its directory; returns the temp path. On failure the temp
     /// file is removed.
-    pub fn sync(self) -> Result<PathBuf, SinkError> {
+    pub(crate) fn sync(self) -> Result<PathBuf, SinkError> {
         let synced = self.file.sync_all().and_then(|()| sync_dir(&self.dir));
         drop(self.file);
         match synced {
@@ -818,34 +833,61 @@ impl Unsynced {
     }
 }
 
-/// Writes several files like [`write_temp_batches`], one after the other, and returns when
-/// every one is durable. Each file's fsyncs (its own and its directory's) run on a thread of
-/// their own while the next file is encoded: the encoding does not wait on the disk
-/// (~3 ms a file here, ~8 files a CDR block). On an error the files not yet synced are
-/// removed; those already durable stay for the caller, which knows their names.
+/// Writes several files like [`write_temp_batches`], one after the other, each with the page
+/// size its name says ([`has_wide_pages`]), and returns when every one is durable. Each
+/// file's fsyncs (its own and its directory's) run on a thread of their own while the next
+/// file is encoded: the encoding does not wait on the disk (~3 ms a file here, ~8 files a
+/// CDR block; more on slower disks). On an error every thread is joined and the first error
+/// returned: a file whose write or fsync failed is removed, the others stay under their
+/// temp names for the caller, which knows them (a failed CDR block removes them all).
 pub fn write_temp_files<'f>(
     files: impl IntoIterator<Item = (&'f Path, &'f [RecordBatch])>,
-    page_rows: usize,
 ) -> Result<Vec<PathBuf>, SinkError> {
     std::thread::scope(|s| {
         let mut syncing = Vec::new();
+        let mut done = Vec::new();
         let mut failed = None;
         for (final_path, batches) in files {
-            match write_unsynced(final_path, batches, page_rows) {
-                Ok(u) => syncing.push(s.spawn(move || u.sync())),
+            match write_unsynced(final_path, batches, page_rows_of(final_path)) {
+                Ok(u) => {
+                    // Without a thread (the OS refused one), the fsync here.
+                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                    let spawned = std::thread::Builder::new()
+                        .name("xdr-fsync".into())
+                        .spawn_scoped(s, move || {
+                            let u: Unsynced = match rx.recv() {
+                                Ok(u) => u,
+                                Err(_) => return None,
+                            };
+                            Some(u.sync())
+                        });
+                    match spawned {
+                        Ok(h) => {
+                            tx.send(u).expect("the fsync thread waits for its file");
+                            syncing.push(h);
+                        }
+                        Err(_) => match u.sync() {
+                            Ok(p) => done.push(p),
+                            Err(e) => {
+                                failed = Some(e);
+                                break;
+                            }
+                        },
+                    }
+                }
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
             }
         }
-        let mut done = Vec::with_capacity(syncing.len());
         for h in syncing {
             match h.join().expect("an fsync does not panic") {
-                Ok(p) => done.push(p),
-                Err(e) => {
+                Some(Ok(p)) => done.push(p),
+                Some(Err(e)) => {
                     failed.get_or_insert(e);
                 }
+                None => {}
             }
         }
         match failed {
@@ -974,7 +1016,7 @@ impl TempWriter {
 
     /// Closes the file, written whole but not yet durable: [`Unsynced::sync`] makes it so
     /// (on another thread, while the next file is encoded: [`write_temp_files`]).
-    pub fn finish_unsynced(mut self) -> Result<Unsynced, SinkError> {
+    pub(crate) fn finish_unsynced(mut self) -> Result<Unsynced, SinkError> {
         match self.finish_inner() {
             Ok(file) => Ok(Unsynced {
                 tmp: std::mem::take(&mut self.tmp),
@@ -1166,8 +1208,8 @@ mod tests {
     }
 
     /// Files written together: each under its temp name, whole (read back by the parquet
-    /// crate's reader), with the page size asked for. A file that cannot be created fails
-    /// the call with its own path; the files before it were still made durable.
+    /// crate's reader), with the page size its name says. A file that cannot be created
+    /// fails the call with its own path; the files before it were still made durable.
     #[test]
     fn files_written_together_are_whole_under_their_temp_names() {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -1175,17 +1217,17 @@ mod tests {
         let batches: Vec<RecordBatch> = (0..3)
             .map(|k| rows_of(1500 + 800 * k, &format!("u{k}"), &TextSizes::default()))
             .collect();
-        let paths: Vec<PathBuf> = (0..3)
-            .map(|k| {
-                dir.path()
-                    .join(format!("date=2026-11-0{k}/cdr-{k}.parquet"))
-            })
+        // The last one named as a CDR block's file of an open day.
+        let paths: Vec<PathBuf> = ["cdr-0.parquet", "cdr-1.parquet", "cdr-2-wide.parquet"]
+            .iter()
+            .enumerate()
+            .map(|(k, n)| dir.path().join(format!("date=2026-11-0{k}/{n}")))
             .collect();
         let files = paths
             .iter()
             .zip(&batches)
             .map(|(p, b)| (p.as_path(), std::slice::from_ref(b)));
-        let written = write_temp_files(files, PAGE_ROWS).unwrap();
+        let written = write_temp_files(files).unwrap();
         assert_eq!(
             written,
             paths.iter().map(|p| temp_path(p)).collect::<Vec<_>>()
@@ -1202,8 +1244,8 @@ mod tests {
                 .page_index()
                 .and_then(|pi| pi.offset_index(0, 0))
                 .map(|o| o.page_locations().len());
-            // 1500, 2300 and 3100 rows at 1024 a page.
-            assert_eq!(pages, Some([2, 3, 4][k]), "{t:?}");
+            // 1500 and 2300 rows at 1024 a page, 3100 at 4096.
+            assert_eq!(pages, Some([2, 3, 1][k]), "{t:?}");
             let back: Vec<RecordBatch> = r.build().unwrap().map(|b| b.unwrap()).collect();
             assert_eq!(arrow_select_concat(&back), batches[k], "{t:?}");
         }
@@ -1220,7 +1262,7 @@ mod tests {
             .iter()
             .zip(&batches)
             .map(|(p, b)| (p.as_path(), std::slice::from_ref(b)));
-        let e = write_temp_files(files, PAGE_ROWS).unwrap_err().to_string();
+        let e = write_temp_files(files).unwrap_err().to_string();
         assert!(e.contains("blocked"), "{e}");
         assert!(
             temp_path(&bad[0]).exists(),

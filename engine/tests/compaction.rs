@@ -371,8 +371,8 @@ fn a_day_beyond_max_rows_is_compacted_in_parts() {
 
 /// `compact_closed_days` (what `ratel bench api` runs on a month of history): a closed day
 /// of two files — two CDR files rated one after the other — becomes one file with the same
-/// rows; a closed day of one CDR block's file is rewritten too (its wide pages become small
-/// ones); a day not yet closed is left as it is; a second pass finds nothing to do.
+/// rows; a day of one file (rated after its day closed: small pages already) and a day not
+/// yet closed are left as they are; a second pass finds nothing to do.
 #[test]
 fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -414,8 +414,7 @@ fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     let now = chrono::DateTime::parse_from_rfc3339("2026-10-05T00:30:00Z")
         .unwrap()
         .timestamp();
-    let day2_rows = rows_of(&day2[0]);
-    assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 2);
+    assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 1);
     ledger.empty_xdr_trash(now + GRACE_SECS).unwrap();
     let merged = files_in(&day(1));
     assert_eq!(merged.len(), 1, "{merged:?}");
@@ -430,11 +429,7 @@ fn every_closed_day_of_two_files_or_more_becomes_one_file() {
     before.sort();
     after.sort();
     assert_eq!(after, before);
-    // Day 2's one file, rewritten: a new name, the same rows.
-    let day2_after = files_in(&day(2));
-    assert_eq!(day2_after.len(), 1);
-    assert_ne!(day2_after, day2);
-    assert_eq!(rows_of(&day2_after[0]), day2_rows);
+    assert_eq!(files_in(&day(2)), day2);
     assert_eq!(files_in(&day(4)).len(), 2);
     assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 0);
 }
@@ -469,9 +464,10 @@ fn username_page_rows(f: &Path) -> Vec<usize> {
     out
 }
 
-/// A CDR block's file has wide pages (fewer pages to encode while rating); once its day is
-/// closed, compaction rewrites it alone into the small pages one-user reads want, with the
-/// same rows, and then leaves it.
+/// A CDR block's file for a day still open has wide pages (fewer pages to encode while
+/// rating); once the day is closed, compaction rewrites it, alone on its day, into the
+/// small pages one-user reads want, with the same rows, and then leaves it. A file of a
+/// day already closed when it was rated gets small pages at once and is left alone.
 #[test]
 fn a_cdr_block_file_has_wide_pages_until_its_day_is_compacted() {
     use ratel_engine::xdr::{PAGE_ROWS, WIDE_PAGE_ROWS};
@@ -480,25 +476,47 @@ fn a_cdr_block_file_has_wide_pages_until_its_day_is_compacted() {
     let cat = catalog(&data);
     let mut ledger = Ledger::open(&data).unwrap();
     add_users(&mut ledger, 7);
+    // Today (UTC), still open; and a day closed long ago, in another file.
+    let today = chrono::Utc::now().date_naive();
     let rows = WIDE_PAGE_ROWS + 904;
-    let mut s = String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
-    for i in 0..rows {
-        s.push_str(&format!(
-            "w{i},555,15551234567,2026-10-01T{:02}:{:02}:{:02}Z,{},ANSWERED,u{}\n",
-            (i / 3600) % 24,
-            (i / 60) % 60,
-            i % 60,
-            1 + i % 200,
-            i % 7
-        ));
-    }
+    let calls = |prefix: &str, date: chrono::NaiveDate, n: usize| {
+        let mut s =
+            String::from("call_id,caller,callee,start_time,duration_s,disposition,account\n");
+        for i in 0..n {
+            s.push_str(&format!(
+                "{prefix}{i},555,15551234567,{date}T{:02}:{:02}:{:02}Z,{},ANSWERED,u{}\n",
+                (i / 3600) % 24,
+                (i / 60) % 60,
+                i % 60,
+                1 + i % 200,
+                i % 7
+            ));
+        }
+        s
+    };
+    let old_day = chrono::NaiveDate::from_ymd_opt(2026, 10, 1).unwrap();
+    let old = dir.path().join("old.csv");
+    std::fs::write(&old, calls("o", old_day, rows)).unwrap();
+    BatchRater::new(&cat, &mut ledger)
+        .unwrap()
+        .rate_file(&old, CdrFormat::Generic, &NoProgress)
+        .unwrap();
+    let old_dir = data.join("xdr").join("date=2026-10-01");
+    let old_files = files_in(&old_dir);
+    assert_eq!(old_files.len(), 1, "{old_files:?}");
+    let name = old_files[0].file_name().unwrap().to_str().unwrap();
+    assert!(!ratel_engine::xdr::has_wide_pages(name), "{name}");
+    assert_eq!(
+        username_page_rows(&old_files[0]),
+        vec![1024, 1024, 1024, 1024, 904]
+    );
+    std::fs::write(dir.path().join("cdrs.csv"), calls("w", today, rows)).unwrap();
     let cdrs = dir.path().join("cdrs.csv");
-    std::fs::write(&cdrs, s).unwrap();
     BatchRater::new(&cat, &mut ledger)
         .unwrap()
         .rate_file(&cdrs, CdrFormat::Generic, &NoProgress)
         .unwrap();
-    let day = data.join("xdr").join("date=2026-10-01");
+    let day = data.join("xdr").join(format!("date={today}"));
     let written = files_in(&day);
     assert_eq!(written.len(), 1, "{written:?}");
     let name = written[0].file_name().unwrap().to_str().unwrap();
@@ -507,9 +525,17 @@ fn a_cdr_block_file_has_wide_pages_until_its_day_is_compacted() {
     let before = rows_of(&written[0]);
     assert_eq!(before.len(), rows);
 
-    let now = chrono::DateTime::parse_from_rfc3339("2026-10-02T01:00:00Z")
+    // Not before the day is closed (an hour after its end); then only that day.
+    let end = (today + chrono::Days::new(1))
+        .and_hms_opt(0, 0, 0)
         .unwrap()
+        .and_utc()
         .timestamp();
+    let now = end + compact::CLOSED_AFTER_SECS;
+    assert_eq!(
+        compact::compact_closed_days(&mut ledger, now - 1).unwrap(),
+        0
+    );
     assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 1);
     ledger.empty_xdr_trash(now + GRACE_SECS).unwrap();
     let merged = files_in(&day);
@@ -525,8 +551,43 @@ fn a_cdr_block_file_has_wide_pages_until_its_day_is_compacted() {
         before,
         "the same rows, in the same order"
     );
-    // Small pages already: nothing more to do for that day.
+    // Small pages already: nothing more to do for that day; the old day's lone file is
+    // where it was.
     assert_eq!(compact::compact_closed_days(&mut ledger, now).unwrap(), 0);
+    assert_eq!(files_in(&old_dir), old_files);
+}
+
+/// The choice among closed days: a lone file is rewritten only when it has wide pages
+/// (RADIUS outbox files, a closed day's CDR files and compacted files are left alone).
+#[test]
+fn a_lone_file_is_compacted_only_when_it_has_wide_pages() {
+    let day_file = |path: &str| compact::DayFile {
+        path: path.to_string(),
+        rows: 10,
+        min_login: 0,
+        max_logout: 0,
+    };
+    let now = both_days_closed();
+    for lone in [
+        "date=2026-10-01/radius-00000000000000000001-0000.parquet",
+        "date=2026-10-01/cdr-00000000000000000001-0000.parquet",
+        "date=2026-10-01/compact-00000000000000000001-00000000000000000009-10.parquet",
+    ] {
+        assert_eq!(compact::choose(vec![day_file(lone)], now), None, "{lone}");
+    }
+    let wide = "date=2026-10-01/cdr-00000000000000000001-0000-wide.parquet";
+    let plan = compact::choose(vec![day_file(wide)], now).expect("a wide file is rewritten");
+    assert_eq!(plan.files, vec![day_file(wide)]);
+    // Not before its day is closed: 2026-10-02 00:00 UTC + an hour.
+    let closes = chrono::DateTime::parse_from_rfc3339("2026-10-02T01:00:00Z")
+        .unwrap()
+        .timestamp();
+    assert_eq!(compact::choose(vec![day_file(wide)], closes - 1), None);
+    assert!(compact::choose(vec![day_file(wide)], closes).is_some());
+    // The rule the rater names its files by is the same one.
+    let day = ratel_engine::xdr::day_of(closes - 3600 - 1);
+    assert!(!compact::is_closed(day, closes - 1));
+    assert!(compact::is_closed(day, closes));
 }
 
 /// A graceful stop while a merge runs (`Compactor::finish` right after the tick that
