@@ -240,13 +240,7 @@ fn read_one_user(
     };
     use parquet::file::page_index::column_index::ColumnIndexMetaData;
     let md = meta.metadata();
-    let col = md
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.path().string() == "username")
-        .unwrap();
+    let col = xdr::leaf_column(md.file_metadata().schema_descr(), "username").unwrap();
     let pi = md.page_index().unwrap();
     let mut selectors = Vec::new();
     for (g, rg) in md.row_groups().iter().enumerate() {

@@ -368,10 +368,7 @@ fn file_metadata(
 
 /// Index of the leaf column `name` in a file's Parquet schema.
 fn leaf(schema: &SchemaDescriptor, name: &str) -> Option<usize> {
-    schema
-        .columns()
-        .iter()
-        .position(|c| c.path().string() == name)
+    ratel_engine::xdr::leaf_column(schema, name)
 }
 
 /// Row groups of a file that may hold matches (login/logout/username statistics).

@@ -610,6 +610,14 @@ pub fn has_wide_pages(path: &str) -> bool {
     path.ends_with(WIDE_PAGES_SUFFIX)
 }
 
+/// Index of the leaf column `name` (its dotted path) in a file's Parquet schema.
+pub fn leaf_column(schema: &parquet::schema::types::SchemaDescriptor, name: &str) -> Option<usize> {
+    schema
+        .columns()
+        .iter()
+        .position(|c| c.path().string() == name)
+}
+
 /// The page size a file named `path` is written with.
 fn page_rows_of(path: &Path) -> usize {
     match path.to_str() {

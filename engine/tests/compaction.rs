@@ -445,13 +445,8 @@ fn username_page_rows(f: &Path) -> Vec<usize> {
     )
     .unwrap();
     let meta = meta.metadata();
-    let col = meta
-        .file_metadata()
-        .schema_descr()
-        .columns()
-        .iter()
-        .position(|c| c.path().string() == "username")
-        .unwrap();
+    let col =
+        ratel_engine::xdr::leaf_column(meta.file_metadata().schema_descr(), "username").unwrap();
     let mut out = Vec::new();
     for (g, rg) in meta.row_groups().iter().enumerate() {
         let pi = meta.page_index().unwrap();
