@@ -42,6 +42,7 @@ pub fn is_closed(day: i64, now: i64) -> bool {
         .saturating_add(CLOSED_AFTER_SECS)
         <= now
 }
+
 /// Most rows one compaction merges (all held in memory when a file is out of order).
 pub const MAX_ROWS: u64 = 2_000_000;
 /// Most files one compaction merges. The streaming merge keeps every file open at once,
