@@ -228,46 +228,24 @@ fn parquet_encode(c: &mut Criterion) {
     g.finish();
 }
 
-/// The rows of `user` in one xDR file, read as a report reads them: the `username` page
-/// index selects the pages that may hold the user, every column of those rows is decoded.
+/// The rows of `user` in one xDR file, read as a report reads them: the report's own
+/// selection by the `username` page index (`ratel_api::report::username_pages`), every
+/// column of those rows decoded.
 fn read_one_user(
     path: &std::path::Path,
     meta: &parquet::arrow::arrow_reader::ArrowReaderMetadata,
     user: &str,
 ) -> usize {
-    use parquet::arrow::arrow_reader::{
-        ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
-    };
-    use parquet::file::page_index::column_index::ColumnIndexMetaData;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let md = meta.metadata();
-    let col = xdr::leaf_column(md.file_metadata().schema_descr(), "username").unwrap();
-    let pi = md.page_index().unwrap();
-    let mut selectors = Vec::new();
-    for (g, rg) in md.row_groups().iter().enumerate() {
-        let rows = rg.num_rows() as usize;
-        let (ColumnIndexMetaData::BYTE_ARRAY(idx), off) = (
-            pi.column_index(g, col).unwrap(),
-            pi.offset_index(g, col).unwrap(),
-        ) else {
-            panic!("username has a byte array column index");
-        };
-        let locs = off.page_locations();
-        for (i, loc) in locs.iter().enumerate() {
-            let start = loc.first_row_index as usize;
-            let end = locs.get(i + 1).map_or(rows, |l| l.first_row_index as usize);
-            let (min, max) = (idx.min_value(i).unwrap(), idx.max_value(i).unwrap());
-            if user.as_bytes() < min || user.as_bytes() > max {
-                selectors.push(RowSelector::skip(end - start));
-            } else {
-                selectors.push(RowSelector::select(end - start));
-            }
-        }
-    }
+    let groups: Vec<usize> = (0..md.num_row_groups()).collect();
+    let selection =
+        ratel_api::report::username_pages(md, &groups, user).expect("the username page index");
     let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(
         std::fs::File::open(path).unwrap(),
         meta.clone(),
     )
-    .with_row_selection(RowSelection::from(selectors))
+    .with_row_selection(selection)
     .build()
     .unwrap();
     let mut n = 0;

@@ -415,8 +415,13 @@ fn candidate_row_groups(meta: &ParquetMetaData, f: &Filter) -> Vec<usize> {
 }
 
 /// The rows of `groups` whose `username` pages may hold `user` (rows are written in
-/// username order, so this is usually one or two pages per row group).
-fn username_pages(meta: &ParquetMetaData, groups: &[usize], user: &str) -> Option<RowSelection> {
+/// username order, so this is usually one or two pages per row group). Public for the
+/// criterion bench of one-user reads (`benches/hot_paths.rs`).
+pub fn username_pages(
+    meta: &ParquetMetaData,
+    groups: &[usize],
+    user: &str,
+) -> Option<RowSelection> {
     let col = leaf(meta.file_metadata().schema_descr(), "username")?;
     let pi = meta.page_index()?;
     let mut ranges = Vec::new();

@@ -594,11 +594,11 @@ pub const PAGE_ROWS: usize = 1024;
 /// rewritten anyway when the day has two or more. A quarter of the pages cuts the Parquet
 /// encoding's fixed costs per page (zstd's entropy tables, page headers, levels): encoding a
 /// 64k-row file 21.8 → 18.5 ms; `ratel rate` of a day's 2M calls, its Parquet stage −17–20%
-/// (BENCHMARKS.md). Reading one
-/// user's rows from such a file costs 2.3x, until its day is compacted. A closed day's file
-/// (a backlog rated late) gets [`PAGE_ROWS`] pages at once: it may stay alone on its day,
-/// and rewriting it later would cost far more than its wide pages saved. (The parquet crate
-/// checks a page's rows every 1024 values written: both sizes are multiples.)
+/// (BENCHMARKS.md). Reading one user's rows from such a file costs 2.3x, until its day is
+/// compacted. A closed day's file (a backlog rated late) gets [`PAGE_ROWS`] pages at once:
+/// it may stay alone on its day, and rewriting it later would cost far more than its wide
+/// pages saved. (The parquet crate checks a page's rows every 1024 values written: both
+/// sizes are multiples.)
 pub const WIDE_PAGE_ROWS: usize = 4096;
 
 /// How the name of a file with [`WIDE_PAGE_ROWS`] pages ends.
