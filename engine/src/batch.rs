@@ -1564,12 +1564,13 @@ impl<'a> BatchRater<'a> {
                         let pq_before = pq;
                         let mut sink_error: Option<BatchError> = None;
                         let committed = std::thread::scope(|s| {
-                            let parquet = s.spawn(|| -> Result<Duration, BatchError> {
+                            // The batches move to the thread, which frees each file's
+                            // once it is encoded.
+                            let batches = rb.batches;
+                            let parquet = s.spawn(move || -> Result<Duration, BatchError> {
                                 let t = Instant::now();
                                 xdr::write_temp_files(
-                                    rb.batches
-                                        .iter()
-                                        .map(|(p, b, _, _)| (p.as_path(), b.as_slice())),
+                                    batches.into_iter().map(|(p, b, _, _)| (p, b)),
                                 )?;
                                 Ok(t.elapsed())
                             });

@@ -17,7 +17,7 @@ use arrow_array::{
 };
 use arrow_buffer::{OffsetBuffer, ScalarBuffer};
 use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
-use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowLeafColumn};
+use parquet::arrow::arrow_writer::{compute_leaves, ArrowColumnChunk, ArrowColumnWriter};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -777,6 +777,50 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Creates `dir` and its missing parents, each new one durable: the directory holding it
+/// fsynced once it is created. A file fsynced in a new directory (a day's first xDR file)
+/// is otherwise lost with the directory in a power cut, while the ledger says it exists.
+/// An existing `dir` costs one `stat`.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    create_dir_durable_with(dir, std::fs::DirBuilder::new())
+}
+
+/// [`create_dir_durable`] with `builder`'s options (a mode) for every directory it creates.
+pub fn create_dir_durable_with(dir: &Path, builder: std::fs::DirBuilder) -> std::io::Result<()> {
+    for parent in create_dirs(dir, builder)? {
+        sync_dir(&parent)?;
+    }
+    Ok(())
+}
+
+/// Creates `dir` and its missing parents; returns the directories whose entries changed
+/// (each new directory's parent, outermost first), to be fsynced before anything in `dir`
+/// is relied on.
+fn create_dirs(dir: &Path, mut builder: std::fs::DirBuilder) -> std::io::Result<Vec<PathBuf>> {
+    if dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    // The missing directories, deepest first.
+    let mut missing = Vec::new();
+    let mut d = dir;
+    loop {
+        missing.push(d);
+        match d.parent() {
+            Some(p) if !p.as_os_str().is_empty() && !p.is_dir() => d = p,
+            _ => break,
+        }
+    }
+    builder.recursive(true).create(dir)?;
+    Ok(missing
+        .into_iter()
+        .rev()
+        .map(|m| match m.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        })
+        .collect())
+}
+
 /// Writes `batch` durably under the temp name of `final_path` (file and directory fsynced)
 /// and returns the temp path. The caller renames it once the ledger has committed.
 pub fn write_temp(final_path: &Path, batch: &RecordBatch) -> Result<PathBuf, SinkError> {
@@ -791,12 +835,15 @@ pub fn write_temp_batches(
     batches: &[RecordBatch],
     page_rows: usize,
 ) -> Result<PathBuf, SinkError> {
-    write_unsynced(final_path, batches, page_rows)?.sync()
+    // A batch's clone shares its columns.
+    write_unsynced(final_path, batches.to_vec(), page_rows)?.sync()
 }
 
+/// Writes `batches` under the temp name of `final_path`, each batch dropped once it is
+/// encoded (its columns freed if no one else holds them).
 fn write_unsynced(
     final_path: &Path,
-    batches: &[RecordBatch],
+    batches: Vec<RecordBatch>,
     page_rows: usize,
 ) -> Result<Unsynced, SinkError> {
     let schema = match batches.first() {
@@ -806,7 +853,7 @@ fn write_unsynced(
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut w = TempWriter::create(final_path, schema, rows, page_rows)?;
     for b in batches {
-        if let Err(e) = w.write(b) {
+        if let Err(e) = w.write(&b) {
             w.abandon();
             return Err(e);
         }
@@ -820,6 +867,9 @@ fn write_unsynced(
 pub(crate) struct Unsynced {
     tmp: PathBuf,
     dir: PathBuf,
+    /// Directories the file's creation added an entry to besides `dir` (a new day's
+    /// directory in `xdr/`).
+    new_entries_in: Vec<PathBuf>,
     file: File,
 }
 
@@ -827,7 +877,11 @@ impl Unsynced {
     /// Fsyncs the file, then its directory; returns the temp path. On failure the temp
     /// file is removed.
     pub(crate) fn sync(self) -> Result<PathBuf, SinkError> {
-        let synced = self.file.sync_all().and_then(|()| sync_dir(&self.dir));
+        let synced = self
+            .file
+            .sync_all()
+            .and_then(|()| sync_dir(&self.dir))
+            .and_then(|()| self.new_entries_in.iter().try_for_each(|d| sync_dir(d)));
         drop(self.file);
         match synced {
             Ok(()) => Ok(self.tmp),
@@ -846,17 +900,20 @@ impl Unsynced {
 /// size its name says ([`has_wide_pages`]), and returns when every one is durable. Each
 /// file's fsyncs (its own and its directory's) run on a thread of their own while the next
 /// file is encoded: the encoding does not wait on the disk (~3 ms a file here, ~8 files a
-/// CDR block; more on slower disks). On an error every thread is joined and the first error
+/// CDR block; more on slower disks). Each batch is dropped once it is encoded: a block's
+/// Arrow columns are freed file by file while the next block is built, instead of all at
+/// the block's end. On an error every thread is joined and the first error
 /// returned: a file whose write or fsync failed is removed, the others stay under their
 /// temp names for the caller, which knows them (a failed CDR block removes them all).
-pub fn write_temp_files<'f>(
-    files: impl IntoIterator<Item = (&'f Path, &'f [RecordBatch])>,
+pub fn write_temp_files<P: AsRef<Path>>(
+    files: impl IntoIterator<Item = (P, Vec<RecordBatch>)>,
 ) -> Result<Vec<PathBuf>, SinkError> {
     std::thread::scope(|s| {
         let mut syncing = Vec::new();
         let mut done = Vec::new();
         let mut failed = None;
         for (final_path, batches) in files {
+            let final_path = final_path.as_ref();
             match write_unsynced(final_path, batches, page_rows_of(final_path)) {
                 Ok(u) => {
                     // Without a thread (the OS refused one), the fsync here.
@@ -906,17 +963,33 @@ pub fn write_temp_files<'f>(
     })
 }
 
+/// How many Parquet leaf columns an Arrow field of type `dt` becomes.
+fn leaf_count(dt: &DataType) -> usize {
+    match dt {
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => leaf_count(f.data_type()),
+        DataType::Struct(fs) => fs.iter().map(|f| leaf_count(f.data_type())).sum(),
+        _ => 1,
+    }
+}
+
 /// An xDR file written batch by batch under the temp name of its final path: what it holds
 /// in memory is the open row group's encoded pages and the batch being written, not the
 /// file's rows (a compaction streams a day through it).
 pub struct TempWriter {
     tmp: PathBuf,
     dir: PathBuf,
+    /// Directories given a new entry by the creation of `dir` (fsynced with the file).
+    new_entries_in: Vec<PathBuf>,
     schema: SchemaRef,
     writer: parquet::file::writer::SerializedFileWriter<BufWriter<File>>,
     factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
     /// The open row group's column writers (empty when none is open) and its rows so far.
-    columns: Vec<parquet::arrow::arrow_writer::ArrowColumnWriter>,
+    columns: Vec<ArrowColumnWriter>,
+    /// Parquet leaf columns of each of the schema's fields, in order.
+    leaves: Vec<usize>,
     groups: usize,
     in_group: usize,
 }
@@ -939,7 +1012,9 @@ impl TempWriter {
             path: tmp.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        // A new day's directory is made durable with the file (its entry in `xdr/` fsynced
+        // where the file is: [`Unsynced::sync`]), not here on the encoder's path.
+        let new_entries_in = create_dirs(&dir, std::fs::DirBuilder::new()).map_err(io)?;
         let file = File::create(&tmp).map_err(io)?;
         // ArrowWriter sets up the Parquet schema and the embedded Arrow schema; its
         // lower-level halves then let each column be encoded on its own thread.
@@ -950,13 +1025,20 @@ impl TempWriter {
         )
         .and_then(|w| w.into_serialized_writer())
         .map_err(|e| parquet_err(&tmp, e))?;
+        let leaves = schema
+            .fields()
+            .iter()
+            .map(|f| leaf_count(f.data_type()))
+            .collect();
         Ok(TempWriter {
             tmp,
             dir,
+            new_entries_in,
             schema,
             writer,
             factory,
             columns: Vec::new(),
+            leaves,
             groups: 0,
             in_group: 0,
         })
@@ -984,16 +1066,46 @@ impl TempWriter {
         Ok(())
     }
 
+    /// Encodes `b`'s columns in parallel. Each field's leaves (its values with their
+    /// definition and repetition levels, and the indices of its non-null values: ~10 bytes
+    /// a row each) are computed by the task that encodes them, so a thread holds one
+    /// field's at a time, not every column's at once.
     fn write_slice(&mut self, b: &RecordBatch) -> Result<(), SinkError> {
         use rayon::prelude::*;
-        let mut leaves: Vec<ArrowLeafColumn> = Vec::with_capacity(self.columns.len());
-        for (field, col) in self.schema.fields().iter().zip(b.columns()) {
-            leaves.extend(compute_leaves(field, col).map_err(|e| parquet_err(&self.tmp, e))?);
+        let fields = self.schema.fields();
+        let mut groups = Vec::with_capacity(fields.len());
+        let mut rest: &mut [ArrowColumnWriter] = &mut self.columns;
+        for ((field, col), &n) in fields.iter().zip(b.columns()).zip(&self.leaves) {
+            if n > rest.len() {
+                break;
+            }
+            let (writers, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            groups.push((field, col, writers));
+            rest = tail;
         }
-        self.columns
-            .par_iter_mut()
-            .zip(leaves.par_iter())
-            .try_for_each(|(w, l)| w.write(l))
+        if groups.len() != fields.len() || !rest.is_empty() || b.num_columns() != fields.len() {
+            return Err(SinkError::Arrow(format!(
+                "{}: the batch's columns do not match the file's schema",
+                self.tmp.display()
+            )));
+        }
+        groups
+            .into_par_iter()
+            .try_for_each(|(field, col, writers)| {
+                let leaves = compute_leaves(field, col)?;
+                if leaves.len() != writers.len() {
+                    return Err(parquet::errors::ParquetError::General(format!(
+                        "column {}: {} leaves, {} writers",
+                        field.name(),
+                        leaves.len(),
+                        writers.len()
+                    )));
+                }
+                writers
+                    .iter_mut()
+                    .zip(leaves)
+                    .try_for_each(|(w, l)| w.write(&l))
+            })
             .map_err(|e| parquet_err(&self.tmp, e))
     }
 
@@ -1030,6 +1142,7 @@ impl TempWriter {
             Ok(file) => Ok(Unsynced {
                 tmp: std::mem::take(&mut self.tmp),
                 dir: std::mem::take(&mut self.dir),
+                new_entries_in: std::mem::take(&mut self.new_entries_in),
                 file,
             }),
             Err(e) => {
@@ -1059,6 +1172,16 @@ impl TempWriter {
     /// Gives the file up: removes the temp file.
     pub fn abandon(self) {
         let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+impl Drop for TempWriter {
+    /// A writer given up (an error, [`TempWriter::abandon`]) still makes the directories it
+    /// created durable: the next file in them will not know they are new.
+    fn drop(&mut self) {
+        for d in self.new_entries_in.drain(..) {
+            let _ = sync_dir(&d);
+        }
     }
 }
 
@@ -1216,6 +1339,37 @@ mod tests {
         assert_eq!(rows_of(10, "abcd", &sizes), batch);
     }
 
+    /// New directories are made with their parents (the mode given to every one of them);
+    /// an existing one is left as it is; a file in the way fails the call.
+    #[test]
+    fn directories_are_created_with_their_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("xdr/date=2026-11-02");
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.is_dir());
+        std::fs::write(deep.join("keep"), b"x").unwrap();
+        create_dir_durable(&deep).unwrap();
+        assert!(deep.join("keep").exists(), "an existing directory is kept");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let mut b = std::fs::DirBuilder::new();
+            b.mode(0o700);
+            let private = dir.path().join("a/b/c");
+            create_dir_durable_with(&private, b).unwrap();
+            for d in ["a", "a/b", "a/b/c"] {
+                let mode = std::fs::metadata(dir.path().join(d))
+                    .unwrap()
+                    .permissions()
+                    .mode();
+                assert_eq!(mode & 0o777, 0o700, "{d}");
+            }
+        }
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"not a directory").unwrap();
+        assert!(create_dir_durable(&blocked.join("date=2026-11-03")).is_err());
+    }
+
     /// Files written together: each under its temp name, whole (read back by the parquet
     /// crate's reader), with the page size its name says. A file that cannot be created
     /// fails the call with its own path; the files before it were still made durable.
@@ -1235,7 +1389,7 @@ mod tests {
         let files = paths
             .iter()
             .zip(&batches)
-            .map(|(p, b)| (p.as_path(), std::slice::from_ref(b)));
+            .map(|(p, b)| (p, vec![b.clone()]));
         let written = write_temp_files(files).unwrap();
         assert_eq!(
             written,
@@ -1267,10 +1421,7 @@ mod tests {
             blocked.join("cdr-6.parquet"),
             dir.path().join("date=2026-11-07/cdr-7.parquet"),
         ];
-        let files = bad
-            .iter()
-            .zip(&batches)
-            .map(|(p, b)| (p.as_path(), std::slice::from_ref(b)));
+        let files = bad.iter().zip(&batches).map(|(p, b)| (p, vec![b.clone()]));
         let e = write_temp_files(files).unwrap_err().to_string();
         assert!(e.contains("blocked"), "{e}");
         assert!(

@@ -74,11 +74,12 @@ impl LedgerError {
 /// Creates `dir` and missing parents readable by the owner only (0700 on Unix): the ledger
 /// holds subscriber passwords and balances. An existing directory keeps its mode.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[allow(unused_mut)]
     let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-    b.create(dir)
+    // Each new directory's entry durable, as every directory of the data dir.
+    xdr::create_dir_durable_with(dir, b)
 }
 
 /// Creates an empty `path` with mode 0600 when it does not exist yet, so SQLite opens it
@@ -537,7 +538,7 @@ impl Ledger {
         let path = data_dir.join("ledger.sqlite");
         let xdr_root = data_dir.join("xdr");
         create_private_dir(data_dir)
-            .and_then(|()| std::fs::create_dir_all(&xdr_root))
+            .and_then(|()| xdr::create_dir_durable(&xdr_root))
             .map_err(|source| LedgerError::Io {
                 path: xdr_root.display().to_string(),
                 source,
@@ -1585,7 +1586,7 @@ impl Ledger {
                 .parent()
                 .expect("a trash path has a directory")
                 .to_path_buf();
-            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            xdr::create_dir_durable(&dir).map_err(io(&dir))?;
             std::fs::rename(&from, &to).map_err(io(&from))?;
             for d in [from.parent().map(Path::to_path_buf), Some(dir)]
                 .into_iter()
