@@ -131,6 +131,56 @@ fn slash_dates_end_times_rejects_and_their_correction() {
     assert!(out.contains("already rated"), "{out}");
 }
 
+/// Operators drop a file of the same name every day (`Master.csv`): a new file's rejects do
+/// not replace the earlier file's, which may not be fixed and rated yet.
+#[test]
+fn a_new_file_of_the_same_name_keeps_the_earlier_files_rejects() {
+    let env = env();
+    let out = rate(&env, "carrier", &fixture("carrier.tsv"));
+    assert_eq!(counts(&out), [2, 1, 0, 0, 0, 1], "{out}");
+    let first = env.data().join("rejects/carrier.tsv.rejects");
+    let first_text = std::fs::read_to_string(&first).unwrap();
+
+    let next_dir = env.dir.path().join("next");
+    std::fs::create_dir_all(&next_dir).unwrap();
+    let next = next_dir.join("carrier.tsv");
+    std::fs::write(
+        &next,
+        "2026/11/4 9:00\t2026/11/4 9:01\tuser0\t15551230030\n2026/11/4 9:10\tbroken\tuser1\t15551230031\n",
+    )
+    .unwrap();
+    let out = rate(&env, "carrier", &next);
+    // user0 60 s = 0.01; line 2 bad.
+    assert_eq!(counts(&out), [1, 0, 0, 0, 0, 1], "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&first).unwrap(),
+        first_text,
+        "the earlier file's rejects are kept"
+    );
+    // Its own rejects under its name and content hash (the hash the summary prints when
+    // the file comes again).
+    let again = rate(&env, "carrier", &next);
+    let hash = again
+        .split("content hash ")
+        .nth(1)
+        .and_then(|t| t.get(..16))
+        .unwrap_or_else(|| panic!("{again}"));
+    let second = env
+        .data()
+        .join(format!("rejects/carrier.tsv.{hash}.rejects"));
+    assert_eq!(
+        std::fs::read_to_string(&second).unwrap(),
+        "2026/11/4 9:10\tbroken\tuser1\t15551230031\n# line 2: end: \"broken\" does not match \"%Y/%m/%d %H:%M\"\n"
+    );
+    assert!(out.contains(&second.display().to_string()), "{out}");
+    assert_eq!(
+        std::fs::read_dir(env.data().join("rejects"))
+            .unwrap()
+            .count(),
+        2
+    );
+}
+
 #[test]
 fn compressed_files_are_the_same_file_as_their_content() {
     let env = env();

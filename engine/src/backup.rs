@@ -267,11 +267,16 @@ fn copy_xdr(src_final: &Path, to: &Path) -> Result<(u64, String), BackupError> {
 /// Backs up `data_dir` into the new directory `dest`; `created` is the manifest's time
 /// (RFC 3339). Safe while `serve` runs on the data dir.
 pub fn backup(data_dir: &Path, dest: &Path, created: &str) -> Result<Manifest, BackupError> {
-    if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        crate::xdr::create_dir_durable(parent).map_err(io(parent))?;
     }
     match create_private_dir(dest, false) {
-        Ok(()) => {}
+        // Its entry durable: a backup reported done must survive a power cut.
+        Ok(()) => {
+            let parent = parent.unwrap_or(Path::new("."));
+            crate::xdr::sync_dir(parent).map_err(io(parent))?;
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(invalid(
                 dest,
@@ -395,7 +400,9 @@ pub fn restore(src: &Path, data_dir: &Path, force: bool) -> Result<RestoreSummar
                 "the data dir is not empty; restore refuses to overwrite it without --force",
             ));
         }
-        for name in ["ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm"] {
+        // The WAL first: a `-wal` left without its database (a crash in between) would
+        // be replayed into the next ledger created there.
+        for name in ["ledger.sqlite-wal", "ledger.sqlite-shm", "ledger.sqlite"] {
             let p = data_dir.join(name);
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

@@ -761,14 +761,16 @@ impl Rejects {
         self.written += 1;
     }
 
+    /// Appends the lines added since the last flush, durably: the block's commit that
+    /// follows moves the file's progress past them, so a rejects line lost in a power cut
+    /// would be a call no one sees again.
     fn flush(&mut self) -> std::io::Result<()> {
         use std::io::Write;
         if self.buf.is_empty() {
             return Ok(());
         }
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::xdr::create_dir_durable(dir)?;
         let new_file = self.fresh || !self.path.exists();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -784,8 +786,34 @@ impl Rejects {
             self.fresh = false;
         }
         f.write_all(&self.buf)?;
+        f.sync_data()?;
+        if new_file {
+            crate::xdr::sync_dir(dir)?;
+        }
         self.buf.clear();
         Ok(())
+    }
+}
+
+/// Where a run's bad lines go: `<dir>/<file>.rejects`, unless a run from the file's start
+/// finds that taken (the rejects of another file of the same name, such as yesterday's
+/// `Master.csv`, perhaps not fixed and rated yet): then `<dir>/<file>.<hash>.rejects` (the
+/// first 16 hex digits of the content hash), so the earlier rejects are kept. A run that
+/// resumes or continues a file appends where its start wrote: the hashed name if there is
+/// one.
+fn rejects_path(dir: &Path, file_name: &str, file_hash: &str, fresh: bool) -> PathBuf {
+    let plain = dir.join(format!("{file_name}.rejects"));
+    let short = file_hash.get(..16).unwrap_or(file_hash);
+    let hashed = dir.join(format!("{file_name}.{short}.rejects"));
+    let take_hashed = if fresh {
+        plain.exists()
+    } else {
+        hashed.exists()
+    };
+    if take_hashed {
+        hashed
+    } else {
+        plain
     }
 }
 
@@ -1451,11 +1479,12 @@ impl<'a> BatchRater<'a> {
             .unwrap_or_default();
         let path_str = path.display().to_string();
         let mut rejects = Rejects {
-            path: self
-                .catalog
-                .data_dir
-                .join("rejects")
-                .join(format!("{file_name}.rejects")),
+            path: rejects_path(
+                &self.catalog.data_dir.join("rejects"),
+                &file_name,
+                &file_hash,
+                from_start,
+            ),
             fresh: from_start,
             header: header_line,
             buf: Vec::new(),

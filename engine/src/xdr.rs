@@ -867,21 +867,25 @@ fn write_unsynced(
 pub(crate) struct Unsynced {
     tmp: PathBuf,
     dir: PathBuf,
-    /// Directories the file's creation added an entry to besides `dir` (a new day's
-    /// directory in `xdr/`).
-    new_entries_in: Vec<PathBuf>,
     file: File,
 }
 
 impl Unsynced {
-    /// Fsyncs the file, then its directory; returns the temp path. On failure the temp
+    /// Fsyncs the file, then its directory and the one above; returns the temp path. On failure the temp
     /// file is removed.
     pub(crate) fn sync(self) -> Result<PathBuf, SinkError> {
+        // And the directory above: the file's day directory may be new, created by this
+        // writer or by another one (the RADIUS outbox and a CDR block write into the same
+        // day); its entry in `xdr/` must be on disk before the ledger names the file. An
+        // unchanged directory's fsync costs next to nothing.
         let synced = self
             .file
             .sync_all()
             .and_then(|()| sync_dir(&self.dir))
-            .and_then(|()| self.new_entries_in.iter().try_for_each(|d| sync_dir(d)));
+            .and_then(|()| match self.dir.parent() {
+                Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+                _ => Ok(()),
+            });
         drop(self.file);
         match synced {
             Ok(()) => Ok(self.tmp),
@@ -981,8 +985,6 @@ fn leaf_count(dt: &DataType) -> usize {
 pub struct TempWriter {
     tmp: PathBuf,
     dir: PathBuf,
-    /// Directories given a new entry by the creation of `dir` (fsynced with the file).
-    new_entries_in: Vec<PathBuf>,
     schema: SchemaRef,
     writer: parquet::file::writer::SerializedFileWriter<BufWriter<File>>,
     factory: parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory,
@@ -1014,7 +1016,7 @@ impl TempWriter {
         };
         // A new day's directory is made durable with the file (its entry in `xdr/` fsynced
         // where the file is: [`Unsynced::sync`]), not here on the encoder's path.
-        let new_entries_in = create_dirs(&dir, std::fs::DirBuilder::new()).map_err(io)?;
+        std::fs::create_dir_all(&dir).map_err(io)?;
         let file = File::create(&tmp).map_err(io)?;
         // ArrowWriter sets up the Parquet schema and the embedded Arrow schema; its
         // lower-level halves then let each column be encoded on its own thread.
@@ -1033,7 +1035,6 @@ impl TempWriter {
         Ok(TempWriter {
             tmp,
             dir,
-            new_entries_in,
             schema,
             writer,
             factory,
@@ -1142,7 +1143,6 @@ impl TempWriter {
             Ok(file) => Ok(Unsynced {
                 tmp: std::mem::take(&mut self.tmp),
                 dir: std::mem::take(&mut self.dir),
-                new_entries_in: std::mem::take(&mut self.new_entries_in),
                 file,
             }),
             Err(e) => {
@@ -1172,16 +1172,6 @@ impl TempWriter {
     /// Gives the file up: removes the temp file.
     pub fn abandon(self) {
         let _ = std::fs::remove_file(&self.tmp);
-    }
-}
-
-impl Drop for TempWriter {
-    /// A writer given up (an error, [`TempWriter::abandon`]) still makes the directories it
-    /// created durable: the next file in them will not know they are new.
-    fn drop(&mut self) {
-        for d in self.new_entries_in.drain(..) {
-            let _ = sync_dir(&d);
-        }
     }
 }
 

@@ -1574,33 +1574,39 @@ impl Ledger {
             move |source| LedgerError::Io { path: p, source }
         };
         let mut dirs: Vec<PathBuf> = Vec::new();
-        for r in rel {
-            let from = self.xdr_root.join(r);
-            let Some(to) = xdr::trash_path(&from) else {
-                continue;
-            };
-            if !from.exists() {
-                continue;
-            }
-            let dir = to
-                .parent()
-                .expect("a trash path has a directory")
-                .to_path_buf();
-            xdr::create_dir_durable(&dir).map_err(io(&dir))?;
-            std::fs::rename(&from, &to).map_err(io(&from))?;
-            for d in [from.parent().map(Path::to_path_buf), Some(dir)]
-                .into_iter()
-                .flatten()
-            {
-                if !dirs.contains(&d) {
-                    dirs.push(d);
+        let moved = || -> Result<(), LedgerError> {
+            for r in rel {
+                let from = self.xdr_root.join(r);
+                let Some(to) = xdr::trash_path(&from) else {
+                    continue;
+                };
+                if !from.exists() {
+                    continue;
+                }
+                let dir = to
+                    .parent()
+                    .expect("a trash path has a directory")
+                    .to_path_buf();
+                xdr::create_dir_durable(&dir).map_err(io(&dir))?;
+                std::fs::rename(&from, &to).map_err(io(&from))?;
+                for d in [from.parent().map(Path::to_path_buf), Some(dir)]
+                    .into_iter()
+                    .flatten()
+                {
+                    if !dirs.contains(&d) {
+                        dirs.push(d);
+                    }
                 }
             }
-        }
+            Ok(())
+        };
+        let result = moved();
+        // The moves made before a failed one are made durable too: once moved, a file is
+        // not seen by the next recovery (it is no longer in the tree).
         for d in dirs {
             xdr::sync_dir(&d).map_err(io(&d))?;
         }
-        Ok(())
+        result
     }
 
     /// Finishes what a crash interrupted after a compaction committed: replaced files still
@@ -1633,24 +1639,49 @@ impl Ledger {
             let rows = st.query_map([now], |r| r.get(0)).map_err(self.sq())?;
             rows.collect::<Result<_, _>>().map_err(self.sq())?
         };
+        // The files first, their directories fsynced, then the rows: a row forgotten while
+        // its file's removal is not on disk yet could leave, after a power cut, a file that
+        // nothing removes any more.
+        let mut removed: Vec<&String> = Vec::new();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut failed = None;
         for p in &due {
             let file =
                 xdr::trash_path(&self.xdr_root.join(p)).unwrap_or_else(|| self.xdr_root.join(p));
             match std::fs::remove_file(&file) {
-                Ok(()) => {}
+                Ok(()) => {
+                    if let Some(d) = file.parent().map(Path::to_path_buf) {
+                        if !dirs.contains(&d) {
+                            dirs.push(d);
+                        }
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(LedgerError::Io {
+                    failed = Some(LedgerError::Io {
                         path: file.display().to_string(),
                         source,
-                    })
+                    });
+                    break;
                 }
             }
+            removed.push(p);
+        }
+        for d in &dirs {
+            xdr::sync_dir(d).map_err(|source| LedgerError::Io {
+                path: d.display().to_string(),
+                source,
+            })?;
+        }
+        for p in &removed {
             self.conn
                 .execute("DELETE FROM xdr_trash WHERE path = ?1", [p])
                 .map_err(self.sq())?;
         }
-        Ok(due.len())
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(due.len()),
+        }
     }
 }
 
