@@ -131,15 +131,15 @@ fn slash_dates_end_times_rejects_and_their_correction() {
     assert!(out.contains("already rated"), "{out}");
 }
 
-/// Operators drop a file of the same name every day (`Master.csv`): a new file's rejects do
-/// not replace the earlier file's, which may not be fixed and rated yet.
+/// Operators drop a file of the same name every day (`Master.csv`): a new file's rejects are
+/// added after the earlier file's, which may not be fixed and rated yet, never over them.
 #[test]
 fn a_new_file_of_the_same_name_keeps_the_earlier_files_rejects() {
     let env = env();
     let out = rate(&env, "carrier", &fixture("carrier.tsv"));
     assert_eq!(counts(&out), [2, 1, 0, 0, 0, 1], "{out}");
-    let first = env.data().join("rejects/carrier.tsv.rejects");
-    let first_text = std::fs::read_to_string(&first).unwrap();
+    let rejects = env.data().join("rejects/carrier.tsv.rejects");
+    let first_text = std::fs::read_to_string(&rejects).unwrap();
 
     let next_dir = env.dir.path().join("next");
     std::fs::create_dir_all(&next_dir).unwrap();
@@ -152,33 +152,34 @@ fn a_new_file_of_the_same_name_keeps_the_earlier_files_rejects() {
     let out = rate(&env, "carrier", &next);
     // user0 60 s = 0.01; line 2 bad.
     assert_eq!(counts(&out), [1, 0, 0, 0, 0, 1], "{out}");
-    assert_eq!(
-        std::fs::read_to_string(&first).unwrap(),
-        first_text,
-        "the earlier file's rejects are kept"
-    );
-    // Its own rejects under its name and content hash (the hash the summary prints when
-    // the file comes again).
+    assert!(out.contains("carrier.tsv.rejects"), "{out}");
+    // The content hash the summary prints when the file comes again.
     let again = rate(&env, "carrier", &next);
     let hash = again
         .split("content hash ")
         .nth(1)
         .and_then(|t| t.get(..16))
         .unwrap_or_else(|| panic!("{again}"));
-    let second = env
-        .data()
-        .join(format!("rejects/carrier.tsv.{hash}.rejects"));
     assert_eq!(
-        std::fs::read_to_string(&second).unwrap(),
-        "2026/11/4 9:10\tbroken\tuser1\t15551230031\n# line 2: end: \"broken\" does not match \"%Y/%m/%d %H:%M\"\n"
+        std::fs::read_to_string(&rejects).unwrap(),
+        format!(
+            "{first_text}# rejects of {} (content hash {hash})\n2026/11/4 9:10\tbroken\tuser1\t15551230031\n# line 2: end: \"broken\" does not match \"%Y/%m/%d %H:%M\"\n",
+            next.display()
+        )
     );
-    assert!(out.contains(&second.display().to_string()), "{out}");
-    assert_eq!(
-        std::fs::read_dir(env.data().join("rejects"))
-            .unwrap()
-            .count(),
-        2
-    );
+    // Both fixed in the one file and rated: each call charged once, the notes skipped.
+    let fixed = env.dir.path().join("carrier.tsv.rejects");
+    let text = std::fs::read_to_string(&rejects).unwrap();
+    std::fs::write(
+        &fixed,
+        text.replace("not a time", "2026/11/2 8:21")
+            .replace("broken", "2026/11/4 9:12"),
+    )
+    .unwrap();
+    let out = rate(&env, "carrier", &fixed);
+    // user2 60 s = 0.01, user1 120 s = 0.02.
+    assert_eq!(counts(&out), [2, 0, 0, 0, 0, 0], "{out}");
+    assert_eq!(env.sorted_credits(), users(["9.96", "9.98", "9.97"]));
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! xDRs: the Arrow schema of DESIGN.md, a columnar builder fed one borrowed row at a time,
 //! and our own Parquet file writer that makes a file durable before the ledger may refer to
-//! it (write to a hidden temp name, fsync the file and its directory; the rename to the
+//! it (write to a hidden temp name, fsync the file, its directory and `xdr/`; the rename to the
 //! final name happens after the ledger commit — see [`crate::store`]).
 
 use std::fs::File;
@@ -821,7 +821,7 @@ fn create_dirs(dir: &Path, mut builder: std::fs::DirBuilder) -> std::io::Result<
         .collect())
 }
 
-/// Writes `batch` durably under the temp name of `final_path` (file and directory fsynced)
+/// Writes `batch` durably under the temp name of `final_path` (file, directory and `xdr/` fsynced)
 /// and returns the temp path. The caller renames it once the ledger has committed.
 pub fn write_temp(final_path: &Path, batch: &RecordBatch) -> Result<PathBuf, SinkError> {
     write_temp_batches(final_path, std::slice::from_ref(batch), PAGE_ROWS)
@@ -902,7 +902,7 @@ impl Unsynced {
 
 /// Writes several files like [`write_temp_batches`], one after the other, each with the page
 /// size its name says ([`has_wide_pages`]), and returns when every one is durable. Each
-/// file's fsyncs (its own and its directory's) run on a thread of their own while the next
+/// file's fsyncs (its own, its directory's and `xdr/`'s) run on a thread of their own while the next
 /// file is encoded: the encoding does not wait on the disk (~3 ms a file here, ~8 files a
 /// CDR block; more on slower disks). Each batch is dropped once it is encoded: a block's
 /// Arrow columns are freed file by file while the next block is built, instead of all at
@@ -1130,7 +1130,7 @@ impl TempWriter {
         Ok(())
     }
 
-    /// Closes the file and makes it durable (file and directory fsynced); returns the temp
+    /// Closes the file and makes it durable (file, directory and `xdr/` fsynced); returns the temp
     /// path. The caller renames it once the ledger has committed.
     pub fn finish(self) -> Result<PathBuf, SinkError> {
         self.finish_unsynced()?.sync()

@@ -1648,21 +1648,22 @@ impl Ledger {
         for p in &due {
             let file =
                 xdr::trash_path(&self.xdr_root.join(p)).unwrap_or_else(|| self.xdr_root.join(p));
-            match std::fs::remove_file(&file) {
-                Ok(()) => {
-                    if let Some(d) = file.parent().map(Path::to_path_buf) {
-                        if !dirs.contains(&d) {
-                            dirs.push(d);
-                        }
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Gone already (an earlier removal whose run stopped before its fsync): its
+            // directory is fsynced all the same before the row goes.
+            let removed_now = match std::fs::remove_file(&file) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
                 Err(source) => {
                     failed = Some(LedgerError::Io {
                         path: file.display().to_string(),
                         source,
                     });
                     break;
+                }
+            };
+            if let Some(d) = file.parent().filter(|d| removed_now || d.is_dir()) {
+                if !dirs.iter().any(|x| x == d) {
+                    dirs.push(d.to_path_buf());
                 }
             }
             removed.push(p);
