@@ -267,16 +267,11 @@ fn copy_xdr(src_final: &Path, to: &Path) -> Result<(u64, String), BackupError> {
 /// Backs up `data_dir` into the new directory `dest`; `created` is the manifest's time
 /// (RFC 3339). Safe while `serve` runs on the data dir.
 pub fn backup(data_dir: &Path, dest: &Path, created: &str) -> Result<Manifest, BackupError> {
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty());
-    if let Some(parent) = parent {
-        crate::xdr::create_dir_durable(parent).map_err(io(parent))?;
-    }
+    let parent = crate::xdr::dir_of(dest);
+    crate::xdr::create_dir_durable(parent).map_err(io(parent))?;
     match create_private_dir(dest, false) {
         // Its entry durable: a backup reported done must survive a power cut.
-        Ok(()) => {
-            let parent = parent.unwrap_or(Path::new("."));
-            crate::xdr::sync_dir(parent).map_err(io(parent))?;
-        }
+        Ok(()) => crate::xdr::sync_dir(parent).map_err(io(parent))?,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(invalid(
                 dest,

@@ -776,7 +776,7 @@ impl Rejects {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let dir = crate::xdr::dir_of(&self.path);
         crate::xdr::create_dir_durable(dir)?;
         let mut f = std::fs::OpenOptions::new()
             .create(true)

@@ -786,39 +786,35 @@ pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
 }
 
 /// [`create_dir_durable`] with `builder`'s options (a mode) for every directory it creates.
-pub fn create_dir_durable_with(dir: &Path, builder: std::fs::DirBuilder) -> std::io::Result<()> {
-    for parent in create_dirs(dir, builder)? {
-        sync_dir(&parent)?;
+pub fn create_dir_durable_with(
+    dir: &Path,
+    mut builder: std::fs::DirBuilder,
+) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // The missing directories, deepest first.
+    let mut missing = vec![dir];
+    while let Some(p) = missing.last().and_then(|d| d.parent()) {
+        if p.as_os_str().is_empty() || p.is_dir() {
+            break;
+        }
+        missing.push(p);
+    }
+    builder.recursive(true).create(dir)?;
+    // Each new one's entry, outermost first.
+    for m in missing.into_iter().rev() {
+        sync_dir(dir_of(m))?;
     }
     Ok(())
 }
 
-/// Creates `dir` and its missing parents; returns the directories whose entries changed
-/// (each new directory's parent, outermost first), to be fsynced before anything in `dir`
-/// is relied on.
-fn create_dirs(dir: &Path, mut builder: std::fs::DirBuilder) -> std::io::Result<Vec<PathBuf>> {
-    if dir.is_dir() {
-        return Ok(Vec::new());
+/// The directory holding `path` (`.` for a bare name).
+pub fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
-    // The missing directories, deepest first.
-    let mut missing = Vec::new();
-    let mut d = dir;
-    loop {
-        missing.push(d);
-        match d.parent() {
-            Some(p) if !p.as_os_str().is_empty() && !p.is_dir() => d = p,
-            _ => break,
-        }
-    }
-    builder.recursive(true).create(dir)?;
-    Ok(missing
-        .into_iter()
-        .rev()
-        .map(|m| match m.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        })
-        .collect())
 }
 
 /// Writes `batch` durably under the temp name of `final_path` (file, directory and `xdr/` fsynced)
@@ -882,10 +878,7 @@ impl Unsynced {
             .file
             .sync_all()
             .and_then(|()| sync_dir(&self.dir))
-            .and_then(|()| match self.dir.parent() {
-                Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
-                _ => Ok(()),
-            });
+            .and_then(|()| sync_dir(dir_of(&self.dir)));
         drop(self.file);
         match synced {
             Ok(()) => Ok(self.tmp),
@@ -967,18 +960,6 @@ pub fn write_temp_files<P: AsRef<Path>>(
     })
 }
 
-/// How many Parquet leaf columns an Arrow field of type `dt` becomes.
-fn leaf_count(dt: &DataType) -> usize {
-    match dt {
-        DataType::List(f)
-        | DataType::LargeList(f)
-        | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => leaf_count(f.data_type()),
-        DataType::Struct(fs) => fs.iter().map(|f| leaf_count(f.data_type())).sum(),
-        _ => 1,
-    }
-}
-
 /// An xDR file written batch by batch under the temp name of its final path: what it holds
 /// in memory is the open row group's encoded pages and the batch being written, not the
 /// file's rows (a compaction streams a day through it).
@@ -1027,11 +1008,14 @@ impl TempWriter {
         )
         .and_then(|w| w.into_serialized_writer())
         .map_err(|e| parquet_err(&tmp, e))?;
-        let leaves = schema
-            .fields()
-            .iter()
-            .map(|f| leaf_count(f.data_type()))
-            .collect();
+        // Each field's leaves, from the Parquet schema the writer derived.
+        let descr = writer.schema_descr();
+        let mut leaves = vec![0usize; schema.fields().len()];
+        for i in 0..descr.num_columns() {
+            if let Some(n) = leaves.get_mut(descr.get_column_root_idx(i)) {
+                *n += 1;
+            }
+        }
         Ok(TempWriter {
             tmp,
             dir,
