@@ -866,12 +866,38 @@ struct RatedCdr<'a> {
     user: Option<u32>,
     matched: MatchedBy,
     key: u128,
-    rating: CallRating,
+    rating: BlockRating,
     cost: Decimal,
     /// Set by the ordered pass; 0 for a duplicate (no xDR).
     xdr_id: u64,
+    /// The subscriber's credit before this call (after it: `before - cost`).
     before: Decimal,
-    after: Decimal,
+}
+
+/// What a block's xDRs need of a [`CallRating`]: its exact cost and time numerator are
+/// spent once the cost is rounded (`cost`), and keeping them made every record 32 bytes
+/// longer (a block's outcomes are ~400k records, read again by the ordered pass and the
+/// build).
+struct BlockRating {
+    status: Status,
+    prefix: Option<u32>,
+    row_at_start: Option<u32>,
+    billed_secs: i64,
+    package_secs: i64,
+    pieces: crate::rating::Pieces,
+}
+
+impl From<CallRating> for BlockRating {
+    fn from(r: CallRating) -> Self {
+        BlockRating {
+            status: r.status,
+            prefix: r.prefix,
+            row_at_start: r.row_at_start,
+            billed_secs: r.billed_secs,
+            package_secs: r.package_secs,
+            pieces: r.pieces,
+        }
+    }
 }
 
 impl RatedCdr<'_> {
@@ -1119,7 +1145,7 @@ fn build_chunk(
             destination_name: dest_name,
             credit_used: r.cost,
             before_credit: r.before,
-            after_credit: r.after,
+            after_credit: r.before - r.cost,
             source: &source,
             account: account.as_deref(),
             refund_of: None,
@@ -1759,7 +1785,6 @@ impl<'a> BatchRater<'a> {
                             // in pieces), half of this loop's samples.
                             let after = u.credit - r.cost;
                             r.before = std::mem::replace(&mut u.credit, after);
-                            r.after = after;
                             if !r.cost.is_zero() {
                                 let slot = &mut movement_of[ui as usize];
                                 if *slot == NO_MOVEMENT {
@@ -2027,7 +2052,7 @@ fn cover_by_packages(
         crate::packages::take_voice(&mut u.packages, r.cdr.start, rated.package_secs, quota);
     debug_assert_eq!(taken, rated.package_secs);
     r.cost = g.round(rated.cost_exact);
-    r.rating = rated;
+    r.rating = rated.into();
 }
 
 /// Records parsed and rated together by [`rate_chunk`] (one task of the parallel map).
@@ -2263,11 +2288,10 @@ fn rate_found<'a>(
         user,
         matched,
         key,
-        rating,
+        rating: rating.into(),
         cost,
         xdr_id: 0,
         before: Decimal::ZERO,
-        after: Decimal::ZERO,
     }
 }
 
