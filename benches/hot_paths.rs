@@ -1,6 +1,6 @@
 //! criterion benches of the hot paths: RADIUS decode + verify (ours and radius-rs side by
 //! side), VoIP and internet rating, prefix lookup over 100k prefixes, a ledger batch commit,
-//! and Arrow build + Parquet encode of 64k xDRs. Setup stays out of the timing
+//! Arrow build + Parquet encode of 64k xDRs, and the xDR output of a 400k-call block alone. Setup stays out of the timing
 //! (`iter_batched`); throughput is in elements.
 
 use std::hint::black_box;
@@ -266,6 +266,176 @@ fn read_one_user(
     n
 }
 
+/// A block's xDRs as the rater writes them: `n` calls of `users` subscribers over `days` UTC
+/// days, one batch per day in (username, xdr_id) order, text of the sizes a Master.csv's
+/// calls have (call ids, numbers, sources, a rate's name, one charge rule detail each).
+fn block_of_calls(n: usize, users: usize, days: usize) -> Vec<(String, arrow_array::RecordBatch)> {
+    const NAMES: [&str; 8] = [
+        "Germany",
+        "Germany Mobile",
+        "France",
+        "UK",
+        "UK Mobile",
+        "Spain",
+        "Italy",
+        "Poland",
+    ];
+    const PREFIXES: [&str; 8] = ["49", "4915", "33", "44", "447", "34", "39", "48"];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    // (day, user, xdr id, random draw) sorted as the rater orders a block's xDRs.
+    let mut calls: Vec<(usize, usize, u64, u64)> = (0..n)
+        .map(|i| {
+            let r = next();
+            (
+                (r % days as u64) as usize,
+                (r >> 20) as usize % users,
+                i as u64 + 1,
+                next(),
+            )
+        })
+        .collect();
+    calls.sort_unstable();
+    let mut out = Vec::new();
+    for day in 0..days {
+        let rows: Vec<_> = calls.iter().filter(|c| c.0 == day).collect();
+        let mut b = XdrBuilder::with_capacity(rows.len());
+        for &&(_, user, id, r) in &rows {
+            let k = (r % 8) as usize;
+            let secs = (r >> 8) as i64 % 1800;
+            let start = 1_793_620_800 + day as i64 * 86_400 + (r >> 24) as i64 % 86_000;
+            let call_id = format!("{}.{}", start, id % 1_000_000);
+            let username = format!("user{user:06}");
+            let caller = format!("+4930{:07}", user);
+            let callee = format!("{}{:08}", PREFIXES[k], (r >> 32) % 100_000_000);
+            let source = format!("cdr:cdrs.csv:{}", id + 1);
+            let cost = Decimal::new(secs * (5 + k as i64), 4);
+            let before = Decimal::new(1_000_000 - (r >> 40) as i64 % 900_000, 2);
+            let detail = xdr::RuleDetail {
+                rule: NAMES[k],
+                start_secs: start,
+                end_secs: start + secs,
+                seconds: secs,
+                bytes_in: 0,
+                bytes_out: 0,
+                credit: cost,
+            };
+            b.push(
+                &XdrRow {
+                    xdr_id: id,
+                    service_type: "VoIP",
+                    status: if secs == 0 { "UNANSWERED" } else { "OK" },
+                    user_id: Some(user as i64 + 1),
+                    username: &username,
+                    group_name: "residential",
+                    login_time_secs: start,
+                    logout_time_secs: start + secs,
+                    duration_seconds: secs,
+                    billed_seconds: secs,
+                    session_id: &call_id,
+                    unique_id_value: &call_id,
+                    caller_id: &caller,
+                    called_number: &callee,
+                    terminate_cause: if secs == 0 { "NO ANSWER" } else { "ANSWERED" },
+                    destination: PREFIXES[k],
+                    destination_name: NAMES[k],
+                    credit_used: cost,
+                    before_credit: before,
+                    after_credit: before - cost,
+                    source: &source,
+                    account: Some(&caller),
+                    ..Default::default()
+                },
+                std::slice::from_ref(&detail),
+            );
+        }
+        out.push((format!("day{day}.parquet"), b.finish().unwrap()));
+    }
+    out
+}
+
+/// The xDR output alone, as a batch run writes a block's files (each day's file encoded
+/// column by column on both cores, fsynced): what bounds `ratel rate`'s rows per second on
+/// this machine whatever the rating costs. And a text column of only empty values, as
+/// compaction (`interleave`) and exports (the Parquet reader) hand it to the writer, with
+/// no memory for its values against with 64 bytes (`xdr::with_addressable_text`).
+fn xdr_output(c: &mut Criterion) {
+    let n = 400_000;
+    let block = block_of_calls(n, 100_000, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut g = c.benchmark_group("xdr_output");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    let mut k = 0;
+    g.bench_function("block_of_400k_calls_6_days_fsync", |b| {
+        b.iter_batched(
+            || {
+                k += 1;
+                block
+                    .iter()
+                    .map(|(name, batch)| {
+                        (dir.path().join(format!("{k}-{name}")), vec![batch.clone()])
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |files| black_box(xdr::write_temp_files(files).unwrap()),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+
+    // One day's file read back: its empty text columns come with no memory for values.
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let t = xdr::write_temp(&dir.path().join("day.parquet"), &block[0].1).unwrap();
+    let read: Vec<arrow_array::RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&t).unwrap())
+            .unwrap()
+            .with_batch_size(1 << 20)
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let back = &read[0];
+    let nas_ip = back.column_by_name("nas_ip").unwrap();
+    let nas_ip = nas_ip
+        .as_any()
+        .downcast_ref::<arrow_array::StringArray>()
+        .unwrap();
+    assert_eq!(
+        nas_ip.values().capacity(),
+        0,
+        "the reader gave memory to an empty column: nothing to measure"
+    );
+    let rows = back.num_rows();
+    let mut g = c.benchmark_group("xdr_empty_text");
+    g.throughput(Throughput::Elements(rows as u64));
+    g.sample_size(10);
+    for (name, batch) in [
+        ("as_read", back.clone()),
+        ("with_memory", xdr::with_addressable_text(back)),
+    ] {
+        g.bench_function(format!("one_day_{name}"), |b| {
+            b.iter(|| {
+                let props = xdr::writer_properties(rows, xdr::PAGE_ROWS);
+                let mut w = parquet::arrow::ArrowWriter::try_new(
+                    std::io::sink(),
+                    batch.schema(),
+                    Some(props),
+                )
+                .unwrap();
+                w.write(&batch).unwrap();
+                black_box(w.close().unwrap())
+            })
+        });
+    }
+    g.finish();
+}
+
 fn ledger_commit(c: &mut Criterion) {
     use ratel_engine::domain::NewClient;
     use ratel_engine::ledger::{Ledger, RadiusCommit};
@@ -327,6 +497,7 @@ criterion_group!(
     radius_decode,
     rating,
     parquet_encode,
+    xdr_output,
     ledger_commit
 );
 criterion_main!(benches);
