@@ -919,8 +919,8 @@ struct Placed<'o, 'a> {
     r: &'o RatedCdr<'a>,
 }
 
-/// Most call keys reserved ahead for the rest of a file: 16M (a table of 32M slots of 17
-/// bytes, ~570 MB, which a file of that many calls needs anyway); past it the set grows as
+/// Most call keys reserved ahead for the rest of a file: 16M (a table of 32M slots of 16
+/// bytes, 512 MB, which a file of that many calls needs anyway); past it the set grows as
 /// it must.
 const MAX_KEYS_RESERVED: u64 = 1 << 24;
 
@@ -1168,7 +1168,7 @@ fn build_chunk(
 /// The in-memory state of a [`BatchRater`], between two catalogs.
 pub struct RaterState {
     subscribers: Subscribers,
-    call_keys: HashSet<u128, ahash::RandomState>,
+    call_keys: crate::call_keys::CallKeys,
     next_xdr: u64,
 }
 
@@ -1177,7 +1177,7 @@ pub struct BatchRater<'a> {
     pub(crate) catalog: &'a Catalog,
     pub(crate) ledger: &'a mut Ledger,
     pub(crate) subscribers: Subscribers,
-    call_keys: HashSet<u128, ahash::RandomState>,
+    call_keys: crate::call_keys::CallKeys,
     pub(crate) next_xdr: u64,
     /// Bytes per block (one ledger commit each); [`BLOCK_BYTES`] unless a test shrinks it.
     pub block_bytes: usize,
@@ -1728,12 +1728,19 @@ impl<'a> BatchRater<'a> {
                     let mut notes = 0u64;
                     let mut quota: Vec<crate::packages::QuotaChange> = Vec::new();
                     let mut scratch = Vec::new();
+                    if blocks == 0 && budget.is_none() {
+                        // Room for the first block's keys at once (after it, for the rest of
+                        // the file, below): grown key by key, the set doubled ~14 times on
+                        // the way, each table fresh pages.
+                        let _ = call_keys.try_reserve(outcomes.len());
+                    }
                     for i in 0..outcomes.len() {
                         // The subscribers come in file order, at random in memory: ask for
                         // the one a few records ahead while this one is charged (its
                         // balance was a cache miss on nearly every record, ~half of this
                         // loop's time).
                         if let Some(Outcome::Rated(ahead)) = outcomes.get(i + ORDERED_PREFETCH) {
+                            call_keys.prefetch(ahead.key);
                             if let Some(u) =
                                 ahead.user.and_then(|ui| subscribers.users.get(ui as usize))
                             {

@@ -6,6 +6,7 @@ pub(crate) mod account_index;
 pub mod acks;
 pub mod backup;
 pub mod batch;
+pub mod call_keys;
 pub mod catalog;
 pub mod cdr;
 pub mod commands;

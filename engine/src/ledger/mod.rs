@@ -805,8 +805,8 @@ impl Ledger {
 
     /// Every call-id key ever rated into this data dir: `batch_keys` (version 6 on) and the
     /// keys of batches committed before it, in `batches.call_keys`.
-    pub fn load_call_keys(&self) -> Result<HashSet<u128, ahash::RandomState>, LedgerError> {
-        let mut set = HashSet::with_hasher(ahash::RandomState::new());
+    pub fn load_call_keys(&self) -> Result<crate::call_keys::CallKeys, LedgerError> {
+        let mut set = crate::call_keys::CallKeys::new();
         for sql in [
             "SELECT call_keys FROM batch_keys",
             "SELECT call_keys FROM batches WHERE length(call_keys) > 0",
@@ -815,7 +815,9 @@ impl Ledger {
             let mut rows = st.query([]).map_err(self.sq())?;
             while let Some(r) = rows.next().map_err(self.sq())? {
                 let blob: Vec<u8> = r.get(0).map_err(self.sq())?;
-                set.reserve(blob.len() / 16);
+                // A hint, as `HashSet::reserve` was not: without the memory the set
+                // grows key by key.
+                let _ = set.try_reserve(blob.len() / 16);
                 for k in blob.chunks_exact(16) {
                     set.insert(u128::from_le_bytes(k.try_into().expect("16 bytes")));
                 }
