@@ -1301,18 +1301,23 @@ mod tests {
         assert!(b.finish().is_err());
     }
 
-    /// `n` rows of known text (the username `user`) and two details each, built with `sizes`.
-    fn rows_of(n: u64, user: &str, sizes: &TextSizes) -> RecordBatch {
-        let mut b = XdrBuilder::with_sizes(n as usize, sizes);
-        let d = RuleDetail {
-            rule: "peak!",
+    /// A minute under `rule` at 0.15.
+    fn minute_of(rule: &str) -> RuleDetail<'_> {
+        RuleDetail {
+            rule,
             start_secs: 0,
             end_secs: 60,
             seconds: 60,
             bytes_in: 0,
             bytes_out: 0,
             credit: Decimal::new(15, 2),
-        };
+        }
+    }
+
+    /// `n` rows of known text (the username `user`) and two details each, built with `sizes`.
+    fn rows_of(n: u64, user: &str, sizes: &TextSizes) -> RecordBatch {
+        let mut b = XdrBuilder::with_sizes(n as usize, sizes);
+        let d = minute_of("peak!");
         for i in 0..n {
             let row = XdrRow {
                 xdr_id: i,
@@ -1390,15 +1395,7 @@ mod tests {
     fn empty_text_columns_get_memory_of_their_own() {
         use arrow_array::Array;
         let mut b = XdrBuilder::with_capacity(8);
-        let blank = RuleDetail {
-            rule: "",
-            start_secs: 0,
-            end_secs: 60,
-            seconds: 60,
-            bytes_in: 0,
-            bytes_out: 0,
-            credit: Decimal::new(15, 2),
-        };
+        let blank = minute_of("");
         for i in 0..8u64 {
             let row = XdrRow {
                 xdr_id: i,
