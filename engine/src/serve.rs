@@ -332,6 +332,7 @@ pub fn run(
     let mut generation: Option<Arc<Catalog>> = None;
     let mut state: Option<crate::batch::RaterState> = None;
     let mut carried_counters = None;
+    let process_started = chrono::Utc::now().timestamp();
     let (mut socket, mut drops, mut spool_files, mut disconnect) =
         (socket, DropLog::default(), 0u64, disconnect);
     let mut spool_current: Option<(PathBuf, crate::batch::FileSummary)> = None;
@@ -359,6 +360,9 @@ pub fn run(
         if let Some(c) = carried_counters.take() {
             acct.counters = c;
         }
+        // Silence from before this process started is not the sessions' (also after a
+        // reload, which reads the sessions from the ledger again).
+        acct.restart_silences(process_started);
         tracing::info!(
             open_sessions = acct.sessions.len(),
             "recovered open sessions from the ledger"
@@ -1169,7 +1173,14 @@ impl Core<'_> {
             }
         }
         for k in &fx.closed {
-            let ended = acct.closed.get(k).and_then(|c| c.ended).unwrap_or(now);
+            // A key opened again in this batch has left `closed`: its new session keeps
+            // the old one's end.
+            let ended = acct
+                .closed
+                .get(k)
+                .and_then(|c| c.ended)
+                .or_else(|| acct.sessions.get(k).and_then(|s| s.reopened_after))
+                .unwrap_or(now);
             c.closed.push((k.nas.clone(), k.session_id.clone(), ended));
         }
         for x in &fx.xdrs {

@@ -1088,12 +1088,12 @@ impl Ledger {
                 up.execute(params![user_id, stored.to_string()])
                     .map_err(sq)?;
             }
-            let mut ss = tx
-                .prepare_cached("INSERT INTO sessions(nas, session_id, state) VALUES (?1, ?2, ?3) ON CONFLICT(nas, session_id) DO UPDATE SET state = ?3")
-                .map_err(sq)?;
-            for (nas, sid, state) in &b.upserts {
-                ss.execute(params![nas, sid, state]).map_err(sq)?;
-            }
+            // Closes first, then the sessions still open: a session id closed and opened
+            // again in one batch (a NAS that reuses its ids: the old session's Stop, then
+            // the new one's Start) is an open session after it. The other way round, the
+            // new session's row was deleted, and after a restart its updates were taken
+            // for late ones of the closed session and ignored. (`upserts` holds only
+            // sessions open at the end of the batch.)
             let mut del = tx
                 .prepare_cached("DELETE FROM sessions WHERE nas = ?1 AND session_id = ?2")
                 .map_err(sq)?;
@@ -1103,6 +1103,12 @@ impl Ledger {
             for (nas, sid, ended) in &b.closed {
                 del.execute(params![nas, sid]).map_err(sq)?;
                 cl.execute(params![nas, sid, b.now, ended]).map_err(sq)?;
+            }
+            let mut ss = tx
+                .prepare_cached("INSERT INTO sessions(nas, session_id, state) VALUES (?1, ?2, ?3) ON CONFLICT(nas, session_id) DO UPDATE SET state = ?3")
+                .map_err(sq)?;
+            for (nas, sid, state) in &b.upserts {
+                ss.execute(params![nas, sid, state]).map_err(sq)?;
             }
             let mut ob = tx
                 .prepare_cached("INSERT INTO xdr_outbox(xdr_id, row) VALUES (?1, ?2)")
@@ -1836,6 +1842,53 @@ impl AuthReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A session id closed and opened again in one batch (a NAS that numbers its sessions
+    /// anew: the old session's Stop, then the new one's Start, read together) is an open
+    /// session after the commit, and the old one's end stays on record; a session closed in
+    /// the batch that nothing opened again has no row left.
+    #[test]
+    fn a_session_closed_and_opened_again_in_one_batch_stays_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        let row = |sid: &str, state: u8| ("nas1".to_string(), sid.to_string(), vec![state]);
+        ledger
+            .commit_radius(&RadiusCommit {
+                upserts: vec![row("x", 1), row("y", 1)],
+                now: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        ledger
+            .commit_radius(&RadiusCommit {
+                closed: vec![
+                    ("nas1".to_string(), "x".to_string(), 500),
+                    ("nas1".to_string(), "y".to_string(), 400),
+                ],
+                upserts: vec![row("x", 2)],
+                now: 600,
+                ..Default::default()
+            })
+            .unwrap();
+        let open = ledger.load_sessions().unwrap();
+        assert_eq!(
+            open,
+            vec![(
+                "nas1".to_string(),
+                "x".to_string(),
+                crate::radius::state::Stored::Packed(vec![2])
+            )]
+        );
+        let mut closed = ledger.load_closed().unwrap();
+        closed.sort();
+        assert_eq!(
+            closed,
+            vec![
+                ("nas1".to_string(), "x".to_string(), 600, Some(500)),
+                ("nas1".to_string(), "y".to_string(), 600, Some(400)),
+            ]
+        );
+    }
 
     /// A ledger written before the client status existed (its `users` table has no
     /// `lock_reason`) opens: the column is added, every client is active, and locking,

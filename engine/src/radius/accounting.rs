@@ -990,6 +990,19 @@ impl Accounting {
         self.closed.retain(|_, c| now - c.at < CLOSED_MEMORY_SECS);
     }
 
+    /// At a start of `serve`: every open session's silence counts from `now`. While nobody
+    /// answered, the NASes (or the proxy in front of ratel, from its detail file) kept
+    /// their accounting and send it once ratel answers again; a session closed as stale at
+    /// once, for a silence that was ratel's, would take those Interims and its Stop for
+    /// late updates and ignore them — its usage since the last update before the outage
+    /// never charged. A session that is really gone closes one timeout later, at its last
+    /// update as before (its end and charge do not depend on when it is closed).
+    pub fn restart_silences(&mut self, now: i64) {
+        for s in self.sessions.values_mut() {
+            s.last_arrival = s.last_arrival.max(now);
+        }
+    }
+
     /// Live (not yet closed) charge of a user's open sessions, and their count.
     pub fn open_sessions_of<'a>(
         &'a self,
@@ -1192,6 +1205,59 @@ charge_rules = ["all"]
         );
         assert_eq!(fx.closed.len(), 1);
         assert!(w.acct.sessions.is_empty());
+    }
+
+    /// ratel down for two hours (past the 1 h stale timeout): at the restart the open
+    /// session is not closed as stale for ratel's own silence, and the Interim and Stop the
+    /// NAS kept meanwhile charge the whole session. Without the restart's clock the session
+    /// closed at its Start, charging nothing, and both were ignored as late.
+    #[test]
+    fn a_restart_does_not_close_sessions_for_its_own_silence() {
+        let restart = T0 + 7200;
+        let run = |restarted: bool| -> (Decimal, usize) {
+            let mut w = World::new(d("10"));
+            w.update(1, "alice", "s1", 0, 0);
+            if restarted {
+                w.acct.restart_silences(restart);
+            }
+            let mut fx = Effects::default();
+            w.acct
+                .close_stale(&w.catalog, &w.subs, &mut w.next_xdr, restart, &mut fx);
+            let stale = fx.closed.len();
+            w.update(3, "alice", "s1", 1800, 0);
+            w.update(2, "alice", "s1", 3600, 0);
+            (w.credit(), stale)
+        };
+        // 60 minutes at 0.01.
+        assert_eq!(run(true), (d("9.4"), 0));
+        assert_eq!(run(false), (d("10"), 1));
+
+        // A session really gone still closes, one timeout after the restart, at its last
+        // update.
+        let mut w = World::new(d("10"));
+        w.update(1, "alice", "s1", 0, 0);
+        w.update(3, "alice", "s1", 600, 0);
+        w.acct.restart_silences(restart);
+        let mut fx = Effects::default();
+        w.acct.close_stale(
+            &w.catalog,
+            &w.subs,
+            &mut w.next_xdr,
+            restart + 3600,
+            &mut fx,
+        );
+        assert!(fx.closed.is_empty());
+        w.acct.close_stale(
+            &w.catalog,
+            &w.subs,
+            &mut w.next_xdr,
+            restart + 3601,
+            &mut fx,
+        );
+        assert_eq!(fx.closed.len(), 1);
+        assert_eq!(fx.xdrs[0].credit_used, d("0.1"));
+        assert_eq!(fx.xdrs[0].logout_time, T0 + 600);
+        assert_eq!(w.credit(), d("9.9"));
     }
 
     /// Issue 10 item 4: with the ledger's keys marked as charged, a replay of a forgotten
