@@ -866,38 +866,12 @@ struct RatedCdr<'a> {
     user: Option<u32>,
     matched: MatchedBy,
     key: u128,
-    rating: BlockRating,
+    rating: CallRating,
     cost: Decimal,
     /// Set by the ordered pass; 0 for a duplicate (no xDR).
     xdr_id: u64,
     /// The subscriber's credit before this call (after it: `before - cost`).
     before: Decimal,
-}
-
-/// What a block's xDRs need of a [`CallRating`]: its exact cost and time numerator are
-/// spent once the cost is rounded (`cost`), and keeping them made every record 32 bytes
-/// longer (a block's outcomes are ~400k records, read again by the ordered pass and the
-/// build).
-struct BlockRating {
-    status: Status,
-    prefix: Option<u32>,
-    row_at_start: Option<u32>,
-    billed_secs: i64,
-    package_secs: i64,
-    pieces: crate::rating::Pieces,
-}
-
-impl From<CallRating> for BlockRating {
-    fn from(r: CallRating) -> Self {
-        BlockRating {
-            status: r.status,
-            prefix: r.prefix,
-            row_at_start: r.row_at_start,
-            billed_secs: r.billed_secs,
-            package_secs: r.package_secs,
-            pieces: r.pieces,
-        }
-    }
 }
 
 impl RatedCdr<'_> {
@@ -2059,7 +2033,7 @@ fn cover_by_packages(
         crate::packages::take_voice(&mut u.packages, r.cdr.start, rated.package_secs, quota);
     debug_assert_eq!(taken, rated.package_secs);
     r.cost = g.round(rated.cost_exact);
-    r.rating = rated.into();
+    r.rating = rated;
 }
 
 /// Records parsed and rated together by [`rate_chunk`] (one task of the parallel map).
@@ -2295,7 +2269,7 @@ fn rate_found<'a>(
         user,
         matched,
         key,
-        rating: rating.into(),
+        rating,
         cost,
         xdr_id: 0,
         before: Decimal::ZERO,
@@ -2466,6 +2440,9 @@ fn read_blocks(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::config::{ConfigSource, LoadedConfig};
+
     /// As many blocks as the block size would cut, of one size (the last one takes what is
     /// left, at most that size).
     #[test]
@@ -2483,9 +2460,6 @@ mod tests {
         assert_eq!(equal_blocks(0, 32 << 20), 1);
         assert_eq!(equal_blocks(1000, 0), 1);
     }
-
-    use super::*;
-    use crate::config::{ConfigSource, LoadedConfig};
 
     /// The blocks `read_blocks` cuts `data` into, `block_bytes` at a time.
     fn blocks_of(data: &[u8], block_bytes: usize) -> Vec<Block> {

@@ -71,7 +71,7 @@ impl CallKeys {
             return !std::mem::replace(&mut self.zero, true);
         }
         if (self.len + 1) * 2 > self.slots.len() {
-            self.grow_to(slots_for(self.len + 1));
+            self.rehash_into(vec![0; slots_for(self.len + 1)]);
         }
         let i = self.find(key);
         if self.slots[i] == key {
@@ -97,10 +97,6 @@ impl CallKeys {
         table.resize(want, 0);
         self.rehash_into(table);
         Ok(())
-    }
-
-    fn grow_to(&mut self, n: usize) {
-        self.rehash_into(vec![0; n]);
     }
 
     fn rehash_into(&mut self, table: Vec<u128>) {
@@ -130,22 +126,6 @@ fn slots_for(keys: usize) -> usize {
         .max(MIN_SLOTS)
         .checked_next_power_of_two()
         .unwrap_or(1 << (usize::BITS - 1))
-}
-
-impl Extend<u128> for CallKeys {
-    fn extend<I: IntoIterator<Item = u128>>(&mut self, keys: I) {
-        for k in keys {
-            self.insert(k);
-        }
-    }
-}
-
-impl FromIterator<u128> for CallKeys {
-    fn from_iter<I: IntoIterator<Item = u128>>(keys: I) -> Self {
-        let mut set = CallKeys::new();
-        set.extend(keys);
-        set
-    }
 }
 
 #[cfg(test)]
@@ -210,7 +190,10 @@ mod tests {
 
     #[test]
     fn the_zero_key_counts_once() {
-        let mut set: CallKeys = [0u128, 5, 0, 5].into_iter().collect();
+        let mut set = CallKeys::new();
+        for k in [0u128, 5, 0, 5] {
+            set.insert(k);
+        }
         assert_eq!(set.len(), 2);
         assert!(set.contains(&0));
         assert!(!set.insert(0));

@@ -855,15 +855,7 @@ pub fn addressable_text(a: &ArrayRef) -> Option<ArrayRef> {
         }
         DataType::Struct(fields) => {
             let st = a.as_any().downcast_ref::<StructArray>()?;
-            let fixed: Vec<Option<ArrayRef>> = st.columns().iter().map(addressable_text).collect();
-            if fixed.iter().all(Option::is_none) {
-                return None;
-            }
-            let columns = fixed
-                .into_iter()
-                .zip(st.columns())
-                .map(|(f, c)| f.unwrap_or_else(|| c.clone()))
-                .collect();
+            let columns = addressable_columns(st.columns())?;
             let fixed = StructArray::try_new(fields.clone(), columns, st.nulls().cloned());
             fixed.ok().map(|f| Arc::new(f) as ArrayRef)
         }
@@ -871,19 +863,28 @@ pub fn addressable_text(a: &ArrayRef) -> Option<ArrayRef> {
     }
 }
 
-/// `b` with [`addressable_text`] applied to its columns (the same batch, shared, when no
-/// column needs it).
-pub fn with_addressable_text(b: &RecordBatch) -> RecordBatch {
-    let fixed: Vec<Option<ArrayRef>> = b.columns().iter().map(addressable_text).collect();
+/// `columns` with [`addressable_text`] applied (the others shared): `None` when no column
+/// needs it.
+fn addressable_columns(columns: &[ArrayRef]) -> Option<Vec<ArrayRef>> {
+    let fixed: Vec<Option<ArrayRef>> = columns.iter().map(addressable_text).collect();
     if fixed.iter().all(Option::is_none) {
-        return b.clone();
+        return None;
     }
     let columns = fixed
         .into_iter()
-        .zip(b.columns())
+        .zip(columns)
         .map(|(f, c)| f.unwrap_or_else(|| c.clone()))
         .collect();
-    RecordBatch::try_new(b.schema(), columns).unwrap_or_else(|_| b.clone())
+    Some(columns)
+}
+
+/// `b` with [`addressable_text`] applied to its columns (the same batch, shared, when no
+/// column needs it).
+pub fn with_addressable_text(b: &RecordBatch) -> RecordBatch {
+    match addressable_columns(b.columns()) {
+        Some(columns) => RecordBatch::try_new(b.schema(), columns).unwrap_or_else(|_| b.clone()),
+        None => b.clone(),
+    }
 }
 
 /// Writes `batch` durably under the temp name of `final_path` (file, directory and `xdr/` fsynced)
